@@ -1,0 +1,3 @@
+"""actors: see its issue; nothing public yet."""
+
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""Benchmarks (not tests): `python -m bench NAME [--quick]` prints one JSON object with the figures, the baseline
+measured in the same run, `ratio` and `target`."""

@@ -1,0 +1,70 @@
+"""Storage throughput: batched DataStore writes through Ray to SQLite, against the raw 1:1 Ray call rate.
+
+Figures: `raw_call_rate` (sequential do-nothing Ray calls/s, the baseline), `ray_batched_writes_per_s` (Set requests
+in batches of `batch` to one storage actor on SQLite, synchronous=FULL), `direct_writes_per_s` (the same batches to the
+engine in this process: what Ray costs on top). Target: batched writes through Ray >= 10x the raw call rate.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ray
+
+from bench._common import ensure_ray, median_rate, raw_call_rate
+from storage import _messages as m
+from storage._backends import SqliteBackend
+from storage._clock import SimClock
+from storage._engine import DataStoreEngine
+from storage._values import encode
+from storage import World
+
+TARGET = 10.0
+
+
+def _batches(count: int, batch: int, round_: int) -> list[list]:
+    value = {"coins": 100, "inventory": ["sword", "shield"], "level": 7}
+    data, size = encode(value), 60
+    return [[m.Set("bench", "global", f"r{round_}-k{i + j}", data, size) for j in range(batch)]
+            for i in range(0, count, batch)]
+
+
+def run(quick: bool = False) -> dict:
+    count, batch = (5_000, 500) if quick else (50_000, 1_000)
+    ensure_ray()
+    raw = raw_call_rate(300 if quick else 1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        world = World.start("bench-storage", backend="sqlite", path=os.path.join(tmp, "ray.db"))
+        try:
+            shard = world._shards("datastore")[0]
+
+            def through_ray(r: int) -> None:
+                refs = [shard.execute.remote(b) for b in _batches(count, batch, r)]
+                for reply in ray.get(refs):
+                    assert not any(isinstance(x, Exception) for x in reply.results)
+
+            ray_rate = median_rate(through_ray, count)
+        finally:
+            world.shutdown()
+        engine = DataStoreEngine(SqliteBackend(os.path.join(tmp, "direct.db")), SimClock.starting_now())
+
+        def direct(r: int) -> None:
+            for b in _batches(count, batch, r):
+                engine.execute(b)
+
+        direct_rate = median_rate(direct, count)
+        engine.backend.close()
+    return {
+        "benchmark": "storage",
+        "quick": quick,
+        "writes": count,
+        "batch": batch,
+        "raw_call_rate": round(raw, 1),
+        "ray_batched_writes_per_s": round(ray_rate, 1),
+        "direct_writes_per_s": round(direct_rate, 1),
+        "baseline": "raw_call_rate",
+        "ratio": round(ray_rate / raw, 2),
+        "target": TARGET,
+        "meets_target": ray_rate / raw >= TARGET,
+    }

@@ -1,0 +1,3 @@
+"""coordinator: see its issue; nothing public yet."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""sim: see its issue; nothing public yet."""
+
+__all__: list[str] = []

@@ -1,0 +1,350 @@
+"""Where a storage shard keeps its entries: in memory (tests) or in one SQLite file per world (the default).
+
+A backend stores version records and ordered entries and answers indexed questions about them; it knows nothing of
+Roblox's rules (those live in `_engine`). It must never unpickle: values are msgpack bytes it stores and returns
+unread, user ids and metadata are msgpack too. SQLite runs in WAL mode with synchronous=FULL, and a batch is one
+transaction: once `transaction()` exits, every write in it survives the process being killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import msgpack
+from sortedcontainers import SortedDict, SortedList
+
+__all__ = ["Backend", "MemoryBackend", "SqliteBackend", "VersionRecord", "open_backend"]
+
+EntryKey = tuple[str, str, str]  # (store, scope, key)
+
+
+@dataclass(slots=True)
+class VersionRecord:
+    """One stored version of one key. `superseded_ms` is None for the current version."""
+
+    seq: int
+    version: str
+    created_ms: int
+    key_created_ms: int
+    superseded_ms: int | None
+    deleted: bool
+    value: bytes | None
+    user_ids: tuple[int, ...]
+    metadata: dict
+
+
+class Backend(Protocol):
+    def transaction(self) -> contextlib.AbstractContextManager: ...
+    def latest(self, k: EntryKey) -> VersionRecord | None: ...
+    def versions(self, k: EntryKey) -> list[VersionRecord]: ...
+    def insert(self, k: EntryKey, rec: VersionRecord) -> None: ...
+    def supersede(self, k: EntryKey, seq: int, at_ms: int) -> None: ...
+    def delete_version(self, k: EntryKey, seq: int) -> None: ...
+    def delete_backups_before(self, cutoff_ms: int) -> int: ...
+    def list_keys(self, store: str, scope: str | None, prefix: str, after: str | None, limit: int,
+                  exclude_deleted: bool) -> list[str]: ...
+    def ordered_get(self, k: EntryKey) -> tuple[int, int] | None: ...
+    def ordered_put(self, k: EntryKey, value: int, revision: int) -> None: ...
+    def ordered_delete(self, k: EntryKey) -> None: ...
+    def ordered_range(self, store: str, scope: str, ascending: bool, limit: int, min_value: int | None,
+                      max_value: int | None, after: tuple[int, str] | None) -> list[tuple[str, int]]: ...
+    def close(self) -> None: ...
+
+
+def _full_name(scope: str, key: str) -> str:
+    # Scopes never contain "/", so "scope/key" orders keys of one scope together, as AllScopes listings show them.
+    return f"{scope}/{key}"
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with `prefix` (None: no upper bound)."""
+    for i in range(len(prefix) - 1, -1, -1):
+        if ord(prefix[i]) < 0x10FFFF:
+            return prefix[:i] + chr(ord(prefix[i]) + 1)
+    return None
+
+
+def _list_bounds(scope: str | None, prefix: str, after: str | None) -> tuple[str, str | None, int]:
+    """Translate a listing into a range of full names: (start exclusive-or-inclusive, end exclusive, cut) where
+    `cut` is how many leading characters to strip from a full name to get the listed name."""
+    base = "" if scope is None else f"{scope}/"
+    low = base + prefix
+    if after is not None and base + after >= low:
+        low = base + after + "\0"  # strictly after the cursor
+    return low, _prefix_end(base + prefix) if (base + prefix) else None, len(base)
+
+
+# -------------------------------------------------------------------------------------------------------- memory
+
+
+class MemoryBackend:
+    """Everything in dicts and sorted lists. Loses everything with the process: for tests and throwaway worlds."""
+
+    def __init__(self) -> None:
+        self._versions: dict[EntryKey, list[VersionRecord]] = {}
+        self._names: dict[str, SortedList] = {}  # store -> sorted "scope/key" of keys with any version
+        self._ordered: dict[EntryKey, tuple[int, int]] = {}
+        self._ordered_index: dict[tuple[str, str], SortedList] = {}  # (store, scope) -> sorted (value, key)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        yield
+
+    def latest(self, k: EntryKey) -> VersionRecord | None:
+        recs = self._versions.get(k)
+        return recs[-1] if recs else None
+
+    def versions(self, k: EntryKey) -> list[VersionRecord]:
+        return list(self._versions.get(k, ()))
+
+    def insert(self, k: EntryKey, rec: VersionRecord) -> None:
+        recs = self._versions.get(k)
+        if recs is None:
+            recs = self._versions[k] = []
+            self._names.setdefault(k[0], SortedList()).add(_full_name(k[1], k[2]))
+        recs.append(rec)
+
+    def supersede(self, k: EntryKey, seq: int, at_ms: int) -> None:
+        for rec in self._versions.get(k, ()):
+            if rec.seq == seq:
+                rec.superseded_ms = at_ms
+
+    def delete_version(self, k: EntryKey, seq: int) -> None:
+        recs = self._versions.get(k)
+        if recs is None:
+            return
+        recs[:] = [r for r in recs if r.seq != seq]
+        if not recs:
+            del self._versions[k]
+            self._names[k[0]].discard(_full_name(k[1], k[2]))
+
+    def delete_backups_before(self, cutoff_ms: int) -> int:
+        removed = 0
+        for k in list(self._versions):
+            for rec in self.versions(k):
+                if rec.superseded_ms is not None and rec.superseded_ms <= cutoff_ms:
+                    self.delete_version(k, rec.seq)
+                    removed += 1
+        return removed
+
+    def list_keys(self, store, scope, prefix, after, limit, exclude_deleted):
+        names = self._names.get(store)
+        if not names:
+            return []
+        low, high, cut = _list_bounds(scope, prefix, after)
+        out = []
+        for name in names.irange(low, high, inclusive=(True, False)):
+            scope_name, key = name.split("/", 1)
+            if exclude_deleted and self._versions[(store, scope_name, key)][-1].deleted:
+                continue
+            out.append(name[cut:])
+            if len(out) >= limit:
+                break
+        return out
+
+    def ordered_get(self, k):
+        return self._ordered.get(k)
+
+    def ordered_put(self, k, value, revision):
+        index = self._ordered_index.setdefault((k[0], k[1]), SortedList())
+        old = self._ordered.get(k)
+        if old is not None:
+            index.discard((old[0], k[2]))
+        self._ordered[k] = (value, revision)
+        index.add((value, k[2]))
+
+    def ordered_delete(self, k):
+        old = self._ordered.pop(k, None)
+        if old is not None:
+            self._ordered_index[(k[0], k[1])].discard((old[0], k[2]))
+
+    def ordered_range(self, store, scope, ascending, limit, min_value, max_value, after):
+        index = self._ordered_index.get((store, scope))
+        if not index:
+            return []
+        low = (min_value, "") if min_value is not None else None
+        high = (max_value, chr(0x10FFFF) * 51) if max_value is not None else None
+        if after is not None:
+            if ascending:
+                low = max(low, after) if low is not None else after
+            else:
+                high = min(high, after) if high is not None else after
+        # Bounds from a cursor are exclusive, value bounds inclusive; the cursor's item is skipped below.
+        items = index.irange(low, high, reverse=not ascending)
+        out = []
+        for value, key in items:
+            if (value, key) == after:
+                continue
+            out.append((key, value))
+            if len(out) >= limit:
+                break
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# -------------------------------------------------------------------------------------------------------- sqlite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entry_versions (
+    store TEXT NOT NULL,
+    name TEXT NOT NULL,               -- "scope/key"
+    seq INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    key_created_ms INTEGER NOT NULL,
+    superseded_ms INTEGER,
+    deleted INTEGER NOT NULL,
+    value BLOB,                       -- msgpack
+    info BLOB NOT NULL,               -- msgpack [user_ids, metadata]
+    PRIMARY KEY (store, name, seq)
+);
+CREATE INDEX IF NOT EXISTS entry_current ON entry_versions(store, name) WHERE superseded_ms IS NULL;
+CREATE INDEX IF NOT EXISTS entry_backups ON entry_versions(superseded_ms) WHERE superseded_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ordered_entries (
+    store TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (store, scope, key)
+);
+CREATE INDEX IF NOT EXISTS ordered_by_value ON ordered_entries(store, scope, value, key);
+"""
+
+_COLUMNS = "seq, version, created_ms, key_created_ms, superseded_ms, deleted, value, info"
+
+
+def _record(row: tuple) -> VersionRecord:
+    user_ids, metadata = msgpack.unpackb(row[7], raw=False)
+    return VersionRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], tuple(user_ids), metadata)
+
+
+class SqliteBackend:
+    """One SQLite file, WAL journal, synchronous=FULL: a committed batch survives a killed process.
+
+    Several shards of one world may open the same file; SQLite serialises their writers (busy timeout 30 s).
+    """
+
+    def __init__(self, path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def latest(self, k):
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entry_versions WHERE store=? AND name=? ORDER BY seq DESC LIMIT 1",
+            (k[0], _full_name(k[1], k[2]))).fetchone()
+        return _record(row) if row else None
+
+    def versions(self, k):
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entry_versions WHERE store=? AND name=? ORDER BY seq",
+            (k[0], _full_name(k[1], k[2]))).fetchall()
+        return [_record(r) for r in rows]
+
+    def insert(self, k, rec):
+        self._db.execute(
+            f"INSERT INTO entry_versions (store, name, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (k[0], _full_name(k[1], k[2]), rec.seq, rec.version, rec.created_ms, rec.key_created_ms,
+             rec.superseded_ms, int(rec.deleted), rec.value,
+             msgpack.packb([list(rec.user_ids), rec.metadata], use_bin_type=True)))
+
+    def supersede(self, k, seq, at_ms):
+        self._db.execute("UPDATE entry_versions SET superseded_ms=? WHERE store=? AND name=? AND seq=?",
+                         (at_ms, k[0], _full_name(k[1], k[2]), seq))
+
+    def delete_version(self, k, seq):
+        self._db.execute("DELETE FROM entry_versions WHERE store=? AND name=? AND seq=?",
+                         (k[0], _full_name(k[1], k[2]), seq))
+
+    def delete_backups_before(self, cutoff_ms):
+        cur = self._db.execute("DELETE FROM entry_versions WHERE superseded_ms IS NOT NULL AND superseded_ms <= ?",
+                               (cutoff_ms,))
+        return cur.rowcount
+
+    def list_keys(self, store, scope, prefix, after, limit, exclude_deleted):
+        low, high, cut = _list_bounds(scope, prefix, after)
+        sql = "SELECT name FROM entry_versions WHERE store=? AND superseded_ms IS NULL AND name >= ?"
+        args: list = [store, low]
+        if high is not None:
+            sql += " AND name < ?"
+            args.append(high)
+        if exclude_deleted:
+            sql += " AND deleted = 0"
+        sql += " ORDER BY name LIMIT ?"
+        args.append(limit)
+        return [row[0][cut:] for row in self._db.execute(sql, args)]
+
+    def ordered_get(self, k):
+        row = self._db.execute("SELECT value, revision FROM ordered_entries WHERE store=? AND scope=? AND key=?",
+                               k).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def ordered_put(self, k, value, revision):
+        self._db.execute("INSERT OR REPLACE INTO ordered_entries (store, scope, key, value, revision) "
+                         "VALUES (?,?,?,?,?)", (*k, value, revision))
+
+    def ordered_delete(self, k):
+        self._db.execute("DELETE FROM ordered_entries WHERE store=? AND scope=? AND key=?", k)
+
+    def ordered_range(self, store, scope, ascending, limit, min_value, max_value, after):
+        sql = "SELECT key, value FROM ordered_entries WHERE store=? AND scope=?"
+        args: list = [store, scope]
+        if min_value is not None:
+            sql += " AND value >= ?"
+            args.append(min_value)
+        if max_value is not None:
+            sql += " AND value <= ?"
+            args.append(max_value)
+        if after is not None:
+            sql += " AND (value, key) > (?, ?)" if ascending else " AND (value, key) < (?, ?)"
+            args.extend(after)
+        order = "ASC" if ascending else "DESC"
+        sql += f" ORDER BY value {order}, key {order} LIMIT ?"
+        args.append(limit)
+        return [(row[0], row[1]) for row in self._db.execute(sql, args)]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_backend(kind: str, path: str | None = None) -> Backend:
+    if kind == "memory":
+        return MemoryBackend()
+    if kind == "sqlite":
+        if not path:
+            raise ValueError("the sqlite backend needs a path")
+        return SqliteBackend(path)
+    raise ValueError(f"unknown backend {kind!r}: expected 'sqlite' or 'memory'")

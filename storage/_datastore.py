@@ -1,0 +1,524 @@
+"""The DataStore client a simulated game server calls: DataStoreService, DataStore, OrderedDataStore.
+
+It checks every argument before anything is sent (a refused call spends nothing and changes nothing), turns values
+into msgpack, routes each request to the shard that owns its key, keeps Roblox's 4-second read cache per data store
+object, and runs UpdateAsync's optimistic loop: read with version, run the transform here, compare-and-set at the
+shard, run the transform again on the newer value when another writer got there first. Every operation is written
+once, as a generator (see `_transport`), and offered blocking and as coroutines (`store.aio`).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+import msgpack
+
+from storage import _messages as m
+from storage._errors import ConfigError, DataStoreError, TransformError
+from storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
+                             MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)
+from storage._transport import DATASTORE, Call, Gate, Permit, Transport, TransportFailure, arun, run, shard_of
+from storage._values import (check_key, check_metadata, check_page_size, check_store_name, check_user_ids,
+                             check_value, decode, encode)
+
+__all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection",
+           "DataStoreStatistics"]
+
+MAX_UPDATE_ATTEMPTS = 100
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class SortDirection(str, Enum):
+    ASCENDING = "Ascending"
+    DESCENDING = "Descending"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    """What an `update` transform returns to set user ids and metadata too (Roblox's extra return values).
+    A transform that returns a plain value keeps the entry's user ids and metadata."""
+
+    value: Any
+    user_ids: Any = None
+    metadata: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class DataStoreStatistics:
+    """A snapshot of one server's DataStore traffic, counted at the client."""
+
+    requests: dict[str, int]
+    errors: dict[int, int]
+    cache_hits: int
+    update_conflicts: int
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.cache_hits = 0
+        self.update_conflicts = 0
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _encode_cursor(kind: str, position: Any) -> str:
+    return base64.urlsafe_b64encode(msgpack.packb([kind, position], use_bin_type=True)).decode("ascii")
+
+
+def _decode_cursor(kind: str, cursor: str | None) -> Any:
+    if cursor is None:
+        return None
+    try:
+        got_kind, position = msgpack.unpackb(base64.urlsafe_b64decode(cursor.encode("ascii")), raw=False)
+        if got_kind != kind:
+            raise ValueError(got_kind)
+        return position
+    except Exception:
+        raise DataStoreError(400, "InvalidArgument", f"cursor {str(cursor)[:40]!r} is not a {kind} cursor "
+                             "returned by this kind of listing") from None
+
+
+def _direction(direction: Any) -> bool:
+    try:
+        return SortDirection(direction) is SortDirection.ASCENDING
+    except ValueError:
+        raise DataStoreError(400, "InvalidArgument",
+                             f"direction must be 'Ascending' or 'Descending', got {direction!r}") from None
+
+
+def _optional_ms(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise DataStoreError(106, "InvalidArgument", f"{what} must be milliseconds as an int, got {value!r}")
+    return value
+
+
+class DataStoreService:
+    """One simulated server's view of DataStoreService. Obtain it as `world.server(...).datastores`."""
+
+    def __init__(self, transport: Transport, clock, gate: Gate, job_id: str = "") -> None:
+        self._transport = transport
+        self._clock = clock
+        self._gate = gate
+        self.job_id = job_id
+        self._counters = _Counters()
+
+    def get_data_store(self, name: str, scope: str = DEFAULT_SCOPE, *, all_scopes: bool = False) -> "DataStore":
+        check_store_name(name)
+        if all_scopes:
+            if scope not in ("", DEFAULT_SCOPE):
+                raise ConfigError(f"an all_scopes data store takes keys as 'scope/key' and no scope; got {scope!r}")
+            scope = ""
+        else:
+            check_store_name(scope, what="scope")
+        return DataStore(self, name, scope, all_scopes)
+
+    def get_ordered_data_store(self, name: str, scope: str = DEFAULT_SCOPE) -> "OrderedDataStore":
+        check_store_name(name)
+        check_store_name(scope, what="scope")
+        return OrderedDataStore(self, name, scope)
+
+    def statistics(self) -> DataStoreStatistics:
+        c = self._counters
+        with c.lock:
+            return DataStoreStatistics(dict(c.requests), dict(c.errors), c.cache_hits, c.update_conflicts)
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+
+    def _shards(self) -> int:
+        return self._transport.shard_count(DATASTORE)
+
+    def _call(self, parts: tuple[str, str, str], op: Any) -> Call:
+        return Call(DATASTORE, shard_of(parts, self._shards()), [op])
+
+    def _count(self, request_type: RequestType) -> None:
+        with self._counters.lock:
+            self._counters.requests[request_type.value] += 1
+
+    def _check(self, result: Any) -> Any:
+        if isinstance(result, DataStoreError):
+            with self._counters.lock:
+                self._counters.errors[result.code] += 1
+            raise result
+        return result
+
+    def _run(self, op) -> Any:
+        try:
+            return run(op, self._transport, self._gate)
+        except TransportFailure as exc:
+            raise self._lost(exc) from exc
+
+    async def _arun(self, op) -> Any:
+        try:
+            return await arun(op, self._transport, self._gate)
+        except TransportFailure as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: TransportFailure) -> DataStoreError:
+        with self._counters.lock:
+            self._counters.errors[500] += 1
+        return DataStoreError(500, "InternalServerError", f"{exc}; the request may or may not have taken effect")
+
+
+def _async_twin(cls: type, names: tuple[str, ...]) -> type:
+    """Build the asyncio flavour of a client class: the same methods, as coroutines over the same generators."""
+
+    def make(name: str):
+        async def method(self, *args, **kwargs):
+            return await self._target._service._arun(getattr(self._target, f"_op_{name}")(*args, **kwargs))
+
+        method.__name__ = name
+        method.__doc__ = f"Coroutine version of `{cls.__name__}.{name}`."
+        return method
+
+    namespace = {"__init__": lambda self, target: setattr(self, "_target", target),
+                 "__doc__": f"The asyncio flavour of `{cls.__name__}`: every method is a coroutine."}
+    namespace.update({name: make(name) for name in names})
+    return type(f"Async{cls.__name__}", (), namespace)
+
+
+class DataStore:
+    """A standard data store (Roblox's GlobalDataStore/DataStore). Blocking methods; `self.aio` has coroutines.
+
+    >>> store = server.datastores.get_data_store("players")
+    >>> version = store.set("user_1", {"coins": 10}, user_ids=[1])
+    >>> value, info = store.get("user_1")
+    >>> store.update("user_1", lambda old, info: {**old, "coins": old["coins"] + 5})
+    ({'coins': 15}, KeyInfo(...))
+    """
+
+    def __init__(self, service: DataStoreService, name: str, scope: str, all_scopes: bool) -> None:
+        self._service = service
+        self.name = name
+        self.scope = scope
+        self.all_scopes = all_scopes
+        self._cache: dict[tuple, tuple[int, m.Entry]] = {}
+        self._cache_lock = threading.Lock()
+        self.aio = AsyncDataStore(self)
+
+    def __repr__(self) -> str:
+        return f"DataStore({self.name!r}, scope={self.scope!r}{', all_scopes=True' if self.all_scopes else ''})"
+
+    # Blocking API -------------------------------------------------------------------------------------------
+
+    def get(self, key: str, use_cache: bool = True) -> tuple[Any, m.KeyInfo | None]:
+        """(value, KeyInfo), or (None, None) for a missing or deleted key. Served from this object's 4 s cache
+        unless `use_cache=False`; a cached read spends no budget."""
+        return self._service._run(self._op_get(key, use_cache))
+
+    def set(self, key: str, value: Any, user_ids: Any = None, metadata: Any = None) -> str:
+        """Write `value`, replacing user ids and metadata; returns the new version string."""
+        return self._service._run(self._op_set(key, value, user_ids, metadata))
+
+    def update(self, key: str, fn: Callable[[Any, m.KeyInfo | None], Any]) -> tuple[Any, m.KeyInfo | None]:
+        """Roblox's UpdateAsync: `fn(old, key_info)` returns the new value (or an `UpdateResult`), or None to
+        cancel. It may run more than once when another writer wins the race; it must not have side effects."""
+        return self._service._run(self._op_update(key, fn))
+
+    def increment(self, key: str, delta: int = 1, user_ids: Any = None) -> tuple[int, m.KeyInfo]:
+        return self._service._run(self._op_increment(key, delta, user_ids))
+
+    def remove(self, key: str) -> tuple[Any, m.KeyInfo | None]:
+        """Write a tombstone; returns the value and KeyInfo the key had, or (None, None)."""
+        return self._service._run(self._op_remove(key))
+
+    def list_keys(self, prefix: str = "", page_size: int = 0, cursor: str | None = None,
+                  exclude_deleted: bool = False) -> m.Page:
+        """One page of key names in order (0 = 50 per page); pass `page.cursor` back for the next page."""
+        return self._service._run(self._op_list_keys(prefix, page_size, cursor, exclude_deleted))
+
+    def list_versions(self, key: str, direction: Any = SortDirection.ASCENDING, min_date: int | None = None,
+                      max_date: int | None = None, page_size: int = 0, cursor: str | None = None) -> m.Page:
+        """One page of `VersionInfo` (0 = 1024 per page), by creation time, tombstones included."""
+        return self._service._run(self._op_list_versions(key, direction, min_date, max_date, page_size, cursor))
+
+    def get_version(self, key: str, version: str) -> tuple[Any, m.KeyInfo | None]:
+        return self._service._run(self._op_get_version(key, version))
+
+    def get_version_at_time(self, key: str, ms: int) -> tuple[Any, m.KeyInfo | None]:
+        """The version that was current at `ms` (0 < ms <= now + 10 minutes), or (None, None)."""
+        return self._service._run(self._op_get_version_at_time(key, ms))
+
+    def remove_version(self, key: str, version: str) -> None:
+        """Delete one backup version for good (deprecated on Roblox). The current version cannot be removed."""
+        return self._service._run(self._op_remove_version(key, version))
+
+    # Operations (generators) --------------------------------------------------------------------------------
+
+    def _parts(self, key: Any) -> tuple[str, str, str]:
+        if not self.all_scopes:
+            check_key(key)
+            return (self.name, self.scope, key)
+        if not isinstance(key, str) or "/" not in key:
+            raise DataStoreError(101 if key == "" else 102, "KeyNameEmpty" if key == "" else "KeyNameLimit",
+                                 f"an all_scopes data store takes keys as 'scope/key', got {key!r}")
+        scope, name = key.split("/", 1)
+        check_store_name(scope, what="scope")
+        check_key(name)
+        return (self.name, scope, name)
+
+    def _cached(self, parts: tuple) -> m.Entry | None:
+        with self._cache_lock:
+            hit = self._cache.get(parts)
+            if hit is None:
+                return None
+            if hit[0] <= self._service._clock.now():
+                del self._cache[parts]
+                return None
+            return hit[1]
+
+    def _remember(self, parts: tuple, entry: m.Entry) -> None:
+        with self._cache_lock:
+            self._cache[parts] = (self._service._clock.now() + READ_CACHE_MS, entry)
+
+    def _request(self, parts: tuple, op: Any, size: int = 0, **permit: Any):
+        """Spend the budget for `op`, send it, and give back its checked result."""
+        yield Permit(op.request_type, parts[2], size, **permit)
+        self._service._count(op.request_type)
+        results = yield self._service._call(parts, op)
+        return self._service._check(results[0])
+
+    @staticmethod
+    def _pair(entry: m.Entry) -> tuple[Any, m.KeyInfo | None]:
+        return (None, None) if entry.value is None else (decode(entry.value), entry.info)
+
+    def _op_get(self, key, use_cache=True):
+        parts = self._parts(key)
+        if use_cache:
+            entry = self._cached(parts)
+            if entry is not None:
+                with self._service._counters.lock:
+                    self._service._counters.cache_hits += 1
+                return self._pair(entry)
+        entry = yield from self._request(parts, m.Get(*parts))
+        self._remember(parts, entry)
+        return self._pair(entry)
+
+    def _op_set(self, key, value, user_ids=None, metadata=None):
+        parts = self._parts(key)
+        size = check_value(value)
+        uids, meta = check_user_ids(user_ids), check_metadata(metadata)
+        data = encode(value)
+        written = yield from self._request(parts, m.Set(*parts, data, size, uids, meta), size)
+        self._remember(parts, m.Entry(data, written.info))
+        return written.info.version
+
+    def _op_update(self, key, fn):
+        parts = self._parts(key)
+        if not callable(fn):
+            raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
+        entry = yield from self._request(parts, m.Get(*parts))
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            old = None if entry.value is None else decode(entry.value)
+            try:
+                out = fn(old, entry.info)
+            except Exception as exc:
+                raise TransformError(f"transform for key {key!r} raised {type(exc).__name__}: {exc}") from exc
+            if out is None:
+                return (None, None)
+            if isinstance(out, UpdateResult):
+                value, uids, meta = out.value, check_user_ids(out.user_ids), check_metadata(out.metadata)
+            else:
+                value = out
+                uids = entry.info.user_ids if entry.info else ()
+                meta = entry.info.metadata if entry.info else {}
+            size = check_value(value)
+            data = encode(value)
+            expected = entry.info.version if entry.info is not None else None
+            result = yield from self._request(parts, m.Set(*parts, data, size, uids, meta, if_version=expected), size)
+            if isinstance(result, m.Conflict):
+                with self._service._counters.lock:
+                    self._service._counters.update_conflicts += 1
+                entry = result.current
+                continue
+            self._remember(parts, m.Entry(data, result.info))
+            return decode(data), result.info
+        raise DataStoreError(500, "InternalServerError",
+                             f"update of key {key!r} lost the race {MAX_UPDATE_ATTEMPTS} times in a row")
+
+    def _op_increment(self, key, delta=1, user_ids=None):
+        parts = self._parts(key)
+        if not _is_int(delta) or not _INT64[0] <= delta <= _INT64[1]:
+            raise DataStoreError(103, "ValueNotAllowed", f"increment delta must be a 64-bit integer, got {delta!r}")
+        uids = check_user_ids(user_ids)
+        entry = yield from self._request(parts, m.Increment(*parts, delta, uids))
+        self._remember(parts, entry)
+        return self._pair(entry)
+
+    def _op_remove(self, key):
+        parts = self._parts(key)
+        entry = yield from self._request(parts, m.Remove(*parts))
+        self._remember(parts, m.MISSING)
+        return self._pair(entry)
+
+    def _op_list_keys(self, prefix="", page_size=0, cursor=None, exclude_deleted=False):
+        if not isinstance(prefix, str) or len(prefix) > MAX_KEY_NAME + (51 if self.all_scopes else 0):
+            raise DataStoreError(102, "KeyNameLimit", f"prefix must be a string of at most {MAX_KEY_NAME} "
+                                 f"characters, got {prefix!r}")
+        limit = check_page_size(page_size, default=LIST_KEYS_DEFAULT_PAGE, maximum=MAX_LIST_PAGE)
+        after = _decode_cursor("keys", cursor)
+        op = m.ListKeys(self.name, None if self.all_scopes else self.scope, prefix, after, limit,
+                        bool(exclude_deleted))
+        yield Permit(op.request_type)
+        self._service._count(op.request_type)
+        replies = yield [Call(DATASTORE, i, [op]) for i in range(self._service._shards())]
+        keys = sorted(k for reply in replies for k in self._service._check(reply[0]))[:limit]
+        return m.Page(keys, _encode_cursor("keys", keys[-1]) if len(keys) == limit else None)
+
+    def _op_list_versions(self, key, direction=SortDirection.ASCENDING, min_date=None, max_date=None, page_size=0,
+                          cursor=None):
+        parts = self._parts(key)
+        ascending = _direction(direction)
+        min_ms, max_ms = _optional_ms(min_date, "min_date"), _optional_ms(max_date, "max_date")
+        if min_ms is not None and max_ms is not None and min_ms > max_ms:
+            raise DataStoreError(107, "InvalidArgument", f"min_date {min_ms} is after max_date {max_ms}")
+        limit = check_page_size(page_size, default=LIST_VERSIONS_DEFAULT_PAGE, maximum=MAX_LIST_PAGE)
+        after = _decode_cursor("versions", cursor)
+        found = yield from self._request(parts, m.ListVersions(*parts, ascending, min_ms, max_ms, after, limit))
+        items = [info for _, info in found]
+        return m.Page(items, _encode_cursor("versions", found[-1][0]) if len(found) == limit else None)
+
+    def _op_get_version(self, key, version):
+        parts = self._parts(key)
+        if not isinstance(version, str) or not version:
+            raise DataStoreError(400, "InvalidArgument", f"version must be a version string, got {version!r}")
+        return self._pair((yield from self._request(parts, m.GetVersion(*parts, version))))
+
+    def _op_get_version_at_time(self, key, ms):
+        parts = self._parts(key)
+        if not _is_int(ms):
+            raise DataStoreError(400, "InvalidTimestamp", f"timestamp must be milliseconds as an int, got {ms!r}")
+        return self._pair((yield from self._request(parts, m.GetVersionAtTime(*parts, ms))))
+
+    def _op_remove_version(self, key, version):
+        parts = self._parts(key)
+        if not isinstance(version, str) or not version:
+            raise DataStoreError(400, "InvalidArgument", f"version must be a version string, got {version!r}")
+        yield from self._request(parts, m.RemoveVersion(*parts, version))
+
+
+AsyncDataStore = _async_twin(DataStore, ("get", "set", "update", "increment", "remove", "list_keys",
+                                         "list_versions", "get_version", "get_version_at_time", "remove_version"))
+
+
+def _check_ordered_value(value: Any, what: str = "value") -> int:
+    if not _is_int(value) or not _INT64[0] <= value <= _INT64[1]:
+        raise DataStoreError(103, "ValueNotAllowed",
+                             f"an ordered data store holds 64-bit integers only; {what} is {value!r}")
+    return value
+
+
+class OrderedDataStore:
+    """An ordered data store: integer values, read back sorted with `get_sorted`. No versions or metadata."""
+
+    def __init__(self, service: DataStoreService, name: str, scope: str) -> None:
+        self._service = service
+        self.name = name
+        self.scope = scope
+        self.aio = AsyncOrderedDataStore(self)
+
+    def __repr__(self) -> str:
+        return f"OrderedDataStore({self.name!r}, scope={self.scope!r})"
+
+    def get(self, key: str) -> int | None:
+        return self._service._run(self._op_get(key))
+
+    def set(self, key: str, value: int) -> None:
+        return self._service._run(self._op_set(key, value))
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        return self._service._run(self._op_increment(key, delta))
+
+    def update(self, key: str, fn: Callable[[int | None], int | None]) -> int | None:
+        """`fn(old)` returns the new integer, or None to cancel; re-run when another writer got there first."""
+        return self._service._run(self._op_update(key, fn))
+
+    def remove(self, key: str) -> int | None:
+        return self._service._run(self._op_remove(key))
+
+    def get_sorted(self, ascending: bool = True, page_size: int = 50, min_value: int | None = None,
+                   max_value: int | None = None, cursor: str | None = None) -> m.Page:
+        """One page of (key, value) pairs in value order (ties by key); `page.cursor` for the next one."""
+        return self._service._run(self._op_get_sorted(ascending, page_size, min_value, max_value, cursor))
+
+    def _parts(self, key: Any) -> tuple[str, str, str]:
+        check_key(key)
+        return (self.name, self.scope, key)
+
+    _request = DataStore._request
+
+    def _op_get(self, key):
+        parts = self._parts(key)
+        return (yield from self._request(parts, m.OrderedGet(*parts))).value
+
+    def _op_set(self, key, value):
+        parts = self._parts(key)
+        _check_ordered_value(value)
+        yield from self._request(parts, m.OrderedSet(*parts, value))
+
+    def _op_increment(self, key, delta=1):
+        parts = self._parts(key)
+        _check_ordered_value(delta, "delta")
+        return (yield from self._request(parts, m.OrderedIncrement(*parts, delta))).value
+
+    def _op_update(self, key, fn):
+        parts = self._parts(key)
+        if not callable(fn):
+            raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
+        current = yield from self._request(parts, m.OrderedGet(*parts))
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            try:
+                new = fn(current.value)
+            except Exception as exc:
+                raise TransformError(f"transform for key {key!r} raised {type(exc).__name__}: {exc}") from exc
+            if new is None:
+                return None
+            _check_ordered_value(new)
+            result = yield from self._request(parts, m.OrderedSet(*parts, new, if_revision=current.revision))
+            if isinstance(result, m.OrderedConflict):
+                with self._service._counters.lock:
+                    self._service._counters.update_conflicts += 1
+                current = result.current
+                continue
+            return result.value
+        raise DataStoreError(500, "InternalServerError",
+                             f"update of key {key!r} lost the race {MAX_UPDATE_ATTEMPTS} times in a row")
+
+    def _op_remove(self, key):
+        parts = self._parts(key)
+        return (yield from self._request(parts, m.OrderedRemove(*parts))).value
+
+    def _op_get_sorted(self, ascending=True, page_size=50, min_value=None, max_value=None, cursor=None):
+        if not _is_int(page_size) or not 1 <= page_size <= MAX_SORTED_PAGE:
+            raise DataStoreError(106, "InvalidArgument",
+                                 f"page_size must be an int from 1 to {MAX_SORTED_PAGE}, got {page_size!r}")
+        for what, bound in (("min_value", min_value), ("max_value", max_value)):
+            if bound is not None and not _is_int(bound):
+                raise DataStoreError(106, "InvalidArgument", f"{what} must be an int or None, got {bound!r}")
+        if min_value is not None and max_value is not None and min_value > max_value:
+            raise DataStoreError(107, "InvalidArgument", f"min_value {min_value} is greater than max_value {max_value}")
+        after = _decode_cursor("sorted", cursor)
+        op = m.OrderedRange(self.name, self.scope, bool(ascending), page_size, min_value, max_value,
+                            tuple(after) if after is not None else None)
+        yield Permit(op.request_type)
+        self._service._count(op.request_type)
+        replies = yield [Call(DATASTORE, i, [op]) for i in range(self._service._shards())]
+        pairs = [tuple(p) for reply in replies for p in self._service._check(reply[0])]
+        pairs.sort(key=lambda kv: (kv[1], kv[0]), reverse=not ascending)
+        pairs = pairs[:page_size]
+        last = pairs[-1] if pairs else None
+        return m.Page(pairs, _encode_cursor("sorted", [last[1], last[0]]) if len(pairs) == page_size else None)
+
+
+AsyncOrderedDataStore = _async_twin(OrderedDataStore, ("get", "set", "increment", "update", "remove", "get_sorted"))

@@ -1,0 +1,264 @@
+"""Roblox's DataStore rules, applied by one storage shard to the entries it owns.
+
+The engine owns the semantics: versions (one new version string per write; the first write of each UTC hour keeps
+the previous version as a backup, later writes in that hour replace it; backups expire 30 days after they stop being
+current; the latest never expires), tombstones, compare-and-set for UpdateAsync, increments, listings and ordered
+stores, plus the fault injector's decisions. It is plain Python driven by a clock; a Ray actor serves it.
+
+It must never decode a user value except to increment an integer, never run user code, and never write part of a
+refused request: every check happens before the first write.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from storage import _messages as m
+from storage._backends import Backend, EntryKey, VersionRecord
+from storage._clock import Clock
+from storage._errors import DataStoreError
+from storage._faults import FaultConfig, FaultInjector, error_name
+from storage._limits import BACKUP_RETENTION_MS, HOUR_MS, VERSION_AT_TIME_FUTURE_MS
+
+__all__ = ["DataStoreEngine"]
+
+_INT64 = (-(2**63), 2**63 - 1)
+_DOTNET_EPOCH_TICKS = 621_355_968_000_000_000
+_SWEEP_EVERY_MS = HOUR_MS
+
+
+def version_string(created_ms: int, seq: int) -> str:
+    """A version id shaped like Roblox's ("08DC2E6F5A1B3C00.0000000003.08DC2E6F5A1B3C00.01"), unique per key."""
+    ticks = _DOTNET_EPOCH_TICKS + created_ms * 10_000
+    return f"{ticks:016X}.{seq:010d}.{ticks:016X}.01"
+
+
+def _info(rec: VersionRecord) -> m.KeyInfo:
+    return m.KeyInfo(rec.key_created_ms, rec.created_ms, rec.version, rec.user_ids, dict(rec.metadata))
+
+
+def _entry(rec: VersionRecord | None) -> m.Entry:
+    if rec is None or rec.deleted:
+        return m.MISSING
+    return m.Entry(rec.value, _info(rec))
+
+
+
+
+class DataStoreEngine:
+    """Executes batches of DataStore requests against one backend.
+
+    >>> engine = DataStoreEngine(MemoryBackend(), ManualClock())
+    >>> reply = engine.execute([m.Get("players", "global", "u1")])
+    >>> reply.results
+    [Entry(value=None, info=None)]
+    """
+
+    def __init__(self, backend: Backend, clock: Clock, faults: FaultConfig | None = None) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.faults = FaultInjector(faults)
+        self.requests = 0
+        self.conflicts = 0
+        self._next_sweep_ms = 0
+        self._handlers = {
+            m.Get: self._get, m.Set: self._set, m.Increment: self._increment, m.Remove: self._remove,
+            m.ListKeys: self._list_keys, m.ListVersions: self._list_versions, m.GetVersion: self._get_version,
+            m.GetVersionAtTime: self._get_version_at_time, m.RemoveVersion: self._remove_version,
+            m.OrderedGet: self._ordered_get, m.OrderedSet: self._ordered_set,
+            m.OrderedIncrement: self._ordered_increment, m.OrderedRemove: self._ordered_remove,
+            m.OrderedRange: self._ordered_range, m.Sweep: self._sweep,
+        }
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        self.faults.reconfigure(faults)
+
+    def execute(self, ops: list) -> m.BatchReply:
+        """Run every request of the batch in order, in one backend transaction. A request that fails yields its
+        DataStoreError in its slot; the others still run. Replaying a batch is not idempotent (like Roblox,
+        every write makes a new version), so callers must not retry blindly; see `storage._transport`."""
+        now = self.clock.now()
+        results: list = []
+        delays: list[float] | None = None
+        with self.backend.transaction():
+            if now >= self._next_sweep_ms:
+                self._sweep(m.Sweep(), now)
+            for i, op in enumerate(ops):
+                handler = self._handlers.get(type(op))
+                if handler is None:
+                    results.append(DataStoreError(502, "RequestRejected", f"unknown request {type(op).__name__}"))
+                    continue
+                self.requests += 1
+                key = getattr(op, "key", None)
+                decision = self.faults.decide(op.request_type,
+                                              (getattr(op, "store", None), getattr(op, "scope", None), key), now)
+                if decision.delay_ms:
+                    if delays is None:
+                        delays = [0.0] * len(ops)
+                    delays[i] = decision.delay_ms
+                if decision.fail_code is not None and not decision.ambiguous:
+                    results.append(DataStoreError(decision.fail_code, error_name(decision.fail_code),
+                                                  decision.fail_message))
+                    continue
+                try:
+                    result = handler(op, now)
+                except DataStoreError as exc:
+                    result = exc
+                if decision.ambiguous:
+                    result = DataStoreError(decision.fail_code, error_name(decision.fail_code), decision.fail_message)
+                results.append(result)
+        return m.BatchReply(results, delays)
+
+    # ---------------------------------------------------------------------------------------------- standard
+
+    def _get(self, op: m.Get, now: int) -> m.Entry:
+        return _entry(self.backend.latest((op.store, op.scope, op.key)))
+
+    def _write(self, k: EntryKey, latest: VersionRecord | None, now: int, *, value: bytes | None,
+               user_ids: tuple[int, ...], metadata: dict, deleted: bool) -> VersionRecord:
+        """Write a new current version, keeping or replacing the previous one by the hourly backup rule."""
+        seq = latest.seq + 1 if latest else 1
+        alive = latest is not None and not latest.deleted
+        if latest is not None:
+            if latest.created_ms // HOUR_MS == now // HOUR_MS:
+                self.backend.delete_version(k, latest.seq)
+            else:
+                self.backend.supersede(k, latest.seq, now)
+        rec = VersionRecord(seq, version_string(now, seq), now, latest.key_created_ms if alive else now, None,
+                            deleted, value, user_ids, metadata)
+        self.backend.insert(k, rec)
+        return rec
+
+    def _set(self, op: m.Set, now: int) -> m.Written | m.Conflict:
+        k = (op.store, op.scope, op.key)
+        latest = self.backend.latest(k)
+        if op.if_version is not m.ANY:
+            current = latest.version if latest is not None and not latest.deleted else None
+            if current != op.if_version:
+                self.conflicts += 1
+                return m.Conflict(_entry(latest))
+        rec = self._write(k, latest, now, value=op.value, user_ids=op.user_ids, metadata=op.metadata, deleted=False)
+        return m.Written(_info(rec))
+
+    def _increment(self, op: m.Increment, now: int) -> m.Entry:
+        k = (op.store, op.scope, op.key)
+        latest = self.backend.latest(k)
+        old = 0
+        if latest is not None and not latest.deleted:
+            old = msgpack.unpackb(latest.value, raw=False)
+            if isinstance(old, bool) or not isinstance(old, int):
+                raise DataStoreError(103, "ValueNotAllowed",
+                                     f"cannot increment key {op.key!r}: its value is a {type(old).__name__}, "
+                                     "not an integer")
+        new = old + op.delta
+        if not _INT64[0] <= new <= _INT64[1]:
+            raise DataStoreError(104, "CantStoreValue",
+                                 f"incrementing key {op.key!r} by {op.delta} overflows a 64-bit integer")
+        value = msgpack.packb(new)
+        rec = self._write(k, latest, now, value=value, user_ids=op.user_ids,
+                          metadata=latest.metadata if latest is not None and not latest.deleted else {},
+                          deleted=False)
+        return m.Entry(value, _info(rec))
+
+    def _remove(self, op: m.Remove, now: int) -> m.Entry:
+        k = (op.store, op.scope, op.key)
+        latest = self.backend.latest(k)
+        previous = _entry(latest)
+        if previous.value is not None:
+            self._write(k, latest, now, value=None, user_ids=(), metadata={}, deleted=True)
+        return previous
+
+    def _live_versions(self, k: EntryKey, now: int) -> list[VersionRecord]:
+        cutoff = now - BACKUP_RETENTION_MS
+        return [r for r in self.backend.versions(k) if r.superseded_ms is None or r.superseded_ms > cutoff]
+
+    def _list_keys(self, op: m.ListKeys, now: int) -> list[str]:
+        return self.backend.list_keys(op.store, op.scope, op.prefix, op.after, op.limit, op.exclude_deleted)
+
+    def _list_versions(self, op: m.ListVersions, now: int) -> list[tuple[int, m.VersionInfo]]:
+        recs = self._live_versions((op.store, op.scope, op.key), now)
+        if not op.ascending:
+            recs.reverse()
+        out = []
+        for r in recs:
+            if op.min_ms is not None and r.created_ms < op.min_ms:
+                continue
+            if op.max_ms is not None and r.created_ms > op.max_ms:
+                continue
+            if op.after_seq is not None and (r.seq <= op.after_seq if op.ascending else r.seq >= op.after_seq):
+                continue
+            out.append((r.seq, m.VersionInfo(r.version, r.created_ms, r.deleted)))
+            if len(out) >= op.limit:
+                break
+        return out
+
+    def _get_version(self, op: m.GetVersion, now: int) -> m.Entry:
+        for r in self._live_versions((op.store, op.scope, op.key), now):
+            if r.version == op.version:
+                return _entry(r)
+        return m.MISSING
+
+    def _get_version_at_time(self, op: m.GetVersionAtTime, now: int) -> m.Entry:
+        if op.ms <= 0 or op.ms > now + VERSION_AT_TIME_FUTURE_MS:
+            raise DataStoreError(400, "InvalidTimestamp",
+                                 f"timestamp {op.ms} must be > 0 and at most 10 minutes ahead of now ({now})")
+        current = None
+        for r in self._live_versions((op.store, op.scope, op.key), now):
+            if r.created_ms <= op.ms:
+                current = r
+        return _entry(current)
+
+    def _remove_version(self, op: m.RemoveVersion, now: int) -> None:
+        k = (op.store, op.scope, op.key)
+        for r in self._live_versions(k, now):
+            if r.version == op.version:
+                if r.superseded_ms is None:
+                    raise DataStoreError(400, "InvalidVersion",
+                                         f"version {op.version} is the current version of key {op.key!r}; "
+                                         "only backups can be removed")
+                self.backend.delete_version(k, r.seq)
+                return None
+        return None
+
+    # ----------------------------------------------------------------------------------------------- ordered
+
+    def _ordered_get(self, op: m.OrderedGet, now: int) -> m.OrderedValue:
+        got = self.backend.ordered_get((op.store, op.scope, op.key))
+        return m.OrderedValue(*got) if got else m.OrderedValue(None, None)
+
+    def _ordered_set(self, op: m.OrderedSet, now: int) -> m.OrderedValue | m.OrderedConflict:
+        k = (op.store, op.scope, op.key)
+        got = self.backend.ordered_get(k)
+        if op.if_revision is not m.ANY and (got[1] if got else None) != op.if_revision:
+            self.conflicts += 1
+            return m.OrderedConflict(m.OrderedValue(*got) if got else m.OrderedValue(None, None))
+        revision = got[1] + 1 if got else 1
+        self.backend.ordered_put(k, op.value, revision)
+        return m.OrderedValue(op.value, revision)
+
+    def _ordered_increment(self, op: m.OrderedIncrement, now: int) -> m.OrderedValue:
+        k = (op.store, op.scope, op.key)
+        got = self.backend.ordered_get(k)
+        new = (got[0] if got else 0) + op.delta
+        if not _INT64[0] <= new <= _INT64[1]:
+            raise DataStoreError(104, "CantStoreValue",
+                                 f"incrementing key {op.key!r} by {op.delta} overflows a 64-bit integer")
+        revision = got[1] + 1 if got else 1
+        self.backend.ordered_put(k, new, revision)
+        return m.OrderedValue(new, revision)
+
+    def _ordered_remove(self, op: m.OrderedRemove, now: int) -> m.OrderedValue:
+        k = (op.store, op.scope, op.key)
+        got = self.backend.ordered_get(k)
+        self.backend.ordered_delete(k)
+        return m.OrderedValue(*got) if got else m.OrderedValue(None, None)
+
+    def _ordered_range(self, op: m.OrderedRange, now: int) -> list[tuple[str, int]]:
+        return self.backend.ordered_range(op.store, op.scope, op.ascending, op.limit, op.min_value, op.max_value,
+                                          op.after)
+
+    # ---------------------------------------------------------------------------------------------- upkeep
+
+    def _sweep(self, op: m.Sweep, now: int) -> int:
+        self._next_sweep_ms = now + _SWEEP_EVERY_MS
+        return self.backend.delete_backups_before(now - BACKUP_RETENTION_MS)

@@ -1,0 +1,59 @@
+"""Typed errors of the emulated Roblox cloud.
+
+Every error a caller of `storage` can see is defined here. Exceptions travel through Ray (raised in an actor,
+re-raised in the caller), so every class keeps plain constructor arguments and pickles by them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError"]
+
+
+class LodestoreError(Exception):
+    """Base of every error lodestore raises on purpose."""
+
+
+class ConfigError(LodestoreError, ValueError):
+    """A configuration value is unknown, of the wrong type or out of range; the message names it."""
+
+
+class DataStoreError(LodestoreError):
+    """A DataStore request failed, with Roblox's numeric `code` and error `name`.
+
+    >>> DataStoreError(105, "ValueTooLarge", "value is 4194305 characters").code
+    105
+    """
+
+    def __init__(self, code: int, name: str, message: str) -> None:
+        super().__init__(code, name, message)
+        self.code = code
+        self.name = name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.name}: {self.message}"
+
+    @property
+    def retryable(self) -> bool:
+        """Throttling (301-306) and server-side failures (5xx) may succeed when retried."""
+        return 301 <= self.code <= 306 or 500 <= self.code <= 599
+
+
+class MemoryStoreError(LodestoreError):
+    """A MemoryStore request failed; `name` is Roblox's error name (DataUpdateConflict, RequestThrottled, ...)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(name, message)
+        self.name = name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.message}"
+
+
+class TransformError(LodestoreError):
+    """A user's transform function raised; nothing was written. The original exception is `__cause__`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

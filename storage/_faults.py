@@ -1,0 +1,208 @@
+"""Fault injection for the emulated DataStore: errors, latency, outages and ambiguous writes.
+
+A `FaultConfig` is a frozen description a world carries and can swap while running; a `FaultInjector` turns it into
+a decision per request. Decisions are deterministic under the seed: each one is drawn from a hash of (seed, request
+type, key, how many requests that key has seen), so the same per-key request order gives the same faults whatever
+the interleaving between keys. This module never touches stored data; the engine applies its decisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import struct
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple
+
+from storage._errors import ConfigError
+from storage._limits import RequestType
+
+__all__ = ["FaultConfig", "Latency", "Outage"]
+
+WRITE_TYPES = frozenset({RequestType.STANDARD_WRITE, RequestType.STANDARD_REMOVE, RequestType.REMOVE_VERSION,
+                         RequestType.ORDERED_WRITE, RequestType.ORDERED_REMOVE})
+
+
+def _check_rate(what: str, rate: object) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0.0 <= rate <= 1.0):
+        raise ConfigError(f"{what} must be a number from 0 to 1, got {rate!r}")
+    return float(rate)
+
+
+def _request_type(name: object, what: str) -> RequestType:
+    try:
+        return RequestType(name)
+    except ValueError:
+        known = ", ".join(t.value for t in RequestType)
+        raise ConfigError(f"{what}: unknown request type {name!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency distribution in simulated milliseconds: `fixed`, `uniform` (low..high) or `lognormal`
+    (median, sigma), capped at `max_ms`."""
+
+    kind: str = "fixed"
+    a: float = 0.0
+    b: float = 0.0
+    max_ms: float = 60_000.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fixed", "uniform", "lognormal"):
+            raise ConfigError(f"latency kind must be 'fixed', 'uniform' or 'lognormal', got {self.kind!r}")
+        for name in ("a", "b", "max_ms"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"latency {name} must be a finite number >= 0, got {v!r}")
+        if self.kind == "uniform" and self.b < self.a:
+            raise ConfigError(f"uniform latency needs low <= high, got {self.a} > {self.b}")
+
+    @classmethod
+    def fixed(cls, ms: float) -> "Latency":
+        return cls("fixed", ms)
+
+    @classmethod
+    def uniform(cls, low_ms: float, high_ms: float) -> "Latency":
+        return cls("uniform", low_ms, high_ms)
+
+    @classmethod
+    def lognormal(cls, median_ms: float, sigma: float = 0.5) -> "Latency":
+        return cls("lognormal", median_ms, sigma)
+
+    def sample(self, u: float) -> float:
+        """The latency at quantile `u` in [0, 1)."""
+        if self.kind == "fixed":
+            ms = self.a
+        elif self.kind == "uniform":
+            ms = self.a + (self.b - self.a) * u
+        else:
+            z = _normal_quantile(min(max(u, 1e-12), 1 - 1e-12))
+            ms = self.a * math.exp(self.b * z)
+        return min(ms, self.max_ms)
+
+
+def _normal_quantile(p: float) -> float:
+    from statistics import NormalDist
+    return NormalDist().inv_cdf(p)
+
+
+@dataclass(frozen=True)
+class Outage:
+    """Every request between `start_ms` and `end_ms` (simulated epoch ms, end exclusive) fails with `code`."""
+
+    start_ms: int
+    end_ms: int
+    code: int = 502
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.start_ms, int) and isinstance(self.end_ms, int)) or self.end_ms < self.start_ms:
+            raise ConfigError(f"an outage needs integer start_ms <= end_ms, got {self.start_ms!r}..{self.end_ms!r}")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """What goes wrong in a world's DataStore, per request type (names of `RequestType`).
+
+    >>> FaultConfig(seed=7, error_rate={"StandardWrite": 0.05}, ambiguous_write_rate=0.01,
+    ...             latency={"StandardRead": Latency.uniform(200, 500)})
+    FaultConfig(...)
+    """
+
+    seed: int = 0
+    error_rate: Mapping[str, float] = field(default_factory=dict)
+    error_code: int = 502
+    latency: Mapping[str, Latency] = field(default_factory=dict)
+    outages: tuple[Outage, ...] = ()
+    ambiguous_write_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"faults seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.error_rate, Mapping):
+            raise ConfigError(f"faults error_rate must be a mapping of request type to rate, got {self.error_rate!r}")
+        rates = {_request_type(k, "faults error_rate"): _check_rate(f"faults error_rate[{k!r}]", v)
+                 for k, v in self.error_rate.items()}
+        object.__setattr__(self, "error_rate", rates)
+        if not isinstance(self.latency, Mapping):
+            raise ConfigError(f"faults latency must be a mapping of request type to Latency, got {self.latency!r}")
+        for k, v in self.latency.items():
+            if not isinstance(v, Latency):
+                raise ConfigError(f"faults latency[{k!r}] must be a Latency, got {v!r}")
+        object.__setattr__(self, "latency", {_request_type(k, "faults latency"): v for k, v in self.latency.items()})
+        if isinstance(self.error_code, bool) or not isinstance(self.error_code, int) or not 300 <= self.error_code <= 599:
+            raise ConfigError(f"faults error_code must be a Roblox error code 300-599, got {self.error_code!r}")
+        outages = tuple(self.outages)
+        for o in outages:
+            if not isinstance(o, Outage):
+                raise ConfigError(f"faults outages must hold Outage values, got {o!r}")
+        object.__setattr__(self, "outages", outages)
+        _check_rate("faults ambiguous_write_rate", self.ambiguous_write_rate)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.error_rate or self.latency or self.outages or self.ambiguous_write_rate)
+
+
+_ERROR_NAMES = {500: "InternalServerError", 502: "RequestRejected", 503: "KeyNotFound", 504: "MalformedResponse",
+                505: "MalformedResponse", 501: "CorruptedResponse"}
+
+
+def error_name(code: int) -> str:
+    return _ERROR_NAMES.get(code, "InternalServerError" if code >= 500 else "DatastoreThrottled")
+
+
+class Decision(NamedTuple):
+    fail_code: int | None      # fail before doing anything
+    fail_message: str
+    ambiguous: bool            # do it, then report failure
+    delay_ms: float
+
+
+NO_FAULT = Decision(None, "", False, 0.0)
+
+
+class FaultInjector:
+    """Decides, request by request, what the configured faults do to it."""
+
+    def __init__(self, config: FaultConfig | None = None) -> None:
+        self.config = config or FaultConfig()
+        self._counters: dict[tuple, int] = {}
+        self.injected_errors = 0
+        self.ambiguous_writes = 0
+
+    def reconfigure(self, config: FaultConfig) -> None:
+        self.config = config
+
+    def _uniforms(self, request_type: RequestType, k: tuple) -> tuple[float, float, float]:
+        n = self._counters.get(k, 0)
+        self._counters[k] = n + 1
+        digest = hashlib.blake2b(repr((self.config.seed, request_type.value, k, n)).encode(), digest_size=24).digest()
+        a, b, c = struct.unpack("<QQQ", digest)
+        scale = 2.0 ** -64
+        return a * scale, b * scale, c * scale
+
+    def decide(self, request_type: RequestType | None, k: tuple, now_ms: int) -> Decision:
+        cfg = self.config
+        if request_type is None or not cfg.active:
+            return NO_FAULT
+        u_err, u_amb, u_lat = self._uniforms(request_type, k)
+        latency = cfg.latency.get(request_type)
+        delay = latency.sample(u_lat) if latency is not None else 0.0
+        for outage in cfg.outages:
+            if outage.start_ms <= now_ms < outage.end_ms:
+                self.injected_errors += 1
+                return Decision(outage.code, "DataStore outage (injected): the service is unavailable", False, delay)
+        if u_err < cfg.error_rate.get(request_type, 0.0):
+            self.injected_errors += 1
+            return Decision(cfg.error_code, "API Services rejected request with error: HTTP 500 (injected)",
+                            False, delay)
+        if request_type in WRITE_TYPES and u_amb < cfg.ambiguous_write_rate:
+            self.ambiguous_writes += 1
+            return Decision(cfg.error_code, "API Services rejected request with error: HTTP 500 (injected)",
+                            True, delay)
+        return Decision(None, "", False, delay) if delay else NO_FAULT
+
+
+def seeded_random(seed: int, *salt: object) -> random.Random:
+    return random.Random(hashlib.blake2b(repr((seed, *salt)).encode(), digest_size=8).digest())

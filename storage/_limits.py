@@ -1,0 +1,62 @@
+"""Roblox's documented numbers for DataStore and MemoryStore, in one place (see shared/reference).
+
+Only constants and the request-type names live here; the code that enforces them imports them.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["RequestType"]
+
+
+class RequestType(str, Enum):
+    """The request types a DataStore call spends budget from (GetRequestBudgetForRequestType)."""
+
+    STANDARD_READ = "StandardRead"
+    STANDARD_WRITE = "StandardWrite"
+    STANDARD_LIST = "StandardList"
+    STANDARD_REMOVE = "StandardRemove"
+    REMOVE_VERSION = "RemoveVersion"
+    ORDERED_READ = "OrderedRead"
+    ORDERED_WRITE = "OrderedWrite"
+    ORDERED_LIST = "OrderedList"
+    ORDERED_REMOVE = "OrderedRemove"
+
+
+# Names and sizes (DataStore).
+MAX_STORE_NAME = 50
+MAX_SCOPE = 50
+MAX_KEY_NAME = 50
+MAX_VALUE_CHARS = 4_194_304
+MAX_METADATA_KEY = 50
+MAX_METADATA_VALUE = 250
+MAX_METADATA_TOTAL = 300
+MAX_USER_IDS = 4
+DEFAULT_SCOPE = "global"
+
+# Reads, versions, listing.
+READ_CACHE_MS = 4_000
+BACKUP_RETENTION_MS = 30 * 24 * 3600 * 1000
+HOUR_MS = 3600 * 1000
+VERSION_AT_TIME_FUTURE_MS = 10 * 60 * 1000
+LIST_KEYS_DEFAULT_PAGE = 50
+LIST_VERSIONS_DEFAULT_PAGE = 1024
+MAX_LIST_PAGE = 1024
+MAX_SORTED_PAGE = 100
+
+# MemoryStore.
+MS_MAX_KEY = 128
+MS_MAX_VALUE_BYTES = 32 * 1024
+MS_MAX_EXPIRATION_S = 3_888_000
+MS_MAX_ITEMS_PER_STRUCTURE = 1_000_000
+MS_MAX_BYTES_PER_STRUCTURE = 100 * 1024 * 1024
+MS_MAX_UNITS_PER_STRUCTURE_MINUTE = 100_000
+MS_MEMORY_BASE_BYTES = 64 * 1024
+MS_MEMORY_PER_USER_BYTES = 1200
+MS_UNITS_BASE_MINUTE = 1000
+MS_UNITS_PER_CCU_MINUTE = 120
+MS_HASHMAP_LIST_MAX = 200
+MS_SORTED_RANGE_MAX = 200
+MS_QUEUE_READ_MAX = 100
+MS_QUEUE_DEFAULT_INVISIBILITY_S = 30

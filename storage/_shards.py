@@ -1,0 +1,103 @@
+"""The Ray actors that serve the emulated cloud: DataStore shards and the MemoryStore.
+
+Each actor is a thin shell: it builds a plain-Python engine at start-up and answers batches with it. Options for
+every actor come from one factory. Delivered twice (Ray retried a call that had in fact run), `execute` would apply
+a batch twice, so these actors are created with `max_task_retries=0` and a caller sees a failed call as ambiguous;
+`set_faults` and `set_players` are idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+from storage._backends import open_backend
+from storage._clock import Clock
+from storage._engine import DataStoreEngine
+from storage._faults import FaultConfig
+from storage._memorystore import MemoryStoreEngine
+from storage._messages import BatchReply
+
+__all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "datastore_name", "MEMORYSTORE_NAME"]
+
+MEMORYSTORE_NAME = "memorystore"
+
+
+def datastore_name(shard: int) -> str:
+    return f"datastore-{shard}"
+
+
+def namespace_of(world: str) -> str:
+    return f"lodestore-{world}"
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """What every participant of a world must agree on; shard 0 keeps it for `World.connect`."""
+
+    name: str
+    backend: str
+    path: str | None
+    shards: int
+    clock: Clock
+    faults: FaultConfig
+
+
+def actor_options(name: str, world: str, *, restart: bool = True) -> dict:
+    """Ray options for one of a world's named actors. `num_cpus=0`: these actors mostly wait, and a 2-core laptop
+    must be able to place all of them."""
+    return dict(name=name, namespace=namespace_of(world), lifetime="detached", num_cpus=0,
+                max_restarts=-1 if restart else 0, max_task_retries=0, max_concurrency=1)
+
+
+class _DataStoreShard:
+    """Serves one hash range of DataStore entries."""
+
+    def __init__(self, info: WorldInfo, shard: int) -> None:
+        self.info = info
+        self.shard = shard
+        self.engine = DataStoreEngine(open_backend(info.backend, info.path), info.clock, info.faults)
+
+    def execute(self, ops: list):
+        return self.engine.execute(ops)
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        self.engine.set_faults(faults)
+
+    def describe(self) -> WorldInfo:
+        return self.info
+
+    def statistics(self) -> dict:
+        return {"shard": self.shard, "requests": self.engine.requests, "conflicts": self.engine.conflicts,
+                "injected_errors": self.engine.faults.injected_errors,
+                "ambiguous_writes": self.engine.faults.ambiguous_writes}
+
+    def close(self) -> None:
+        self.engine.backend.close()
+
+
+class _MemoryStoreShard:
+    """Serves every MemoryStore structure of the world, and counts the players its quotas grow with."""
+
+    def __init__(self, info: WorldInfo) -> None:
+        self.engine = MemoryStoreEngine(info.clock)
+        self.players: dict[str, int] = {}
+
+    def execute(self, ops: list) -> BatchReply:
+        return BatchReply(self.engine.execute(ops), None)
+
+    def set_players(self, job_id: str, players: int) -> None:
+        if players:
+            self.players[job_id] = players
+        else:
+            self.players.pop(job_id, None)
+        total = sum(self.players.values())
+        self.engine.set_population(users=total, ccu=total)
+
+    def statistics(self):
+        return self.engine.statistics()
+
+
+DataStoreShard = ray.remote(_DataStoreShard)
+MemoryStoreShard = ray.remote(_MemoryStoreShard)

@@ -1,0 +1,200 @@
+"""How clients reach the services: one code path for blocking and asyncio callers, with or without Ray.
+
+A client operation is a generator. It yields `Call(service, shard, ops)` to send a batch to one shard and receives
+that batch's results (or a list of Calls, sent at once, and receives a list of result lists); it may yield `Sleep(seconds)` to wait real time, or `Permit(...)` to ask the budget for a request
+token (the seam the budget issue fills). `run` drives such a generator with blocking calls, `arun` with `await`.
+A transport delivers a Call: `RayTransport` to the world's actors, `LocalTransport` to engines in this process (tests,
+scripts). The transport never retries: a batch that may have been applied must not be applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Generator, Protocol
+
+import ray
+
+from storage._messages import BatchReply
+
+__all__ = ["Call", "Sleep", "Permit", "run", "arun", "Transport", "LocalTransport", "RayTransport"]
+
+DATASTORE = "datastore"
+MEMORYSTORE = "memorystore"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    service: str
+    shard: int
+    ops: list
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Ask for budget before a request: `request_type` of `RequestType`, the key, its size in characters."""
+
+    request_type: Any
+    key: str | None = None
+    size: int = 0
+    emergency: bool = False
+
+
+class TransportFailure(Exception):
+    """The shard could not be reached or died during the call; the batch may or may not have been applied."""
+
+    def __init__(self, service: str, shard: int, detail: str) -> None:
+        super().__init__(service, shard, detail)
+        self.service, self.shard, self.detail = service, shard, detail
+
+    def __str__(self) -> str:
+        return f"{self.service} shard {self.shard} failed during the request ({self.detail})"
+
+
+class Transport(Protocol):
+    def call_many(self, calls: list[Call]) -> list[BatchReply]: ...
+    async def acall_many(self, calls: list[Call]) -> list[BatchReply]: ...
+    def shard_count(self, service: str) -> int: ...
+    def real_seconds(self, simulated_ms: float) -> float: ...
+
+
+class Gate(Protocol):
+    """Where a Permit is granted. The default grants everything at once."""
+
+    def acquire(self, permit: Permit) -> None: ...
+    async def aacquire(self, permit: Permit) -> None: ...
+
+
+class OpenGate:
+    def acquire(self, permit: Permit) -> None:
+        return None
+
+    async def aacquire(self, permit: Permit) -> None:
+        return None
+
+
+Operation = Generator[Any, Any, Any]
+
+
+def run(op: Operation, transport: Transport, gate: Gate) -> Any:
+    """Drive a client operation to its end with blocking calls."""
+    reply: Any = None
+    while True:
+        try:
+            request = op.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(request, (Call, list)):
+            calls = request if isinstance(request, list) else [request]
+            batches = transport.call_many(calls)
+            delay = max((max(b.delays_ms) for b in batches if b.delays_ms), default=0.0)
+            if delay:
+                time.sleep(transport.real_seconds(delay))
+            reply = [b.results for b in batches] if isinstance(request, list) else batches[0].results
+        elif isinstance(request, Permit):
+            reply = gate.acquire(request)
+        else:
+            time.sleep(request.seconds)
+            reply = None
+
+
+async def arun(op: Operation, transport: Transport, gate: Gate) -> Any:
+    """Drive a client operation to its end, awaiting instead of blocking."""
+    reply: Any = None
+    while True:
+        try:
+            request = op.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(request, (Call, list)):
+            calls = request if isinstance(request, list) else [request]
+            batches = await transport.acall_many(calls)
+            delay = max((max(b.delays_ms) for b in batches if b.delays_ms), default=0.0)
+            if delay:
+                await asyncio.sleep(transport.real_seconds(delay))
+            reply = [b.results for b in batches] if isinstance(request, list) else batches[0].results
+        elif isinstance(request, Permit):
+            reply = await gate.aacquire(request)
+        else:
+            await asyncio.sleep(request.seconds)
+            reply = None
+
+
+class LocalTransport:
+    """Calls engines living in this process. Every result crosses no process boundary, so values stay msgpack
+    bytes exactly as through Ray, and the rest is immutable or rebuilt per call."""
+
+    def __init__(self, services: dict[str, list], clock) -> None:
+        self._services = services
+        self._clock = clock
+
+    def call_many(self, calls: list[Call]) -> list[BatchReply]:
+        return [self._services[c.service][c.shard].execute(c.ops) for c in calls]
+
+    async def acall_many(self, calls: list[Call]) -> list[BatchReply]:
+        return self.call_many(calls)
+
+    def shard_count(self, service: str) -> int:
+        return len(self._services[service])
+
+    def real_seconds(self, simulated_ms: float) -> float:
+        return self._clock.real_seconds(simulated_ms / 1000.0)
+
+
+class RayTransport:
+    """Calls the world's Ray actors. Ray errors become `TransportFailure`; the client turns that into its
+    service's typed error."""
+
+    def __init__(self, handles: dict[str, list], clock) -> None:
+        self._handles = handles
+        self._clock = clock
+
+    def _submit(self, calls: list[Call]) -> list:
+        return [self._handles[c.service][c.shard].execute.remote(c.ops) for c in calls]
+
+    def call_many(self, calls: list[Call]) -> list[BatchReply]:
+        refs = self._submit(calls)
+        return [_unwrap(ref, call, ray.get) for ref, call in zip(refs, calls)]
+
+    async def acall_many(self, calls: list[Call]) -> list[BatchReply]:
+        refs = self._submit(calls)
+        return [await _aunwrap(ref, call) for ref, call in zip(refs, calls)]
+
+    def shard_count(self, service: str) -> int:
+        return len(self._handles[service])
+
+    def real_seconds(self, simulated_ms: float) -> float:
+        return self._clock.real_seconds(simulated_ms / 1000.0)
+
+
+_RAY_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+def _unwrap(ref, call: Call, get) -> BatchReply:
+    try:
+        return get(ref)
+    except _RAY_FAILURES as exc:
+        raise TransportFailure(call.service, call.shard, type(exc).__name__) from exc
+
+
+async def _aunwrap(ref, call: Call) -> BatchReply:
+    try:
+        return await ref
+    except _RAY_FAILURES as exc:
+        raise TransportFailure(call.service, call.shard, type(exc).__name__) from exc
+
+
+def shard_of(parts: tuple[str, ...], shards: int) -> int:
+    """The shard that owns an entry: shard i owns the i-th of `shards` equal ranges of a stable 32-bit hash of
+    (store, scope, key), the same in every process and on every node."""
+    if shards == 1:
+        return 0
+    digest = zlib.crc32("\x1f".join(parts).encode("utf-8", "surrogatepass"))
+    return digest * shards >> 32

@@ -1,0 +1,213 @@
+"""A world: one Roblox experience's emulated cloud, and the simulated game servers that use it.
+
+`World.start` starts (or joins) Ray and the world's named actors in a Ray namespace of its own; `World.connect`
+attaches to a running world from any process of the cluster; `World.in_process` builds the same world inside this
+process, with no Ray, for tests and scripts (a manual clock fits there). `world.server(job_id, players=n)` is one
+simulated game server's identity and its clients. This module wires things together and owns no Roblox rules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Any
+
+import ray
+
+from storage._clock import Clock, ManualClock, SimClock
+from storage._datastore import DataStoreService
+from storage._errors import ConfigError
+from storage._faults import FaultConfig
+from storage._memorystore_client import MemoryStoreService
+from storage._shards import (MEMORYSTORE_NAME, DataStoreShard, MemoryStoreShard, WorldInfo, _DataStoreShard,
+                             _MemoryStoreShard, actor_options, datastore_name, namespace_of)
+from storage._transport import DATASTORE, MEMORYSTORE, LocalTransport, OpenGate, RayTransport
+
+__all__ = ["World", "Server"]
+
+_WORLD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+BACKENDS = ("sqlite", "memory")
+
+
+def _check_config(name: Any, backend: Any, shards: Any, faults: Any) -> FaultConfig:
+    if not isinstance(name, str) or not _WORLD_NAME.match(name):
+        raise ConfigError(f"world name must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 256:
+        raise ConfigError(f"shards must be an int from 1 to 256, got {shards!r}")
+    if faults is not None and not isinstance(faults, FaultConfig):
+        raise ConfigError(f"faults must be a storage.FaultConfig or None, got {type(faults).__name__}")
+    return faults or FaultConfig()
+
+
+def _default_path(name: str, backend: str, path: Any) -> str | None:
+    if backend != "sqlite":
+        if path is not None:
+            raise ConfigError(f"path is only for the sqlite backend, got path={path!r} with backend={backend!r}")
+        return None
+    if path is None:
+        path = os.path.join("lodestore-data", f"{name}.db")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"path must be a file path, got {type(path).__name__}")
+    return os.path.abspath(os.fspath(path))
+
+
+class World:
+    """One emulated Roblox experience.
+
+    >>> world = World.start("demo", backend="sqlite", time_scale=60)
+    >>> server = world.server("job-1", players=10)
+    >>> server.datastores.get_data_store("players").set("user_1", {"coins": 0})
+    >>> world.shutdown()
+    """
+
+    def __init__(self, info: WorldInfo, transport, owned_handles: list | None, local_shards: dict | None) -> None:
+        self.info = info
+        self._transport = transport
+        self._handles = owned_handles
+        self._local = local_shards
+
+    # ----------------------------------------------------------------------------------------------- creation
+
+    @classmethod
+    def start(cls, name: str = "default", backend: str = "sqlite", path: str | None = None, time_scale: float = 1.0,
+              faults: FaultConfig | None = None, address: str | None = None, shards: int = 1) -> "World":
+        """Start the world's actors, starting local Ray first when none is running (or joining `address`)."""
+        faults = _check_config(name, backend, shards, faults)
+        path = _default_path(name, backend, path)
+        clock = SimClock.starting_now(time_scale)
+        _ensure_ray(address)
+        namespace = namespace_of(name)
+        try:
+            ray.get_actor(datastore_name(0), namespace=namespace)
+        except ValueError:
+            pass
+        else:
+            raise ConfigError(f"world {name!r} is already running; use World.connect({name!r}) or shut it down")
+        info = WorldInfo(name, backend, path, shards, clock, faults)
+        datastores = [DataStoreShard.options(**actor_options(datastore_name(i), name)).remote(info, i)
+                      for i in range(shards)]
+        memorystore = MemoryStoreShard.options(**actor_options(MEMORYSTORE_NAME, name)).remote(info)
+        ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()])
+        transport = RayTransport({DATASTORE: datastores, MEMORYSTORE: [memorystore]}, clock)
+        return cls(info, transport, datastores + [memorystore], None)
+
+    @classmethod
+    def connect(cls, name: str, address: str | None = None) -> "World":
+        """Attach to a running world (from a driver, a Ray task or an actor of the same cluster)."""
+        _check_config(name, "memory", 1, None)
+        _ensure_ray(address)
+        namespace = namespace_of(name)
+        try:
+            first = ray.get_actor(datastore_name(0), namespace=namespace)
+        except ValueError:
+            raise ConfigError(f"no running world named {name!r}; start it with World.start({name!r})") from None
+        info: WorldInfo = ray.get(first.describe.remote())
+        datastores = [first] + [ray.get_actor(datastore_name(i), namespace=namespace) for i in range(1, info.shards)]
+        memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace)
+        transport = RayTransport({DATASTORE: datastores, MEMORYSTORE: [memorystore]}, info.clock)
+        return cls(info, transport, None, None)
+
+    @classmethod
+    def in_process(cls, name: str = "local", backend: str = "memory", path: str | None = None,
+                   clock: Clock | None = None, faults: FaultConfig | None = None, shards: int = 1) -> "World":
+        """The same world inside this process, without Ray: for tests (with a `ManualClock`) and scripts."""
+        faults = _check_config(name, backend, shards, faults)
+        path = _default_path(name, backend, path)
+        info = WorldInfo(name, backend, path, shards, clock or SimClock.starting_now(), faults)
+        local = {DATASTORE: [_DataStoreShard(info, i) for i in range(shards)],
+                 MEMORYSTORE: [_MemoryStoreShard(info)]}
+        return cls(info, LocalTransport(local, info.clock), None, local)
+
+    def __reduce__(self):
+        if self._local is not None:
+            raise TypeError("an in-process world cannot leave its process; use World.start for Ray")
+        return (World.connect, (self.info.name,))
+
+    # -------------------------------------------------------------------------------------------------- use
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def clock(self) -> Clock:
+        return self.info.clock
+
+    def now(self) -> int:
+        """Simulated milliseconds since the epoch."""
+        return self.info.clock.now()
+
+    def server(self, job_id: str | None = None, players: int = 0) -> "Server":
+        """A simulated game server: its identity, its player count, and its DataStore and MemoryStore clients."""
+        if job_id is None:
+            job_id = uuid.uuid4().hex[:12]
+        if not isinstance(job_id, str) or not job_id:
+            raise ConfigError(f"job_id must be a non-empty string, got {job_id!r}")
+        server = Server(self, job_id)
+        server.set_players(players)
+        return server
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        """Change what goes wrong, from now on, on every shard."""
+        _check_config(self.name, self.info.backend, self.info.shards, faults)
+        for shard in self._shards(DATASTORE):
+            self._call(shard, "set_faults", faults)
+
+    def statistics(self) -> list[dict]:
+        return [self._call(s, "statistics") for s in self._shards(DATASTORE)]
+
+    def shutdown(self) -> None:
+        """Stop the world's actors. The SQLite file stays; `World.start` on the same path sees all of it."""
+        if self._local is not None:
+            for shard in self._local[DATASTORE]:
+                shard.close()
+            return
+        handles = self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE))
+        for h in handles:
+            ray.kill(h, no_restart=True)
+
+    # ---------------------------------------------------------------------------------------------- plumbing
+
+    def _shards(self, service: str) -> list:
+        if self._local is not None:
+            return self._local[service]
+        return self._transport._handles[service]
+
+    def _call(self, target, method: str, *args):
+        if self._local is not None:
+            return getattr(target, method)(*args)
+        return ray.get(getattr(target, method).remote(*args))
+
+
+class Server:
+    """One simulated Roblox game server (a JobId) with `players` players, and its service clients."""
+
+    def __init__(self, world: World, job_id: str) -> None:
+        self.world = world
+        self.job_id = job_id
+        self.players = 0
+        gate = OpenGate()
+        self.datastores = DataStoreService(world._transport, world.clock, gate, job_id)
+        self.memorystores = MemoryStoreService(world._transport, world.clock, gate, job_id)
+
+    def __repr__(self) -> str:
+        return f"Server({self.job_id!r}, players={self.players}, world={self.world.name!r})"
+
+    def set_players(self, players: int) -> None:
+        """Change how many players this server has; quotas and budgets follow from now on."""
+        if isinstance(players, bool) or not isinstance(players, int) or players < 0:
+            raise ConfigError(f"players must be an int >= 0, got {players!r}")
+        self.players = players
+        memorystore = self.world._shards(MEMORYSTORE)[0]
+        self.world._call(memorystore, "set_players", self.job_id, players)
+
+
+def _ensure_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
+             logging_level="WARNING", configure_logging=True)

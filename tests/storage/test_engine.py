@@ -1,0 +1,269 @@
+"""The DataStore engine's rules, on both backends, driven by a manual clock."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from storage import _messages as m
+from storage._backends import MemoryBackend, SqliteBackend
+from storage._clock import ManualClock
+from storage._engine import DataStoreEngine
+from storage._errors import DataStoreError
+from storage._faults import FaultConfig, Latency, Outage
+from storage._limits import BACKUP_RETENTION_MS, HOUR_MS
+
+START = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS  # on an hour boundary
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def engine(request, tmp_path):
+    clock = ManualClock(START)
+    backend = MemoryBackend() if request.param == "memory" else SqliteBackend(str(tmp_path / "w.db"))
+    yield DataStoreEngine(backend, clock)
+    backend.close()
+
+
+def one(engine, op):
+    result = engine.execute([op]).results[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def put(engine, key, value, **kw):
+    data = msgpack.packb(value)
+    return one(engine, m.Set("s", "global", key, data, len(repr(value)), **kw))
+
+
+def get(engine, key):
+    entry = one(engine, m.Get("s", "global", key))
+    return None if entry.value is None else msgpack.unpackb(entry.value), entry.info
+
+
+def versions(engine, key, ascending=True):
+    return [v for _, v in one(engine, m.ListVersions("s", "global", key, ascending, None, None, None, 1024))]
+
+
+def test_missing_key_reads_none(engine):
+    assert get(engine, "nobody") == (None, None)
+
+
+def test_write_then_read_gives_value_and_key_info(engine):
+    w = put(engine, "k", {"coins": 5}, user_ids=(7,), metadata={"tag": "a"})
+    value, info = get(engine, "k")
+    assert value == {"coins": 5}
+    assert info == w.info
+    assert info.user_ids == (7,) and info.metadata == {"tag": "a"}
+    assert info.created_time == info.updated_time == START
+
+
+def test_every_write_has_a_new_version_and_created_time_stays(engine):
+    first = put(engine, "k", 1).info
+    engine.clock.advance(seconds=5)
+    second = put(engine, "k", 2).info
+    assert first.version != second.version
+    assert second.created_time == START and second.updated_time == START + 5000
+
+
+def test_writes_within_one_hour_keep_only_the_latest(engine):
+    for i in range(5):
+        put(engine, "k", i)
+        engine.clock.advance(seconds=60)
+    listed = versions(engine, "k")
+    assert len(listed) == 1 and get(engine, "k")[0] == 4
+
+
+def test_first_write_of_each_hour_keeps_a_backup(engine):
+    v1 = put(engine, "k", "hour0").info.version
+    engine.clock.advance(ms=HOUR_MS)
+    put(engine, "k", "hour1-a")
+    v3 = put(engine, "k", "hour1-b").info.version
+    listed = versions(engine, "k")
+    assert [v.version for v in listed] == [v1, v3]
+    assert one(engine, m.GetVersion("s", "global", "k", v1)).value == msgpack.packb("hour0")
+    assert [v.version for v in versions(engine, "k", ascending=False)] == [v3, v1]
+
+
+def test_backups_expire_30_days_after_they_stop_being_current(engine):
+    v1 = put(engine, "k", "old").info.version
+    engine.clock.advance(ms=HOUR_MS)
+    put(engine, "k", "new")  # v1 superseded now
+    superseded_at = engine.clock.now()
+    engine.clock.set(superseded_at + BACKUP_RETENTION_MS - 1)
+    assert one(engine, m.GetVersion("s", "global", "k", v1)).value is not None
+    engine.clock.set(superseded_at + BACKUP_RETENTION_MS)
+    assert one(engine, m.GetVersion("s", "global", "k", v1)) == m.MISSING
+    # The latest never expires.
+    engine.clock.advance(ms=10 * BACKUP_RETENTION_MS)
+    assert get(engine, "k")[0] == "new"
+    assert len(versions(engine, "k")) == 1
+
+
+def test_remove_writes_a_tombstone_and_returns_the_previous_value(engine):
+    put(engine, "k", {"a": 1})
+    engine.clock.advance(ms=HOUR_MS)
+    previous = one(engine, m.Remove("s", "global", "k"))
+    assert msgpack.unpackb(previous.value) == {"a": 1}
+    assert get(engine, "k") == (None, None)
+    listed = versions(engine, "k")
+    assert [v.is_deleted for v in listed] == [False, True]
+    assert one(engine, m.Remove("s", "global", "k")) == m.MISSING  # nothing more to remove
+    assert len(versions(engine, "k")) == 2
+
+
+def test_key_recreated_after_remove_gets_a_new_created_time(engine):
+    put(engine, "k", 1)
+    one(engine, m.Remove("s", "global", "k"))
+    engine.clock.advance(seconds=10)
+    info = put(engine, "k", 2).info
+    assert info.created_time == START + 10_000
+
+
+def test_compare_and_set_conflict_returns_the_current_entry(engine):
+    base = put(engine, "k", 1).info.version
+    won = put(engine, "k", 2, if_version=base)
+    assert isinstance(won, m.Written)
+    lost = put(engine, "k", 3, if_version=base)
+    assert isinstance(lost, m.Conflict)
+    assert msgpack.unpackb(lost.current.value) == 2 and lost.current.info == won.info
+    assert engine.conflicts == 1
+    assert isinstance(put(engine, "new", 1, if_version=None), m.Written)
+    assert isinstance(put(engine, "new", 1, if_version=None), m.Conflict)
+
+
+def test_increment_counts_from_zero_and_refuses_non_integers(engine):
+    assert msgpack.unpackb(one(engine, m.Increment("s", "global", "n", 5)).value) == 5
+    assert msgpack.unpackb(one(engine, m.Increment("s", "global", "n", -2)).value) == 3
+    put(engine, "text", "hello")
+    with pytest.raises(DataStoreError) as err:
+        one(engine, m.Increment("s", "global", "text", 1))
+    assert err.value.code == 103 and "'text'" in err.value.message
+    put(engine, "big", 2**63 - 1)
+    with pytest.raises(DataStoreError) as err:
+        one(engine, m.Increment("s", "global", "big", 1))
+    assert err.value.code == 104
+    assert get(engine, "big")[0] == 2**63 - 1
+
+
+def test_list_keys_pages_in_order_and_can_exclude_deleted(engine):
+    for key in ["b", "a", "c", "ab", "d"]:
+        put(engine, key, 1)
+    one(engine, m.Remove("s", "global", "c"))
+    page = one(engine, m.ListKeys("s", "global", "", None, 2, False))
+    assert page == ["a", "ab"]
+    assert one(engine, m.ListKeys("s", "global", "", "ab", 10, False)) == ["b", "c", "d"]
+    assert one(engine, m.ListKeys("s", "global", "", None, 10, True)) == ["a", "ab", "b", "d"]
+    assert one(engine, m.ListKeys("s", "global", "a", None, 10, False)) == ["a", "ab"]
+    assert one(engine, m.ListKeys("s", "other", "", None, 10, False)) == []
+
+
+def test_list_keys_across_all_scopes_names_them_scope_slash_key(engine):
+    one(engine, m.Set("s", "x", "k1", msgpack.packb(1), 1))
+    one(engine, m.Set("s", "global", "k2", msgpack.packb(1), 1))
+    assert one(engine, m.ListKeys("s", None, "", None, 10, False)) == ["global/k2", "x/k1"]
+    assert one(engine, m.ListKeys("s", None, "x/", None, 10, False)) == ["x/k1"]
+
+
+def test_get_version_at_time(engine):
+    v1 = put(engine, "k", "first").info
+    engine.clock.advance(ms=HOUR_MS)
+    put(engine, "k", "second")
+    at = lambda ms: one(engine, m.GetVersionAtTime("s", "global", "k", ms))
+    assert at(START - 1) == m.MISSING
+    assert at(START).info.version == v1.version
+    assert msgpack.unpackb(at(START + HOUR_MS).value) == "second"
+    now = engine.clock.now()
+    assert at(now + 10 * 60 * 1000).value is not None
+    for bad in (0, -5, now + 10 * 60 * 1000 + 1):
+        with pytest.raises(DataStoreError):
+            at(bad)
+
+
+def test_remove_version_deletes_a_backup_but_not_the_current(engine):
+    v1 = put(engine, "k", 1).info.version
+    engine.clock.advance(ms=HOUR_MS)
+    v2 = put(engine, "k", 2).info.version
+    one(engine, m.RemoveVersion("s", "global", "k", v1))
+    assert [v.version for v in versions(engine, "k")] == [v2]
+    with pytest.raises(DataStoreError):
+        one(engine, m.RemoveVersion("s", "global", "k", v2))
+    assert get(engine, "k")[0] == 2
+
+
+def test_ordered_store_ranges_both_ways_with_bounds_and_cursor(engine):
+    for key, value in {"a": 5, "b": 1, "c": 5, "d": 9, "e": -3}.items():
+        one(engine, m.OrderedSet("o", "global", key, value))
+    rng = lambda asc, lo=None, hi=None, after=None, n=10: one(engine, m.OrderedRange("o", "global", asc, n, lo, hi, after))
+    assert rng(True) == [("e", -3), ("b", 1), ("a", 5), ("c", 5), ("d", 9)]
+    assert rng(False) == [("d", 9), ("c", 5), ("a", 5), ("b", 1), ("e", -3)]
+    assert rng(True, lo=1, hi=5) == [("b", 1), ("a", 5), ("c", 5)]
+    assert rng(True, after=(5, "a"), n=2) == [("c", 5), ("d", 9)]
+    assert rng(False, after=(5, "c"), n=2) == [("a", 5), ("b", 1)]
+    one(engine, m.OrderedSet("o", "global", "d", 0))
+    assert rng(False, n=1) == [("c", 5)]
+    assert one(engine, m.OrderedRemove("o", "global", "a")).value == 5
+    assert one(engine, m.OrderedGet("o", "global", "a")).value is None
+
+
+def test_ordered_compare_and_set(engine):
+    first = one(engine, m.OrderedSet("o", "global", "k", 1, if_revision=None))
+    assert isinstance(one(engine, m.OrderedSet("o", "global", "k", 2, if_revision=first.revision)), m.OrderedValue)
+    lost = one(engine, m.OrderedSet("o", "global", "k", 3, if_revision=first.revision))
+    assert isinstance(lost, m.OrderedConflict) and lost.current.value == 2
+
+
+def test_a_failing_request_in_a_batch_leaves_the_others_running(engine):
+    put(engine, "text", "x")
+    results = engine.execute([m.Increment("s", "global", "text", 1), m.Set("s", "global", "ok", msgpack.packb(1), 1),
+                              m.Get("s", "global", "ok")]).results
+    assert isinstance(results[0], DataStoreError)
+    assert isinstance(results[1], m.Written) and results[2].value == msgpack.packb(1)
+
+
+# ------------------------------------------------------------------------------------------------------ faults
+
+
+def test_error_rate_one_fails_every_request_of_that_type_and_writes_nothing(engine):
+    engine.set_faults(FaultConfig(error_rate={"StandardWrite": 1.0}))
+    with pytest.raises(DataStoreError) as err:
+        put(engine, "k", 1)
+    assert err.value.code == 502 and err.value.retryable
+    assert get(engine, "k") == (None, None)  # reads are not affected
+
+
+def test_outage_window_fails_everything_inside_it_only(engine):
+    engine.set_faults(FaultConfig(outages=(Outage(START + 1000, START + 2000),)))
+    put(engine, "k", 1)
+    engine.clock.set(START + 1000)
+    with pytest.raises(DataStoreError) as err:
+        get(engine, "k")
+    assert err.value.code == 502
+    engine.clock.set(START + 2000)
+    assert get(engine, "k")[0] == 1
+
+
+def test_ambiguous_write_lands_but_reports_failure(engine):
+    engine.set_faults(FaultConfig(ambiguous_write_rate=1.0))
+    with pytest.raises(DataStoreError) as err:
+        put(engine, "k", "landed")
+    assert err.value.code == 502
+    assert get(engine, "k")[0] == "landed"
+    assert engine.faults.ambiguous_writes == 1
+
+
+def test_latency_is_reported_per_request_in_simulated_ms(engine):
+    engine.set_faults(FaultConfig(latency={"StandardRead": Latency.uniform(200, 500)}))
+    reply = engine.execute([m.Get("s", "global", "k"), m.Set("s", "global", "k", msgpack.packb(1), 1)])
+    assert 200 <= reply.delays_ms[0] <= 500 and reply.delays_ms[1] == 0
+
+
+def test_faults_are_deterministic_under_a_seed(tmp_path):
+    def run(seed):
+        e = DataStoreEngine(MemoryBackend(), ManualClock(START), FaultConfig(seed=seed, error_rate={"StandardRead": 0.5}))
+        return [isinstance(r, DataStoreError)
+                for r in e.execute([m.Get("s", "global", f"k{i % 7}") for i in range(200)]).results]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+    assert 60 < sum(run(1)) < 140
