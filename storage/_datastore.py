@@ -23,7 +23,7 @@ from storage._errors import ConfigError, DataStoreError, TransformError
 from storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
                              MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)
 from storage._transport import DATASTORE, Call, Gate, Permit, Transport, TransportFailure, arun, run, shard_of
-from storage._values import (check_key, check_metadata, check_page_size, check_store_name, check_user_ids,
+from storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name, check_user_ids,
                              check_value, decode, encode)
 
 __all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection",
@@ -121,12 +121,12 @@ class DataStoreService:
                 raise ConfigError(f"an all_scopes data store takes keys as 'scope/key' and no scope; got {scope!r}")
             scope = ""
         else:
-            check_store_name(scope, what="scope")
+            check_scope(scope)
         return DataStore(self, name, scope, all_scopes)
 
     def get_ordered_data_store(self, name: str, scope: str = DEFAULT_SCOPE) -> "OrderedDataStore":
         check_store_name(name)
-        check_store_name(scope, what="scope")
+        check_scope(scope)
         return OrderedDataStore(self, name, scope)
 
     def statistics(self) -> DataStoreStatistics:
@@ -264,7 +264,7 @@ class DataStore:
             raise DataStoreError(101 if key == "" else 102, "KeyNameEmpty" if key == "" else "KeyNameLimit",
                                  f"an all_scopes data store takes keys as 'scope/key', got {key!r}")
         scope, name = key.split("/", 1)
-        check_store_name(scope, what="scope")
+        check_scope(scope)
         check_key(name)
         return (self.name, scope, name)
 

@@ -13,7 +13,9 @@ Choices made where Roblox documents nothing (callers and tests rely on them):
 - Keys: a key that is not a str raises 101 KeyNameEmpty (as Roblox does for a nil key); empty -> 101; longer than 50
   characters or holding a lone surrogate (not valid UTF-8) -> 102 KeyNameLimit.
 - Values may nest at most `MAX_DEPTH` = 256 containers deep; deeper -> 104. The check itself is iterative, so any depth
-  is refused cleanly; 256 leaves room on Python's 1000-frame stack for the json and msgpack encoders, which recurse.
+  is refused cleanly; 256 leaves room on Python's 1000-frame stack for the json encoder and `canonical`, which
+  recurse (msgpack's own nesting limit is higher). Should the stack still run out, that too is a 104, never a
+  RecursionError.
 - Lengths are Python `len`, in code points, of the compact JSON text with `ensure_ascii=False`.
 - Subclasses of the storable types (IntEnum, StrEnum, OrderedDict, namedtuple, ...) are storable as their base type and
   come back from `decode` as that base type. bool is never an int here.
@@ -29,8 +31,8 @@ Choices made where Roblox documents nothing (callers and tests rely on them):
 from __future__ import annotations
 
 import json
-import reprlib
 import re
+import reprlib
 from typing import Any
 
 import msgpack
@@ -124,8 +126,8 @@ def _too_large(what: str, size: str) -> DataStoreError:
 def _validate(value: Any, what: str) -> int:
     """One walk over `value`, depth first, without recursion; return a lower bound of its JSON length.
 
-    Nothing is allocated per element on the success path: the path of the element being checked is the keys of the
-    open containers plus the loop's current key, and is only turned into text when something is refused.
+    No path is built on the success path: the path of the element being checked is the keys of the open containers
+    plus the loop's current key, and is only turned into text when something is refused.
     """
     at_least = 0  # lower bound of the JSON length: strings, keys, brackets and commas; numbers count 0
     iters: list = [iter(((_ROOT, value),))]  # one iterator per open container, under one for the value itself
@@ -316,7 +318,12 @@ def canonical(value: Any) -> bytes:
     >>> canonical({"b": 1.0, "a": (2.5, True)}) == canonical({"a": [2.5, True], "b": 1})
     True
     """
-    return _canonical_json(_whole_floats_as_ints(value)).encode("utf-8")
+    try:
+        return _canonical_json(_whole_floats_as_ints(value)).encode("utf-8")
+    except RecursionError:
+        raise DataStoreError(
+            104, "CantStoreValue", f"value is nested too deeply to encode from this call stack (limit {MAX_DEPTH})"
+        ) from None
 
 
 _PLAIN = frozenset((str, int, bool, type(None)))
@@ -457,8 +464,9 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
         where = f"metadata[{_show_key(key)}]"
         if len(key) > MAX_METADATA_KEY:
             raise DataStoreError(
-                511, "MetadataLimit", f"metadata key {_show(key)} is {len(key)} characters, over the limit of "
-                f"{MAX_METADATA_KEY}"
+                511,
+                "MetadataLimit",
+                f"metadata key {_show(key)} is {len(key)} characters, over the limit of {MAX_METADATA_KEY}",
             )
         bad = _has_surrogate(key)
         if bad is not None:

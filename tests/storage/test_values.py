@@ -72,8 +72,9 @@ def as_lists(v):
 
 @pytest.mark.parametrize(
     "value",
-    [None, True, False, 0, -1, INT64_MAX, 1.5, -0.0, 1e300, "", "héllo ✓ 金币 😀", 'quote " back \\ nl \n tab \t \x00',
-     [], {}, (), [1, "a", None], {"coins": 10, "items": ["sword", {"id": 3}]}, ("a", (1, 2))],
+    [None, True, False, 0, -1, INT64_MAX, 1.5, -0.0, 1e300, "", "héllo ✓ 金币 😀",
+     'quote " back \\ nl \n tab \t \x00', [], {}, (), [1, "a", None], {"coins": 10, "items": ["sword", {"id": 3}]},
+     ("a", (1, 2))],
 )
 def test_size_is_the_length_of_the_compact_json_in_characters(value) -> None:
     assert check_value(value) == roblox_len(value)
@@ -241,6 +242,7 @@ def test_a_call_from_a_nearly_full_stack_refuses_instead_of_raising_recursion_er
     sys.setrecursionlimit(frames() + 60)
     try:
         message = refused(104, check_value, nested_lists(MAX_DEPTH))
+        refused(104, canonical, nested_lists(MAX_DEPTH))
     finally:
         sys.setrecursionlimit(old)
     assert "too deeply" in message

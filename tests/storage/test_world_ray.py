@@ -1,0 +1,119 @@
+"""The world through Ray: named actors per world, connect from other processes, SQLite durability across a killed
+storage actor and across a world restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from storage import ConfigError, DataStoreError, World
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def world(ray_session, tmp_path, request):
+    w = World.start(f"t-{request.node.name[:40]}", backend="sqlite", path=str(tmp_path / "world.db"))
+    yield w
+    w.shutdown()
+
+
+def test_values_written_through_ray_are_read_back_from_another_process(world, ray_session):
+    ray = ray_session
+    store = world.server("job-a", players=3).datastores.get_data_store("players")
+    version = store.set("user_1", {"coins": 5}, user_ids=[1])
+
+    @ray.remote(num_cpus=0)
+    def read_elsewhere(name):
+        other = World.connect(name).server("job-b").datastores.get_data_store("players")
+        value, info = other.get("user_1")
+        return value, info.version, list(info.user_ids)
+
+    assert ray.get(read_elsewhere.remote(world.name)) == ({"coins": 5}, version, [1])
+
+
+def test_a_world_travels_to_an_actor_by_name(world, ray_session):
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    class GameServer:
+        def __init__(self, w):
+            self.store = w.server("job-c").datastores.get_data_store("players")
+
+        def add(self, key, n):
+            return self.store.update(key, lambda old, info: (old or 0) + n)[0]
+
+    actor = GameServer.remote(world)
+    assert ray.get(actor.add.remote("counter", 2)) == 2
+    assert ray.get(actor.add.remote("counter", 3)) == 5
+    ray.kill(actor)
+
+
+def test_starting_a_running_world_again_is_refused_and_worlds_do_not_collide(world, tmp_path):
+    with pytest.raises(ConfigError, match="already running"):
+        World.start(world.name, backend="memory")
+    other = World.start(world.name + "-other", backend="memory")
+    try:
+        world.server("a").datastores.get_data_store("s").set("k", "mine")
+        assert other.server("b").datastores.get_data_store("s").get("k") == (None, None)
+    finally:
+        other.shutdown()
+
+
+def test_acknowledged_writes_survive_a_killed_storage_actor(world, ray_session):
+    ray = ray_session
+    store = world.server("job-d").datastores.get_data_store("players")
+    for i in range(50):
+        store.set(f"user_{i}", {"n": i})
+    store.remove("user_0")
+    ray.kill(world._shards("datastore")[0], no_restart=False)  # the actor process dies; Ray restarts it
+    reader = world.server("job-e").datastores.get_data_store("players")
+    for attempt in range(100):  # while Ray restarts the actor, a call fails as ambiguous (500), never silently
+        try:
+            reader.get("user_1", use_cache=False)
+            break
+        except DataStoreError as exc:
+            assert exc.code == 500 and "may or may not" in exc.message
+            ray.get(world._shards("datastore")[0].describe.remote())  # blocks until it is back
+    assert [reader.get(f"user_{i}", use_cache=False)[0] for i in range(1, 50)] == [{"n": i} for i in range(1, 50)]
+    assert reader.get("user_0", use_cache=False) == (None, None)
+    assert [v.is_deleted for v in reader.list_versions("user_0").items] == [True]
+
+
+def test_a_world_restarted_on_its_file_sees_everything(ray_session, tmp_path):
+    path = str(tmp_path / "persist.db")
+    first = World.start("t-persist", backend="sqlite", path=path)
+    store = first.server("s1").datastores.get_data_store("players")
+    versions = [store.set("k", i) for i in range(3)]
+    store.set("gone", 1)
+    store.remove("gone")
+    first.server("s1").datastores.get_ordered_data_store("wins").set("ana", 7)
+    first.shutdown()
+
+    second = World.start("t-persist", backend="sqlite", path=path)
+    try:
+        again = second.server("s2").datastores.get_data_store("players")
+        value, info = again.get("k")
+        assert value == 2 and info.version == versions[-1]
+        assert again.get("gone") == (None, None)
+        assert again.list_keys().items == ["gone", "k"]
+        assert again.list_keys(exclude_deleted=True).items == ["k"]
+        assert second.server("s2").datastores.get_ordered_data_store("wins").get("ana") == 7
+    finally:
+        second.shutdown()
+
+
+def test_async_flavour_and_memorystore_through_ray(world):
+    server = world.server("job-f", players=1)
+    store = server.datastores.get_data_store("players")
+
+    async def go():
+        await store.aio.set("k", [1, 2])
+        return await store.aio.update("k", lambda old, info: old + [3])
+
+    value, _ = asyncio.run(go())
+    assert value == [1, 2, 3]
+    locks = server.memorystores.get_hash_map("locks")
+    assert locks.update("k", lambda old: old or "session-1", expiration=90) == "session-1"
+    assert locks.update("k", lambda old: old or "session-2", expiration=90) == "session-1"
