@@ -9,8 +9,12 @@ once, as a generator (see `_transport`), and offered blocking and as coroutines 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
+import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
@@ -22,12 +26,13 @@ from storage import _messages as m
 from storage._errors import ConfigError, DataStoreError, TransformError
 from storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
                              MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)
-from storage._transport import DATASTORE, Call, Gate, Permit, Transport, TransportFailure, arun, run, shard_of
+from storage._throttle import GateStatistics, KeyLanes
+from storage._transport import DATASTORE, Call, Permit, Transport, TransportFailure, arun, run, shard_of
 from storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name, check_user_ids,
                              check_value, decode, encode)
 
 __all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection",
-           "DataStoreStatistics"]
+           "DataStoreStatistics", "RetryPolicy"]
 
 MAX_UPDATE_ATTEMPTS = 100
 _INT64 = (-(2**63), 2**63 - 1)
@@ -46,25 +51,6 @@ class UpdateResult:
     value: Any
     user_ids: Any = None
     metadata: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class DataStoreStatistics:
-    """A snapshot of one server's DataStore traffic, counted at the client."""
-
-    requests: dict[str, int]
-    errors: dict[int, int]
-    cache_hits: int
-    update_conflicts: int
-
-
-class _Counters:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: Counter = Counter()
-        self.errors: Counter = Counter()
-        self.cache_hits = 0
-        self.update_conflicts = 0
 
 
 def _is_int(x: object) -> bool:
@@ -104,15 +90,72 @@ def _optional_ms(value: Any, what: str) -> int | None:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Automatic retries of retryable failures (301-306, 5xx): up to `attempts` tries in all, waiting
+    base x 2^n simulated seconds (at most `max_delay`), each wait shortened by up to `jitter` of itself.
+    Lyra's choice is RetryPolicy(attempts=5, base_delay=1, max_delay=8). A retried write that had failed
+    ambiguously may apply twice (every write is a new version, so it is still one value): statistics count them."""
+
+    attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 8.0
+    jitter: float = 0.5
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or not 1 <= self.attempts <= 100:
+            raise ConfigError(f"retry attempts must be an int from 1 to 100, got {self.attempts!r}")
+        for name in ("base_delay", "max_delay", "jitter"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                raise ConfigError(f"retry {name} must be a finite number >= 0, got {v!r}")
+        if self.jitter > 1:
+            raise ConfigError(f"retry jitter is a fraction from 0 to 1, got {self.jitter!r}")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Simulated seconds to wait before retry number `attempt` (1-based)."""
+        wait = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+        return wait * (1 - self.jitter * rng.random())
+
+
+@dataclass(frozen=True, slots=True)
+class DataStoreStatistics:
+    """A snapshot of one server's DataStore traffic, counted at the client."""
+
+    requests: dict[str, int]
+    errors: dict[int, int]
+    cache_hits: int
+    update_conflicts: int
+    retried: int
+    retried_writes: int
+    budget: GateStatistics
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: Counter = Counter()
+        self.errors: Counter = Counter()
+        self.cache_hits = 0
+        self.update_conflicts = 0
+        self.retried = 0
+        self.retried_writes = 0
+
+
 class DataStoreService:
     """One simulated server's view of DataStoreService. Obtain it as `world.server(...).datastores`."""
 
-    def __init__(self, transport: Transport, clock, gate: Gate, job_id: str = "") -> None:
+    def __init__(self, transport: Transport, clock, gate: Any, job_id: str = "", budget: Any = None) -> None:
         self._transport = transport
         self._clock = clock
         self._gate = gate
+        self._budget = budget
         self.job_id = job_id
         self._counters = _Counters()
+        self._lanes = KeyLanes()
+        self.retry: RetryPolicy | None = None
+        self._rng = random.Random()
 
     def get_data_store(self, name: str, scope: str = DEFAULT_SCOPE, *, all_scopes: bool = False) -> "DataStore":
         check_store_name(name)
@@ -129,10 +172,48 @@ class DataStoreService:
         check_scope(scope)
         return OrderedDataStore(self, name, scope)
 
+    def configure(self, *, retry: RetryPolicy | None = None) -> None:
+        """Turn automatic retries on (a RetryPolicy) or off (None, the default)."""
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigError(f"retry must be a storage.RetryPolicy or None, got {type(retry).__name__}")
+        self.retry = retry
+        self._rng = random.Random(retry.seed if retry is not None else None)
+
+    def get_request_budget(self, request_type: RequestType | str) -> int:
+        """How many requests of this type this server can make now (GetRequestBudgetForRequestType): the budget
+        actor's bucket plus the tokens this server holds in leases."""
+        try:
+            rtype = RequestType(request_type)
+        except ValueError:
+            raise ConfigError(f"unknown request type {request_type!r}; known: "
+                              f"{', '.join(t.value for t in RequestType)}") from None
+        held = self._gate.local_tokens(rtype) if hasattr(self._gate, "local_tokens") else 0
+        if self._budget is None:
+            return held
+        return held + self._budget.available(self.job_id, rtype)
+
+    def queue_sizes(self) -> dict[str, int]:
+        """Requests waiting in each throttle queue (Get, Set, OrderedGet, OrderedSet)."""
+        return self._gate.queue_sizes()
+
+    def wait_for_empty_queue(self, timeout: float | None = None) -> bool:
+        """Block until no request waits for budget (True), or `timeout` real seconds pass (False)."""
+        return self._gate.wait_for_empty_queue(timeout)
+
+    def flush_queue(self) -> int:
+        """Drop every routine request waiting for budget (each caller gets a DataStoreError); emergencies stay."""
+        return self._gate.flush_queue()
+
+    def emergency_flush_queue(self) -> int:
+        """Drop every request waiting for budget, emergencies included."""
+        return self._gate.emergency_flush_queue()
+
     def statistics(self) -> DataStoreStatistics:
         c = self._counters
+        budget = self._gate.statistics()
         with c.lock:
-            return DataStoreStatistics(dict(c.requests), dict(c.errors), c.cache_hits, c.update_conflicts)
+            return DataStoreStatistics(dict(c.requests), dict(c.errors), c.cache_hits, c.update_conflicts,
+                                       c.retried, c.retried_writes, budget)
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
@@ -153,17 +234,47 @@ class DataStoreService:
             raise result
         return result
 
-    def _run(self, op) -> Any:
-        try:
-            return run(op, self._transport, self._gate)
-        except TransportFailure as exc:
-            raise self._lost(exc) from exc
+    def _should_retry(self, exc: DataStoreError, attempt: int, write: bool) -> float | None:
+        """Simulated seconds to wait before trying again, or None to give up."""
+        if self.retry is None or not exc.retryable or attempt >= self.retry.attempts:
+            return None
+        with self._counters.lock:
+            self._counters.retried += 1
+            if write:
+                self._counters.retried_writes += 1
+        return self.retry.delay(attempt, self._rng)
 
-    async def _arun(self, op) -> Any:
-        try:
-            return await arun(op, self._transport, self._gate)
-        except TransportFailure as exc:
-            raise self._lost(exc) from exc
+    def _run(self, make: Callable, lane: Any = None, write: bool = False) -> Any:
+        with self._lanes.hold(lane):
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    try:
+                        return run(make(), self._transport, self._gate)
+                    except TransportFailure as exc:
+                        raise self._lost(exc) from exc
+                except DataStoreError as exc:
+                    wait = self._should_retry(exc, attempt, write)
+                    if wait is None:
+                        raise
+                time.sleep(self._clock.real_seconds(wait))
+
+    async def _arun(self, make: Callable, lane: Any = None, write: bool = False) -> Any:
+        async with self._lanes.ahold(lane):
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    try:
+                        return await arun(make(), self._transport, self._gate)
+                    except TransportFailure as exc:
+                        raise self._lost(exc) from exc
+                except DataStoreError as exc:
+                    wait = self._should_retry(exc, attempt, write)
+                    if wait is None:
+                        raise
+                await asyncio.sleep(self._clock.real_seconds(wait))
 
     def _lost(self, exc: TransportFailure) -> DataStoreError:
         with self._counters.lock:
@@ -176,7 +287,7 @@ def _async_twin(cls: type, names: tuple[str, ...]) -> type:
 
     def make(name: str):
         async def method(self, *args, **kwargs):
-            return await self._target._service._arun(getattr(self._target, f"_op_{name}")(*args, **kwargs))
+            return await self._target._service._arun(*self._target._plan(name, *args, **kwargs))
 
         method.__name__ = name
         method.__doc__ = f"Coroutine version of `{cls.__name__}.{name}`."
@@ -215,44 +326,58 @@ class DataStore:
     def get(self, key: str, use_cache: bool = True) -> tuple[Any, m.KeyInfo | None]:
         """(value, KeyInfo), or (None, None) for a missing or deleted key. Served from this object's 4 s cache
         unless `use_cache=False`; a cached read spends no budget."""
-        return self._service._run(self._op_get(key, use_cache))
+        return self._service._run(*self._plan("get", key, use_cache))
 
     def set(self, key: str, value: Any, user_ids: Any = None, metadata: Any = None) -> str:
         """Write `value`, replacing user ids and metadata; returns the new version string."""
-        return self._service._run(self._op_set(key, value, user_ids, metadata))
+        return self._service._run(*self._plan("set", key, value, user_ids, metadata))
 
     def update(self, key: str, fn: Callable[[Any, m.KeyInfo | None], Any]) -> tuple[Any, m.KeyInfo | None]:
         """Roblox's UpdateAsync: `fn(old, key_info)` returns the new value (or an `UpdateResult`), or None to
         cancel. It may run more than once when another writer wins the race; it must not have side effects."""
-        return self._service._run(self._op_update(key, fn))
+        return self._service._run(*self._plan("update", key, fn))
 
     def increment(self, key: str, delta: int = 1, user_ids: Any = None) -> tuple[int, m.KeyInfo]:
-        return self._service._run(self._op_increment(key, delta, user_ids))
+        return self._service._run(*self._plan("increment", key, delta, user_ids))
 
     def remove(self, key: str) -> tuple[Any, m.KeyInfo | None]:
         """Write a tombstone; returns the value and KeyInfo the key had, or (None, None)."""
-        return self._service._run(self._op_remove(key))
+        return self._service._run(*self._plan("remove", key))
 
     def list_keys(self, prefix: str = "", page_size: int = 0, cursor: str | None = None,
                   exclude_deleted: bool = False) -> m.Page:
         """One page of key names in order (0 = 50 per page); pass `page.cursor` back for the next page."""
-        return self._service._run(self._op_list_keys(prefix, page_size, cursor, exclude_deleted))
+        return self._service._run(*self._plan("list_keys", prefix, page_size, cursor, exclude_deleted))
 
     def list_versions(self, key: str, direction: Any = SortDirection.ASCENDING, min_date: int | None = None,
                       max_date: int | None = None, page_size: int = 0, cursor: str | None = None) -> m.Page:
         """One page of `VersionInfo` (0 = 1024 per page), by creation time, tombstones included."""
-        return self._service._run(self._op_list_versions(key, direction, min_date, max_date, page_size, cursor))
+        return self._service._run(*self._plan("list_versions", key, direction, min_date, max_date, page_size, cursor))
 
     def get_version(self, key: str, version: str) -> tuple[Any, m.KeyInfo | None]:
-        return self._service._run(self._op_get_version(key, version))
+        return self._service._run(*self._plan("get_version", key, version))
 
     def get_version_at_time(self, key: str, ms: int) -> tuple[Any, m.KeyInfo | None]:
         """The version that was current at `ms` (0 < ms <= now + 10 minutes), or (None, None)."""
-        return self._service._run(self._op_get_version_at_time(key, ms))
+        return self._service._run(*self._plan("get_version_at_time", key, ms))
 
     def remove_version(self, key: str, version: str) -> None:
         """Delete one backup version for good (deprecated on Roblox). The current version cannot be removed."""
-        return self._service._run(self._op_remove_version(key, version))
+        return self._service._run(*self._plan("remove_version", key, version))
+
+
+    _KEYED = frozenset({"get", "set", "update", "increment", "remove", "list_versions", "get_version",
+                        "get_version_at_time", "remove_version"})
+    _WRITES = frozenset({"set", "update", "increment", "remove", "remove_version"})
+
+    def _plan(self, name: str, *args: Any, **kwargs: Any) -> tuple[Callable, Any, bool]:
+        """(operation factory, lane, is a write) for one call of method `name`."""
+        make = functools.partial(getattr(self, f"_op_{name}"), *args, **kwargs)
+        lane = None
+        if name in self._KEYED:
+            key = args[0] if args else kwargs.get("key")
+            lane = (self.name, self.scope, key) if isinstance(key, str) else None
+        return make, lane, name in self._WRITES
 
     # Operations (generators) --------------------------------------------------------------------------------
 
@@ -282,9 +407,9 @@ class DataStore:
         with self._cache_lock:
             self._cache[parts] = (self._service._clock.now() + READ_CACHE_MS, entry)
 
-    def _request(self, parts: tuple, op: Any, size: int = 0, **permit: Any):
-        """Spend the budget for `op`, send it, and give back its checked result."""
-        yield Permit(op.request_type, parts[2], size, **permit)
+    def _request(self, parts: tuple, op: Any, size: int = 0, call: str = ""):
+        """Spend the budget for `op` (`call` names the client method), send it, and give back its checked result."""
+        yield Permit(op.request_type, parts[2], size, call)
         self._service._count(op.request_type)
         results = yield self._service._call(parts, op)
         return self._service._check(results[0])
@@ -301,7 +426,7 @@ class DataStore:
                 with self._service._counters.lock:
                     self._service._counters.cache_hits += 1
                 return self._pair(entry)
-        entry = yield from self._request(parts, m.Get(*parts))
+        entry = yield from self._request(parts, m.Get(*parts), call="get")
         self._remember(parts, entry)
         return self._pair(entry)
 
@@ -310,7 +435,7 @@ class DataStore:
         size = check_value(value)
         uids, meta = check_user_ids(user_ids), check_metadata(metadata)
         data = encode(value)
-        written = yield from self._request(parts, m.Set(*parts, data, size, uids, meta), size)
+        written = yield from self._request(parts, m.Set(*parts, data, size, uids, meta), size, call="set")
         self._remember(parts, m.Entry(data, written.info))
         return written.info.version
 
@@ -318,7 +443,7 @@ class DataStore:
         parts = self._parts(key)
         if not callable(fn):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
-        entry = yield from self._request(parts, m.Get(*parts))
+        entry = yield from self._request(parts, m.Get(*parts), call="update")
         for _ in range(MAX_UPDATE_ATTEMPTS):
             old = None if entry.value is None else decode(entry.value)
             try:
@@ -336,7 +461,7 @@ class DataStore:
             size = check_value(value)
             data = encode(value)
             expected = entry.info.version if entry.info is not None else None
-            result = yield from self._request(parts, m.Set(*parts, data, size, uids, meta, if_version=expected), size)
+            result = yield from self._request(parts, m.Set(*parts, data, size, uids, meta, if_version=expected), size, call="update")
             if isinstance(result, m.Conflict):
                 with self._service._counters.lock:
                     self._service._counters.update_conflicts += 1
@@ -352,13 +477,13 @@ class DataStore:
         if not _is_int(delta) or not _INT64[0] <= delta <= _INT64[1]:
             raise DataStoreError(103, "ValueNotAllowed", f"increment delta must be a 64-bit integer, got {delta!r}")
         uids = check_user_ids(user_ids)
-        entry = yield from self._request(parts, m.Increment(*parts, delta, uids))
+        entry = yield from self._request(parts, m.Increment(*parts, delta, uids), call="increment")
         self._remember(parts, entry)
         return self._pair(entry)
 
     def _op_remove(self, key):
         parts = self._parts(key)
-        entry = yield from self._request(parts, m.Remove(*parts))
+        entry = yield from self._request(parts, m.Remove(*parts), call="remove")
         self._remember(parts, m.MISSING)
         return self._pair(entry)
 
@@ -373,7 +498,8 @@ class DataStore:
         yield Permit(op.request_type)
         self._service._count(op.request_type)
         replies = yield [Call(DATASTORE, i, [op]) for i in range(self._service._shards())]
-        keys = sorted(k for reply in replies for k in self._service._check(reply[0]))[:limit]
+        # A set: the shards of a SQLite world share one file, so each of them answers for every key.
+        keys = sorted({k for reply in replies for k in self._service._check(reply[0])})[:limit]
         return m.Page(keys, _encode_cursor("keys", keys[-1]) if len(keys) == limit else None)
 
     def _op_list_versions(self, key, direction=SortDirection.ASCENDING, min_date=None, max_date=None, page_size=0,
@@ -432,51 +558,54 @@ class OrderedDataStore:
         return f"OrderedDataStore({self.name!r}, scope={self.scope!r})"
 
     def get(self, key: str) -> int | None:
-        return self._service._run(self._op_get(key))
+        return self._service._run(*self._plan("get", key))
 
     def set(self, key: str, value: int) -> None:
-        return self._service._run(self._op_set(key, value))
+        return self._service._run(*self._plan("set", key, value))
 
     def increment(self, key: str, delta: int = 1) -> int:
-        return self._service._run(self._op_increment(key, delta))
+        return self._service._run(*self._plan("increment", key, delta))
 
     def update(self, key: str, fn: Callable[[int | None], int | None]) -> int | None:
         """`fn(old)` returns the new integer, or None to cancel; re-run when another writer got there first."""
-        return self._service._run(self._op_update(key, fn))
+        return self._service._run(*self._plan("update", key, fn))
 
     def remove(self, key: str) -> int | None:
-        return self._service._run(self._op_remove(key))
+        return self._service._run(*self._plan("remove", key))
 
     def get_sorted(self, ascending: bool = True, page_size: int = 50, min_value: int | None = None,
                    max_value: int | None = None, cursor: str | None = None) -> m.Page:
         """One page of (key, value) pairs in value order (ties by key); `page.cursor` for the next one."""
-        return self._service._run(self._op_get_sorted(ascending, page_size, min_value, max_value, cursor))
+        return self._service._run(*self._plan("get_sorted", ascending, page_size, min_value, max_value, cursor))
 
     def _parts(self, key: Any) -> tuple[str, str, str]:
         check_key(key)
         return (self.name, self.scope, key)
 
     _request = DataStore._request
+    _plan = DataStore._plan
+    _KEYED = frozenset({"get", "set", "increment", "update", "remove"})
+    _WRITES = frozenset({"set", "increment", "update", "remove"})
 
     def _op_get(self, key):
         parts = self._parts(key)
-        return (yield from self._request(parts, m.OrderedGet(*parts))).value
+        return (yield from self._request(parts, m.OrderedGet(*parts), call="get")).value
 
     def _op_set(self, key, value):
         parts = self._parts(key)
         _check_ordered_value(value)
-        yield from self._request(parts, m.OrderedSet(*parts, value))
+        yield from self._request(parts, m.OrderedSet(*parts, value), call="set")
 
     def _op_increment(self, key, delta=1):
         parts = self._parts(key)
         _check_ordered_value(delta, "delta")
-        return (yield from self._request(parts, m.OrderedIncrement(*parts, delta))).value
+        return (yield from self._request(parts, m.OrderedIncrement(*parts, delta), call="increment")).value
 
     def _op_update(self, key, fn):
         parts = self._parts(key)
         if not callable(fn):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
-        current = yield from self._request(parts, m.OrderedGet(*parts))
+        current = yield from self._request(parts, m.OrderedGet(*parts), call="update")
         for _ in range(MAX_UPDATE_ATTEMPTS):
             try:
                 new = fn(current.value)
@@ -485,7 +614,7 @@ class OrderedDataStore:
             if new is None:
                 return None
             _check_ordered_value(new)
-            result = yield from self._request(parts, m.OrderedSet(*parts, new, if_revision=current.revision))
+            result = yield from self._request(parts, m.OrderedSet(*parts, new, if_revision=current.revision), call="update")
             if isinstance(result, m.OrderedConflict):
                 with self._service._counters.lock:
                     self._service._counters.update_conflicts += 1
@@ -497,7 +626,7 @@ class OrderedDataStore:
 
     def _op_remove(self, key):
         parts = self._parts(key)
-        return (yield from self._request(parts, m.OrderedRemove(*parts))).value
+        return (yield from self._request(parts, m.OrderedRemove(*parts), call="remove")).value
 
     def _op_get_sorted(self, ascending=True, page_size=50, min_value=None, max_value=None, cursor=None):
         if not _is_int(page_size) or not 1 <= page_size <= MAX_SORTED_PAGE:
@@ -511,10 +640,11 @@ class OrderedDataStore:
         after = _decode_cursor("sorted", cursor)
         op = m.OrderedRange(self.name, self.scope, bool(ascending), page_size, min_value, max_value,
                             tuple(after) if after is not None else None)
-        yield Permit(op.request_type)
+        yield Permit(op.request_type, call="get_sorted")
         self._service._count(op.request_type)
         replies = yield [Call(DATASTORE, i, [op]) for i in range(self._service._shards())]
-        pairs = [tuple(p) for reply in replies for p in self._service._check(reply[0])]
+        # A set: the shards of a SQLite world share one file, so each of them answers for every key.
+        pairs = list({tuple(p) for reply in replies for p in self._service._check(reply[0])})
         pairs.sort(key=lambda kv: (kv[1], kv[0]), reverse=not ascending)
         pairs = pairs[:page_size]
         last = pairs[-1] if pairs else None

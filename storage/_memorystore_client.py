@@ -7,6 +7,7 @@ there first, as Roblox does. Blocking methods, and the same as coroutines on `.a
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from storage import _memorystore as ms
@@ -48,15 +49,15 @@ class MemoryStoreService:
     def get_queue(self, name: str, invisibility_timeout: float = MS_QUEUE_DEFAULT_INVISIBILITY_S) -> "Queue":
         return Queue(self, name, invisibility_timeout)
 
-    def _run(self, op) -> Any:
+    def _run(self, make: Callable, lane: Any = None, write: bool = False) -> Any:
         try:
-            return run(op, self._transport, self._gate)
+            return run(make(), self._transport, self._gate)
         except TransportFailure as exc:
             raise MemoryStoreError("InternalError", f"{exc}; the request may or may not have taken effect") from exc
 
-    async def _arun(self, op) -> Any:
+    async def _arun(self, make: Callable, lane: Any = None, write: bool = False) -> Any:
         try:
-            return await arun(op, self._transport, self._gate)
+            return await arun(make(), self._transport, self._gate)
         except TransportFailure as exc:
             raise MemoryStoreError("InternalError", f"{exc}; the request may or may not have taken effect") from exc
 
@@ -70,6 +71,9 @@ class _Structure:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+    def _plan(self, name: str, *args: Any, **kwargs: Any) -> tuple[Callable, None, bool]:
+        return functools.partial(getattr(self, f"_op_{name}"), *args, **kwargs), None, False
 
     def _request(self, op: Any):
         results = yield Call(MEMORYSTORE, 0, [op])
@@ -99,22 +103,22 @@ class HashMap(_Structure):
 
     def get(self, key: str) -> Any:
         """The item's value, or None when absent or expired."""
-        return self._service._run(self._op_get(key))
+        return self._service._run(*self._plan("get", key))
 
     def set(self, key: str, value: Any, expiration: float) -> bool:
         """Store `value` for `expiration` seconds (0..3,888,000; 0 removes it at once)."""
-        return self._service._run(self._op_set(key, value, expiration))
+        return self._service._run(*self._plan("set", key, value, expiration))
 
     def update(self, key: str, fn: Callable[[Any], Any], expiration: float) -> Any:
         """`fn(old)` returns the new value, or None to cancel; re-run on conflict. Returns the stored value."""
-        return self._service._run(self._op_update(key, fn, expiration))
+        return self._service._run(*self._plan("update", key, fn, expiration))
 
     def remove(self, key: str) -> None:
-        return self._service._run(self._op_remove(key))
+        return self._service._run(*self._plan("remove", key))
 
     def list_items(self, count: int, cursor: str | None = None) -> tuple[list[tuple[str, Any]], str | None]:
         """One page of (key, value) in key order, and the cursor of the next page (None when done)."""
-        return self._service._run(self._op_list_items(count, cursor))
+        return self._service._run(*self._plan("list_items", count, cursor))
 
     def _op_get(self, key):
         item = yield from self._request(ms.HashMapGet(self.name, key))
@@ -159,25 +163,25 @@ class SortedMap(_Structure):
 
     def get(self, key: str) -> tuple[Any, Any]:
         """(value, sort_key), or (None, None) when absent or expired."""
-        return self._service._run(self._op_get(key))
+        return self._service._run(*self._plan("get", key))
 
     def set(self, key: str, value: Any, expiration: float, sort_key: Any = None) -> bool:
-        return self._service._run(self._op_set(key, value, expiration, sort_key))
+        return self._service._run(*self._plan("set", key, value, expiration, sort_key))
 
     def update(self, key: str, fn: Callable[[Any, Any], Any], expiration: float) -> Any:
         """`fn(old_value, old_sort_key)` returns (value, sort_key), or None to cancel; re-run on conflict."""
-        return self._service._run(self._op_update(key, fn, expiration))
+        return self._service._run(*self._plan("update", key, fn, expiration))
 
     def remove(self, key: str) -> None:
-        return self._service._run(self._op_remove(key))
+        return self._service._run(*self._plan("remove", key))
 
     def get_range(self, direction: Any, count: int, lower_bound: Any = None,
                   upper_bound: Any = None) -> list[tuple[str, Any, Any]]:
         """Up to `count` (key, value, sort_key) in order; bounds are exclusive (sort_key, key) pairs."""
-        return self._service._run(self._op_get_range(direction, count, lower_bound, upper_bound))
+        return self._service._run(*self._plan("get_range", direction, count, lower_bound, upper_bound))
 
     def get_size(self) -> int:
-        return self._service._run(self._op_get_size())
+        return self._service._run(*self._plan("get_size"))
 
     def _op_get(self, key):
         item = yield from self._request(ms.SortedMapGet(self.name, key))
@@ -231,18 +235,18 @@ class Queue(_Structure):
         self.aio = AsyncQueue(self)
 
     def add(self, value: Any, expiration: float, priority: float = 0) -> None:
-        return self._service._run(self._op_add(value, expiration, priority))
+        return self._service._run(*self._plan("add", value, expiration, priority))
 
     def read(self, count: int = 1, all_or_nothing: bool = False,
              wait_timeout: float = 0) -> tuple[list[Any], str | None]:
         """(values, read_id). Waits up to `wait_timeout` simulated seconds for items (not on a manual clock)."""
-        return self._service._run(self._op_read(count, all_or_nothing, wait_timeout))
+        return self._service._run(*self._plan("read", count, all_or_nothing, wait_timeout))
 
     def remove(self, read_id: str) -> None:
-        return self._service._run(self._op_remove(read_id))
+        return self._service._run(*self._plan("remove", read_id))
 
     def get_size(self, exclude_invisible: bool = False) -> int:
-        return self._service._run(self._op_get_size(exclude_invisible))
+        return self._service._run(*self._plan("get_size", exclude_invisible))
 
     def _op_add(self, value, expiration, priority=0):
         data, size = _encoded(value)

@@ -10,6 +10,7 @@ scripts). The transport never retries: a batch that may have been applied must n
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Permit:
     request_type: Any
     key: str | None = None
     size: int = 0
+    call: str = ""          # the client method ("get", "set", "update", ...): names the error if it is dropped
     emergency: bool = False
 
 
@@ -70,14 +72,6 @@ class Gate(Protocol):
 
     def acquire(self, permit: Permit) -> None: ...
     async def aacquire(self, permit: Permit) -> None: ...
-
-
-class OpenGate:
-    def acquire(self, permit: Permit) -> None:
-        return None
-
-    async def aacquire(self, permit: Permit) -> None:
-        return None
 
 
 Operation = Generator[Any, Any, Any]
@@ -134,9 +128,16 @@ class LocalTransport:
     def __init__(self, services: dict[str, list], clock) -> None:
         self._services = services
         self._clock = clock
+        # One batch at a time per shard, as a Ray actor with max_concurrency=1 runs them: the engines are not
+        # thread-safe, and clients on several threads share them.
+        self._locks = {service: [threading.Lock() for _ in shards] for service, shards in services.items()}
 
     def call_many(self, calls: list[Call]) -> list[BatchReply]:
-        return [self._services[c.service][c.shard].execute(c.ops) for c in calls]
+        replies = []
+        for c in calls:
+            with self._locks[c.service][c.shard]:
+                replies.append(self._services[c.service][c.shard].execute(c.ops))
+        return replies
 
     async def acall_many(self, calls: list[Call]) -> list[BatchReply]:
         return self.call_many(calls)

@@ -22,7 +22,8 @@ from storage._faults import FaultConfig
 from storage._memorystore_client import MemoryStoreService
 from storage._shards import (MEMORYSTORE_NAME, DataStoreShard, MemoryStoreShard, WorldInfo, _DataStoreShard,
                              _MemoryStoreShard, actor_options, datastore_name, namespace_of)
-from storage._transport import DATASTORE, MEMORYSTORE, LocalTransport, OpenGate, RayTransport
+from storage._throttle import OpenGate
+from storage._transport import DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
 
 __all__ = ["World", "Server"]
 

@@ -1,0 +1,384 @@
+"""One game server's side of the request budget: leased tokens, Roblox's four throttle queues, priorities.
+
+Every DataStore request asks its server's `BudgetGate` for a token before it is sent. Tokens come from the world's
+budget actor in leases (batches), so a server pays one Ray call per batch of requests, not per request; they are spent
+here, only before their lease expires, and what is left goes back with `release`. When no token is at hand the request
+waits in the FIFO queue of its kind (Set, OrderedSet, Get, OrderedGet), at most 30 deep; a request that finds its queue
+full fails at once with Roblox's 301-306. Emergency requests (a final save at shutdown) go before routine ones.
+Nothing here talks to storage, and nothing is dropped without its caller getting an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+from storage._errors import DataStoreError
+from storage._limits import RequestType
+from storage._transport import Permit
+
+__all__ = ["BudgetGate", "OpenGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics", "QUEUE_LIMIT"]
+
+QUEUE_LIMIT = 30
+LEASE_BATCH = 20          # tokens asked for beyond what the waiting requests need
+POLL_S = 0.05             # real seconds between budget checks while a queue waits for a refill
+
+
+class QueueKind:
+    GET = "Get"
+    SET = "Set"
+    ORDERED_GET = "OrderedGet"
+    ORDERED_SET = "OrderedSet"
+
+
+QUEUE_OF = {
+    RequestType.STANDARD_READ: QueueKind.GET, RequestType.STANDARD_LIST: QueueKind.GET,
+    RequestType.STANDARD_WRITE: QueueKind.SET, RequestType.STANDARD_REMOVE: QueueKind.SET,
+    RequestType.REMOVE_VERSION: QueueKind.SET,
+    RequestType.ORDERED_READ: QueueKind.ORDERED_GET, RequestType.ORDERED_LIST: QueueKind.ORDERED_GET,
+    RequestType.ORDERED_WRITE: QueueKind.ORDERED_SET, RequestType.ORDERED_REMOVE: QueueKind.ORDERED_SET,
+}
+
+# Roblox's "request dropped: throttled and the queue was full" codes, by the call that was dropped.
+_DROP_CODES = {"get": 301, "set": 302, "increment": 303, "update": 304, "get_sorted": 305, "remove": 306}
+_DEFAULT_DROP = {QueueKind.GET: 301, QueueKind.SET: 302, QueueKind.ORDERED_GET: 305, QueueKind.ORDERED_SET: 302}
+_DROP_NAMES = {301: "GetAsyncThrottled", 302: "SetAsyncThrottled", 303: "IncrementAsyncThrottled",
+               304: "UpdateAsyncThrottled", 305: "GetSortedThrottled", 306: "RemoveAsyncThrottled"}
+
+_emergency: contextvars.ContextVar[bool] = contextvars.ContextVar("lodestore_emergency", default=False)
+
+
+@contextlib.contextmanager
+def emergency() -> Iterator[None]:
+    """Mark every DataStore request made inside this block (this thread or task) as an emergency: served before
+    routine requests in its queue, and kept by `flush_queue`. Use it for final saves at shutdown."""
+    token = _emergency.set(True)
+    try:
+        yield
+    finally:
+        _emergency.reset(token)
+
+
+def is_emergency(permit: Permit) -> bool:
+    return permit.emergency or _emergency.get()
+
+
+class BudgetLink(Protocol):
+    """How a gate reaches the budget ledger (a Ray actor, or an object in this process)."""
+
+    def lease(self, server_id: str, request_type: RequestType, want: int) -> Any: ...
+    def release(self, lease_id: str, unused: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateStatistics:
+    """A snapshot of one server's budget gate."""
+
+    tokens: dict[str, int]
+    queue_sizes: dict[str, int]
+    granted: int
+    throttled: int
+    dropped: dict[int, int]
+    flushed: int
+    leases: int
+
+
+@dataclass(slots=True)
+class _Pool:
+    """Tokens of one request type from the current lease."""
+
+    tokens: int = 0
+    lease_id: str | None = None
+    expires_at: int = 0
+
+
+@dataclass(slots=True)
+class _Waiter:
+    permit: Permit
+    emergency: bool
+    kind: str
+    dropped_by: str | None = None
+    counted_throttled: bool = field(default=False)
+
+
+class BudgetGate:
+    """Grants DataStore request permits for one server from leased tokens, queueing when the budget is out.
+
+    Thread-safe; coroutines wait in a worker thread. Fair: a queue is served in order (emergencies first), and a
+    request never overtakes one already waiting in its queue.
+    """
+
+    def __init__(self, link: BudgetLink, clock, server_id: str, *, queue_limit: int = QUEUE_LIMIT) -> None:
+        self._link = link
+        self._clock = clock
+        self.server_id = server_id
+        self.queue_limit = queue_limit
+        self._cv = threading.Condition()
+        self._queues: dict[str, deque[_Waiter]] = {k: deque() for k in set(QUEUE_OF.values())}
+        self._pools: dict[RequestType, _Pool] = {t: _Pool() for t in RequestType}
+        self._leasing: set[RequestType] = set()
+        self._granted = 0
+        self._throttled = 0
+        self._dropped: Counter = Counter()
+        self._flushed = 0
+        self._leases = 0
+
+    # ------------------------------------------------------------------------------------------------ permits
+
+    def acquire(self, permit: Permit) -> None:
+        kind = QUEUE_OF[permit.request_type]
+        with self._cv:
+            queue = self._queues[kind]
+            if not queue and self._take(permit.request_type):
+                return
+            if len(queue) >= self.queue_limit:
+                code = _DROP_CODES.get(permit.call, _DEFAULT_DROP[kind])
+                self._dropped[code] += 1
+                raise DataStoreError(code, _DROP_NAMES[code],
+                                     f"request dropped: throttled and the {kind} queue was full "
+                                     f"({self.queue_limit} waiting) on server {self.server_id!r}")
+            waiter = _Waiter(permit, is_emergency(permit), kind)
+            self._enqueue(queue, waiter)
+            try:
+                self._wait_for_turn(waiter, queue)
+            finally:
+                if waiter in queue:
+                    queue.remove(waiter)
+                self._cv.notify_all()
+
+    async def aacquire(self, permit: Permit) -> None:
+        kind = QUEUE_OF[permit.request_type]
+        with self._cv:  # the fast path never blocks on the network
+            if not self._queues[kind] and self._take(permit.request_type):
+                return
+        context = contextvars.copy_context()
+        await asyncio.to_thread(context.run, self.acquire, permit)
+
+    def _enqueue(self, queue: deque[_Waiter], waiter: _Waiter) -> None:
+        if waiter.emergency:
+            position = next((i for i, w in enumerate(queue) if not w.emergency), len(queue))
+            queue.insert(position, waiter)
+        else:
+            queue.append(waiter)
+
+    def _wait_for_turn(self, waiter: _Waiter, queue: deque[_Waiter]) -> None:
+        rtype = waiter.permit.request_type
+        while True:
+            if waiter.dropped_by is not None:
+                raise DataStoreError(_DROP_CODES.get(waiter.permit.call, _DEFAULT_DROP[waiter.kind]),
+                                     "RequestDropped", f"request dropped from the {waiter.kind} queue by "
+                                     f"{waiter.dropped_by} on server {self.server_id!r}")
+            if queue[0] is waiter:
+                if self._take(rtype):
+                    return
+                if rtype not in self._leasing:
+                    granted, retry_after_ms = self._lease(rtype, want=len(queue) + LEASE_BATCH)
+                    if granted:
+                        continue
+                    if not waiter.counted_throttled:
+                        waiter.counted_throttled = True
+                        self._throttled += 1
+                    self._cv.wait(max(POLL_S, self._clock.real_seconds(retry_after_ms / 1000.0)))
+                    continue
+            self._cv.wait(POLL_S)
+
+    def _take(self, rtype: RequestType) -> bool:
+        """Spend one local token of `rtype` if a live lease has one. Caller holds the lock."""
+        pool = self._pools[rtype]
+        if pool.tokens and self._clock.now() < pool.expires_at:
+            pool.tokens -= 1
+            self._granted += 1
+            return True
+        return False
+
+    def _lease(self, rtype: RequestType, want: int) -> tuple[int, int]:
+        """Return what is left of the old lease and lease a new batch; the lock is released during the call."""
+        pool = self._pools[rtype]
+        old_id, unused = pool.lease_id, pool.tokens
+        pool.tokens, pool.lease_id = 0, None
+        self._leasing.add(rtype)
+        self._cv.release()
+        try:
+            if old_id is not None:
+                self._link.release(old_id, unused)
+            lease = self._link.lease(self.server_id, rtype, want)
+        finally:
+            self._cv.acquire()
+            self._leasing.discard(rtype)
+            self._cv.notify_all()
+        self._leases += 1
+        if lease.granted:
+            pool.tokens, pool.lease_id, pool.expires_at = lease.granted, lease.lease_id, lease.expires_at
+        else:
+            self._link_release_quietly(lease)
+        return lease.granted, lease.retry_after_ms
+
+    def _link_release_quietly(self, lease: Any) -> None:
+        if lease.lease_id:
+            self._cv.release()
+            try:
+                self._link.release(lease.lease_id, 0)
+            finally:
+                self._cv.acquire()
+
+    # --------------------------------------------------------------------------------------- queue control
+
+    def local_tokens(self, rtype: RequestType) -> int:
+        with self._cv:
+            pool = self._pools[rtype]
+            return pool.tokens if self._clock.now() < pool.expires_at else 0
+
+    def queue_sizes(self) -> dict[str, int]:
+        with self._cv:
+            return {kind: len(q) for kind, q in sorted(self._queues.items())}
+
+    def wait_for_empty_queue(self, timeout: float | None = None) -> bool:
+        """Block until every queue is empty (True), or `timeout` real seconds pass (False)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not any(self._queues.values()), timeout)
+
+    def flush_queue(self) -> int:
+        """Drop every routine request waiting in the queues (each caller gets a typed error); emergencies stay."""
+        return self._drop(lambda w: not w.emergency, "flush_queue")
+
+    def emergency_flush_queue(self) -> int:
+        """Drop every waiting request, emergencies included (the server is going away now)."""
+        return self._drop(lambda w: True, "emergency_flush_queue")
+
+    def _drop(self, which, why: str) -> int:
+        with self._cv:
+            dropped = 0
+            for queue in self._queues.values():
+                for waiter in [w for w in queue if which(w)]:
+                    waiter.dropped_by = why
+                    queue.remove(waiter)
+                    dropped += 1
+            self._flushed += dropped
+            self._cv.notify_all()
+            return dropped
+
+    def release_all(self) -> None:
+        """Give every unused leased token back (a server that stops)."""
+        with self._cv:
+            pools = [(p.lease_id, p.tokens) for p in self._pools.values() if p.lease_id is not None]
+            for p in self._pools.values():
+                p.tokens, p.lease_id = 0, None
+        for lease_id, unused in pools:
+            self._link.release(lease_id, unused)
+
+    def statistics(self) -> GateStatistics:
+        with self._cv:
+            now = self._clock.now()
+            tokens = {t.value: (p.tokens if now < p.expires_at else 0) for t, p in self._pools.items()}
+            return GateStatistics(tokens, {k: len(q) for k, q in sorted(self._queues.items())}, self._granted,
+                                  self._throttled, dict(self._dropped), self._flushed, self._leases)
+
+
+class OpenGate:
+    """A gate that grants everything at once: a world started with `budget=None` (no request budgets)."""
+
+    server_id = ""
+
+    def acquire(self, permit: Permit) -> None:
+        return None
+
+    async def aacquire(self, permit: Permit) -> None:
+        return None
+
+    def local_tokens(self, rtype: RequestType) -> int:
+        return 0
+
+    def queue_sizes(self) -> dict[str, int]:
+        return {kind: 0 for kind in sorted(set(QUEUE_OF.values()))}
+
+    def wait_for_empty_queue(self, timeout: float | None = None) -> bool:
+        return True
+
+    def flush_queue(self) -> int:
+        return 0
+
+    def emergency_flush_queue(self) -> int:
+        return 0
+
+    def release_all(self) -> None:
+        return None
+
+    def statistics(self) -> GateStatistics:
+        return GateStatistics({}, self.queue_sizes(), 0, 0, {}, 0, 0)
+
+
+class _Lane:
+    __slots__ = ("next_ticket", "serving", "users", "abandoned")
+
+    def __init__(self) -> None:
+        self.next_ticket = 0
+        self.serving = 0
+        self.users = 0
+        self.abandoned: set[int] = set()  # tickets whose holder gave up before its turn
+
+
+class KeyLanes:
+    """Per-key FIFO lanes: operations on one key from one server run one at a time, in the order they began, so a
+    read never overtakes an earlier write. A ticket is taken the moment an operation starts."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._lanes: dict[Any, _Lane] = {}
+
+    def _ticket(self, key: Any) -> tuple[_Lane, int]:
+        with self._cv:
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = _Lane()
+            lane.users += 1
+            ticket = lane.next_ticket
+            lane.next_ticket += 1
+            return lane, ticket
+
+    def _wait(self, lane: _Lane, ticket: int) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: lane.serving == ticket)
+
+    def _done(self, key: Any, lane: _Lane, ticket: int) -> None:
+        with self._cv:
+            if lane.serving == ticket:
+                lane.serving += 1
+                while lane.serving in lane.abandoned:
+                    lane.abandoned.discard(lane.serving)
+                    lane.serving += 1
+            else:
+                lane.abandoned.add(ticket)
+            lane.users -= 1
+            if lane.users == 0:
+                del self._lanes[key]
+            self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, key: Any) -> Iterator[None]:
+        if key is None:
+            yield
+            return
+        lane, ticket = self._ticket(key)
+        try:
+            self._wait(lane, ticket)
+            yield
+        finally:
+            self._done(key, lane, ticket)
+
+    @contextlib.asynccontextmanager
+    async def ahold(self, key: Any):
+        if key is None:
+            yield
+            return
+        lane, ticket = self._ticket(key)
+        try:
+            if lane.serving != ticket:
+                await asyncio.to_thread(self._wait, lane, ticket)
+            yield
+        finally:
+            self._done(key, lane, ticket)
