@@ -12,21 +12,22 @@ Everything public is exported here; the `_`-prefixed modules are private.
 """
 
 from storage._clock import Clock, ManualClock, SimClock
-from storage._datastore import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, SortDirection,
-                                UpdateResult)
+from storage._datastore import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, RetryPolicy,
+                                SortDirection, UpdateResult)
 from storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
 from storage._faults import FaultConfig, Latency, Outage
 from storage._limits import RequestType
 from storage._memorystore import MemoryStoreStatistics
 from storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
 from storage._messages import KeyInfo, Page, VersionInfo
+from storage._throttle import GateStatistics, emergency
 from storage._world import Server, World
 
 __all__ = [
     "World", "Server",
     "Clock", "SimClock", "ManualClock",
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
-    "SortDirection", "DataStoreStatistics", "RequestType",
+    "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
     "FaultConfig", "Latency", "Outage",
     "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",

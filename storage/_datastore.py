@@ -146,8 +146,10 @@ class _Counters:
 class DataStoreService:
     """One simulated server's view of DataStoreService. Obtain it as `world.server(...).datastores`."""
 
-    def __init__(self, transport: Transport, clock, gate: Any, job_id: str = "", budget: Any = None) -> None:
+    def __init__(self, transport: Transport, clock, gate: Any, job_id: str = "", budget: Any = None,
+                 shared_storage: bool = False) -> None:
         self._transport = transport
+        self._shared_storage = shared_storage  # every shard reads one SQLite file: one shard answers a listing
         self._clock = clock
         self._gate = gate
         self._budget = budget
@@ -219,6 +221,11 @@ class DataStoreService:
 
     def _shards(self) -> int:
         return self._transport.shard_count(DATASTORE)
+
+    def _listing_calls(self, op: Any) -> list[Call]:
+        """A listing asks every shard for its hash range, or one shard when all of them share one file."""
+        shards = 1 if self._shared_storage else self._shards()
+        return [Call(DATASTORE, i, [op]) for i in range(shards)]
 
     def _call(self, parts: tuple[str, str, str], op: Any) -> Call:
         return Call(DATASTORE, shard_of(parts, self._shards()), [op])
@@ -497,7 +504,7 @@ class DataStore:
                         bool(exclude_deleted))
         yield Permit(op.request_type)
         self._service._count(op.request_type)
-        replies = yield [Call(DATASTORE, i, [op]) for i in range(self._service._shards())]
+        replies = yield self._service._listing_calls(op)
         # A set: the shards of a SQLite world share one file, so each of them answers for every key.
         keys = sorted({k for reply in replies for k in self._service._check(reply[0])})[:limit]
         return m.Page(keys, _encode_cursor("keys", keys[-1]) if len(keys) == limit else None)
@@ -642,7 +649,7 @@ class OrderedDataStore:
                             tuple(after) if after is not None else None)
         yield Permit(op.request_type, call="get_sorted")
         self._service._count(op.request_type)
-        replies = yield [Call(DATASTORE, i, [op]) for i in range(self._service._shards())]
+        replies = yield self._service._listing_calls(op)
         # A set: the shards of a SQLite world share one file, so each of them answers for every key.
         pairs = list({tuple(p) for reply in replies for p in self._service._check(reply[0])})
         pairs.sort(key=lambda kv: (kv[1], kv[0]), reverse=not ascending)

@@ -11,6 +11,8 @@ refused request: every check happens before the first write.
 
 from __future__ import annotations
 
+from collections import deque
+
 import msgpack
 
 from storage import _messages as m
@@ -18,9 +20,10 @@ from storage._backends import Backend, EntryKey, VersionRecord
 from storage._clock import Clock
 from storage._errors import DataStoreError
 from storage._faults import FaultConfig, FaultInjector, error_name
-from storage._limits import BACKUP_RETENTION_MS, HOUR_MS, VERSION_AT_TIME_FUTURE_MS
+from storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, KEY_READ_BYTES_PER_MINUTE, KEY_WINDOW_MS,
+                             KEY_WRITE_BYTES_PER_MINUTE, VERSION_AT_TIME_FUTURE_MS)
 
-__all__ = ["DataStoreEngine"]
+__all__ = ["DataStoreEngine", "KeyThroughput"]
 
 _INT64 = (-(2**63), 2**63 - 1)
 _DOTNET_EPOCH_TICKS = 621_355_968_000_000_000
@@ -45,6 +48,56 @@ def _entry(rec: VersionRecord | None) -> m.Entry:
 
 
 
+class _Window:
+    __slots__ = ("events", "total")
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[int, int]] = deque()  # (ms, bytes)
+        self.total = 0
+
+    def used(self, now: int) -> int:
+        cutoff = now - KEY_WINDOW_MS
+        while self.events and self.events[0][0] <= cutoff:
+            self.total -= self.events.popleft()[1]
+        return self.total
+
+    def add(self, now: int, amount: int) -> None:
+        self.events.append((now, amount))
+        self.total += amount
+
+
+class KeyThroughput:
+    """Roblox's per-key limits: 25 MB read and 4 MB written per key per sliding minute, each request rounded up to
+    the next KB. A shard sees every request for its keys, so it is where these windows live."""
+
+    SWEEP_EVERY = 10_000
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple, _Window] = {}
+        self._since_sweep = 0
+
+    @staticmethod
+    def charge(size: int) -> int:
+        return max(1, -(-size // 1024)) * 1024
+
+    def admit(self, k: tuple, direction: str, size: int, now: int) -> None:
+        """Count a request of `size` bytes against key `k`, or raise KeyThrottled (429) and count nothing."""
+        limit = KEY_READ_BYTES_PER_MINUTE if direction == "read" else KEY_WRITE_BYTES_PER_MINUTE
+        window = self._windows.get((k, direction))
+        amount = self.charge(size)
+        if window is None:
+            window = self._windows[(k, direction)] = _Window()
+        if window.used(now) + amount > limit:
+            raise DataStoreError(429, "KeyThrottled",
+                                 f"key {k[2]!r} of store {k[0]!r}: {direction}s over {limit // (1024 * 1024)} MB in "
+                                 f"the last minute ({window.total // 1024} KB used, this request {amount // 1024} KB)")
+        window.add(now, amount)
+        self._since_sweep += 1
+        if self._since_sweep >= self.SWEEP_EVERY:
+            self._since_sweep = 0
+            self._windows = {wk: w for wk, w in self._windows.items() if w.used(now)}
+
+
 class DataStoreEngine:
     """Executes batches of DataStore requests against one backend.
 
@@ -58,6 +111,7 @@ class DataStoreEngine:
         self.backend = backend
         self.clock = clock
         self.faults = FaultInjector(faults)
+        self.throughput = KeyThroughput()
         self.requests = 0
         self.conflicts = 0
         self._next_sweep_ms = 0
@@ -112,7 +166,10 @@ class DataStoreEngine:
     # ---------------------------------------------------------------------------------------------- standard
 
     def _get(self, op: m.Get, now: int) -> m.Entry:
-        return _entry(self.backend.latest((op.store, op.scope, op.key)))
+        k = (op.store, op.scope, op.key)
+        entry = _entry(self.backend.latest(k))
+        self.throughput.admit(k, "read", len(entry.value) if entry.value is not None else 0, now)
+        return entry
 
     def _write(self, k: EntryKey, latest: VersionRecord | None, now: int, *, value: bytes | None,
                user_ids: tuple[int, ...], metadata: dict, deleted: bool) -> VersionRecord:
@@ -131,6 +188,7 @@ class DataStoreEngine:
 
     def _set(self, op: m.Set, now: int) -> m.Written | m.Conflict:
         k = (op.store, op.scope, op.key)
+        self.throughput.admit(k, "write", op.size, now)
         latest = self.backend.latest(k)
         if op.if_version is not m.ANY:
             current = latest.version if latest is not None and not latest.deleted else None
@@ -142,6 +200,7 @@ class DataStoreEngine:
 
     def _increment(self, op: m.Increment, now: int) -> m.Entry:
         k = (op.store, op.scope, op.key)
+        self.throughput.admit(k, "write", 0, now)
         latest = self.backend.latest(k)
         old = 0
         if latest is not None and not latest.deleted:

@@ -35,8 +35,8 @@ class DataStoreError(LodestoreError):
 
     @property
     def retryable(self) -> bool:
-        """Throttling (301-306) and server-side failures (5xx) may succeed when retried."""
-        return 301 <= self.code <= 306 or 500 <= self.code <= 599
+        """Throttling (301-306, 429 KeyThrottled) and server-side failures (5xx) may succeed when retried."""
+        return 301 <= self.code <= 306 or self.code == 429 or 500 <= self.code <= 599
 
 
 class MemoryStoreError(LodestoreError):

@@ -45,6 +45,11 @@ LIST_VERSIONS_DEFAULT_PAGE = 1024
 MAX_LIST_PAGE = 1024
 MAX_SORTED_PAGE = 100
 
+# Per-key throughput (sliding 60 s window, each request rounded up to the next KB).
+KEY_WINDOW_MS = 60_000
+KEY_READ_BYTES_PER_MINUTE = 25 * 1024 * 1024
+KEY_WRITE_BYTES_PER_MINUTE = 4 * 1024 * 1024
+
 # MemoryStore.
 MS_MAX_KEY = 128
 MS_MAX_VALUE_BYTES = 32 * 1024

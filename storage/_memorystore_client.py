@@ -8,12 +8,13 @@ there first, as Roblox does. Blocking methods, and the same as coroutines on `.a
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Callable
 
 from storage import _memorystore as ms
 from storage._datastore import _async_twin
 from storage._errors import DataStoreError, MemoryStoreError, TransformError
-from storage._limits import MS_QUEUE_DEFAULT_INVISIBILITY_S
+from storage._limits import MS_MAX_VALUE_BYTES, MS_QUEUE_DEFAULT_INVISIBILITY_S
 from storage._transport import MEMORYSTORE, Call, Gate, Sleep, Transport, TransportFailure, arun, run
 from storage._values import check_value, decode, encode
 
@@ -24,10 +25,14 @@ _QUEUE_POLL_S = 0.25  # simulated seconds between polls of an empty queue while 
 
 
 def _encoded(value: Any) -> tuple[bytes, int]:
+    """The value as msgpack, and its size in bytes of UTF-8 JSON (what MemoryStore's 32 KB limit counts)."""
     try:
-        size = check_value(value)
+        chars = check_value(value)
     except DataStoreError as exc:
         raise MemoryStoreError(ms.INVALID_REQUEST, exc.message) from None
+    size = chars
+    if chars <= 2 * MS_MAX_VALUE_BYTES:  # past that it is refused whatever the encoding; skip the work
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     return encode(value), size
 
 

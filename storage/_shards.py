@@ -13,15 +13,18 @@ from dataclasses import dataclass
 import ray
 
 from storage._backends import open_backend
+from storage._budget import BudgetLedger
 from storage._clock import Clock
 from storage._engine import DataStoreEngine
 from storage._faults import FaultConfig
 from storage._memorystore import MemoryStoreEngine
 from storage._messages import BatchReply
 
-__all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "datastore_name", "MEMORYSTORE_NAME"]
+__all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor", "datastore_name",
+           "MEMORYSTORE_NAME", "BUDGET_NAME"]
 
 MEMORYSTORE_NAME = "memorystore"
+BUDGET_NAME = "budget"
 
 
 def datastore_name(shard: int) -> str:
@@ -42,6 +45,7 @@ class WorldInfo:
     shards: int
     clock: Clock
     faults: FaultConfig
+    budget: str | None = "current"  # budget profile, or None: no request budgets
 
 
 def actor_options(name: str, world: str, *, restart: bool = True) -> dict:
@@ -99,5 +103,49 @@ class _MemoryStoreShard:
         return self.engine.statistics()
 
 
+class _BudgetService:
+    """The world's one budget actor: a thin shell over `BudgetLedger`.
+
+    Delivered twice: `register_server`, `set_players`, `remove_server` and `release` are idempotent; a duplicated
+    `lease` takes tokens twice and the caller learns of one lease only, so the extra tokens are lost to it (never
+    spent twice); a duplicated `begin_shutdown` is a no-op (the boost applies once)."""
+
+    HOUSEKEEPING_EVERY = 256
+
+    def __init__(self, info: WorldInfo) -> None:
+        self.ledger = BudgetLedger(info.clock, info.budget or "current")
+        self._calls = 0
+
+    def register_server(self, server_id: str, players: int) -> bool:
+        return self.ledger.register_server(server_id, players)
+
+    def set_players(self, server_id: str, players: int) -> None:
+        if not self.ledger.register_server(server_id, players):
+            self.ledger.set_players(server_id, players)
+
+    def begin_shutdown(self, server_id: str) -> bool:
+        return self.ledger.begin_shutdown(server_id)
+
+    def remove_server(self, server_id: str) -> bool:
+        return self.ledger.remove_server(server_id)
+
+    def available(self, server_id: str, request_type) -> int:
+        return self.ledger.available(server_id, request_type)
+
+    def lease(self, server_id: str, request_type, want: int, players: int = 0):
+        self._calls += 1
+        if self._calls % self.HOUSEKEEPING_EVERY == 0:
+            self.ledger.expire()
+        self.ledger.register_server(server_id, players)  # no-op when known; re-creates it after a restart
+        return self.ledger.lease(server_id, request_type, want)
+
+    def release(self, lease_id: str, unused: int):
+        return self.ledger.release(lease_id, unused)
+
+    def statistics(self):
+        return self.ledger.statistics()
+
+
 DataStoreShard = ray.remote(_DataStoreShard)
+BudgetActor = ray.remote(_BudgetService)
 MemoryStoreShard = ray.remote(_MemoryStoreShard)

@@ -113,8 +113,11 @@ class BudgetGate:
     request never overtakes one already waiting in its queue.
     """
 
-    def __init__(self, link: BudgetLink, clock, server_id: str, *, queue_limit: int = QUEUE_LIMIT) -> None:
+    def __init__(self, link: BudgetLink, clock, server_id: str, *, queue_limit: int = QUEUE_LIMIT,
+                 buckets: dict[RequestType, RequestType] | None = None) -> None:
         self._link = link
+        # Request types that share one ledger bucket (the legacy profile) share one local pool too.
+        self._bucket = buckets or {t: t for t in RequestType}
         self._clock = clock
         self.server_id = server_id
         self.queue_limit = queue_limit
@@ -176,7 +179,7 @@ class BudgetGate:
             if queue[0] is waiter:
                 if self._take(rtype):
                     return
-                if rtype not in self._leasing:
+                if self._bucket[rtype] not in self._leasing:
                     granted, retry_after_ms = self._lease(rtype, want=len(queue) + LEASE_BATCH)
                     if granted:
                         continue
@@ -189,7 +192,7 @@ class BudgetGate:
 
     def _take(self, rtype: RequestType) -> bool:
         """Spend one local token of `rtype` if a live lease has one. Caller holds the lock."""
-        pool = self._pools[rtype]
+        pool = self._pools[self._bucket[rtype]]
         if pool.tokens and self._clock.now() < pool.expires_at:
             pool.tokens -= 1
             self._granted += 1
@@ -198,6 +201,7 @@ class BudgetGate:
 
     def _lease(self, rtype: RequestType, want: int) -> tuple[int, int]:
         """Return what is left of the old lease and lease a new batch; the lock is released during the call."""
+        rtype = self._bucket[rtype]
         pool = self._pools[rtype]
         old_id, unused = pool.lease_id, pool.tokens
         pool.tokens, pool.lease_id = 0, None
@@ -212,25 +216,15 @@ class BudgetGate:
             self._leasing.discard(rtype)
             self._cv.notify_all()
         self._leases += 1
-        if lease.granted:
+        if lease.granted:  # a lease of nothing is not recorded by the ledger and needs no release
             pool.tokens, pool.lease_id, pool.expires_at = lease.granted, lease.lease_id, lease.expires_at
-        else:
-            self._link_release_quietly(lease)
         return lease.granted, lease.retry_after_ms
-
-    def _link_release_quietly(self, lease: Any) -> None:
-        if lease.lease_id:
-            self._cv.release()
-            try:
-                self._link.release(lease.lease_id, 0)
-            finally:
-                self._cv.acquire()
 
     # --------------------------------------------------------------------------------------- queue control
 
     def local_tokens(self, rtype: RequestType) -> int:
         with self._cv:
-            pool = self._pools[rtype]
+            pool = self._pools[self._bucket[rtype]]
             return pool.tokens if self._clock.now() < pool.expires_at else 0
 
     def queue_sizes(self) -> dict[str, int]:

@@ -15,14 +15,16 @@ from typing import Any
 
 import ray
 
-from storage._clock import Clock, ManualClock, SimClock
+from storage._budget import bucket_map
+from storage._clock import Clock, SimClock
 from storage._datastore import DataStoreService
 from storage._errors import ConfigError
 from storage._faults import FaultConfig
 from storage._memorystore_client import MemoryStoreService
-from storage._shards import (MEMORYSTORE_NAME, DataStoreShard, MemoryStoreShard, WorldInfo, _DataStoreShard,
-                             _MemoryStoreShard, actor_options, datastore_name, namespace_of)
-from storage._throttle import OpenGate
+from storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard, WorldInfo,
+                             _BudgetService, _DataStoreShard, _MemoryStoreShard, actor_options, datastore_name,
+                             namespace_of)
+from storage._throttle import BudgetGate, OpenGate
 from storage._transport import DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
 
 __all__ = ["World", "Server"]
@@ -31,13 +33,18 @@ _WORLD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BACKENDS = ("sqlite", "memory")
 
 
-def _check_config(name: Any, backend: Any, shards: Any, faults: Any) -> FaultConfig:
+BUDGET_PROFILES = ("current", "legacy", None)
+
+
+def _check_config(name: Any, backend: Any, shards: Any, faults: Any, budget: Any = "current") -> FaultConfig:
     if not isinstance(name, str) or not _WORLD_NAME.match(name):
         raise ConfigError(f"world name must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 256:
         raise ConfigError(f"shards must be an int from 1 to 256, got {shards!r}")
+    if budget not in BUDGET_PROFILES:
+        raise ConfigError(f"budget must be 'current', 'legacy' or None (no budgets), got {budget!r}")
     if faults is not None and not isinstance(faults, FaultConfig):
         raise ConfigError(f"faults must be a storage.FaultConfig or None, got {type(faults).__name__}")
     return faults or FaultConfig()
@@ -64,9 +71,11 @@ class World:
     >>> world.shutdown()
     """
 
-    def __init__(self, info: WorldInfo, transport, owned_handles: list | None, local_shards: dict | None) -> None:
+    def __init__(self, info: WorldInfo, transport, budget: Any, owned_handles: list | None,
+                 local_shards: dict | None) -> None:
         self.info = info
         self._transport = transport
+        self._budget = budget  # the budget actor's handle, the in-process service, or None (no budgets)
         self._handles = owned_handles
         self._local = local_shards
 
@@ -74,9 +83,11 @@ class World:
 
     @classmethod
     def start(cls, name: str = "default", backend: str = "sqlite", path: str | None = None, time_scale: float = 1.0,
-              faults: FaultConfig | None = None, address: str | None = None, shards: int = 1) -> "World":
-        """Start the world's actors, starting local Ray first when none is running (or joining `address`)."""
-        faults = _check_config(name, backend, shards, faults)
+              faults: FaultConfig | None = None, address: str | None = None, shards: int = 1,
+              budget: str | None = "current") -> "World":
+        """Start the world's actors, starting local Ray first when none is running (or joining `address`).
+        `budget` is the request-budget profile ("current" or "legacy"), or None for unlimited requests."""
+        faults = _check_config(name, backend, shards, faults, budget)
         path = _default_path(name, backend, path)
         clock = SimClock.starting_now(time_scale)
         _ensure_ray(address)
@@ -87,13 +98,19 @@ class World:
             pass
         else:
             raise ConfigError(f"world {name!r} is already running; use World.connect({name!r}) or shut it down")
-        info = WorldInfo(name, backend, path, shards, clock, faults)
+        info = WorldInfo(name, backend, path, shards, clock, faults, budget)
         datastores = [DataStoreShard.options(**actor_options(datastore_name(i), name)).remote(info, i)
                       for i in range(shards)]
         memorystore = MemoryStoreShard.options(**actor_options(MEMORYSTORE_NAME, name)).remote(info)
-        ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()])
+        owned = datastores + [memorystore]
+        budget_actor = None
+        if budget is not None:
+            budget_actor = BudgetActor.options(**actor_options(BUDGET_NAME, name)).remote(info)
+            owned.append(budget_actor)
+        ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
+                + ([budget_actor.statistics.remote()] if budget_actor else []))
         transport = RayTransport({DATASTORE: datastores, MEMORYSTORE: [memorystore]}, clock)
-        return cls(info, transport, datastores + [memorystore], None)
+        return cls(info, transport, budget_actor, owned, None)
 
     @classmethod
     def connect(cls, name: str, address: str | None = None) -> "World":
@@ -108,19 +125,23 @@ class World:
         info: WorldInfo = ray.get(first.describe.remote())
         datastores = [first] + [ray.get_actor(datastore_name(i), namespace=namespace) for i in range(1, info.shards)]
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace)
+        budget = ray.get_actor(BUDGET_NAME, namespace=namespace) if info.budget is not None else None
         transport = RayTransport({DATASTORE: datastores, MEMORYSTORE: [memorystore]}, info.clock)
-        return cls(info, transport, None, None)
+        return cls(info, transport, budget, None, None)
 
     @classmethod
     def in_process(cls, name: str = "local", backend: str = "memory", path: str | None = None,
-                   clock: Clock | None = None, faults: FaultConfig | None = None, shards: int = 1) -> "World":
-        """The same world inside this process, without Ray: for tests (with a `ManualClock`) and scripts."""
-        faults = _check_config(name, backend, shards, faults)
+                   clock: Clock | None = None, faults: FaultConfig | None = None, shards: int = 1,
+                   budget: str | None = "current") -> "World":
+        """The same world inside this process, without Ray: for tests (with a `ManualClock`) and scripts.
+        With a manual clock budgets refill only when the test moves the clock."""
+        faults = _check_config(name, backend, shards, faults, budget)
         path = _default_path(name, backend, path)
-        info = WorldInfo(name, backend, path, shards, clock or SimClock.starting_now(), faults)
+        info = WorldInfo(name, backend, path, shards, clock or SimClock.starting_now(), faults, budget)
         local = {DATASTORE: [_DataStoreShard(info, i) for i in range(shards)],
                  MEMORYSTORE: [_MemoryStoreShard(info)]}
-        return cls(info, LocalTransport(local, info.clock), None, local)
+        budget_service = _BudgetService(info) if budget is not None else None
+        return cls(info, LocalTransport(local, info.clock), budget_service, None, local)
 
     def __reduce__(self):
         if self._local is not None:
@@ -160,13 +181,18 @@ class World:
     def statistics(self) -> list[dict]:
         return [self._call(s, "statistics") for s in self._shards(DATASTORE)]
 
+    def budget_statistics(self):
+        """The budget ledger's snapshot (every server's buckets, the experience buckets, leases), or None."""
+        return None if self._budget is None else self._call(self._budget, "statistics")
+
     def shutdown(self) -> None:
         """Stop the world's actors. The SQLite file stays; `World.start` on the same path sees all of it."""
         if self._local is not None:
             for shard in self._local[DATASTORE]:
                 shard.close()
             return
-        handles = self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE))
+        handles = self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
+                                    + ([self._budget] if self._budget is not None else []))
         for h in handles:
             ray.kill(h, no_restart=True)
 
@@ -182,6 +208,30 @@ class World:
             return getattr(target, method)(*args)
         return ray.get(getattr(target, method).remote(*args))
 
+    def _send(self, target, method: str, *args) -> None:
+        """Like `_call`, without waiting for the answer (Ray) ."""
+        if self._local is not None:
+            getattr(target, method)(*args)
+        else:
+            getattr(target, method).remote(*args)
+
+
+class _BudgetLink:
+    """How one server's gate reaches the world's budget ledger."""
+
+    def __init__(self, world: World, server: "Server") -> None:
+        self._world = world
+        self._server = server
+
+    def lease(self, server_id: str, request_type, want: int):
+        return self._world._call(self._world._budget, "lease", server_id, request_type, want, self._server.players)
+
+    def release(self, lease_id: str, unused: int) -> None:
+        self._world._send(self._world._budget, "release", lease_id, unused)
+
+    def available(self, server_id: str, request_type) -> int:
+        return self._world._call(self._world._budget, "available", server_id, request_type)
+
 
 class Server:
     """One simulated Roblox game server (a JobId) with `players` players, and its service clients."""
@@ -190,9 +240,12 @@ class Server:
         self.world = world
         self.job_id = job_id
         self.players = 0
-        gate = OpenGate()
-        self.datastores = DataStoreService(world._transport, world.clock, gate, job_id)
-        self.memorystores = MemoryStoreService(world._transport, world.clock, gate, job_id)
+        link = _BudgetLink(world, self) if world._budget is not None else None
+        gate = (BudgetGate(link, world.clock, job_id, buckets=bucket_map(world.info.budget)) if link is not None
+                else OpenGate())
+        self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
+                                           shared_storage=world.info.backend == "sqlite")
+        self.memorystores = MemoryStoreService(world._transport, world.clock, OpenGate(), job_id)
 
     def __repr__(self) -> str:
         return f"Server({self.job_id!r}, players={self.players}, world={self.world.name!r})"
@@ -204,6 +257,20 @@ class Server:
         self.players = players
         memorystore = self.world._shards(MEMORYSTORE)[0]
         self.world._call(memorystore, "set_players", self.job_id, players)
+        if self.world._budget is not None:
+            self.world._call(self.world._budget, "set_players", self.job_id, players)
+
+    def begin_shutdown(self) -> None:
+        """The server is closing (BindToClose): its budgets get Roblox's shutdown boost, once."""
+        if self.world._budget is not None:
+            self.world._call(self.world._budget, "begin_shutdown", self.job_id)
+
+    def close(self) -> None:
+        """The server is gone: unused leased tokens go back, its players leave the world's CCU."""
+        self.datastores._gate.release_all()
+        self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
+        if self.world._budget is not None:
+            self.world._call(self.world._budget, "remove_server", self.job_id)
 
 
 def _ensure_ray(address: str | None) -> None:

@@ -267,3 +267,27 @@ def test_faults_are_deterministic_under_a_seed(tmp_path):
     assert run(1) == run(1)
     assert run(1) != run(2)
     assert 60 < sum(run(1)) < 140
+
+
+def test_per_key_write_throughput_throttles_a_hot_key_while_others_go_on(engine):
+    big = b"x" * (1024 * 1024 - 10)  # rounds up to exactly 1 MB
+    write = lambda key: engine.execute([m.Set("s", "global", key, big, len(big))]).results[0]
+    for _ in range(4):
+        assert isinstance(write("hot"), m.Written)
+    throttled = write("hot")
+    assert isinstance(throttled, DataStoreError) and throttled.name == "KeyThrottled" and throttled.retryable
+    assert isinstance(write("cold"), m.Written)  # other keys go on
+    engine.clock.advance(seconds=59.999)
+    assert isinstance(write("hot"), DataStoreError)
+    engine.clock.advance(ms=1)  # the first write leaves the 60 s window
+    assert isinstance(write("hot"), m.Written)
+
+
+def test_per_key_throughput_rounds_each_request_up_to_a_kilobyte(engine):
+    from storage._engine import KeyThroughput
+
+    assert KeyThroughput.charge(0) == 1024 and KeyThroughput.charge(1024) == 1024
+    assert KeyThroughput.charge(1025) == 2048
+    for i in range(4096):  # 4096 tiny writes = 4 MB charged
+        assert isinstance(engine.execute([m.Set("s", "global", "tiny", b"\x01", 1)]).results[0], m.Written)
+    assert isinstance(engine.execute([m.Set("s", "global", "tiny", b"\x01", 1)]).results[0], DataStoreError)
