@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-BENCHMARKS = ("storage",)
+BENCHMARKS = ("storage", "budget")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,9 @@ def main() -> None:
         print(f"removed user_42 (had {previous['coins']} coins); get now -> {players_on_lobby.get('user_42', False)}")
         print("versions:", [(v.version[-16:], v.is_deleted) for v in players_on_lobby.list_versions("user_42").items])
         print("keys:", players_on_lobby.list_keys().items)
+        budget = lobby.datastores.get_request_budget("StandardWrite")
+        print(f"lobby-1 write budget left: {budget} (60 + 40 x 20 players per minute, burst 100, cap 3 minutes)")
+        print("lobby-1 throttle queues:", lobby.datastores.queue_sizes())
         print("shard statistics:", world.statistics())
     finally:
         world.shutdown()

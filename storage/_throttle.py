@@ -25,7 +25,8 @@ from storage._transport import Permit
 __all__ = ["BudgetGate", "OpenGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics", "QUEUE_LIMIT"]
 
 QUEUE_LIMIT = 30
-LEASE_BATCH = 20          # tokens asked for beyond what the waiting requests need
+MIN_LEASE = 20            # tokens a lease asks for beyond what the waiting requests need, at first
+MAX_LEASE = 1000          # ... doubled while whole leases get used, halved when one comes back with leftovers
 POLL_S = 0.05             # real seconds between budget checks while a queue waits for a refill
 
 
@@ -95,6 +96,7 @@ class _Pool:
     tokens: int = 0
     lease_id: str | None = None
     expires_at: int = 0
+    batch: int = MIN_LEASE
 
 
 @dataclass(slots=True)
@@ -180,7 +182,7 @@ class BudgetGate:
                 if self._take(rtype):
                     return
                 if self._bucket[rtype] not in self._leasing:
-                    granted, retry_after_ms = self._lease(rtype, want=len(queue) + LEASE_BATCH)
+                    granted, retry_after_ms = self._lease(rtype, waiting=len(queue))
                     if granted:
                         continue
                     if not waiter.counted_throttled:
@@ -199,11 +201,15 @@ class BudgetGate:
             return True
         return False
 
-    def _lease(self, rtype: RequestType, want: int) -> tuple[int, int]:
-        """Return what is left of the old lease and lease a new batch; the lock is released during the call."""
+    def _lease(self, rtype: RequestType, waiting: int) -> tuple[int, int]:
+        """Return what is left of the old lease and lease a new batch; the lock is released during the call.
+        The batch adapts like a congestion window: a lease used up doubles the next, leftovers halve it."""
         rtype = self._bucket[rtype]
         pool = self._pools[rtype]
         old_id, unused = pool.lease_id, pool.tokens
+        if old_id is not None:
+            pool.batch = min(pool.batch * 2, MAX_LEASE) if unused == 0 else max(MIN_LEASE, pool.batch // 2)
+        want = waiting + pool.batch
         pool.tokens, pool.lease_id = 0, None
         self._leasing.add(rtype)
         self._cv.release()

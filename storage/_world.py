@@ -261,8 +261,10 @@ class Server:
             self.world._call(self.world._budget, "set_players", self.job_id, players)
 
     def begin_shutdown(self) -> None:
-        """The server is closing (BindToClose): its budgets get Roblox's shutdown boost, once."""
+        """The server is closing (BindToClose): its budgets get Roblox's shutdown boost, once. Leased tokens go
+        back first, so the boost lifts the server's whole budget to max(current, 150 x rate / 60)."""
         if self.world._budget is not None:
+            self.datastores._gate.release_all()
             self.world._call(self.world._budget, "begin_shutdown", self.job_id)
 
     def close(self) -> None:

@@ -117,3 +117,22 @@ def test_async_flavour_and_memorystore_through_ray(world):
     locks = server.memorystores.get_hash_map("locks")
     assert locks.update("k", lambda old: old or "session-1", expiration=90) == "session-1"
     assert locks.update("k", lambda old: old or "session-2", expiration=90) == "session-1"
+
+
+def test_budgets_through_the_budget_actor(ray_session, tmp_path):
+    w = World.start("t-budget", backend="memory", time_scale=0.001)  # budgets barely refill during the test
+    try:
+        server = w.server("b1", players=0)
+        store = server.datastores.get_data_store("players")
+        assert server.datastores.get_request_budget("StandardWrite") == 100  # the startup burst
+        for i in range(10):
+            store.set(f"k{i}", i)
+        assert server.datastores.get_request_budget("StandardWrite") == 90
+        server.begin_shutdown()  # BindToClose: max(current, 150 x 60 / 60)
+        assert server.datastores.get_request_budget("StandardWrite") == 150
+        stats = w.budget_statistics()
+        assert stats.ccu == 0 and stats.granted >= 10
+        server.close()
+        assert all(s.server_id != "b1" for s in w.budget_statistics().servers)
+    finally:
+        w.shutdown()
