@@ -28,8 +28,8 @@ from storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSION
                              MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)
 from storage._throttle import GateStatistics, KeyLanes
 from storage._transport import DATASTORE, Call, Permit, Transport, TransportFailure, arun, run, shard_of
-from storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name, check_user_ids,
-                             check_value, decode, encode)
+from storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name,
+                             check_user_ids, check_value, decode, encode)
 
 __all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection",
            "DataStoreStatistics", "RetryPolicy"]
@@ -189,7 +189,7 @@ class DataStoreService:
         except ValueError:
             raise ConfigError(f"unknown request type {request_type!r}; known: "
                               f"{', '.join(t.value for t in RequestType)}") from None
-        held = self._gate.local_tokens(rtype) if hasattr(self._gate, "local_tokens") else 0
+        held = self._gate.local_tokens(rtype)
         if self._budget is None:
             return held
         return held + self._budget.available(self.job_id, rtype)
@@ -468,7 +468,8 @@ class DataStore:
             size = check_value(value)
             data = encode(value)
             expected = entry.info.version if entry.info is not None else None
-            result = yield from self._request(parts, m.Set(*parts, data, size, uids, meta, if_version=expected), size, call="update")
+            result = yield from self._request(parts, m.Set(*parts, data, size, uids, meta, if_version=expected), size,
+                                              call="update")
             if isinstance(result, m.Conflict):
                 with self._service._counters.lock:
                     self._service._counters.update_conflicts += 1
@@ -621,7 +622,8 @@ class OrderedDataStore:
             if new is None:
                 return None
             _check_ordered_value(new)
-            result = yield from self._request(parts, m.OrderedSet(*parts, new, if_revision=current.revision), call="update")
+            result = yield from self._request(parts, m.OrderedSet(*parts, new, if_revision=current.revision),
+                                              call="update")
             if isinstance(result, m.OrderedConflict):
                 with self._service._counters.lock:
                     self._service._counters.update_conflicts += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import struct
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
@@ -130,7 +129,8 @@ class FaultConfig:
             if not isinstance(v, Latency):
                 raise ConfigError(f"faults latency[{k!r}] must be a Latency, got {v!r}")
         object.__setattr__(self, "latency", {_request_type(k, "faults latency"): v for k, v in self.latency.items()})
-        if isinstance(self.error_code, bool) or not isinstance(self.error_code, int) or not 300 <= self.error_code <= 599:
+        code = self.error_code
+        if isinstance(code, bool) or not isinstance(code, int) or not 300 <= code <= 599:
             raise ConfigError(f"faults error_code must be a Roblox error code 300-599, got {self.error_code!r}")
         outages = tuple(self.outages)
         for o in outages:
@@ -202,7 +202,3 @@ class FaultInjector:
             return Decision(cfg.error_code, "API Services rejected request with error: HTTP 500 (injected)",
                             True, delay)
         return Decision(None, "", False, delay) if delay else NO_FAULT
-
-
-def seeded_random(seed: int, *salt: object) -> random.Random:
-    return random.Random(hashlib.blake2b(repr((seed, *salt)).encode(), digest_size=8).digest())

@@ -144,7 +144,8 @@ class HashMap(_Structure):
                 return None
             data, size = _encoded(new)
             expected = None if item is None else item.version
-            result = yield from self._request(ms.HashMapSet(self.name, key, data, size, expiration, if_version=expected))
+            result = yield from self._request(
+                ms.HashMapSet(self.name, key, data, size, expiration, if_version=expected))
             if isinstance(result, ms.Conflict):
                 item = result.current
                 continue

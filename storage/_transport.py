@@ -1,8 +1,9 @@
 """How clients reach the services: one code path for blocking and asyncio callers, with or without Ray.
 
 A client operation is a generator. It yields `Call(service, shard, ops)` to send a batch to one shard and receives
-that batch's results (or a list of Calls, sent at once, and receives a list of result lists); it may yield `Sleep(seconds)` to wait real time, or `Permit(...)` to ask the budget for a request
-token (the seam the budget issue fills). `run` drives such a generator with blocking calls, `arun` with `await`.
+that batch's results (or a list of Calls, sent at once, and receives a list of result lists); it may yield
+`Sleep(seconds)` to wait real time, or `Permit(...)` to wait for a request token from the server's budget gate.
+`run` drives such a generator with blocking calls, `arun` with `await`.
 A transport delivers a Call: `RayTransport` to the world's actors, `LocalTransport` to engines in this process (tests,
 scripts). The transport never retries: a batch that may have been applied must not be applied twice.
 """
@@ -77,6 +78,17 @@ class Gate(Protocol):
 Operation = Generator[Any, Any, Any]
 
 
+def _calls(request: Call | list[Call]) -> list[Call]:
+    return request if isinstance(request, list) else [request]
+
+
+def _replies(request: Call | list[Call], batches: list[BatchReply]) -> tuple[Any, float]:
+    """What the operation gets back for its request, and the longest injected latency (simulated ms) to wait."""
+    delay_ms = max((max(b.delays_ms) for b in batches if b.delays_ms), default=0.0)
+    reply = [b.results for b in batches] if isinstance(request, list) else batches[0].results
+    return reply, delay_ms
+
+
 def run(op: Operation, transport: Transport, gate: Gate) -> Any:
     """Drive a client operation to its end with blocking calls."""
     reply: Any = None
@@ -86,12 +98,9 @@ def run(op: Operation, transport: Transport, gate: Gate) -> Any:
         except StopIteration as stop:
             return stop.value
         if isinstance(request, (Call, list)):
-            calls = request if isinstance(request, list) else [request]
-            batches = transport.call_many(calls)
-            delay = max((max(b.delays_ms) for b in batches if b.delays_ms), default=0.0)
-            if delay:
-                time.sleep(transport.real_seconds(delay))
-            reply = [b.results for b in batches] if isinstance(request, list) else batches[0].results
+            reply, delay_ms = _replies(request, transport.call_many(_calls(request)))
+            if delay_ms:
+                time.sleep(transport.real_seconds(delay_ms))
         elif isinstance(request, Permit):
             reply = gate.acquire(request)
         else:
@@ -108,12 +117,9 @@ async def arun(op: Operation, transport: Transport, gate: Gate) -> Any:
         except StopIteration as stop:
             return stop.value
         if isinstance(request, (Call, list)):
-            calls = request if isinstance(request, list) else [request]
-            batches = await transport.acall_many(calls)
-            delay = max((max(b.delays_ms) for b in batches if b.delays_ms), default=0.0)
-            if delay:
-                await asyncio.sleep(transport.real_seconds(delay))
-            reply = [b.results for b in batches] if isinstance(request, list) else batches[0].results
+            reply, delay_ms = _replies(request, await transport.acall_many(_calls(request)))
+            if delay_ms:
+                await asyncio.sleep(transport.real_seconds(delay_ms))
         elif isinstance(request, Permit):
             reply = await gate.aacquire(request)
         else:

@@ -209,7 +209,7 @@ class World:
         return ray.get(getattr(target, method).remote(*args))
 
     def _send(self, target, method: str, *args) -> None:
-        """Like `_call`, without waiting for the answer (Ray) ."""
+        """Like `_call`, without waiting for the answer."""
         if self._local is not None:
             getattr(target, method)(*args)
         else:
