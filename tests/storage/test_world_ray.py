@@ -136,3 +136,25 @@ def test_budgets_through_the_budget_actor(ray_session, tmp_path):
         assert all(s.server_id != "b1" for s in w.budget_statistics().servers)
     finally:
         w.shutdown()
+
+
+def test_coroutines_calling_one_shard_together_share_one_ray_message(ray_session):
+    w = World.start("t-coalesce", backend="memory", budget=None)
+    try:
+        store = w.server("c1").datastores.get_data_store("players")
+        transport = w._transport
+        before = transport.messages_sent
+
+        async def save_all():
+            return await asyncio.gather(*(store.aio.set(f"user_{i}", {"n": i}) for i in range(300)))
+
+        versions = asyncio.run(save_all())
+        assert len(versions) == 300 and all(isinstance(v, str) for v in versions)
+        assert transport.messages_sent - before <= 3  # one message for all 300 (allowing stragglers)
+        async def read_all():
+            return await asyncio.gather(*(store.aio.get(f"user_{i}", use_cache=False) for i in range(300)))
+
+        got = asyncio.run(read_all())
+        assert [value for value, _ in got] == [{"n": i} for i in range(300)]
+    finally:
+        w.shutdown()
