@@ -76,6 +76,14 @@ class BudgetLink(Protocol):
     def release(self, lease_id: str, unused: int) -> None: ...
 
 
+_DONE, _LEASE, _WAIT = object(), object(), object()
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 @dataclass(frozen=True, slots=True)
 class GateStatistics:
     """A snapshot of one server's budget gate."""
@@ -126,7 +134,8 @@ class BudgetGate:
         self._cv = threading.Condition()
         self._queues: dict[str, deque[_Waiter]] = {k: deque() for k in set(QUEUE_OF.values())}
         self._pools: dict[RequestType, _Pool] = {t: _Pool() for t in RequestType}
-        self._leasing: set[RequestType] = set()
+        self._leasing: set[RequestType] = set()  # buckets whose lease call is in flight
+        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._granted = 0
         self._throttled = 0
         self._dropped: Counter = Counter()
@@ -136,61 +145,114 @@ class BudgetGate:
     # ------------------------------------------------------------------------------------------------ permits
 
     def acquire(self, permit: Permit) -> None:
-        kind = QUEUE_OF[permit.request_type]
         with self._cv:
-            queue = self._queues[kind]
-            if not queue and self._take(permit.request_type):
+            waiter, queue = self._admit(permit)
+            if waiter is None:
                 return
-            if len(queue) >= self.queue_limit:
-                code = _DROP_CODES.get(permit.call, _DEFAULT_DROP[kind])
-                self._dropped[code] += 1
-                raise DataStoreError(code, _DROP_NAMES[code],
-                                     f"request dropped: throttled and the {kind} queue was full "
-                                     f"({self.queue_limit} waiting) on server {self.server_id!r}")
-            waiter = _Waiter(permit, is_emergency(permit), kind)
-            self._enqueue(queue, waiter)
             try:
-                self._wait_for_turn(waiter, queue)
+                while True:
+                    action, wait = self._step(waiter, queue)
+                    if action is _DONE:
+                        return
+                    if action is _LEASE:
+                        granted, retry_after_ms = self._lease(permit.request_type, waiting=len(queue))
+                        if granted:
+                            continue
+                        wait = self._throttled_wait(waiter, retry_after_ms)
+                    self._cv.wait(wait)
             finally:
-                if waiter in queue:
-                    queue.remove(waiter)
-                self._cv.notify_all()
+                self._leave(waiter, queue)
 
     async def aacquire(self, permit: Permit) -> None:
-        kind = QUEUE_OF[permit.request_type]
-        with self._cv:  # the fast path never blocks on the network
-            if not self._queues[kind] and self._take(permit.request_type):
+        """The coroutine twin of `acquire`: waits on the event loop (never parks a worker thread for long),
+        so any number of coroutines may wait for budget at once."""
+        loop = asyncio.get_running_loop()
+        with self._cv:
+            waiter, queue = self._admit(permit)
+            if waiter is None:
                 return
-        context = contextvars.copy_context()
-        await asyncio.to_thread(context.run, self.acquire, permit)
+        try:
+            while True:
+                wakeup = None
+                with self._cv:
+                    action, wait = self._step(waiter, queue)
+                    if action is _DONE:
+                        return
+                    if action is _WAIT:
+                        wakeup = loop.create_future()
+                        self._wakeups.append((loop, wakeup))
+                if action is _LEASE:
+                    granted, retry_after_ms = await asyncio.to_thread(self._lease_locked, permit.request_type, queue)
+                    if granted:
+                        continue
+                    with self._cv:
+                        wait = self._throttled_wait(waiter, retry_after_ms)
+                    wakeup = loop.create_future()
+                    with self._cv:
+                        self._wakeups.append((loop, wakeup))
+                try:
+                    await asyncio.wait_for(wakeup, wait)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            with self._cv:
+                self._leave(waiter, queue)
 
-    def _enqueue(self, queue: deque[_Waiter], waiter: _Waiter) -> None:
+    def _admit(self, permit: Permit) -> tuple[_Waiter | None, deque[_Waiter]]:
+        """Take a token at once when nobody waits before us (waiter None), else queue the request, or refuse it
+        when its queue is full. Caller holds the lock."""
+        kind = QUEUE_OF[permit.request_type]
+        queue = self._queues[kind]
+        if not queue and self._take(permit.request_type):
+            return None, queue
+        if len(queue) >= self.queue_limit:
+            code = _DROP_CODES.get(permit.call, _DEFAULT_DROP[kind])
+            self._dropped[code] += 1
+            raise DataStoreError(code, _DROP_NAMES[code],
+                                 f"request dropped: throttled and the {kind} queue was full "
+                                 f"({self.queue_limit} waiting) on server {self.server_id!r}")
+        waiter = _Waiter(permit, is_emergency(permit), kind)
         if waiter.emergency:
             position = next((i for i, w in enumerate(queue) if not w.emergency), len(queue))
             queue.insert(position, waiter)
         else:
             queue.append(waiter)
+        return waiter, queue
 
-    def _wait_for_turn(self, waiter: _Waiter, queue: deque[_Waiter]) -> None:
-        rtype = waiter.permit.request_type
-        while True:
-            if waiter.dropped_by is not None:
-                raise DataStoreError(_DROP_CODES.get(waiter.permit.call, _DEFAULT_DROP[waiter.kind]),
-                                     "RequestDropped", f"request dropped from the {waiter.kind} queue by "
-                                     f"{waiter.dropped_by} on server {self.server_id!r}")
-            if queue[0] is waiter:
-                if self._take(rtype):
-                    return
-                if self._bucket[rtype] not in self._leasing:
-                    granted, retry_after_ms = self._lease(rtype, waiting=len(queue))
-                    if granted:
-                        continue
-                    if not waiter.counted_throttled:
-                        waiter.counted_throttled = True
-                        self._throttled += 1
-                    self._cv.wait(max(POLL_S, self._clock.real_seconds(retry_after_ms / 1000.0)))
-                    continue
-            self._cv.wait(POLL_S)
+    def _step(self, waiter: _Waiter, queue: deque[_Waiter]) -> tuple[object, float]:
+        """One look at a queued request, lock held: done (it got a token), lease (it is at the head and must
+        fetch tokens; the bucket is marked as being leased), or wait (how long at most before looking again)."""
+        if waiter.dropped_by is not None:
+            raise DataStoreError(_DROP_CODES.get(waiter.permit.call, _DEFAULT_DROP[waiter.kind]),
+                                 "RequestDropped", f"request dropped from the {waiter.kind} queue by "
+                                 f"{waiter.dropped_by} on server {self.server_id!r}")
+        if queue and queue[0] is waiter:
+            if self._take(waiter.permit.request_type):
+                return _DONE, 0.0
+            bucket = self._bucket[waiter.permit.request_type]
+            if bucket not in self._leasing:
+                self._leasing.add(bucket)
+                return _LEASE, 0.0
+        return _WAIT, POLL_S
+
+    def _throttled_wait(self, waiter: _Waiter, retry_after_ms: int) -> float:
+        """The budget is out: count the request as throttled (once) and say how long to wait. Lock held."""
+        if not waiter.counted_throttled:
+            waiter.counted_throttled = True
+            self._throttled += 1
+        return max(POLL_S, self._clock.real_seconds(retry_after_ms / 1000.0))
+
+    def _leave(self, waiter: _Waiter, queue: deque[_Waiter]) -> None:
+        if waiter in queue:
+            queue.remove(waiter)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every waiter, threads and coroutines. Lock held."""
+        self._cv.notify_all()
+        wakeups, self._wakeups = self._wakeups, []
+        for loop, future in wakeups:
+            loop.call_soon_threadsafe(_wake, future)
 
     def _take(self, rtype: RequestType) -> bool:
         """Spend one local token of `rtype` if a live lease has one. Caller holds the lock."""
@@ -211,7 +273,6 @@ class BudgetGate:
             pool.batch = min(pool.batch * 2, MAX_LEASE) if unused == 0 else max(MIN_LEASE, pool.batch // 2)
         want = waiting + pool.batch
         pool.tokens, pool.lease_id = 0, None
-        self._leasing.add(rtype)
         self._cv.release()
         try:
             if old_id is not None:
@@ -220,11 +281,15 @@ class BudgetGate:
         finally:
             self._cv.acquire()
             self._leasing.discard(rtype)
-            self._cv.notify_all()
+            self._notify()
         self._leases += 1
         if lease.granted:  # a lease of nothing is not recorded by the ledger and needs no release
             pool.tokens, pool.lease_id, pool.expires_at = lease.granted, lease.lease_id, lease.expires_at
         return lease.granted, lease.retry_after_ms
+
+    def _lease_locked(self, rtype: RequestType, queue: deque[_Waiter]) -> tuple[int, int]:
+        with self._cv:
+            return self._lease(rtype, waiting=len(queue))
 
     # --------------------------------------------------------------------------------------- queue control
 
@@ -259,7 +324,7 @@ class BudgetGate:
                     queue.remove(waiter)
                     dropped += 1
             self._flushed += dropped
-            self._cv.notify_all()
+            self._notify()
             return dropped
 
     def release_all(self) -> None:
@@ -313,13 +378,14 @@ class OpenGate:
 
 
 class _Lane:
-    __slots__ = ("next_ticket", "serving", "users", "abandoned")
+    __slots__ = ("next_ticket", "serving", "users", "abandoned", "coroutines")
 
     def __init__(self) -> None:
         self.next_ticket = 0
         self.serving = 0
         self.users = 0
         self.abandoned: set[int] = set()  # tickets whose holder gave up before its turn
+        self.coroutines: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}  # ticket -> its wakeup
 
 
 class KeyLanes:
@@ -353,6 +419,10 @@ class KeyLanes:
                     lane.serving += 1
             else:
                 lane.abandoned.add(ticket)
+            lane.coroutines.pop(ticket, None)
+            waiting = lane.coroutines.get(lane.serving)
+            if waiting is not None:
+                waiting[0].call_soon_threadsafe(_wake, waiting[1])
             lane.users -= 1
             if lane.users == 0:
                 del self._lanes[key]
@@ -377,8 +447,14 @@ class KeyLanes:
             return
         lane, ticket = self._ticket(key)
         try:
-            if lane.serving != ticket:
-                await asyncio.to_thread(self._wait, lane, ticket)
+            with self._cv:
+                turn = None
+                if lane.serving != ticket:
+                    loop = asyncio.get_running_loop()
+                    turn = loop.create_future()
+                    lane.coroutines[ticket] = (loop, turn)
+            if turn is not None:
+                await turn
             yield
         finally:
             self._done(key, lane, ticket)

@@ -284,3 +284,41 @@ def test_key_lanes_run_operations_on_one_key_in_the_order_they_began():
         t.join(5)
     assert order == ["other key goes on", "first", "second", "third", "fourth"]
     assert lanes._lanes == {}
+
+
+def test_many_coroutines_wait_for_budget_without_parking_threads(world):
+    import asyncio
+
+    server = world.server("s1", players=0)
+    store = server.datastores.get_data_store("d")
+    drain(store, 100)
+
+    async def scenario():
+        saves = [asyncio.ensure_future(store.aio.set(f"a{i}", i)) for i in range(25)]  # more than worker threads
+        while server.datastores.queue_sizes()["Set"] < 25:
+            await asyncio.sleep(0.005)
+        world.clock.advance(seconds=30)  # 30 tokens refill
+        return await asyncio.gather(*saves)
+
+    versions = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert len(versions) == 25
+    assert server.datastores.queue_sizes()["Set"] == 0
+
+
+def test_coroutines_on_one_key_keep_their_order_whatever_their_number():
+    import asyncio
+
+    lanes = KeyLanes()
+    order = []
+
+    async def op(i):
+        async with lanes.ahold("k"):
+            await asyncio.sleep(0)  # let the others pile up behind
+            order.append(i)
+
+    async def scenario():
+        await asyncio.wait_for(asyncio.gather(*(op(i) for i in range(50))), 10)
+
+    asyncio.run(scenario())
+    assert order == list(range(50))
+    assert lanes._lanes == {}
