@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 import msgpack
-from sortedcontainers import SortedDict, SortedList
+from sortedcontainers import SortedList
 
 __all__ = ["Backend", "MemoryBackend", "SqliteBackend", "VersionRecord", "open_backend"]
 

@@ -69,7 +69,7 @@ class Transport(Protocol):
 
 
 class Gate(Protocol):
-    """Where a Permit is granted. The default grants everything at once."""
+    """Where a Permit is granted: a server's `BudgetGate`, or `OpenGate` (grants everything at once)."""
 
     def acquire(self, permit: Permit) -> None: ...
     async def aacquire(self, permit: Permit) -> None: ...
