@@ -18,7 +18,7 @@ import ray
 from storage._budget import bucket_map
 from storage._clock import Clock, SimClock
 from storage._datastore import DataStoreService
-from storage._errors import ConfigError
+from storage._errors import ConfigError, DataStoreError
 from storage._faults import FaultConfig
 from storage._memorystore_client import MemoryStoreService
 from storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard, WorldInfo,
@@ -224,7 +224,12 @@ class _BudgetLink:
         self._server = server
 
     def lease(self, server_id: str, request_type, want: int):
-        return self._world._call(self._world._budget, "lease", server_id, request_type, want, self._server.players)
+        try:
+            return self._world._call(self._world._budget, "lease", server_id, request_type, want,
+                                     self._server.players)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise DataStoreError(500, "InternalServerError", f"the budget actor did not answer "
+                                 f"({type(exc).__name__}); the request was not sent") from exc
 
     def release(self, lease_id: str, unused: int) -> None:
         self._world._send(self._world._budget, "release", lease_id, unused)
