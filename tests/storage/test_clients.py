@@ -391,33 +391,43 @@ def test_update_conflicts_with_a_remove_and_reruns_on_nothing(mem_world):
     assert seen == [5, None]
 
 
-def test_two_servers_incrementing_through_update_in_threads_lose_nothing(clock, tmp_path, backend):
-    world = make_world(clock, tmp_path, backend, shards=2)
-    servers = [world.server("a"), world.server("b")]
-    stores = [s.datastores.get_data_store("counters") for s in servers]
-    barrier = threading.Barrier(2)
+def run_interleaved(stores, body) -> None:
+    """Run `body(store)` for every store on its own thread, all starting together and switching threads as often
+    as Python allows, so their requests interleave; re-raise the first error any thread met."""
+    barrier = threading.Barrier(len(stores))
     errors = []
 
     def work(store):
         try:
             barrier.wait()
-            for _ in range(50):
-                store.update("hits", lambda old, info: (old or 0) + 1)
-        except BaseException as exc:  # pragma: no cover - reported below
+            body(store)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
     old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to interleave the two loops
+    sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=work, args=(s,)) for s in stores]
+        threads = [threading.Thread(target=work, args=(store,)) for store in stores]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     finally:
         sys.setswitchinterval(old_interval)
+    assert errors == []
+
+
+def test_two_servers_incrementing_through_update_in_threads_lose_nothing(clock, tmp_path, backend):
+    world = make_world(clock, tmp_path, backend, shards=2)
+    servers = [world.server("a"), world.server("b")]
+    stores = [s.datastores.get_data_store("counters") for s in servers]
+
+    def add_fifty(store):
+        for _ in range(50):
+            store.update("hits", lambda old, info: (old or 0) + 1)
+
     try:
-        assert errors == []
+        run_interleaved(stores, add_fifty)
         assert fresh(stores[0], "hits")[0] == 100
         conflicts = sum(s.datastores.statistics().update_conflicts for s in servers)
         assert sum(s.datastores.statistics().requests["StandardWrite"] for s in servers) == 100 + conflicts
@@ -429,29 +439,13 @@ def test_servers_on_threads_incrementing_one_key_lose_nothing(clock, tmp_path, b
     """An in-process world serves one batch at a time per shard, as a Ray actor does."""
     world = make_world(clock, tmp_path, backend)
     stores = [world.server(f"s{i}").datastores.get_data_store("counters") for i in range(4)]
-    barrier = threading.Barrier(len(stores))
-    errors = []
 
-    def work(store):
-        try:
-            barrier.wait()
-            for _ in range(100):
-                store.increment("hits")
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def add_hundred(store):
+        for _ in range(100):
+            store.increment("hits")
 
-    old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=work, args=(s,)) for s in stores]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old_interval)
-    try:
-        assert errors == []
+        run_interleaved(stores, add_hundred)
         assert fresh(stores[0], "hits")[0] == 400
     finally:
         world.shutdown()
