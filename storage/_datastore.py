@@ -181,6 +181,11 @@ class DataStoreService:
         self.retry = retry
         self._rng = random.Random(retry.seed if retry is not None else None)
 
+    @property
+    def budgets_enforced(self) -> bool:
+        """False when the world runs without request budgets (`budget=None`): every request may go at once."""
+        return self._budget is not None
+
     def get_request_budget(self, request_type: RequestType | str) -> int:
         """How many requests of this type this server can make now (GetRequestBudgetForRequestType): the budget
         actor's bucket plus the tokens this server holds in leases."""
@@ -339,10 +344,16 @@ class DataStore:
         """Write `value`, replacing user ids and metadata; returns the new version string."""
         return self._service._run(*self._plan("set", key, value, user_ids, metadata))
 
-    def update(self, key: str, fn: Callable[[Any, m.KeyInfo | None], Any]) -> tuple[Any, m.KeyInfo | None]:
+    def update(self, key: str, fn: Callable[[Any, m.KeyInfo | None], Any], *,
+               current: tuple[Any, m.KeyInfo | None] | None = None) -> tuple[Any, m.KeyInfo | None]:
         """Roblox's UpdateAsync: `fn(old, key_info)` returns the new value (or an `UpdateResult`), or None to
-        cancel. It may run more than once when another writer wins the race; it must not have side effects."""
-        return self._service._run(*self._plan("update", key, fn))
+        cancel. It may run more than once when another writer wins the race; it must not have side effects.
+
+        `current=(value, key_info)` is an extension for callers that already know the entry (a session that wrote
+        it last): the first attempt runs `fn` on it and compare-and-sets against `key_info.version` (None: the key
+        must not exist) without reading first. When that guess is stale, `fn` re-runs on the stored entry, as
+        after any lost race. It spends the same budget as UpdateAsync (a read and a write)."""
+        return self._service._run(*self._plan("update", key, fn, current=current))
 
     def increment(self, key: str, delta: int = 1, user_ids: Any = None) -> tuple[int, m.KeyInfo]:
         return self._service._run(*self._plan("increment", key, delta, user_ids))
@@ -446,13 +457,22 @@ class DataStore:
         self._remember(parts, m.Entry(data, written.info))
         return written.info.version
 
-    def _op_update(self, key, fn):
+    def _op_update(self, key, fn, current=None):
         parts = self._parts(key)
         if not callable(fn):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
-        entry = yield from self._request(parts, m.Get(*parts), call="update")
+        known = _check_current(current)
+        if known is None:
+            entry = yield from self._request(parts, m.Get(*parts), call="update")
+        else:
+            yield Permit(m.Get.request_type, parts[2], 0, "update")  # UpdateAsync's read, skipped but paid for
+            self._service._count(m.Get.request_type)
+            entry = m.MISSING if known[1] is None else m.Entry(None, known[1])
         for _ in range(MAX_UPDATE_ATTEMPTS):
-            old = None if entry.value is None else decode(entry.value)
+            if known is not None:
+                old, known = known[0], None
+            else:
+                old = None if entry.value is None else decode(entry.value)
             try:
                 out = fn(old, entry.info)
             except Exception as exc:
@@ -544,6 +564,15 @@ class DataStore:
 
 AsyncDataStore = _async_twin(DataStore, ("get", "set", "update", "increment", "remove", "list_keys",
                                          "list_versions", "get_version", "get_version_at_time", "remove_version"))
+
+
+def _check_current(current: Any) -> tuple[Any, m.KeyInfo | None] | None:
+    if current is None:
+        return None
+    if (not isinstance(current, tuple) or len(current) != 2
+            or not (current[1] is None or isinstance(current[1], m.KeyInfo))):
+        raise TypeError(f"current must be a (value, KeyInfo or None) pair, got {current!r:.80}")
+    return current
 
 
 def _check_ordered_value(value: Any, what: str = "value") -> int:

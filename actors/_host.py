@@ -1,0 +1,215 @@
+"""A key host: every session one key actor holds, for every store, with one timer scheduler.
+
+The same class runs inside a Ray actor (`per-server`: all keys of a simulated game server; `per-key`: one key) and
+in this process for tests and scripts. `handle(requests)` takes a batch of `Request`s (one Ray message) and answers a
+list in the same order, each a result or the typed exception to raise in the caller; requests for different keys
+run concurrently, requests for one key in order. It is plain asyncio: no Ray here.
+
+Delivered twice (Ray may retry a message): `load` of a loaded key and `unload` of an unloaded key are no-ops,
+`update` and `update_immutable` run the transform again (as with any repeated call), `save` writes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors._config import StoreConfig
+from actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
+from actors._scheduler import Scheduler
+from actors._session import Session, SessionState, StoreCounters, StoreRuntime
+from storage import ConfigError, LodestoreError, Server, emergency
+from storage._values import check_key, check_user_ids
+
+__all__ = ["KeyHost", "Request", "StoreStatistics"]
+
+_SESSION_OPS = frozenset({"get", "update", "update_immutable", "save"})
+
+
+@dataclass(frozen=True)
+class Request:
+    """One Store API call on its way to a key host."""
+
+    op: str
+    store: str
+    key: str | None = None
+    args: tuple = ()
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    """A snapshot of one store on one host: sessions by state, what they did, timers pending."""
+
+    store: str
+    sessions: dict = field(default_factory=dict)
+    counters: StoreCounters = field(default_factory=StoreCounters)
+    timers: int = 0
+    closed: bool = False
+
+
+class KeyHost:
+    """The sessions of one key actor. Build it inside a running event loop's thread (it owns asyncio objects)."""
+
+    def __init__(self, world: Any, job_id: str, scheduler: Scheduler | None = None) -> None:
+        self.server = Server(world, job_id)
+        self.scheduler = scheduler if scheduler is not None else Scheduler(world.clock)
+        if self.scheduler.on_error is None:
+            self.scheduler.on_error = self._background_error
+        self.stores: dict[str, StoreRuntime] = {}
+        self.errors: list[str] = []  # background failures with no caller to tell (kept short)
+
+    def _background_error(self, exc: BaseException) -> None:
+        self.errors = (self.errors + [f"{type(exc).__name__}: {exc}"])[-20:]
+
+    def open_store(self, config: StoreConfig) -> None:
+        """Make `config`'s store available here. Idempotent; a closed store of that name is opened afresh."""
+        if not isinstance(config, StoreConfig):
+            raise ConfigError(f"open_store needs a StoreConfig, got {type(config).__name__}")
+        current = self.stores.get(config.name)
+        if current is None or current.closed:
+            self.stores[config.name] = StoreRuntime(config, self.server, self.scheduler)
+
+    async def handle(self, requests: list[Request]) -> list[Any]:
+        """Answer a batch: each entry is the call's result, or the LodestoreError (or other exception) it raised."""
+        return await asyncio.gather(*(self._answer(r) for r in requests))
+
+    async def _answer(self, request: Request) -> Any:
+        try:
+            return await self.call(request)
+        except Exception as exc:  # travels back as a value; the client raises it
+            return exc
+
+    async def call(self, request: Request) -> Any:
+        rt = self.stores.get(request.store)
+        if rt is None:
+            raise StoreClosedError(f"Store is closed: store {request.store!r} is not open on this server")
+        op = request.op
+        if op in _SESSION_OPS:
+            session = _session(rt, request.key)
+            if op == "save":
+                return await session.save(force=True)
+            return await getattr(session, op)(*request.args)
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise ConfigError(f"unknown store operation {op!r}")
+        return await handler(rt, request.key, *request.args)
+
+    # ------------------------------------------------------------------------------------------ operations
+
+    async def _op_load(self, rt: StoreRuntime, key: str, user_ids: Any = None) -> None:
+        check_key(key)
+        uids = check_user_ids(user_ids)
+        while True:
+            if rt.closed:
+                raise _store_closed(rt)
+            session = rt.sessions.get(key)
+            if session is None:
+                break
+            if session.state is SessionState.LOADING:
+                raise LoadInProgressError(f"Load already in progress: key {key!r} of store {rt.config.name!r}")
+            if session.state is SessionState.CLOSING:
+                await asyncio.shield(session.closed)  # load after the unload: it reads what the unload saved
+                continue
+            return None  # already loaded by this server
+        session = rt.sessions[key] = Session(rt, key, uids)
+        await session.load()
+
+    async def _op_unload(self, rt: StoreRuntime, key: str) -> bool:
+        """True when a session was unloaded; False when the key was not loaded (a repeated unload)."""
+        check_key(key)
+        session = rt.sessions.get(key)
+        if session is None:
+            if rt.closed:
+                raise _store_closed(rt)
+            return False
+        await session.unload()
+        return True
+
+    async def _op_close(self, rt: StoreRuntime, key: None = None) -> None:
+        """Close the store: unload every key (final saves at emergency priority), refuse everything after."""
+        rt.closed = True
+        with emergency():
+            results = await asyncio.gather(*(s.unload() for s in list(rt.sessions.values())),
+                                           return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            rt.log("error", f"unload at close failed: {type(failure).__name__}: {failure}")
+        if failures:
+            raise failures[0]
+
+    async def _op_peek(self, rt: StoreRuntime, key: str) -> Any:
+        check_key(key)
+        value, _ = await rt.retrying(lambda: rt.records.aio.get(key), "record read", key)
+        if value is None:
+            return None
+        data = await rt.read_data(key, value)
+        data, _ = rt.migrate(key, data, tuple(value["applied_migrations"]))
+        return data
+
+    async def _op_probe_lock_active(self, rt: StoreRuntime, key: str) -> bool:
+        check_key(key)
+        return await rt.locks.aio.get(key) is not None
+
+    async def _op_list_versions(self, rt: StoreRuntime, key: str, kwargs: dict | None = None) -> Any:
+        return await rt.records.aio.list_versions(key, **(kwargs or {}))
+
+    async def _op_read_version(self, rt: StoreRuntime, key: str, version: str) -> Any:
+        value, _ = await rt.records.aio.get_version(key, version)
+        if value is None:
+            return None
+        data = await rt.read_data(key, value)
+        data, _ = rt.migrate(key, data, tuple(value["applied_migrations"]))
+        return data
+
+    async def _op_is_loaded(self, rt: StoreRuntime, key: str) -> bool:
+        session = rt.sessions.get(key)
+        return session is not None and session.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION)
+
+    async def _op_loaded_keys(self, rt: StoreRuntime, key: None = None) -> list[str]:
+        return [k for k, s in rt.sessions.items() if s.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION)]
+
+    async def _op_statistics(self, rt: StoreRuntime, key: None = None) -> StoreStatistics:
+        states: dict[str, int] = {}
+        for session in rt.sessions.values():
+            states[session.state.value] = states.get(session.state.value, 0) + 1
+        return StoreStatistics(rt.config.name, states, StoreCounters(**vars(rt.counters)),
+                               self.scheduler.pending(), rt.closed)
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+
+    async def shutdown(self) -> None:
+        """The server is closing (BindToClose): every store closes (final saves at emergency priority), then the
+        tokens this host leased go back. The server's budget boost and its removal are the GameServer's."""
+        errors = []
+        for rt in list(self.stores.values()):
+            try:
+                await self._op_close(rt)
+            except LodestoreError as exc:
+                errors.append(exc)
+        self.server.datastores._gate.release_all()
+        if errors:
+            raise errors[0]
+
+    def crash(self) -> None:
+        """Stop at once, as a crashed server does: no saves, no lock releases, no timers. Locks expire by TTL."""
+        for rt in self.stores.values():
+            rt.closed = True
+            for session in list(rt.sessions.values()):
+                session._holds_lock = False
+                session._end(SessionState.CLOSED)
+
+
+def _store_closed(rt: StoreRuntime) -> StoreClosedError:
+    return StoreClosedError(f"Store is closed: store {rt.config.name!r}")
+
+
+def _session(rt: StoreRuntime, key: Any) -> Session:
+    if rt.closed:
+        raise _store_closed(rt)
+    session = rt.sessions.get(key) if isinstance(key, str) else None
+    if session is None or session.state is SessionState.LOADING:
+        if not isinstance(key, str):
+            check_key(key)
+        raise KeyNotLoadedError(f"Key not loaded: key {key!r} of store {rt.config.name!r}")
+    return session

@@ -1,0 +1,613 @@
+"""Sessions: one simulated game server's hold on one key (Lyra's Session, with a fencing token).
+
+A `Session` owns the key's lock (a MemoryStore hash map item with a TTL, refreshed on a timer), the data in memory,
+the applied migrations, the checksum of the last saved state, and the autosave, refresh and deadline timers of its
+store's scheduler. Operations that read or change data run one at a time, in the order they arrived (the mailbox);
+writes run one at a time in their own lane, so a slow save never holds up an update, and each save writes a snapshot
+at least as new as the one before it.
+
+Safety rules this module keeps:
+- Never a write after the lock is gone. The lock has a local deadline (send time of the last refresh that landed +
+  TTL); a write is not started past it. Every record names the session that wrote it last (`session`, a fencing
+  token), and every write is a compare-and-set that only goes through while the stored record is still ours, so a
+  session whose lock was taken over cannot write even when its clock or its refreshes lag.
+- A failed load (a migration or schema failure, a lock timeout, a storage error) writes nothing and releases the lock.
+- Unload saves first and releases the lock only after the save landed; when the save fails the session stays loaded
+  (and keeps its lock) so nothing acknowledged is dropped.
+
+Plain Python on asyncio: no Ray here. `StoreRuntime` is one store inside one host (its config, clients, sessions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+import msgpack
+
+from actors import _records as rec
+from actors._config import LogMessage, StoreConfig
+from actors._errors import (KeyClosedError, LockLostError, LockTimeoutError, MigrationError, RecordError,
+                            SchemaError)
+from actors._scheduler import Scheduler, Timer
+from storage import DataStoreError, MemoryStoreError, RequestType, TransformError, UpdateResult
+from storage._values import check_value
+
+__all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data"]
+
+ORPHAN_BUDGET_FLOOR = 100   # remove old shards only while this many remove requests are left (Lyra's rule)
+REFRESH_RETRY_S = 10.0      # after a failed refresh, try again this soon (the TTL has 30 s to spare by default)
+_CLAIM_ATTEMPTS = 8         # loads that keep losing the record to a stale writer give up after this many reads
+
+
+class SessionState(str, Enum):
+    LOADING = "loading"
+    ACTIVE = "active"
+    IN_TRANSACTION = "in_transaction"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    LOCK_LOST = "lock_lost"
+
+
+_LIVE = (SessionState.ACTIVE, SessionState.IN_TRANSACTION, SessionState.CLOSING)
+_ENDED = (SessionState.CLOSED, SessionState.LOCK_LOST)
+
+
+def copy_data(data: Any) -> Any:
+    """A deep copy of JSON-compatible data (msgpack round trip: several times faster than copy.deepcopy)."""
+    return msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False)
+
+
+@dataclass
+class StoreCounters:
+    loads: int = 0
+    load_failures: int = 0
+    unloads: int = 0
+    saves: int = 0
+    saves_skipped: int = 0
+    save_failures: int = 0
+    lock_waits: int = 0
+    lock_steals: int = 0
+    locks_lost: int = 0
+    refresh_failures: int = 0
+    shards_written: int = 0
+    orphans_removed: int = 0
+
+
+class StoreRuntime:
+    """One store inside one host: its configuration, storage clients, scheduler and live sessions."""
+
+    def __init__(self, config: StoreConfig, server: Any, scheduler: Scheduler) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.job_id = server.job_id
+        self.datastores = server.datastores
+        self.records = server.datastores.get_data_store(f"lodestore/records/{config.name}")
+        self.shards = server.datastores.get_data_store(f"lodestore/shards/{config.name}")
+        self.txs = server.datastores.get_data_store(f"lodestore/tx/{config.name}")
+        self.locks = server.memorystores.get_hash_map(f"lodestore/locks/{config.name}")
+        self.sessions: dict[str, Session] = {}
+        self.closed = False
+        self.counters = StoreCounters()
+        self.shard_limit = rec.SHARD_LIMIT_CHARS  # JSON characters above which data is split into shard keys
+
+    def log(self, level: str, message: str, **context: Any) -> None:
+        callback = self.config.log_callback
+        if callback is not None:
+            try:
+                callback(LogMessage(level, message, {"store": self.config.name, **context}))
+            except Exception:
+                pass  # a broken logger must not break the session that is logging
+
+    async def retrying(self, call: Callable[[], Any], what: str, key: str) -> Any:
+        """Run a storage call, retrying throttling and server errors with waits of 1, 2, 4, 8 ... simulated s."""
+        attempts = self.config.retry_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except (DataStoreError, MemoryStoreError) as exc:
+                retryable = exc.retryable if isinstance(exc, DataStoreError) else exc.name in _MS_RETRYABLE
+                if not retryable or attempt == attempts:
+                    raise
+                wait = min(2.0 ** (attempt - 1), 30.0)
+                self.log("warn", f"{what} failed ({exc}); retrying in {wait:g} s", key=key, attempt=attempt)
+                await self.scheduler.sleep(wait)
+
+    async def read_data(self, key: str, value: Any, *, use_cache: bool = True) -> Any:
+        """The data a stored record holds: shards joined, a transaction resolved by its marker."""
+        if not rec.is_record(value):
+            raise RecordError(f"key {key!r} of store {self.config.name!r} holds something that is not a record")
+        file = value["file"]
+        if "shard" in file:
+            keys = rec.shard_keys(file)
+            chunks = await asyncio.gather(*(self.retrying(lambda k=k: self.shards.aio.get(k, use_cache), "shard read",
+                                                          key) for k in keys))
+            return rec.read_file(file, [c[0] for c in chunks])
+        txinfo = file["data"]
+        tx_id = txinfo.get("tx_id")
+        if tx_id is None:
+            return txinfo["committed_data"]
+        marker, _ = await self.retrying(lambda: self.txs.aio.get(tx_id, False), "transaction marker read", key)
+        return rec.committed(txinfo, marker_exists=marker is not None)
+
+    def migrate(self, key: str, data: Any, applied: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
+        """Apply, in order, every migration step not applied yet. Raises MigrationError (nothing is written)."""
+        known = self.config.migration_names
+        unknown = [name for name in applied if name not in known]
+        if unknown:
+            raise MigrationError(f"key {key!r} has migration {unknown[0]!r} applied, which store "
+                                 f"{self.config.name!r} does not know: a newer server wrote it; refusing to load")
+        for step in self.config.migrations:
+            if step.name in applied:
+                continue
+            try:
+                out = step.apply(data)
+            except Exception as exc:
+                raise MigrationError(f"migration {step.name!r} failed for key {key!r}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            if out is None:
+                raise MigrationError(f"migration {step.name!r} returned None for key {key!r}; a step returns the "
+                                     f"migrated data")
+            try:
+                check_value(out, what=f"data after migration {step.name!r}")
+            except DataStoreError as exc:
+                raise MigrationError(f"migration {step.name!r} for key {key!r}: {exc.message}") from None
+            data, applied = out, applied + (step.name,)
+        return data, applied
+
+    def check_schema(self, key: str, data: Any) -> None:
+        schema = self.config.schema
+        if schema is None:
+            return
+        try:
+            verdict = schema(data)
+        except Exception as exc:
+            raise SchemaError(f"Schema validation failed for key {key!r}: {type(exc).__name__}: {exc}") from None
+        detail = ""
+        if isinstance(verdict, tuple) and verdict:
+            verdict, detail = verdict[0], ": " + " ".join(str(x) for x in verdict[1:])
+        if verdict is False:
+            raise SchemaError(f"Schema validation failed for key {key!r}{detail}")
+
+    def notify_changed(self, key: str, new: Any, old: Any) -> None:
+        for callback in self.config.changed_callbacks:
+            try:
+                callback(key, copy_data(new), None if old is None else copy_data(old))
+            except Exception as exc:
+                self.log("error", f"changed callback raised {type(exc).__name__}: {exc}", key=key)
+
+
+_MS_RETRYABLE = frozenset({"InternalError", "RequestThrottled", "TotalRequestsOverLimit"})
+
+
+class Session:
+    """One key held by one server. Created LOADING by the host; `load()` makes it ACTIVE or ends it."""
+
+    __slots__ = ("rt", "key", "user_ids", "state", "lock_id", "data", "applied", "saved_checksum", "info", "file",
+                 "orphans", "mailbox", "save_lane", "lock_deadline", "unload_requested", "loaded", "closed",
+                 "_refresh_timer", "_deadline_timer", "_autosave_timer", "_frozen", "_holds_lock")
+
+    def __init__(self, rt: StoreRuntime, key: str, user_ids: tuple[int, ...] = ()) -> None:
+        loop = asyncio.get_running_loop()
+        self.rt = rt
+        self.key = key
+        self.user_ids = user_ids
+        self.state = SessionState.LOADING
+        self.lock_id = uuid.uuid4().hex
+        self.data: Any = None          # replaced, never mutated in place: a reference is a snapshot
+        self.applied: tuple[str, ...] = ()
+        self.saved_checksum: str | None = None
+        self.info = None               # KeyInfo of the record as this session last wrote it
+        self.file: dict | None = None  # the sharded file the record points to, when it is sharded
+        self.orphans: list[dict] = []
+        self.mailbox = asyncio.Lock()
+        self.save_lane = asyncio.Lock()
+        self.lock_deadline = 0
+        self.unload_requested = False
+        self.loaded = loop.create_future()   # set when load ends, either way
+        self.closed = loop.create_future()   # set when the session ends (closed, lock lost, or load failed)
+        self._refresh_timer: Timer | None = None
+        self._deadline_timer: Timer | None = None
+        self._autosave_timer: Timer | None = None
+        self._frozen: Any = None
+        self._holds_lock = False
+
+    def __repr__(self) -> str:
+        return f"Session({self.rt.config.name!r}, {self.key!r}, {self.state.value})"
+
+    # --------------------------------------------------------------------------------------------- load
+
+    async def load(self) -> None:
+        rt = self.rt
+        try:
+            await self._acquire_lock()
+            self._stop_if_unloading()
+            data, applied = await self._claim()
+            self._stop_if_unloading()
+            if self.state is not SessionState.LOADING:   # the host crashed or closed while we loaded
+                raise KeyClosedError(f"Key is closed: key {self.key!r} was closed while it was loading")
+        except BaseException as exc:
+            rt.counters.load_failures += 1
+            rt.log("warn", f"load failed: {type(exc).__name__}: {exc}", key=self.key)
+            await self._release_lock()
+            self._end(SessionState.CLOSED)
+            _resolve(self.loaded)
+            raise
+        self.data, self.applied = data, applied
+        self.saved_checksum = rec.checksum(data)  # the claim wrote exactly this
+        self.state = SessionState.ACTIVE
+        rt.counters.loads += 1
+        self._arm_refresh(rt.config.lock_refresh)
+        self._arm_deadline()
+        first = rt.config.autosave_interval * (0.5 + 0.5 * (zlib.crc32(self.key.encode()) / 0xFFFFFFFF))
+        self._arm_autosave(first)  # spread autosaves over the interval, deterministically per key
+        _resolve(self.loaded)
+        rt.notify_changed(self.key, data, None)
+
+    def _stop_if_unloading(self) -> None:
+        if self.unload_requested:
+            raise KeyClosedError(f"Key is closed: key {self.key!r} was unloaded while it was loading")
+
+    def _lock_value(self) -> dict:
+        return {"session": self.lock_id, "job": self.rt.job_id, "at": self.rt.scheduler.now()}
+
+    async def _acquire_lock(self) -> None:
+        rt, cfg = self.rt, self.rt.config
+        give_up = rt.scheduler.now() + int(cfg.lock_wait * 1000)
+        stolen = []
+
+        def claim(old: Any) -> Any:
+            if old is None or not isinstance(old, dict) or old.get("session") == self.lock_id:
+                return self._lock_value()
+            if cfg.lock_steal_after is not None and \
+                    rt.scheduler.now() - int(old.get("at", 0)) >= cfg.lock_steal_after * 1000:
+                stolen.append(old.get("job"))
+                return self._lock_value()
+            return None
+
+        attempt = 0
+        while True:
+            self._stop_if_unloading()
+            sent = rt.scheduler.now()
+            try:
+                got = await rt.locks.aio.update(self.key, claim, expiration=cfg.lock_ttl)
+            except MemoryStoreError as exc:
+                rt.log("warn", f"lock request failed: {exc}", key=self.key)
+                got = None
+            if got is not None:
+                self._holds_lock = True
+                self.lock_deadline = sent + int(cfg.lock_ttl * 1000)
+                if stolen:
+                    rt.counters.lock_steals += 1
+                    rt.log("warn", f"took over the lock from job {stolen[-1]!r}, which stopped refreshing it",
+                           key=self.key)
+                return
+            attempt += 1
+            if attempt == 1:
+                rt.counters.lock_waits += 1
+            now = rt.scheduler.now()
+            if now >= give_up:
+                raise LockTimeoutError(f"Failed to acquire lock for key {self.key!r} of store {cfg.name!r}: another "
+                                       f"session held it for {cfg.lock_wait:g} s")
+            await rt.scheduler.sleep(min(2.0 ** (attempt - 1), 30.0, (give_up - now) / 1000))
+
+    async def _claim(self) -> tuple[Any, tuple[str, ...]]:
+        """Read the record, migrate and check it, and write it back naming this session (the fencing token)."""
+        rt = self.rt
+        for _ in range(_CLAIM_ATTEMPTS):
+            value, info = await rt.retrying(lambda: rt.records.aio.get(self.key, False), "record read", self.key)
+            if value is None:
+                data, applied = await self._new_data()
+            else:
+                data = await rt.read_data(self.key, value, use_cache=False)
+                applied = tuple(value["applied_migrations"])
+                stored = list(value.get("orphaned_files", ()))
+                self.orphans = stored + [f for f in self.orphans if f not in stored]  # keep our own strays
+                self.file = value["file"] if "shard" in value["file"] else None
+            data, applied = rt.migrate(self.key, data, applied)
+            rt.check_schema(self.key, data)
+            self.applied = applied
+            if await self._write(data, current=(value, info)):
+                return data, applied
+            rt.log("info", "the record changed while loading; reading it again", key=self.key)
+        raise RecordError(f"key {self.key!r}: the record kept changing while loading ({_CLAIM_ATTEMPTS} reads)")
+
+    async def _new_data(self) -> tuple[Any, tuple[str, ...]]:
+        cfg = self.rt.config
+        if cfg.import_legacy_data is not None:
+            try:
+                legacy = cfg.import_legacy_data(self.key)
+            except Exception as exc:
+                raise MigrationError(f"import_legacy_data raised for key {self.key!r}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            if legacy is not None:
+                try:
+                    check_value(legacy, what="imported legacy data")
+                except DataStoreError as exc:
+                    raise MigrationError(f"import_legacy_data for key {self.key!r}: {exc.message}") from None
+                return copy_data(legacy), ()   # imported data has no migration applied yet
+        return copy_data(cfg.template), cfg.migration_names   # a new key counts as having every step applied
+
+    # ---------------------------------------------------------------------------------------- reads, updates
+
+    def _check_usable(self) -> None:
+        if self.state is SessionState.ACTIVE:
+            return
+        if self.state is SessionState.LOCK_LOST:
+            raise LockLostError(f"Key is closed: the lock on key {self.key!r} was lost")
+        raise KeyClosedError(f"Key is closed: key {self.key!r} is {self.state.value}")
+
+    async def get(self) -> Any:
+        async with self.mailbox:
+            self._check_usable()
+            return copy_data(self.data)
+
+    async def update(self, fn: Callable[[Any], Any]) -> bool:
+        async with self.mailbox:
+            self._check_usable()
+            draft = copy_data(self.data)
+            try:
+                verdict = fn(draft)
+            except Exception as exc:
+                raise TransformError(f"update transform for key {self.key!r} raised {type(exc).__name__}: {exc}") \
+                    from exc
+            if verdict is not True and verdict is not False:
+                raise TransformError(f"update transform for key {self.key!r} must return True (commit) or False "
+                                     f"(abort), got {verdict!r:.60}; nothing changed")
+            if verdict:
+                self._commit(draft)
+            return verdict
+
+    async def update_immutable(self, fn: Callable[[Any], Any]) -> bool:
+        async with self.mailbox:
+            self._check_usable()
+            if self._frozen is None:
+                self._frozen = rec.freeze(self.data)
+            try:
+                out = fn(self._frozen)
+            except Exception as exc:
+                raise TransformError(f"update_immutable transform for key {self.key!r} raised "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            if out is False:
+                return False
+            if out is None or out is True:
+                raise TransformError(f"update_immutable transform for key {self.key!r} must return the new data "
+                                     f"or False (abort), got {out!r}; nothing changed")
+            self._commit(rec.thaw(out))
+            return True
+
+    def _commit(self, new: Any) -> None:
+        """Make `new` the session's data after checking it is storable and valid; raises and changes nothing."""
+        check_value(new, what=f"data for key {self.key!r}")
+        self.rt.check_schema(self.key, new)
+        old, self.data, self._frozen = self.data, new, None
+        self.rt.notify_changed(self.key, new, old)
+
+    # -------------------------------------------------------------------------------------------- saving
+
+    async def save(self, force: bool = True) -> bool:
+        """Write the data (a snapshot taken once this save's turn comes). Without `force`, skip the write when the
+        data equals what was saved last. Returns whether a write happened."""
+        async with self.save_lane:
+            if self.state not in _LIVE:
+                self._check_usable()
+            data = self.data
+            digest = rec.checksum(data)
+            if not force and digest == self.saved_checksum:
+                self.rt.counters.saves_skipped += 1
+                return False
+            try:
+                ok = await self._write(data)
+            except LockLostError:
+                self._lose("the lock ran out before the write could start")
+                raise
+            except BaseException:
+                self.rt.counters.save_failures += 1
+                raise
+            if not ok:
+                self._lose("another session wrote the record: this session's lock was taken over")
+                raise LockLostError(f"Key is closed: the lock on key {self.key!r} was lost before the save")
+            self.saved_checksum = digest
+            self.rt.counters.saves += 1
+            return True
+
+    async def _write(self, data: Any, current: tuple[Any, Any] | None = None) -> bool:
+        """Write a record holding `data`. For a save, it compare-and-sets against the version this session wrote
+        last, and goes through only while the stored record still names this session. For a load's claim,
+        `current` is the record as read. Returns False when someone else's record was found (nothing written)."""
+        rt = self.rt
+        file, chunks = rec.make_file(data, limit=rt.shard_limit)
+        if chunks:
+            await asyncio.gather(*(rt.retrying(lambda k=k, v=v: rt.shards.aio.set(k, v), "shard write", self.key)
+                                   for k, v in chunks.items()))
+            rt.counters.shards_written += len(chunks)
+        orphans = list(self.orphans) + ([self.file] if self.file is not None else [])
+        record = {"applied_migrations": list(self.applied), "session": self.lock_id, "file": file,
+                  "orphaned_files": orphans}
+        result = UpdateResult(record, list(self.user_ids), rt.config.metadata_template)
+        first = [True]
+
+        def guarded(old: Any, info: Any) -> Any:
+            if first[0]:  # the entry we expected: ours (a save) or the one just read (a claim)
+                first[0] = False
+                return result
+            if isinstance(old, dict) and old.get("session") == self.lock_id:
+                return result  # our own earlier attempt landed although it was reported as failed
+            return None
+
+        if current is None:
+            current = ({"session": self.lock_id}, self.info)
+        try:
+            _, info = await rt.retrying(lambda: self._guarded_update(guarded, current, first), "record write",
+                                        self.key)
+        except BaseException:
+            if chunks:
+                self.orphans.append(file)  # written shards nobody points to: remove them later
+            raise
+        if info is None:
+            if chunks:
+                self.orphans.append(file)
+            return False
+        self.info = info
+        self.orphans = orphans
+        self.file = file if chunks else None
+        if orphans:
+            rt.scheduler.spawn(self._remove_orphans(orphans))
+        return True
+
+    async def _guarded_update(self, guarded: Callable, current: tuple, first: list) -> tuple[Any, Any]:
+        if self._holds_lock and self.rt.scheduler.now() >= self.lock_deadline:
+            raise LockLostError(f"Key is closed: the lock on key {self.key!r} ran out before the write")
+        first[0] = True  # every attempt starts from the expected entry again
+        return await self.rt.records.aio.update(self.key, guarded, current=current)
+
+    async def _remove_orphans(self, orphans: list[dict]) -> None:
+        """Remove shards of files the record no longer points to, while the remove budget allows (Lyra's rule).
+        The record forgets them at its next write."""
+        rt = self.rt
+        for file in orphans:
+            for key in rec.shard_keys(file):
+                if rt.datastores.budgets_enforced and \
+                        rt.datastores.get_request_budget(RequestType.STANDARD_REMOVE) < ORPHAN_BUDGET_FLOOR:
+                    return
+                try:
+                    await rt.shards.aio.remove(key)
+                except DataStoreError as exc:
+                    rt.log("warn", f"removing old shard {key!r} failed: {exc}", key=self.key)
+                    return
+                rt.counters.orphans_removed += 1
+            if file in self.orphans:
+                self.orphans.remove(file)
+
+    # ---------------------------------------------------------------------------------------- unloading
+
+    async def unload(self) -> None:
+        """Final save (when the data changed), then release the lock. Unloading while loading stops the load."""
+        if self.state is SessionState.LOADING:
+            self.unload_requested = True
+            await asyncio.shield(self.loaded)
+        if self.state in _ENDED:
+            return
+        if self.state is SessionState.CLOSING:
+            await asyncio.shield(self.closed)
+            return
+        async with self.mailbox:
+            if self.state in _ENDED:
+                return
+            self.state = SessionState.CLOSING
+            _cancel(self._autosave_timer)
+            try:
+                await self.save(force=False)
+            except BaseException:
+                if self.state is SessionState.CLOSING:
+                    self.state = SessionState.ACTIVE  # keep the data and the lock; autosave keeps trying
+                    self._arm_autosave(self.rt.config.autosave_interval)
+                raise
+            await self._release_lock()
+            self.rt.counters.unloads += 1
+            self._end(SessionState.CLOSED)
+
+    async def _release_lock(self) -> None:
+        if not self._holds_lock:
+            return
+        self._holds_lock = False
+        mine = self.lock_id
+        try:
+            await self.rt.locks.aio.update(
+                self.key, lambda old: old if isinstance(old, dict) and old.get("session") == mine else None,
+                expiration=0)
+        except MemoryStoreError as exc:
+            self.rt.log("warn", f"releasing the lock failed ({exc}); it expires by its TTL", key=self.key)
+
+    def _end(self, state: SessionState) -> None:
+        self.state = state
+        for timer in (self._refresh_timer, self._deadline_timer, self._autosave_timer):
+            _cancel(timer)
+        if self.rt.sessions.get(self.key) is self:
+            del self.rt.sessions[self.key]
+        _resolve(self.closed)
+
+    def _lose(self, reason: str) -> None:
+        if self.state in _ENDED:
+            return
+        self._holds_lock = False
+        self.rt.counters.locks_lost += 1
+        self._end(SessionState.LOCK_LOST)
+        _resolve(self.loaded)
+        self.rt.log("error", f"lock lost: {reason}", key=self.key)
+        if self.rt.config.on_lock_lost is not None:
+            try:
+                self.rt.config.on_lock_lost(self.key)
+            except Exception as exc:
+                self.rt.log("error", f"on_lock_lost raised {type(exc).__name__}: {exc}", key=self.key)
+
+    # ------------------------------------------------------------------------------------------- timers
+
+    def _arm_refresh(self, seconds: float) -> None:
+        sched = self.rt.scheduler
+        self._refresh_timer = sched.call_later(seconds, lambda: sched.spawn(self._refresh()))
+
+    def _arm_deadline(self) -> None:
+        self._deadline_timer = self.rt.scheduler.call_at(self.lock_deadline, self._check_deadline)
+
+    def _arm_autosave(self, seconds: float) -> None:
+        sched = self.rt.scheduler
+        self._autosave_timer = sched.call_later(seconds, lambda: sched.spawn(self._autosave()))
+
+    async def _refresh(self) -> None:
+        if self.state not in _LIVE:
+            return
+        rt, cfg = self.rt, self.rt.config
+        sent = rt.scheduler.now()
+        mine = self.lock_id
+        try:
+            got = await rt.locks.aio.update(
+                self.key, lambda old: self._lock_value() if isinstance(old, dict) and old.get("session") == mine
+                else None, expiration=cfg.lock_ttl)
+        except MemoryStoreError as exc:
+            rt.counters.refresh_failures += 1
+            rt.log("warn", f"lock refresh failed ({exc}); trying again in {REFRESH_RETRY_S:g} s", key=self.key)
+            if self.state in _LIVE:
+                self._arm_refresh(min(REFRESH_RETRY_S, cfg.lock_refresh))
+            return
+        if self.state not in _LIVE:
+            return
+        if got is None:
+            self._lose("the lock item is gone or names another session")
+            return
+        self.lock_deadline = max(self.lock_deadline, sent + int(cfg.lock_ttl * 1000))
+        self._arm_refresh(cfg.lock_refresh)
+
+    def _check_deadline(self) -> None:
+        if self.state not in _LIVE:
+            return
+        if self.rt.scheduler.now() >= self.lock_deadline:
+            self._lose("no refresh landed before the lock's TTL ran out")
+        else:
+            self._arm_deadline()
+
+    async def _autosave(self) -> None:
+        if self.state is not SessionState.ACTIVE:
+            return
+        try:
+            await self.save(force=False)
+        except LockLostError:
+            return
+        except Exception as exc:
+            self.rt.log("warn", f"autosave failed: {type(exc).__name__}: {exc}", key=self.key)
+        if self.state is SessionState.ACTIVE:
+            self._arm_autosave(self.rt.config.autosave_interval)
+
+
+def _cancel(timer: Timer | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,449 @@
+"""The Store API a game server's code calls: `GameServer.create_store(...)` and `Store` (blocking) / `store.aio`.
+
+A `GameServer` is one simulated Roblox server: its storage identity (budgets, players) and its key actors. A `Store`
+checks arguments, routes each call to the key actor holding the key (`per-server`: the server's one actor;
+`per-key`: one actor per loaded key, created by `load` and ended by `unload`), and raises the typed error the actor
+answered. Coroutines of one event loop that call the same actor in the same loop turn share one Ray message.
+With an in-process world (`World.in_process`) the key hosts run on one background event loop in this process, and
+`advance(world, seconds)` moves a manual clock and fires every timer on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import uuid
+from typing import Any, Callable
+
+import ray
+
+from actors._actor import KeyActor, key_actor_options
+from actors._config import Placement, StoreConfig
+from actors._errors import KeyNotLoadedError, StoreClosedError
+from actors._host import KeyHost, Request, StoreStatistics
+from actors._scheduler import Scheduler
+from storage import ConfigError, World
+
+__all__ = ["GameServer", "Store", "advance"]
+
+_STORE_OPTIONS = tuple(f.name for f in dataclasses.fields(StoreConfig) if f.name not in ("name", "template"))
+
+
+# ----------------------------------------------------------------------------------------- links to hosts
+
+class _LocalRuntime:
+    """The background event loop and the one scheduler of every in-process key host of one world."""
+
+    _by_world: dict[int, "_LocalRuntime"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, world: World) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"lodestore-{world.name}", daemon=True)
+        self.thread.start()
+        self.scheduler = Scheduler(world.clock)
+        if not self.scheduler.manual:
+            self.run(self._start_driver())
+
+    async def _start_driver(self) -> None:
+        asyncio.get_running_loop().create_task(self.scheduler.drive())
+
+    @classmethod
+    def of(cls, world: World) -> "_LocalRuntime":
+        with cls._guard:
+            runtime = cls._by_world.get(id(world))
+            if runtime is None:
+                runtime = cls._by_world[id(world)] = cls(world)
+            return runtime
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def arun(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+
+class _LocalLink:
+    def __init__(self, runtime: _LocalRuntime, host: KeyHost) -> None:
+        self.runtime = runtime
+        self.host = host
+
+    def call(self, requests: list[Request]) -> list[Any]:
+        return self.runtime.run(self.host.handle(requests))
+
+    async def acall(self, requests: list[Request]) -> list[Any]:
+        return await self.runtime.arun(self.host.handle(requests))
+
+    def open_store(self, config: StoreConfig) -> None:
+        self.host.open_store(config)
+
+    def shutdown(self) -> None:
+        self.runtime.run(self.host.shutdown())
+
+    def crash(self) -> None:
+        self.runtime.loop.call_soon_threadsafe(self.host.crash)
+
+
+class _RayLink:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._pending: dict[int, list] = {}
+
+    def call(self, requests: list[Request]) -> list[Any]:
+        try:
+            return ray.get(self.handle.handle.remote(requests))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise _actor_gone(exc) from exc
+
+    async def acall(self, requests: list[Request]) -> list[Any]:
+        """Requests of one loop turn travel together: the first schedules the flush, the rest join it."""
+        loop = asyncio.get_running_loop()
+        batch = self._pending.get(id(loop))
+        if batch is None:
+            batch = self._pending[id(loop)] = []
+            loop.call_soon(self._flush, loop)
+        futures = []
+        for request in requests:
+            future = loop.create_future()
+            batch.append((request, future))
+            futures.append(future)
+        return list(await asyncio.gather(*futures))
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(id(loop), [])
+        if batch:
+            loop.create_task(self._deliver(batch))
+
+    async def _deliver(self, batch: list) -> None:
+        try:
+            replies = await self.handle.handle.remote([request for request, _ in batch])
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            replies = [_actor_gone(exc)] * len(batch)
+        except Exception as exc:  # serialization of a request failed: every caller of the batch hears it
+            replies = [exc] * len(batch)
+        for (_, future), reply in zip(batch, replies):
+            if not future.done():
+                future.set_result(reply)
+
+    def open_store(self, config: StoreConfig) -> None:
+        try:
+            ray.get(self.handle.open_store.remote(config))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise _actor_gone(exc) from exc
+
+    def shutdown(self) -> None:
+        try:
+            ray.get(self.handle.shutdown.remote())
+        finally:
+            ray.kill(self.handle, no_restart=True)
+
+    def crash(self) -> None:
+        ray.kill(self.handle, no_restart=True)
+
+
+def _actor_gone(exc: BaseException) -> StoreClosedError:
+    return StoreClosedError(f"Store is closed: the key actor is gone ({type(exc).__name__}); its sessions ended "
+                            f"with it and their locks expire by TTL")
+
+
+def _raise_or_return(reply: Any) -> Any:
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+class GameServer:
+    """One simulated Roblox game server (a JobId) with its players and its key actors.
+
+    >>> server = GameServer(world, players=10)
+    >>> players = server.create_store("players", template={"coins": 0})
+    >>> players.load("user_1")
+    >>> players.update("user_1", lambda data: data.__setitem__("coins", data["coins"] + 5) or True)
+    True
+    >>> server.shutdown()              # BindToClose: final saves at emergency priority, locks released
+    """
+
+    def __init__(self, world: World, job_id: str | None = None, players: int = 0) -> None:
+        if not isinstance(world, World):
+            raise ConfigError(f"world must be a storage.World, got {type(world).__name__}")
+        self.world = world
+        self.job_id = job_id if job_id is not None else uuid.uuid4().hex[:12]
+        self._storage = world.server(self.job_id, players)
+        self._local = _LocalRuntime.of(world) if world._local is not None else None
+        self._host_link: Any = None
+        self._stores: dict[str, Store] = {}
+        self._down = False
+
+    def __repr__(self) -> str:
+        return f"GameServer({self.job_id!r}, world={self.world.name!r})"
+
+    @property
+    def players(self) -> int:
+        return self._storage.players
+
+    def set_players(self, players: int) -> None:
+        """Change the player count; budgets and MemoryStore quotas follow."""
+        self._storage.set_players(players)
+
+    def create_store(self, name: str, template: Any, **options: Any) -> "Store":
+        """A store on this server. Options (all keyword): schema, migrations, import_legacy_data, changed_callbacks,
+        log_callback, on_lock_lost, metadata_template, autosave_interval, lock_ttl, lock_refresh, lock_wait,
+        lock_steal_after, retry_attempts, placement ("per-server", the default, or "per-key"). See `StoreConfig`."""
+        self._check_up()
+        unknown = sorted(set(options) - set(_STORE_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown store option {unknown[0]!r}; known: {', '.join(_STORE_OPTIONS)}")
+        config = StoreConfig(name=name, template=template, **options)
+        existing = self._stores.get(config.name)
+        if existing is not None and not existing._closed:
+            raise ConfigError(f"store {config.name!r} is already open on server {self.job_id!r}")
+        self._server_link().open_store(config)
+        store = self._stores[config.name] = Store(self, config)
+        return store
+
+    def shutdown(self) -> None:
+        """BindToClose: the shutdown budget boost, then every store closes (final saves at emergency priority,
+        locks released), then the key actors end."""
+        if self._down:
+            return
+        self._down = True
+        self._storage.begin_shutdown()
+        try:
+            for store in self._stores.values():
+                for link in store._key_links.values():
+                    link.shutdown()
+                store._key_links.clear()
+                store._closed = True
+            if self._host_link is not None:
+                self._host_link.shutdown()
+        finally:
+            self._storage.close()
+
+    def crash(self) -> None:
+        """Die now, like a crashed server: nothing is saved, no lock is released (they expire by TTL)."""
+        self._down = True
+        for store in self._stores.values():
+            for link in store._key_links.values():
+                link.crash()
+            store._key_links.clear()
+            store._closed = True
+        if self._host_link is not None:
+            self._host_link.crash()
+
+    # --------------------------------------------------------------------------------------- plumbing
+
+    def _check_up(self) -> None:
+        if self._down:
+            raise StoreClosedError(f"Store is closed: server {self.job_id!r} has shut down")
+
+    def _new_link(self, configs: tuple[StoreConfig, ...]) -> Any:
+        if self._local is not None:
+            host = self._local.run(_make_host(self.world, self.job_id, self._local.scheduler))
+            for config in configs:
+                host.open_store(config)
+            return _LocalLink(self._local, host)
+        handle = KeyActor.options(**key_actor_options(self.world)).remote(self.world, self.job_id, configs)
+        return _RayLink(handle)
+
+    def _server_link(self) -> Any:
+        if self._host_link is None:
+            self._host_link = self._new_link(())
+        return self._host_link
+
+
+async def _make_host(world: World, job_id: str, scheduler: Scheduler) -> KeyHost:
+    return KeyHost(world, job_id, scheduler)
+
+
+def advance(world: World, seconds: float) -> None:
+    """In-process world with a ManualClock: move simulated time `seconds` forward, firing every timer on the way
+    (lock refreshes and deadlines, autosaves, backoff waits) and letting what they start finish."""
+    if world._local is None:
+        raise ConfigError("advance is for in-process worlds with a ManualClock; a Ray world's clock runs by itself")
+    runtime = _LocalRuntime.of(world)
+    runtime.run(runtime.scheduler.advance(seconds))
+
+
+# ----------------------------------------------------------------------------------------------- store
+
+class Store:
+    """A session-locked store on one game server (Lyra's Store). Blocking methods; `self.aio` has coroutines."""
+
+    def __init__(self, server: GameServer, config: StoreConfig) -> None:
+        self.server = server
+        self.config = config
+        self.name = config.name
+        self._closed = False
+        self._key_links: dict[str, Any] = {}   # per-key placement: the actor holding each loaded key
+        self.aio = AsyncStore(self)
+
+    def __repr__(self) -> str:
+        return f"Store({self.name!r}, server={self.server.job_id!r}, placement={self.config.placement.value!r})"
+
+    def load(self, key: str, user_ids: Any = None) -> None:
+        """Lock the key for this server and read its data (migrated, schema-checked). Waits while another server
+        holds the lock, up to `lock_wait`. Loading a loaded key does nothing."""
+        return self._call("load", key, (user_ids,))
+
+    def get(self, key: str) -> Any:
+        """A deep copy of the key's data."""
+        return self._call("get", key)
+
+    def update(self, key: str, fn: Callable[[Any], bool]) -> bool:
+        """`fn(data)` changes a copy in place and returns True to commit it, False to drop it."""
+        return self._call("update", key, (fn,))
+
+    def update_immutable(self, key: str, fn: Callable[[Any], Any]) -> bool:
+        """`fn(frozen_data)` returns new data to commit, or False to drop it."""
+        return self._call("update_immutable", key, (fn,))
+
+    def save(self, key: str) -> bool:
+        """Write the key's data now, changed or not (before granting a purchase, say)."""
+        return self._call("save", key)
+
+    def unload(self, key: str) -> bool:
+        """Final save (when changed) and lock release. False when the key was not loaded."""
+        return self._call("unload", key)
+
+    def close(self) -> None:
+        """Unload every key (final saves at emergency priority); later calls raise "Store is closed"."""
+        self._closed = True
+        for key, link in list(self._key_links.items()):
+            _raise_or_return(link.call([Request("close", self.name)])[0])
+            self._key_links.pop(key, None)
+            link.crash()
+        return _raise_or_return(self.server._server_link().call([Request("close", self.name)])[0])
+
+    def peek(self, key: str) -> Any:
+        """The stored data of a key, without locking it (transactions resolved), or None."""
+        return self._call("peek", key)
+
+    def probe_lock_active(self, key: str) -> bool:
+        """Whether some session holds the key's lock now."""
+        return self._call("probe_lock_active", key)
+
+    def list_versions(self, key: str, **kwargs: Any) -> Any:
+        """A page of the key's record versions (DataStore.list_versions arguments)."""
+        return self._call("list_versions", key, (kwargs,))
+
+    def read_version(self, key: str, version: str) -> Any:
+        """The data stored in one version of the key's record, or None."""
+        return self._call("read_version", key, (version,))
+
+    def is_loaded(self, key: str) -> bool:
+        return self._call("is_loaded", key)
+
+    def loaded_keys(self) -> list[str]:
+        if self.config.placement is Placement.PER_KEY:
+            self._route("loaded_keys", None)
+            return sorted(key for key, link in list(self._key_links.items())
+                          if _raise_or_return(link.call([Request("is_loaded", self.name, key)])[0]))
+        return sorted(self._call("loaded_keys", None))
+
+    def statistics(self) -> list[StoreStatistics]:
+        """One snapshot per key actor holding this store's sessions."""
+        return self._gather("statistics")
+
+    # ------------------------------------------------------------------------------------------ routing
+
+    def _route(self, op: str, key: Any) -> tuple[Any, bool]:
+        """(link, is a per-key link created for this call)."""
+        if self._closed or self.server._down:
+            raise StoreClosedError(f"Store is closed: store {self.name!r}")
+        if self.config.placement is Placement.PER_SERVER or op in _SESSIONLESS:
+            return self.server._server_link(), False
+        link = self._key_links.get(key) if isinstance(key, str) else None
+        if link is not None:
+            return link, False
+        if op == "load":
+            link = self._key_links[key] = self.server._new_link((self.config,))
+            return link, True
+        if op == "unload":
+            return None, False
+        raise KeyNotLoadedError(f"Key not loaded: key {key!r} of store {self.name!r}")
+
+    def _after(self, op: str, key: Any, link: Any, created: bool, reply: Any) -> None:
+        """Per-key placement: a key actor ends with its session (unloaded, or a load that failed)."""
+        if self.config.placement is not Placement.PER_KEY or op not in ("load", "unload"):
+            return
+        if (op == "unload" and not isinstance(reply, BaseException)) or \
+                (op == "load" and created and isinstance(reply, BaseException)):
+            if self._key_links.get(key) is link:
+                del self._key_links[key]
+            link.crash()  # its only session is closed: nothing is left to save
+
+    def _call(self, op: str, key: Any, args: tuple = ()) -> Any:
+        link, created = self._route(op, key)
+        if link is None:
+            return False
+        reply = link.call([Request(op, self.name, key, args)])[0]
+        self._after(op, key, link, created, reply)
+        return _raise_or_return(reply)
+
+    async def _acall(self, op: str, key: Any, args: tuple = ()) -> Any:
+        link, created = self._route(op, key)
+        if link is None:
+            return False
+        reply = (await link.acall([Request(op, self.name, key, args)]))[0]
+        self._after(op, key, link, created, reply)
+        return _raise_or_return(reply)
+
+    def _gather(self, op: str) -> list:
+        if self.config.placement is Placement.PER_SERVER:
+            return [_raise_or_return(self.server._server_link().call([Request(op, self.name)])[0])]
+        return [_raise_or_return(link.call([Request(op, self.name)])[0]) for link in list(self._key_links.values())]
+
+
+_SESSIONLESS = frozenset({"peek", "probe_lock_active", "list_versions", "read_version", "close", "loaded_keys"})
+
+
+class AsyncStore:
+    """The asyncio flavour of `Store`: the same methods, as coroutines."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def load(self, key: str, user_ids: Any = None) -> None:
+        return await self._store._acall("load", key, (user_ids,))
+
+    async def get(self, key: str) -> Any:
+        return await self._store._acall("get", key)
+
+    async def update(self, key: str, fn: Callable[[Any], bool]) -> bool:
+        return await self._store._acall("update", key, (fn,))
+
+    async def update_immutable(self, key: str, fn: Callable[[Any], Any]) -> bool:
+        return await self._store._acall("update_immutable", key, (fn,))
+
+    async def save(self, key: str) -> bool:
+        return await self._store._acall("save", key)
+
+    async def unload(self, key: str) -> bool:
+        return await self._store._acall("unload", key)
+
+    async def close(self) -> None:
+        return await asyncio.to_thread(self._store.close)
+
+    async def peek(self, key: str) -> Any:
+        return await self._store._acall("peek", key)
+
+    async def probe_lock_active(self, key: str) -> bool:
+        return await self._store._acall("probe_lock_active", key)
+
+    async def list_versions(self, key: str, **kwargs: Any) -> Any:
+        return await self._store._acall("list_versions", key, (kwargs,))
+
+    async def read_version(self, key: str, version: str) -> Any:
+        return await self._store._acall("read_version", key, (version,))
+
+    async def is_loaded(self, key: str) -> bool:
+        return await self._store._acall("is_loaded", key)
+
+    async def loaded_keys(self) -> list[str]:
+        return await asyncio.to_thread(self._store.loaded_keys)
+
+    async def statistics(self) -> list[StoreStatistics]:
+        return await asyncio.to_thread(self._store.statistics)
