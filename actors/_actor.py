@@ -8,6 +8,7 @@ game server, whose sessions are gone and whose locks expire by their TTL.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import ray
@@ -46,6 +47,11 @@ class _KeyActor:
     async def shutdown(self) -> None:
         """Close every store with final saves; delivered twice, the second finds nothing left to save."""
         await self._ready().shutdown()
+
+    async def memory_bytes(self) -> int:
+        """Resident memory of this actor's process (Linux), for benchmarks."""
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     async def errors(self) -> list[str]:
         return list(self._ready().errors)

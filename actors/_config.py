@@ -69,6 +69,8 @@ class StoreConfig:
       for another holder before giving up. `lock_steal_after`: take over a lock whose holder has not refreshed it
       for that long (ProfileStore's force-load); None (default) never steals.
     - `autosave_interval`: how often a changed session is saved. `retry_attempts`: storage attempts per write.
+    - `lock_partitions`: how many MemoryStore hash maps share the locks (1 is Lyra's single map). One structure
+      serves 100,000 request units a minute, about 33,000 lock updates: 16 maps carry ~500,000 sessions.
     """
 
     name: str
@@ -86,6 +88,7 @@ class StoreConfig:
     lock_wait: float = 90.0
     lock_steal_after: float | None = None
     retry_attempts: int = 5
+    lock_partitions: int = 16
     placement: Placement = Placement.PER_SERVER
 
     def __post_init__(self) -> None:
@@ -120,6 +123,9 @@ class StoreConfig:
         if isinstance(self.retry_attempts, bool) or not isinstance(self.retry_attempts, int) \
                 or not 1 <= self.retry_attempts <= 20:
             raise ConfigError(f"retry_attempts must be an int from 1 to 20, got {self.retry_attempts!r}")
+        if isinstance(self.lock_partitions, bool) or not isinstance(self.lock_partitions, int) \
+                or not 1 <= self.lock_partitions <= 1024:
+            raise ConfigError(f"lock_partitions must be an int from 1 to 1024, got {self.lock_partitions!r}")
         try:
             object.__setattr__(self, "placement", Placement(self.placement))
         except ValueError:

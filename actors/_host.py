@@ -141,26 +141,18 @@ class KeyHost:
     async def _op_peek(self, rt: StoreRuntime, key: str) -> Any:
         check_key(key)
         value, _ = await rt.retrying(lambda: rt.records.aio.get(key), "record read", key)
-        if value is None:
-            return None
-        data = await rt.read_data(key, value)
-        data, _ = rt.migrate(key, data, tuple(value["applied_migrations"]))
-        return data
+        return await _stored_data(rt, key, value)
 
     async def _op_probe_lock_active(self, rt: StoreRuntime, key: str) -> bool:
         check_key(key)
-        return await rt.locks.aio.get(key) is not None
+        return await rt.locks(key).aio.get(key) is not None
 
     async def _op_list_versions(self, rt: StoreRuntime, key: str, kwargs: dict | None = None) -> Any:
         return await rt.records.aio.list_versions(key, **(kwargs or {}))
 
     async def _op_read_version(self, rt: StoreRuntime, key: str, version: str) -> Any:
         value, _ = await rt.records.aio.get_version(key, version)
-        if value is None:
-            return None
-        data = await rt.read_data(key, value)
-        data, _ = rt.migrate(key, data, tuple(value["applied_migrations"]))
-        return data
+        return await _stored_data(rt, key, value)
 
     async def _op_is_loaded(self, rt: StoreRuntime, key: str) -> bool:
         session = rt.sessions.get(key)
@@ -198,6 +190,15 @@ class KeyHost:
             for session in list(rt.sessions.values()):
                 session._holds_lock = False
                 session._end(SessionState.CLOSED)
+
+
+async def _stored_data(rt: StoreRuntime, key: str, value: Any) -> Any:
+    """What a stored record holds, as a load would see it (shards joined, transaction resolved, migrated), or None."""
+    if value is None:
+        return None
+    data = await rt.read_data(key, value)
+    data, _ = rt.migrate(key, data, tuple(value["applied_migrations"]))
+    return data
 
 
 def _store_closed(rt: StoreRuntime) -> StoreClosedError:

@@ -361,8 +361,8 @@ class Store:
         if op == "load":
             link = self._key_links[key] = self.server._new_link((self.config,))
             return link, True
-        if op == "unload":
-            return None, False
+        if op in ("unload", "is_loaded"):
+            return None, False  # no actor holds it: the answer is False
         raise KeyNotLoadedError(f"Key not loaded: key {key!r} of store {self.name!r}")
 
     def _after(self, op: str, key: Any, link: Any, created: bool, reply: Any) -> None:

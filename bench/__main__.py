@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-BENCHMARKS = ("storage", "budget")
+BENCHMARKS = ("storage", "budget", "sessions")
 
 
 def main(argv: list[str] | None = None) -> int:

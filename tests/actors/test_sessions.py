@@ -29,7 +29,6 @@ class Rig:
         inspector = self.world.server("inspector")
         self.records = inspector.datastores.get_data_store("lodestore/records/players")
         self.shards = inspector.datastores.get_data_store("lodestore/shards/players")
-        self.locks = inspector.memorystores.get_hash_map("lodestore/locks/players")
 
     def host(self, job: str, **options) -> "Server":
         host = KeyHost(self.world, job, self.scheduler)

@@ -1,0 +1,109 @@
+"""The public Store API on an in-process world with a manual clock: both placements, lifecycle, config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import (GameServer, KeyNotLoadedError, LockLostError, StoreClosedError, StoreStatistics, advance)
+from storage import ConfigError, ManualClock, TransformError, World
+
+TEMPLATE = {"coins": 0, "items": []}
+
+
+@pytest.fixture
+def world():
+    return World.in_process("local", clock=ManualClock(), budget=None)
+
+
+def give(n):
+    def fn(data):
+        data["coins"] += n
+        return True
+    return fn
+
+
+@pytest.mark.parametrize("placement", ["per-server", "per-key"])
+def test_the_blocking_api_in_both_placements(world, placement):
+    server = GameServer(world, "job-1", players=3)
+    store = server.create_store("players", TEMPLATE, placement=placement)
+    store.load("u1", user_ids=[1])
+    store.load("u2")
+    assert store.loaded_keys() == ["u1", "u2"]
+    assert store.update("u1", give(3)) is True
+    assert store.update_immutable("u2", lambda d: {**d, "items": [*d["items"], "hat"]}) is True
+    with pytest.raises(TransformError):
+        store.update("u1", lambda d: 1 / 0)
+    assert store.get("u1") == {"coins": 3, "items": []}
+    assert store.save("u1") is True
+    assert store.unload("u1") is True and store.unload("u1") is False
+    assert store.loaded_keys() == ["u2"]
+    with pytest.raises(KeyNotLoadedError, match="Key not loaded"):
+        store.get("u1")
+    assert store.peek("u1") == {"coins": 3, "items": []}
+    assert store.is_loaded("u2") and not store.is_loaded("u1")
+    stats = store.statistics()
+    assert all(isinstance(s, StoreStatistics) for s in stats)
+    assert sum(s.counters.loads for s in stats) >= 1
+    server.shutdown()
+    with pytest.raises(StoreClosedError, match="Store is closed"):
+        store.load("u3")
+    other = GameServer(world, "job-2").create_store("players", TEMPLATE)
+    assert other.peek("u2")["items"] == ["hat"]           # the shutdown saved it ...
+    assert not other.probe_lock_active("u2")              # ... and released the lock
+
+
+def test_create_store_refuses_unknown_options_and_duplicates(world):
+    server = GameServer(world, "job-cfg")
+    with pytest.raises(ConfigError, match="unknown store option 'autosave'"):
+        server.create_store("players", TEMPLATE, autosave=5)
+    server.create_store("players", TEMPLATE)
+    with pytest.raises(ConfigError, match="already open"):
+        server.create_store("players", TEMPLATE)
+    with pytest.raises(ConfigError, match="storage.World"):
+        GameServer("not a world")
+
+
+def test_advance_fires_autosaves_and_expires_a_crashed_servers_locks(world):
+    a, b = GameServer(world, "job-a"), GameServer(world, "job-b")
+    store_a = a.create_store("players", TEMPLATE, autosave_interval=30)
+    store_b = b.create_store("players", TEMPLATE, lock_wait=200)
+    store_a.load("u1")
+    store_a.update("u1", give(7))
+    advance(world, 31)                                    # the autosave ran
+    assert store_b.peek("u1")["coins"] == 7
+    store_a.update("u1", give(100))                       # never saved: the server crashes
+    a.crash()
+    assert store_b.probe_lock_active("u1") is True
+    advance(world, 91)                                    # nobody refreshes the lock: it expires
+    assert store_b.probe_lock_active("u1") is False
+    store_b.load("u1")
+    assert store_b.get("u1")["coins"] == 7
+    b.shutdown()
+
+
+def test_store_close_saves_and_unlocks_every_key(world):
+    server = GameServer(world, "job-close")
+    store = server.create_store("players", TEMPLATE)
+    for i in range(5):
+        store.load(f"u{i}")
+        store.update(f"u{i}", give(i))
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.get("u0")
+    other = GameServer(world, "job-other").create_store("players", TEMPLATE)
+    assert [other.peek(f"u{i}")["coins"] for i in range(5)] == [0, 1, 2, 3, 4]
+    assert not any(other.probe_lock_active(f"u{i}") for i in range(5))
+
+
+def test_a_lost_lock_fires_on_lock_lost_and_later_calls_fail(world):
+    lost = []
+    a = GameServer(world, "job-lost")
+    store = a.create_store("players", TEMPLATE, on_lock_lost=lost.append, lock_ttl=30, lock_refresh=10,
+                           lock_partitions=1)
+    store.load("u1")
+    # Someone removes the lock item (an operator, or an expiry the holder missed): the next refresh finds it gone.
+    world.server("ops").memorystores.get_hash_map("lodestore/locks/players").remove("u1")
+    advance(world, 11)
+    assert lost == ["u1"]
+    with pytest.raises((KeyNotLoadedError, LockLostError)):
+        store.update("u1", give(1))
