@@ -49,6 +49,8 @@ __all__ = [
     "ShardedFile",
     "Record",
     "new_record",
+    "digest",
+    "inline_file",
     "is_record",
     "check_record",
     "tx_id_of",
@@ -231,7 +233,20 @@ def checksum(data: Any) -> str:
     Equal data gives equal checksums whatever the dict order, tuples or lists, 1 or 1.0, frozen or plain; True and 1
     differ. `data` must be storable (see `check_value`).
     """
-    return hashlib.blake2b(canonical(thaw(data)), digest_size=16).hexdigest()
+    return digest(canonical(thaw(data)))
+
+
+def digest(canonical_bytes: bytes) -> str:
+    """`checksum` of data whose `canonical` bytes the caller already has (a session computes them once per save)."""
+    return hashlib.blake2b(canonical_bytes, digest_size=16).hexdigest()
+
+
+INLINE_OVERHEAD_CHARS = len('{"committed_data":}')
+
+
+def inline_file(data: Any) -> dict:
+    """The inline FILE holding `data`: for callers that know its JSON length is within the limit."""
+    return {"data": {"committed_data": data}}
 
 
 # --- files and shards ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from actors._errors import (KeyClosedError, LockLostError, LockTimeoutError, Mig
                             SchemaError)
 from actors._scheduler import Scheduler, Timer
 from storage import DataStoreError, MemoryStoreError, RequestType, TransformError, UpdateResult
-from storage._values import check_value
+from storage._values import canonical, check_value
 
 __all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data", "lock_map_name"]
 
@@ -409,12 +409,13 @@ class Session:
             if self.state not in _LIVE:
                 self._check_usable()
             data = self.data
-            digest = rec.checksum(data)
+            blob = canonical(data)   # data in a session has passed check_value
+            digest = rec.digest(blob)
             if not force and digest == self.saved_checksum:
                 self.rt.counters.saves_skipped += 1
                 return False
             try:
-                ok = await self._write(data)
+                ok = await self._write(data, size_hint=len(blob))
             except LockLostError:
                 self._lose("the lock ran out before the write could start")
                 raise
@@ -428,12 +429,15 @@ class Session:
             self.rt.counters.saves += 1
             return True
 
-    async def _write(self, data: Any, current: tuple[Any, Any] | None = None) -> bool:
+    async def _write(self, data: Any, current: tuple[Any, Any] | None = None, size_hint: int | None = None) -> bool:
         """Write a record holding `data`. For a save, it compare-and-sets against the version this session wrote
         last, and goes through only while the stored record still names this session. For a load's claim,
         `current` is the record as read. Returns False when someone else's record was found (nothing written)."""
         rt = self.rt
-        file, chunks = rec.make_file(data, limit=rt.shard_limit)
+        if size_hint is not None and size_hint + rec.INLINE_OVERHEAD_CHARS <= rt.shard_limit // 2:
+            file, chunks = rec.inline_file(data), {}   # far under the limit: skip make_file's own size check
+        else:
+            file, chunks = rec.make_file(data, limit=rt.shard_limit)
         if chunks:
             await asyncio.gather(*(rt.retrying(lambda k=k, v=v: rt.shards.aio.set(k, v), "shard write", self.key)
                                    for k, v in chunks.items()))

@@ -1,10 +1,12 @@
-"""A first look at the emulated Roblox cloud: a world on local Ray + SQLite, two game servers, a few DataStore and
-MemoryStore calls, an UpdateAsync race, versions and a tombstone. Run: `python examples/demo.py`."""
+"""A first look at lodestore: a world on local Ray + SQLite, two game servers, a few DataStore and MemoryStore calls,
+an UpdateAsync race, versions and a tombstone; then session-locked stores (the Store API): a player moving between
+servers and a server that crashes. Run: `python examples/demo.py`."""
 
 from __future__ import annotations
 
 import threading
 
+from actors import GameServer
 from storage import World
 
 
@@ -51,8 +53,37 @@ def main() -> None:
         print(f"lobby-1 write budget left: {budget} (60 + 40 x 20 players per minute, burst 100, cap 3 minutes)")
         print("lobby-1 throttle queues:", lobby.datastores.queue_sizes())
         print("shard statistics:", world.statistics())
+        sessions(world)
     finally:
         world.shutdown()
+
+
+def sessions(world: World) -> None:
+    """Two game servers hand one player over (a teleport), then one of them crashes with unsaved changes."""
+    lobby, arena = GameServer(world, "lobby-2", players=10), GameServer(world, "arena-8", players=10)
+    template = {"coins": 0, "items": []}
+    on_lobby = lobby.create_store("profiles", template, lock_ttl=6, lock_refresh=2)
+    on_arena = arena.create_store("profiles", template, lock_ttl=6, lock_refresh=2, lock_wait=60)
+
+    def grant(item):
+        def fn(data):
+            data["items"].append(item)
+            data["coins"] += 10
+            return True
+        return fn
+
+    on_lobby.load("user_7")
+    on_lobby.update("user_7", grant("hat"))
+    print("lobby holds user_7:", on_lobby.get("user_7"), "- lock active:", on_arena.probe_lock_active("user_7"))
+    on_lobby.unload("user_7")                     # teleport: final save, lock released
+    on_arena.load("user_7")                       # the arena gets exactly what the lobby saved
+    on_arena.update("user_7", grant("boots"))
+    on_arena.save("user_7")                       # forced save, as before granting a purchase
+    on_arena.update("user_7", grant("cape"))      # not saved yet...
+    arena.crash()                                 # ...and the server dies: its lock expires by TTL
+    on_lobby.load("user_7")                       # waits for the dead server's lock (simulated TTL 6 s)
+    print("after the arena crashed, the lobby loads:", on_lobby.get("user_7"), "(the cape was never saved)")
+    lobby.shutdown()
 
 
 if __name__ == "__main__":

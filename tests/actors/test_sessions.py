@@ -550,3 +550,31 @@ def test_config_errors_name_the_bad_field():
             StoreConfig(name="players", **{"template": TEMPLATE, **kwargs})
     with pytest.raises(ConfigError, match="store name"):
         StoreConfig(name="x" * 40, template={})
+
+
+def test_close_saves_at_emergency_priority_and_routine_saves_do_not():
+    from storage._throttle import _emergency
+
+    async def main():
+        rig = Rig()
+        a = rig.host("a")
+        rt = a.runtime()
+        seen = []
+        real_update = rt.records.aio.update
+
+        async def spy(key, fn, **kwargs):
+            seen.append((key, _emergency.get()))
+            return await real_update(key, fn, **kwargs)
+
+        rt.records.aio.update = spy
+        for key in ("u1", "u2"):
+            await a("load", key)
+            await a("update", key, lambda d: d.update(coins=1) or True)
+        seen.clear()
+        await a("save", "u1")
+        assert seen == [("u1", False)]
+        await a("update", "u1", lambda d: d.update(coins=2) or True)
+        seen.clear()
+        await a("close")
+        assert sorted(seen) == [("u1", True), ("u2", True)]     # final saves go before routine requests
+    run(main())

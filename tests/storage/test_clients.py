@@ -1254,3 +1254,27 @@ def test_everything_a_client_needs_is_exported_from_storage():
     for name in ("World", "ManualClock", "DataStoreError", "MemoryStoreError", "TransformError", "UpdateResult",
                  "SortDirection", "FaultConfig", "Outage", "KeyInfo", "VersionInfo", "Page", "DataStoreStatistics"):
         assert name in storage.__all__ and hasattr(storage, name)
+
+
+def test_update_from_a_known_entry_skips_the_read_and_re_runs_when_the_guess_is_stale(mem_world):
+    server = mem_world.server("job-known")
+    store = server.datastores.get_data_store("players")
+    store.set("k", {"coins": 1})
+    value, info = store.get("k", use_cache=False)
+    seen = []
+
+    def add(old, _info):
+        seen.append(old["coins"])
+        return {"coins": old["coins"] + 10}
+
+    new, new_info = store.update("k", add, current=(value, info))       # the guess is right: one attempt
+    assert new == {"coins": 11} and seen == [1]
+    seen.clear()
+    new, _ = store.update("k", add, current=(value, info))              # stale: re-runs on the stored value
+    assert new == {"coins": 21} and seen == [1, 11]
+    seen.clear()
+    store.update("k", add, current=({"coins": 0}, None))                 # "absent" guess on an existing key
+    assert seen == [0, 21] and fresh(store, "k")[0] == {"coins": 31}
+    with pytest.raises(TypeError, match="current must be"):
+        store.update("k", add, current=("just a value",))
+    assert fresh(store, "k")[0] == {"coins": 31}
