@@ -48,6 +48,22 @@ class _KeyActor:
         """Close every store with final saves; delivered twice, the second finds nothing left to save."""
         await self._ready().shutdown()
 
+    async def tx_calls(self, calls: list) -> list:
+        """A batch of the three below, from a coordinator."""
+        return await self._ready().tx_calls(calls)
+
+    async def tx_prepare(self, tx_id: str, store: str, keys: list, timeout_s: float) -> dict:
+        """Idempotent per transaction id (see `KeyHost`)."""
+        return await self._ready().tx_prepare(tx_id, store, keys, timeout_s)
+
+    async def tx_write(self, tx_id: str, store: str, writes: dict) -> dict:
+        """Idempotent per transaction id."""
+        return await self._ready().tx_write(tx_id, store, writes)
+
+    async def tx_finish(self, tx_id: str, store: str, outcomes: dict) -> dict:
+        """Idempotent per transaction id."""
+        return await self._ready().tx_finish(tx_id, store, outcomes)
+
     async def memory_bytes(self) -> int:
         """Resident memory of this actor's process (Linux), for benchmarks."""
         with open("/proc/self/statm") as f:

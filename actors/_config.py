@@ -71,6 +71,7 @@ class StoreConfig:
     - `autosave_interval`: how often a changed session is saved. `retry_attempts`: storage attempts per write.
     - `lock_partitions`: how many MemoryStore hash maps share the locks (1 is Lyra's single map). One structure
       serves 100,000 request units a minute, about 33,000 lock updates: 16 maps carry ~500,000 sessions.
+    - `tx_timeout`: how long a session waits in a transaction for its coordinator before settling it itself.
     """
 
     name: str
@@ -89,6 +90,7 @@ class StoreConfig:
     lock_steal_after: float | None = None
     retry_attempts: int = 5
     lock_partitions: int = 16
+    tx_timeout: float = 60.0
     placement: Placement = Placement.PER_SERVER
 
     def __post_init__(self) -> None:
@@ -113,7 +115,7 @@ class StoreConfig:
                 check_metadata(self.metadata_template)
             except DataStoreError as exc:
                 raise ConfigError(f"metadata_template: {exc.message}") from None
-        for name in ("autosave_interval", "lock_ttl", "lock_refresh", "lock_wait"):
+        for name in ("autosave_interval", "lock_ttl", "lock_refresh", "lock_wait", "tx_timeout"):
             object.__setattr__(self, name, _seconds(name, getattr(self, name)))
         if self.lock_refresh >= self.lock_ttl:
             raise ConfigError(f"lock_refresh ({self.lock_refresh:g} s) must be shorter than lock_ttl "

@@ -168,6 +168,42 @@ class KeyHost:
         return StoreStatistics(rt.config.name, states, StoreCounters(**vars(rt.counters)),
                                self.scheduler.pending(), rt.closed)
 
+    # ------------------------------------------------------------------------- transaction participant
+    #
+    # What a coordinator calls, one message per key actor per phase. Each answers {key: result or exception}.
+    # Delivered twice: prepare answers the same data, write is done once, finish is a no-op the second time.
+
+    async def tx_calls(self, calls: list[tuple[str, tuple]]) -> list[Any]:
+        """Several participant calls in one message (a coordinator batches them per loop turn)."""
+        async def one(method: str, args: tuple) -> Any:
+            if method not in ("tx_prepare", "tx_write", "tx_finish"):
+                return ConfigError(f"unknown transaction call {method!r}")
+            try:
+                return await getattr(self, method)(*args)
+            except Exception as exc:
+                return exc
+
+        return await asyncio.gather(*(one(m, a) for m, a in calls))
+
+    async def tx_prepare(self, tx_id: str, store: str, keys: list[str], timeout_s: float) -> dict:
+        rt = self.stores.get(store)
+        return await _per_key(keys, lambda key: _session(rt, key).tx_prepare(tx_id, timeout_s)
+                              if rt is not None else _no_store(store))
+
+    async def tx_write(self, tx_id: str, store: str, writes: dict) -> dict:
+        rt = self.stores.get(store)
+        return await _per_key(list(writes), lambda key: _in_tx(rt, key, store).tx_write(tx_id, *writes[key]))
+
+    async def tx_finish(self, tx_id: str, store: str, outcomes: dict) -> dict:
+        rt = self.stores.get(store)
+
+        async def finish(key: str) -> None:
+            session = rt.sessions.get(key) if rt is not None else None
+            if session is not None:
+                await session.tx_finish(tx_id, *outcomes[key])
+
+        return await _per_key(list(outcomes), finish)
+
     # ---------------------------------------------------------------------------------------- lifecycle
 
     async def shutdown(self) -> None:
@@ -190,6 +226,27 @@ class KeyHost:
             for session in list(rt.sessions.values()):
                 session._holds_lock = False
                 session._end(SessionState.CLOSED)
+
+
+async def _per_key(keys: list[str], call) -> dict:
+    async def one(key: str) -> Any:
+        try:
+            return await call(key)
+        except Exception as exc:
+            return exc
+
+    return dict(zip(keys, await asyncio.gather(*(one(k) for k in keys))))
+
+
+async def _no_store(store: str) -> None:
+    raise StoreClosedError(f"Store is closed: store {store!r} is not open on this server")
+
+
+def _in_tx(rt: StoreRuntime | None, key: str, store: str) -> Session:
+    session = rt.sessions.get(key) if rt is not None else None
+    if session is None:
+        raise KeyNotLoadedError(f"Key not loaded: key {key!r} of store {store!r}")
+    return session
 
 
 async def _stored_data(rt: StoreRuntime, key: str, value: Any) -> Any:

@@ -32,12 +32,13 @@ import msgpack
 from actors import _records as rec
 from actors._config import LogMessage, StoreConfig
 from actors._errors import (KeyClosedError, LockLostError, LockTimeoutError, MigrationError, RecordError,
-                            SchemaError)
+                            SchemaError, TxLockedError)
 from actors._scheduler import Scheduler, Timer
 from storage import DataStoreError, MemoryStoreError, RequestType, TransformError, UpdateResult
 from storage._values import canonical, check_value
 
-__all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data", "lock_map_name"]
+__all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data", "lock_map_name", "TX_STORE",
+           "marker_committed", "check_schema", "resolve_in_doubt"]
 
 ORPHAN_BUDGET_FLOOR = 100   # remove old shards only while this many remove requests are left (Lyra's rule)
 REFRESH_RETRY_S = 10.0      # after a failed refresh, try again this soon (the TTL has 30 s to spare by default)
@@ -57,10 +58,35 @@ _LIVE = (SessionState.ACTIVE, SessionState.IN_TRANSACTION, SessionState.CLOSING)
 _ENDED = (SessionState.CLOSED, SessionState.LOCK_LOST)
 
 
+TX_STORE = "lodestore/tx"   # one marker store for the world: a restarted coordinator finds every marker in it
+
+
+def marker_committed(marker: Any) -> bool:
+    """Whether a transaction whose records carry its id has committed, by its marker: gone (cleaned up after the
+    commit; aborted transactions' records are cleaned before their marker goes) or in state "committed"."""
+    return marker is None or (isinstance(marker, dict) and marker.get("state") == "committed")
+
+
 def lock_map_name(store: str, partition: int, partitions: int) -> str:
     """Lyra keeps every lock of a store in one hash map; a MemoryStore structure serves 100,000 request units a
     minute, about 33,000 lock updates, so with more partitions than one the locks spread over several maps."""
     return f"lodestore/locks/{store}" if partitions == 1 else f"lodestore/locks/{store}/{partition}"
+
+
+def check_schema(schema: Callable[[Any], Any] | None, key: str, data: Any) -> None:
+    """Raise SchemaError unless `schema(data)` accepts: True or None; False, (False, message...) or an exception
+    mean invalid."""
+    if schema is None:
+        return
+    try:
+        verdict = schema(data)
+    except Exception as exc:
+        raise SchemaError(f"Schema validation failed for key {key!r}: {type(exc).__name__}: {exc}") from None
+    detail = ""
+    if isinstance(verdict, tuple) and verdict:
+        verdict, detail = verdict[0], ": " + " ".join(str(x) for x in verdict[1:])
+    if verdict is False:
+        raise SchemaError(f"Schema validation failed for key {key!r}{detail}")
 
 
 def copy_data(data: Any) -> Any:
@@ -82,6 +108,9 @@ class StoreCounters:
     refreshes: int = 0
     refresh_failures: int = 0
     shards_written: int = 0
+    tx_committed: int = 0
+    tx_aborted: int = 0
+    tx_timeouts: int = 0
     orphans_removed: int = 0
 
 
@@ -95,7 +124,7 @@ class StoreRuntime:
         self.datastores = server.datastores
         self.records = server.datastores.get_data_store(f"lodestore/records/{config.name}")
         self.shards = server.datastores.get_data_store(f"lodestore/shards/{config.name}")
-        self.txs = server.datastores.get_data_store(f"lodestore/tx/{config.name}")
+        self.txs = server.datastores.get_data_store(TX_STORE)
         self._lock_maps = [server.memorystores.get_hash_map(lock_map_name(config.name, i, config.lock_partitions))
                            for i in range(config.lock_partitions)]
         self.sessions: dict[str, Session] = {}
@@ -145,7 +174,7 @@ class StoreRuntime:
         if tx_id is None:
             return txinfo["committed_data"]
         marker, _ = await self.retrying(lambda: self.txs.aio.get(tx_id, False), "transaction marker read", key)
-        return rec.committed(txinfo, marker_exists=marker is not None)
+        return rec.committed(txinfo, marker_exists=not marker_committed(marker))
 
     def migrate(self, key: str, data: Any, applied: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
         """Apply, in order, every migration step not applied yet. Raises MigrationError (nothing is written)."""
@@ -173,18 +202,7 @@ class StoreRuntime:
         return data, applied
 
     def check_schema(self, key: str, data: Any) -> None:
-        schema = self.config.schema
-        if schema is None:
-            return
-        try:
-            verdict = schema(data)
-        except Exception as exc:
-            raise SchemaError(f"Schema validation failed for key {key!r}: {type(exc).__name__}: {exc}") from None
-        detail = ""
-        if isinstance(verdict, tuple) and verdict:
-            verdict, detail = verdict[0], ": " + " ".join(str(x) for x in verdict[1:])
-        if verdict is False:
-            raise SchemaError(f"Schema validation failed for key {key!r}{detail}")
+        check_schema(self.config.schema, key, data)
 
     def notify_changed(self, key: str, new: Any, old: Any) -> None:
         for callback in self.config.changed_callbacks:
@@ -202,7 +220,7 @@ class Session:
 
     __slots__ = ("rt", "key", "user_ids", "state", "lock_id", "data", "applied", "saved_checksum", "info", "file",
                  "orphans", "mailbox", "save_lane", "lock_deadline", "unload_requested", "loaded", "closed",
-                 "_refresh_timer", "_deadline_timer", "_autosave_timer", "_frozen", "_holds_lock")
+                 "_refresh_timer", "_deadline_timer", "_autosave_timer", "_frozen", "_holds_lock", "tx", "_refused_txs")
 
     def __init__(self, rt: StoreRuntime, key: str, user_ids: tuple[int, ...] = ()) -> None:
         loop = asyncio.get_running_loop()
@@ -228,6 +246,8 @@ class Session:
         self._autosave_timer: Timer | None = None
         self._frozen: Any = None
         self._holds_lock = False
+        self.tx: _Tx | None = None          # the transaction holding this session, if any
+        self._refused_txs: list[str] = []   # transactions this session gave up on: a late message is refused
 
     def __repr__(self) -> str:
         return f"Session({self.rt.config.name!r}, {self.key!r}, {self.state.value})"
@@ -429,12 +449,16 @@ class Session:
             self.rt.counters.saves += 1
             return True
 
-    async def _write(self, data: Any, current: tuple[Any, Any] | None = None, size_hint: int | None = None) -> bool:
-        """Write a record holding `data`. For a save, it compare-and-sets against the version this session wrote
-        last, and goes through only while the stored record still names this session. For a load's claim,
-        `current` is the record as read. Returns False when someone else's record was found (nothing written)."""
+    async def _write(self, data: Any, current: tuple[Any, Any] | None = None, size_hint: int | None = None,
+                     txinfo: dict | None = None) -> bool:
+        """Write a record holding `data` (or, for a transaction, the inline `txinfo`). For a save, it
+        compare-and-sets against the version this session wrote last, and goes through only while the stored record
+        still names this session. For a load's claim, `current` is the record as read. Returns False when someone
+        else's record was found (nothing written)."""
         rt = self.rt
-        if size_hint is not None and size_hint + rec.INLINE_OVERHEAD_CHARS <= rt.shard_limit // 2:
+        if txinfo is not None:
+            file, chunks = {"data": txinfo}, {}
+        elif size_hint is not None and size_hint + rec.INLINE_OVERHEAD_CHARS <= rt.shard_limit // 2:
             file, chunks = rec.inline_file(data), {}   # far under the limit: skip make_file's own size check
         else:
             file, chunks = rec.make_file(data, limit=rt.shard_limit)
@@ -551,6 +575,7 @@ class Session:
     def _lose(self, reason: str) -> None:
         if self.state in _ENDED:
             return
+        self._release_tx()
         self._holds_lock = False
         self.rt.counters.locks_lost += 1
         self._end(SessionState.LOCK_LOST)
@@ -561,6 +586,126 @@ class Session:
                 self.rt.config.on_lock_lost(self.key)
             except Exception as exc:
                 self.rt.log("error", f"on_lock_lost raised {type(exc).__name__}: {exc}", key=self.key)
+
+    # ----------------------------------------------------------------------------------- transactions
+    #
+    # The participant's side of a two-phase commit (the coordinator package drives it). While a transaction holds
+    # the session, it holds the mailbox and the save lane: no update, save or unload runs until it finishes. Every
+    # message names its transaction and may arrive twice: a repeat is answered as the first was, or is a no-op.
+
+    async def tx_prepare(self, tx_id: str, timeout_s: float) -> Any:
+        """Join transaction `tx_id`: block other operations and answer a copy of the data."""
+        if self.tx is not None and self.tx.id == tx_id:
+            return copy_data(self.tx.before)
+        if tx_id in self._refused_txs:
+            raise KeyClosedError(f"Key is closed: key {self.key!r} already gave up transaction {tx_id!r}")
+        if self.tx is not None:
+            raise TxLockedError(f"Key is already locked by another transaction: key {self.key!r}")
+        self._check_usable()
+        await self.mailbox.acquire()
+        try:
+            await self.save_lane.acquire()
+        except BaseException:
+            self.mailbox.release()
+            raise
+        if self.tx is not None or self.state is not SessionState.ACTIVE:
+            busy = self.tx is not None
+            self.save_lane.release()
+            self.mailbox.release()
+            if busy:
+                raise TxLockedError(f"Key is already locked by another transaction: key {self.key!r}")
+            self._check_usable()
+        self.state = SessionState.IN_TRANSACTION
+        self.tx = _Tx(tx_id, self.data)
+        sched = self.rt.scheduler
+        self.tx.timer = sched.call_later(timeout_s, lambda: sched.spawn(self._tx_expire(tx_id)))
+        return copy_data(self.data)
+
+    def _current_tx(self, tx_id: str) -> _Tx:
+        if self.tx is None or self.tx.id != tx_id:
+            raise KeyClosedError(f"Key is closed: key {self.key!r} is not in transaction {tx_id!r} any more")
+        return self.tx
+
+    async def tx_write(self, tx_id: str, patch: list, after: Any) -> None:
+        """Phase one: write the record as {committed_data: before, tx_id, tx_patch} (fenced, as every write)."""
+        tx = self._current_tx(tx_id)
+        if tx.written:
+            return
+        check_value(after, what=f"data for key {self.key!r}")
+        self.rt.check_schema(self.key, after)
+        txinfo = {"committed_data": tx.before, "tx_id": tx_id, "tx_patch": patch}
+        try:
+            ok = await self._write(tx.before, txinfo=txinfo)
+        except LockLostError:
+            self._lose("the lock ran out before the transaction's write")
+            raise
+        if not ok:
+            self._lose("another session wrote the record: this session's lock was taken over")
+            raise LockLostError(f"Key is closed: the lock on key {self.key!r} was lost in a transaction")
+        tx.after, tx.written = after, True
+
+    async def tx_finish(self, tx_id: str, outcome: str, after: Any = None) -> None:
+        """Phase two. "commit": the data becomes the transaction's result (the record already holds it, resolved by
+        the marker). "apply": a one-key transaction: the data changes like an update, to be saved as usual.
+        "abort": the data stays; a record written in phase one is rewritten without the transaction."""
+        if self.tx is None or self.tx.id != tx_id:
+            return  # finished already, or never joined: a repeated or late message
+        tx = self.tx
+        try:
+            if outcome == "commit":
+                new = tx.after if tx.written else after
+                old, self.data, self._frozen = self.data, new, None
+                if tx.written:
+                    self.saved_checksum = rec.checksum(new)
+                self.rt.counters.tx_committed += 1
+                self.rt.notify_changed(self.key, new, old)
+            elif outcome == "apply":
+                self.rt.check_schema(self.key, after)
+                old, self.data, self._frozen = self.data, after, None
+                self.rt.counters.tx_committed += 1
+                self.rt.notify_changed(self.key, after, old)
+            elif outcome == "abort":
+                self.rt.counters.tx_aborted += 1
+                if tx.written:
+                    await self._write(tx.before)
+                    self.saved_checksum = rec.checksum(tx.before)
+            else:
+                raise ValueError(f"unknown transaction outcome {outcome!r}")
+        finally:
+            if self.tx is tx:
+                self._release_tx()
+
+    def _release_tx(self) -> None:
+        tx, self.tx = self.tx, None
+        if tx is None:
+            return
+        _cancel(tx.timer)
+        if self.state is SessionState.IN_TRANSACTION:
+            self.state = SessionState.ACTIVE
+        self.save_lane.release()
+        self.mailbox.release()
+
+    async def _tx_expire(self, tx_id: str) -> None:
+        """The coordinator went quiet: settle the transaction from what is stored, never by guessing."""
+        tx = self.tx
+        if tx is None or tx.id != tx_id:
+            return
+        rt = self.rt
+        rt.counters.tx_timeouts += 1
+        self._refused_txs = (self._refused_txs + [tx_id])[-16:]
+        if not tx.written:  # without this record the commit point cannot have been reached
+            rt.log("warn", f"transaction {tx_id} timed out before its write; leaving it", key=self.key)
+            self._release_tx()
+            return
+        try:
+            outcome = await resolve_in_doubt(rt, tx_id, self.key)
+        except Exception as exc:
+            rt.log("warn", f"transaction {tx_id} in doubt ({exc}); asking again later", key=self.key)
+            sched = rt.scheduler
+            tx.timer = sched.call_later(10.0, lambda: sched.spawn(self._tx_expire(tx_id)))
+            return
+        rt.log("warn", f"transaction {tx_id} timed out; the store says {outcome}", key=self.key)
+        await self.tx_finish(tx_id, "commit" if outcome == "committed" else "abort")
 
     # ------------------------------------------------------------------------------------------- timers
 
@@ -609,16 +754,44 @@ class Session:
             self._arm_deadline()
 
     async def _autosave(self) -> None:
-        if self.state is not SessionState.ACTIVE:
-            return
+        if self.state not in (SessionState.ACTIVE, SessionState.IN_TRANSACTION):
+            return  # (in a transaction, the save waits for it in the save lane)
         try:
             await self.save(force=False)
         except LockLostError:
             return
         except Exception as exc:
             self.rt.log("warn", f"autosave failed: {type(exc).__name__}: {exc}", key=self.key)
-        if self.state is SessionState.ACTIVE:
+        if self.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION):
             self._arm_autosave(self.rt.config.autosave_interval)
+
+
+async def resolve_in_doubt(rt: StoreRuntime, tx_id: str, key: str) -> str:
+    """"committed" or "aborted" for a transaction whose record (of `key`) was written: the marker decides, and a
+    pending marker is first turned to "aborted" (compare-and-set), so the coordinator can no longer commit it. A
+    missing marker means committed when the record still carries the transaction (an aborted transaction's records
+    are cleaned before its marker goes)."""
+    def abort_if_pending(marker: Any, _info: Any) -> Any:
+        if isinstance(marker, dict) and marker.get("state") == "pending":
+            return {**marker, "state": "aborted"}
+        return None
+
+    marker, _ = await rt.retrying(lambda: rt.txs.aio.update(tx_id, abort_if_pending), "marker update", key)
+    if marker is None:
+        marker, _ = await rt.retrying(lambda: rt.txs.aio.get(tx_id, False), "marker read", key)
+    if marker is not None:
+        return "committed" if marker.get("state") == "committed" else "aborted"
+    record, _ = await rt.retrying(lambda: rt.records.aio.get(key, False), "record read", key)
+    return "committed" if rec.is_record(record) and rec.tx_id_of(record) == tx_id else "aborted"
+
+
+@dataclass
+class _Tx:
+    id: str
+    before: Any
+    after: Any = None
+    written: bool = False
+    timer: Timer | None = None
 
 
 def _cancel(timer: Timer | None) -> None:

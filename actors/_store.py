@@ -46,6 +46,17 @@ class _LocalRuntime:
         if not self.scheduler.manual:
             self.run(self._start_driver())
 
+    def coordinator(self, world: World) -> Any:
+        """This world's in-process coordinator (built on the background loop on first use)."""
+        if getattr(self, "_coordinator", None) is None:
+            from coordinator import Coordinator
+
+            async def make() -> Any:
+                return Coordinator(world)
+
+            self._coordinator = self.run(make())
+        return self._coordinator
+
     async def _start_driver(self) -> None:
         asyncio.get_running_loop().create_task(self.scheduler.drive())
 
@@ -317,6 +328,53 @@ class Store:
             link.crash()
         return _raise_or_return(self.server._server_link().call([Request("close", self.name)])[0])
 
+    def tx(self, keys: Any, fn: Callable[[dict], bool]) -> bool:
+        """A transaction over loaded keys: `fn({key: data})` changes the copies in place and returns True to commit
+        them all, or False to abort. All of it or none of it is ever visible. Raises TxAbortedError (nothing
+        happened; safe to retry), TxUnknownError, KeysChangedError, SchemaError or TransformError."""
+        return self._run_tx(keys, fn, immutable=False)
+
+    def tx_immutable(self, keys: Any, fn: Callable[[dict], Any]) -> bool:
+        """Like `tx`, with frozen data: `fn` returns the new {key: data}, or False to abort."""
+        return self._run_tx(keys, fn, immutable=True)
+
+    def _tx_request(self, keys: Any, fn: Any, immutable: bool) -> Any:
+        from coordinator import TxRequest
+        if isinstance(keys, str) or not isinstance(keys, (list, tuple)) or not keys:
+            raise TypeError(f"tx keys must be a non-empty list of key names, got {keys!r:.80}")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"tx keys must not repeat, got {list(keys)!r:.80}")
+        if not callable(fn):
+            raise TypeError(f"tx needs a callable transform, got {type(fn).__name__}")
+        participants = {}
+        for key in keys:
+            link, _ = self._route("get", key)
+            participants[key] = link.host if isinstance(link, _LocalLink) else link.handle
+        return TxRequest(self.name, tuple(keys), fn, immutable, self.config.schema, participants,
+                         self.config.tx_timeout)
+
+    def _run_tx(self, keys: Any, fn: Any, immutable: bool) -> bool:
+        req = self._tx_request(keys, fn, immutable)
+        local = self.server._local
+        if local is not None:
+            return local.run(local.coordinator(self.server.world).run(req))
+        from coordinator._actor import coordinator_handle, unknown_after_crash
+        try:
+            return _raise_or_return(ray.get(coordinator_handle(self.server.world).run.remote(req)))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise unknown_after_crash(exc) from exc
+
+    async def _arun_tx(self, keys: Any, fn: Any, immutable: bool) -> bool:
+        req = self._tx_request(keys, fn, immutable)
+        local = self.server._local
+        if local is not None:
+            return await local.arun(local.coordinator(self.server.world).run(req))
+        from coordinator._actor import coordinator_handle, unknown_after_crash
+        try:
+            return _raise_or_return(await coordinator_handle(self.server.world).run.remote(req))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise unknown_after_crash(exc) from exc
+
     def peek(self, key: str) -> Any:
         """The stored data of a key, without locking it (transactions resolved), or None."""
         return self._call("peek", key)
@@ -426,6 +484,12 @@ class AsyncStore:
 
     async def close(self) -> None:
         return await asyncio.to_thread(self._store.close)
+
+    async def tx(self, keys: Any, fn: Callable[[dict], bool]) -> bool:
+        return await self._store._arun_tx(keys, fn, immutable=False)
+
+    async def tx_immutable(self, keys: Any, fn: Callable[[dict], Any]) -> bool:
+        return await self._store._arun_tx(keys, fn, immutable=True)
 
     async def peek(self, key: str) -> Any:
         return await self._store._acall("peek", key)

@@ -1,3 +1,13 @@
-"""coordinator: see its issue; nothing public yet."""
+"""lodestore's transaction coordinator: two-phase commit across key actors, with recovery.
 
-__all__: list[str] = []
+Users call it through `Store.tx(keys, fn)` and `Store.tx_immutable(keys, fn)`; this package holds the protocol
+(`Coordinator`, plain Python, testable with a fault hook at every step) and the named Ray actor that runs it.
+
+Everything public is exported here; the `_`-prefixed modules are private.
+"""
+
+from coordinator._coordinator import Coordinator, CoordinatorStatistics, Step, TxRequest
+from coordinator._errors import KeysChangedError, SimulatedCrash, TxAbortedError, TxError, TxUnknownError
+
+__all__ = ["Coordinator", "CoordinatorStatistics", "Step", "TxRequest",
+           "TxError", "TxAbortedError", "TxUnknownError", "KeysChangedError", "SimulatedCrash"]
