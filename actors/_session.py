@@ -38,7 +38,7 @@ from storage import DataStoreError, MemoryStoreError, RequestType, TransformErro
 from storage._values import canonical, check_value
 
 __all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data", "lock_map_name", "TX_STORE",
-           "marker_committed", "check_schema", "resolve_in_doubt"]
+           "marker_committed", "check_schema", "resolve_in_doubt", "abort_if_pending", "commit_if_pending"]
 
 ORPHAN_BUDGET_FLOOR = 100   # remove old shards only while this many remove requests are left (Lyra's rule)
 REFRESH_RETRY_S = 10.0      # after a failed refresh, try again this soon (the TTL has 30 s to spare by default)
@@ -766,16 +766,25 @@ class Session:
             self._arm_autosave(self.rt.config.autosave_interval)
 
 
+def abort_if_pending(marker: Any, _info: Any = None) -> Any:
+    """A marker transform: "pending" becomes "aborted"; any other marker stays as it is (the write is cancelled)."""
+    if isinstance(marker, dict) and marker.get("state") == "pending":
+        return {**marker, "state": "aborted"}
+    return None
+
+
+def commit_if_pending(marker: Any, _info: Any = None) -> Any:
+    """A marker transform: "pending" becomes "committed" (the commit point); otherwise cancelled."""
+    if isinstance(marker, dict) and marker.get("state") == "pending":
+        return {**marker, "state": "committed"}
+    return None
+
+
 async def resolve_in_doubt(rt: StoreRuntime, tx_id: str, key: str) -> str:
     """"committed" or "aborted" for a transaction whose record (of `key`) was written: the marker decides, and a
     pending marker is first turned to "aborted" (compare-and-set), so the coordinator can no longer commit it. A
     missing marker means committed when the record still carries the transaction (an aborted transaction's records
     are cleaned before its marker goes)."""
-    def abort_if_pending(marker: Any, _info: Any) -> Any:
-        if isinstance(marker, dict) and marker.get("state") == "pending":
-            return {**marker, "state": "aborted"}
-        return None
-
     marker, _ = await rt.retrying(lambda: rt.txs.aio.update(tx_id, abort_if_pending), "marker update", key)
     if marker is None:
         marker, _ = await rt.retrying(lambda: rt.txs.aio.get(tx_id, False), "marker read", key)

@@ -96,10 +96,65 @@ class _LocalLink:
         self.runtime.loop.call_soon_threadsafe(self.host.crash)
 
 
+class _Coalescer:
+    """Items submitted in one loop turn travel as one list: `send(items)` answers one reply per item (an exception
+    reply is handed back, not raised)."""
+
+    def __init__(self, send: Callable[[list], Any], gone: Callable[[BaseException], BaseException]) -> None:
+        self._send = send
+        self._gone = gone
+        self._pending: dict[int, list] = {}
+
+    async def submit(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        batch = self._pending.get(id(loop))
+        if batch is None:
+            batch = self._pending[id(loop)] = []
+            loop.call_soon(self._flush, loop)
+        future = loop.create_future()
+        batch.append((item, future))
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(id(loop), [])
+        if batch:
+            loop.create_task(self._deliver(batch))
+
+    async def _deliver(self, batch: list) -> None:
+        try:
+            replies = await self._send([item for item, _ in batch])
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            replies = [self._gone(exc)] * len(batch)
+        except Exception as exc:  # a request could not travel: every caller of the batch hears it
+            replies = [exc] * len(batch)
+        for (_, future), reply in zip(batch, replies):
+            if not future.done():
+                future.set_result(reply)
+
+
+_tx_batchers: dict[str, _Coalescer] = {}
+
+
+def _tx_batcher(world: World) -> _Coalescer:
+    """One loop turn's transactions of this process go to the world's coordinator actor in one message."""
+    from coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
+
+    def gone(exc: BaseException) -> BaseException:
+        forget_handle(world)
+        return unknown_after_crash(exc)
+
+    key = (world.name, repr(world.clock))
+    batcher = _tx_batchers.get(key)
+    if batcher is None:
+        batcher = _tx_batchers[key] = _Coalescer(
+            lambda reqs: coordinator_handle(world).run_many.remote(reqs), gone)
+    return batcher
+
+
 class _RayLink:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
-        self._pending: dict[int, list] = {}
+        self._batcher = _Coalescer(lambda requests: self.handle.handle.remote(requests), _actor_gone)
 
     def call(self, requests: list[Request]) -> list[Any]:
         try:
@@ -109,33 +164,7 @@ class _RayLink:
 
     async def acall(self, requests: list[Request]) -> list[Any]:
         """Requests of one loop turn travel together: the first schedules the flush, the rest join it."""
-        loop = asyncio.get_running_loop()
-        batch = self._pending.get(id(loop))
-        if batch is None:
-            batch = self._pending[id(loop)] = []
-            loop.call_soon(self._flush, loop)
-        futures = []
-        for request in requests:
-            future = loop.create_future()
-            batch.append((request, future))
-            futures.append(future)
-        return list(await asyncio.gather(*futures))
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._pending.pop(id(loop), [])
-        if batch:
-            loop.create_task(self._deliver(batch))
-
-    async def _deliver(self, batch: list) -> None:
-        try:
-            replies = await self.handle.handle.remote([request for request, _ in batch])
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            replies = [_actor_gone(exc)] * len(batch)
-        except Exception as exc:  # serialization of a request failed: every caller of the batch hears it
-            replies = [exc] * len(batch)
-        for (_, future), reply in zip(batch, replies):
-            if not future.done():
-                future.set_result(reply)
+        return list(await asyncio.gather(*(self._batcher.submit(r) for r in requests)))
 
     def open_store(self, config: StoreConfig) -> None:
         try:
@@ -358,10 +387,11 @@ class Store:
         local = self.server._local
         if local is not None:
             return local.run(local.coordinator(self.server.world).run(req))
-        from coordinator._actor import coordinator_handle, unknown_after_crash
+        from coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
         try:
             return _raise_or_return(ray.get(coordinator_handle(self.server.world).run.remote(req)))
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            forget_handle(self.server.world)
             raise unknown_after_crash(exc) from exc
 
     async def _arun_tx(self, keys: Any, fn: Any, immutable: bool) -> bool:
@@ -369,11 +399,7 @@ class Store:
         local = self.server._local
         if local is not None:
             return await local.arun(local.coordinator(self.server.world).run(req))
-        from coordinator._actor import coordinator_handle, unknown_after_crash
-        try:
-            return _raise_or_return(await coordinator_handle(self.server.world).run.remote(req))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            raise unknown_after_crash(exc) from exc
+        return _raise_or_return(await _tx_batcher(self.server.world).submit(req))
 
     def peek(self, key: str) -> Any:
         """The stored data of a key, without locking it (transactions resolved), or None."""

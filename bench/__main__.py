@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-BENCHMARKS = ("storage", "budget", "sessions")
+BENCHMARKS = ("storage", "budget", "sessions", "tx")
 
 
 def main(argv: list[str] | None = None) -> int:

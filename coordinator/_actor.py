@@ -17,7 +17,7 @@ from coordinator._coordinator import Coordinator, TxRequest
 from coordinator._errors import TxUnknownError
 from storage._shards import namespace_of
 
-__all__ = ["CoordinatorActor", "coordinator_handle", "COORDINATOR_NAME"]
+__all__ = ["CoordinatorActor", "coordinator_handle", "forget_handle", "COORDINATOR_NAME"]
 
 COORDINATOR_NAME = "coordinator"
 RECOVER_EVERY_S = 30.0
@@ -49,6 +49,18 @@ class _CoordinatorActor:
         except Exception as exc:
             return exc
 
+    async def run_many(self, reqs: list[TxRequest]) -> list[Any]:
+        """Several transactions in one message (a client batches one loop turn's). Not retried by Ray."""
+        coordinator = self._ready()
+
+        async def one(req: TxRequest) -> Any:
+            try:
+                return await coordinator.run(req)
+            except Exception as exc:
+                return exc
+
+        return await asyncio.gather(*(one(r) for r in reqs))
+
     async def recover(self) -> dict:
         """Idempotent."""
         return await self._ready().recover()
@@ -60,8 +72,28 @@ class _CoordinatorActor:
 CoordinatorActor = ray.remote(_CoordinatorActor)
 
 
+_handles: dict[str, Any] = {}
+
+
 def coordinator_handle(world: Any) -> Any:
-    """The world's coordinator actor, created on first use (detached: it outlives the process that made it)."""
+    """The world's coordinator actor, created on first use (detached: it outlives the process that made it).
+    The handle is kept per world: looking a named actor up costs a round trip to Ray's control store."""
+    handle = _handles.get(_world_key(world))
+    if handle is None:
+        handle = _handles[_world_key(world)] = _get_or_create(world)
+    return handle
+
+
+def forget_handle(world: Any) -> None:
+    _handles.pop(_world_key(world), None)
+
+
+def _world_key(world: Any) -> tuple:
+    # a world started again under the same name has a new clock (its start time): a new key, a fresh lookup
+    return (world.name, repr(world.clock))
+
+
+def _get_or_create(world: Any) -> Any:
     return CoordinatorActor.options(name=COORDINATOR_NAME, namespace=namespace_of(world.name), get_if_exists=True,
                                     lifetime="detached", num_cpus=0, max_restarts=-1, max_task_retries=0,
                                     max_concurrency=10_000).remote(world)

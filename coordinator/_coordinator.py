@@ -28,7 +28,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from actors import _records as rec
-from actors._session import TX_STORE, check_schema
+from actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
 from coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
 from storage import DataStoreError, Server, TransformError
 from storage._values import canonical, check_value
@@ -136,6 +136,7 @@ class Coordinator:
         self.hook = hook
         self.stats = CoordinatorStatistics()
         self._running: set[str] = set()
+        self._peers: dict[Any, _Peer] = {}
 
     def statistics(self) -> CoordinatorStatistics:
         return CoordinatorStatistics(**vars(self.stats))
@@ -160,7 +161,10 @@ class Coordinator:
         peers: dict[Any, tuple[_Peer, list[str]]] = {}
         for key in req.keys:
             target = req.participants[key]
-            peer, keys = peers.setdefault(_identity(target), (_Peer(target), []))
+            identity = _identity(target)
+            if identity not in self._peers:  # kept across transactions, so concurrent ones share messages
+                self._peers[identity] = _Peer(target)
+            peer, keys = peers.setdefault(identity, (self._peers[identity], []))
             keys.append(key)
         groups = list(peers.values())
 
@@ -217,8 +221,9 @@ class Coordinator:
 
     async def _two_phase(self, req, tx_id, befores, afters, changed, each, release) -> bool:
         marker = {"state": "pending", "store": req.store, "keys": changed, "created": self.server.world.now()}
-        try:
-            await _retrying(lambda: self.markers.aio.set(tx_id, marker))
+        try:  # written as a create-only update: its KeyInfo lets the commit point skip a read
+            written = await _retrying(lambda: self.markers.aio.update(tx_id, lambda old, info: marker,
+                                                                      current=(None, None)))
         except DataStoreError as exc:
             return await self._abort(tx_id, release, f"the marker could not be written: {exc}")
         self._step(Step.MARKER_WRITTEN, tx_id)
@@ -231,7 +236,7 @@ class Coordinator:
             return await self._abort(tx_id, release, f"key {key!r} could not write: {exc}")
         self._step(Step.RECORDS_WRITTEN, tx_id)
 
-        outcome = await self._commit_point(tx_id)
+        outcome = await self._commit_point(tx_id, written)
         if outcome == "aborted":
             return await self._abort(tx_id, release, "a participant gave up waiting and aborted it")
         if outcome == "unknown":
@@ -248,16 +253,15 @@ class Coordinator:
             pass  # committed either way; recovery removes the marker later
         return True
 
-    async def _commit_point(self, tx_id: str) -> str:
-        """Turn the marker from pending to committed: "committed", "aborted" (a participant won), or "unknown"."""
-        def commit(marker: Any, _info: Any) -> Any:
-            if isinstance(marker, dict) and marker.get("state") == "pending":
-                return {**marker, "state": "committed"}
-            return None
-
+    async def _commit_point(self, tx_id: str, written: tuple) -> str:
+        """Turn the marker from pending to committed: "committed", "aborted" (a participant won), or "unknown".
+        `written` is the marker as this coordinator wrote it: the compare-and-set starts from it."""
+        current = written if written[1] is not None else None
         for _ in range(_MARKER_READS):
             try:
-                await self.markers.aio.update(tx_id, commit)
+                marker, _ = await self.markers.aio.update(tx_id, commit_if_pending, current=current)
+                if marker is not None:
+                    return "committed"
             except DataStoreError:
                 pass  # ambiguous: read the marker to learn what happened
             try:
@@ -272,13 +276,8 @@ class Coordinator:
     async def _abort(self, tx_id: str, release, reason: str) -> bool:
         """Before the commit point: marker to aborted (unless it committed after all), records cleaned, marker
         removed. Raises TxAbortedError; returns True only when the commit turned out to have happened."""
-        def abort(marker: Any, _info: Any) -> Any:
-            if isinstance(marker, dict) and marker.get("state") == "pending":
-                return {**marker, "state": "aborted"}
-            return None
-
         try:
-            await _retrying(lambda: self.markers.aio.update(tx_id, abort))
+            await _retrying(lambda: self.markers.aio.update(tx_id, abort_if_pending))
             marker, _ = await _retrying(lambda: self.markers.aio.get(tx_id, False))
         except DataStoreError as exc:
             self.stats.unknown += 1
@@ -321,12 +320,7 @@ class Coordinator:
         return settled
 
     async def _settle(self, tx_id: str) -> str | None:
-        def abort(marker: Any, _info: Any) -> Any:
-            if isinstance(marker, dict) and marker.get("state") == "pending":
-                return {**marker, "state": "aborted"}
-            return None
-
-        await _retrying(lambda: self.markers.aio.update(tx_id, abort))
+        await _retrying(lambda: self.markers.aio.update(tx_id, abort_if_pending))
         marker, _ = await _retrying(lambda: self.markers.aio.get(tx_id, False))
         if not isinstance(marker, dict):
             return None

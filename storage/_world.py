@@ -193,6 +193,13 @@ class World:
             return
         handles = self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
                                     + ([self._budget] if self._budget is not None else []))
+        namespace = namespace_of(self.name)
+        for entry in ray.util.list_named_actors(all_namespaces=True):  # others of the world: its coordinator
+            if entry["namespace"] == namespace:
+                try:
+                    handles.append(ray.get_actor(entry["name"], namespace=namespace))
+                except ValueError:
+                    pass  # gone meanwhile
         for h in handles:
             ray.kill(h, no_restart=True)
 
