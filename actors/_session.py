@@ -303,14 +303,16 @@ class Session:
             return None
 
         attempt = 0
+        last_error: MemoryStoreError | None = None
         while True:
             self._stop_if_unloading()
             sent = rt.scheduler.now()
             try:
                 got = await rt.locks(self.key).aio.update(self.key, claim, expiration=cfg.lock_ttl)
+                last_error = None
             except MemoryStoreError as exc:
                 rt.log("warn", f"lock request failed: {exc}", key=self.key)
-                got = None
+                got, last_error = None, exc
             if got is not None:
                 self._holds_lock = True
                 self.lock_deadline = sent + int(cfg.lock_ttl * 1000)
@@ -324,8 +326,10 @@ class Session:
                 rt.counters.lock_waits += 1
             now = rt.scheduler.now()
             if now >= give_up:
-                raise LockTimeoutError(f"Failed to acquire lock for key {self.key!r} of store {cfg.name!r}: another "
-                                       f"session held it for {cfg.lock_wait:g} s")
+                why = (f"the MemoryStore kept refusing ({last_error})" if last_error is not None
+                       else "another session held it")
+                raise LockTimeoutError(f"Failed to acquire lock for key {self.key!r} of store {cfg.name!r}: {why} "
+                                       f"for {cfg.lock_wait:g} s")
             await rt.scheduler.sleep(min(2.0 ** (attempt - 1), 30.0, (give_up - now) / 1000))
 
     async def _claim(self) -> tuple[Any, tuple[str, ...]]:

@@ -36,7 +36,8 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         world = World.start("bench-tx", backend="sqlite", path=os.path.join(tmp, "tx.db"), budget=None, shards=2)
         try:
-            servers = [GameServer(world, f"tx-{i}", players=100) for i in range(n_servers)]
+            # one player per loaded key: MemoryStore quotas (the locks) grow with the players online
+            servers = [GameServer(world, f"tx-{i}", players=2 * pairs_per_server) for i in range(n_servers)]
             stores = [s.create_store("bank", {"coins": 1_000}) for s in servers]
             pairs = [(store, f"s{i}-a{j}", f"s{i}-b{j}") for j in range(pairs_per_server)
                      for i, store in enumerate(stores)]

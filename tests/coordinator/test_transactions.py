@@ -229,6 +229,37 @@ def test_a_coordinator_crash_at_each_step_resolves_all_or_nothing(step, settles_
     run(main())
 
 
+@pytest.mark.parametrize("step", [Step.PREPARED, Step.MARKER_WRITTEN, Step.RECORDS_WRITTEN, Step.COMMITTED])
+def test_a_key_actor_crash_at_each_step_resolves_all_or_nothing(step):
+    async def main():
+        rig = Rig()
+        a = rig.host("a")
+        for key in ("ann", "bob"):
+            await rig.call(a, "load", key)
+
+        def crash_server_at(at, tx_id):
+            if at is step:
+                a.crash()                                     # the game server dies; the coordinator goes on
+
+        try:
+            committed = await rig.coordinator(crash_server_at).run(
+                rig.request(a, ["ann", "bob"], transfer("ann", "bob", 40)))
+        except TxAbortedError:
+            committed = False
+        await rig.coordinator().recover()
+        expected = (60, 140) if committed else (100, 100)
+        assert ((await rig.stored("ann"))["coins"], (await rig.stored("bob"))["coins"]) == expected
+        await rig.scheduler.advance(91)                       # the dead server's locks expire
+        b = rig.host("b")
+        got = []
+        for key in ("ann", "bob"):
+            await drive(rig, rig.call(b, "load", key))
+            got.append((await rig.call(b, "get", key))["coins"])
+        assert tuple(got) == expected
+        assert rig.markers_left() == []
+    run(main())
+
+
 def test_a_lost_commit_answer_becomes_unknown_and_still_resolves_all_or_nothing():
     async def main():
         rig = Rig()
