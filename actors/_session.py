@@ -258,6 +258,8 @@ class Session:
         rt = self.rt
         try:
             await self._acquire_lock()
+            self._arm_refresh(rt.config.lock_refresh)   # a load can take long (retries): the lock must not lapse
+            self._arm_deadline()
             self._stop_if_unloading()
             data, applied = await self._claim()
             self._stop_if_unloading()
@@ -274,8 +276,6 @@ class Session:
         self.saved_checksum = rec.checksum(data)  # the claim wrote exactly this
         self.state = SessionState.ACTIVE
         rt.counters.loads += 1
-        self._arm_refresh(rt.config.lock_refresh)
-        self._arm_deadline()
         first = rt.config.autosave_interval * (0.5 + 0.5 * (zlib.crc32(self.key.encode()) / 0xFFFFFFFF))
         self._arm_autosave(first)  # spread autosaves over the interval, deterministically per key
         _resolve(self.loaded)
@@ -579,13 +579,14 @@ class Session:
     def _lose(self, reason: str) -> None:
         if self.state in _ENDED:
             return
+        was_loading = self.state is SessionState.LOADING  # then the load fails instead: no on_lock_lost
         self._release_tx()
         self._holds_lock = False
         self.rt.counters.locks_lost += 1
         self._end(SessionState.LOCK_LOST)
         _resolve(self.loaded)
         self.rt.log("error", f"lock lost: {reason}", key=self.key)
-        if self.rt.config.on_lock_lost is not None:
+        if self.rt.config.on_lock_lost is not None and not was_loading:
             try:
                 self.rt.config.on_lock_lost(self.key)
             except Exception as exc:
@@ -638,11 +639,14 @@ class Session:
         check_value(after, what=f"data for key {self.key!r}")
         self.rt.check_schema(self.key, after)
         txinfo = {"committed_data": tx.before, "tx_id": tx_id, "tx_patch": patch}
+        tx.writing = True
         try:
             ok = await self._write(tx.before, txinfo=txinfo)
         except LockLostError:
             self._lose("the lock ran out before the transaction's write")
             raise
+        finally:
+            tx.writing = False
         if not ok:
             self._lose("another session wrote the record: this session's lock was taken over")
             raise LockLostError(f"Key is closed: the lock on key {self.key!r} was lost in a transaction")
@@ -695,6 +699,10 @@ class Session:
         if tx is None or tx.id != tx_id:
             return
         rt = self.rt
+        sched = rt.scheduler
+        if tx.writing:  # the record may be landing right now: settle once the write has answered
+            tx.timer = sched.call_later(5.0, lambda: sched.spawn(self._tx_expire(tx_id)))
+            return
         rt.counters.tx_timeouts += 1
         self._refused_txs = (self._refused_txs + [tx_id])[-16:]
         if not tx.written:  # without this record the commit point cannot have been reached
@@ -705,7 +713,6 @@ class Session:
             outcome = await resolve_in_doubt(rt, tx_id, self.key)
         except Exception as exc:
             rt.log("warn", f"transaction {tx_id} in doubt ({exc}); asking again later", key=self.key)
-            sched = rt.scheduler
             tx.timer = sched.call_later(10.0, lambda: sched.spawn(self._tx_expire(tx_id)))
             return
         rt.log("warn", f"transaction {tx_id} timed out; the store says {outcome}", key=self.key)
@@ -724,8 +731,11 @@ class Session:
         sched = self.rt.scheduler
         self._autosave_timer = sched.call_later(seconds, lambda: sched.spawn(self._autosave()))
 
+    def _keeps_lock(self) -> bool:
+        return self._holds_lock and self.state not in _ENDED
+
     async def _refresh(self) -> None:
-        if self.state not in _LIVE:
+        if not self._keeps_lock():
             return
         rt, cfg = self.rt, self.rt.config
         sent = rt.scheduler.now()
@@ -737,10 +747,10 @@ class Session:
         except MemoryStoreError as exc:
             rt.counters.refresh_failures += 1
             rt.log("warn", f"lock refresh failed ({exc}); trying again in {REFRESH_RETRY_S:g} s", key=self.key)
-            if self.state in _LIVE:
+            if self._keeps_lock():
                 self._arm_refresh(min(REFRESH_RETRY_S, cfg.lock_refresh))
             return
-        if self.state not in _LIVE:
+        if not self._keeps_lock():
             return
         if got is None:
             self._lose("the lock item is gone or names another session")
@@ -750,7 +760,7 @@ class Session:
         self._arm_refresh(cfg.lock_refresh)
 
     def _check_deadline(self) -> None:
-        if self.state not in _LIVE:
+        if not self._keeps_lock():
             return
         if self.rt.scheduler.now() >= self.lock_deadline:
             self._lose("no refresh landed before the lock's TTL ran out")
@@ -804,6 +814,7 @@ class _Tx:
     before: Any
     after: Any = None
     written: bool = False
+    writing: bool = False   # a phase-one write is in flight: it may land, so the session cannot give up yet
     timer: Timer | None = None
 
 

@@ -578,3 +578,20 @@ def test_close_saves_at_emergency_priority_and_routine_saves_do_not():
         await a("close")
         assert sorted(seen) == [("u1", True), ("u2", True)]     # final saves go before routine requests
     run(main())
+
+
+def test_a_load_that_retries_longer_than_the_lock_ttl_keeps_its_lock():
+    async def main():
+        from storage import FaultConfig
+        rig = Rig()
+        a = rig.host("a", retry_attempts=10)
+        rig.world.set_faults(FaultConfig(seed=1, error_rate={"StandardWrite": 1.0}))
+        loading = asyncio.create_task(a("load", "u1"))
+        await rig.advance(100)                                # retries back off 1, 2, 4 ... 30 s: past the TTL
+        assert not loading.done()
+        rig.world.set_faults(FaultConfig())
+        await until_done(rig, loading)
+        assert await a("is_loaded", "u1") and await a("probe_lock_active", "u1")
+        await a("update", "u1", lambda d: d.update(coins=1) or True)
+        assert await a("save", "u1") is True
+    run(main())
