@@ -7,15 +7,13 @@ died); readers still see all of it or none of it, and the participants settle it
 
 from __future__ import annotations
 
-from storage import LodestoreError
+from actors import StoreError
 
 __all__ = ["TxError", "TxAbortedError", "TxUnknownError", "KeysChangedError", "SimulatedCrash"]
 
 
-class TxError(LodestoreError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class TxError(StoreError):
+    """Base of the transaction outcomes (a Store API error)."""
 
 
 class TxAbortedError(TxError):

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from actors import GameServer, KeyNotLoadedError, LoadInProgressError, StoreClosedError
-from storage import World
 
 pytestmark = pytest.mark.ray
 
@@ -16,10 +15,8 @@ TEMPLATE = {"coins": 0, "items": []}
 
 
 @pytest.fixture
-def world(ray_session, tmp_path, request):
-    w = World.start(f"a-{request.node.name[:40]}", backend="sqlite", path=str(tmp_path / "world.db"), budget=None)
-    yield w
-    w.shutdown()
+def world(ray_world):
+    return ray_world
 
 
 def add_coins(n):

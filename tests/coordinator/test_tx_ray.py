@@ -10,7 +10,6 @@ import pytest
 
 from actors import GameServer
 from coordinator import TxAbortedError, TxUnknownError
-from storage import World
 
 pytestmark = pytest.mark.ray
 
@@ -18,10 +17,8 @@ TEMPLATE = {"coins": 100, "items": []}
 
 
 @pytest.fixture
-def world(ray_session, tmp_path, request):
-    w = World.start(f"x-{request.node.name[:40]}", backend="sqlite", path=str(tmp_path / "world.db"), budget=None)
-    yield w
-    w.shutdown()
+def world(ray_world):
+    return ray_world
 
 
 def transfer(src, dst, amount):
