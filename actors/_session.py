@@ -159,8 +159,10 @@ class StoreRuntime:
                 self.log("warn", f"{what} failed ({exc}); retrying in {wait:g} s", key=key, attempt=attempt)
                 await self.scheduler.sleep(wait)
 
-    async def read_data(self, key: str, value: Any, *, use_cache: bool = True) -> Any:
-        """The data a stored record holds: shards joined, a transaction resolved by its marker."""
+    async def read_data(self, key: str, value: Any, *, use_cache: bool = True, settle: bool = False) -> Any:
+        """The data a stored record holds: shards joined, a transaction resolved by its marker. With `settle` (a
+        load, which writes the record next), a transaction still pending is aborted first by compare-and-set, so
+        its coordinator can no longer commit it after this record has been overwritten with the data before it."""
         if not rec.is_record(value):
             raise RecordError(f"key {key!r} of store {self.config.name!r} holds something that is not a record")
         file = value["file"]
@@ -173,7 +175,11 @@ class StoreRuntime:
         tx_id = txinfo.get("tx_id")
         if tx_id is None:
             return txinfo["committed_data"]
-        marker, _ = await self.retrying(lambda: self.txs.aio.get(tx_id, False), "transaction marker read", key)
+        marker = None
+        if settle:
+            marker, _ = await self.retrying(lambda: self.txs.aio.update(tx_id, abort_if_pending), "marker update", key)
+        if marker is None:  # not settled here, or cancelled: it was not pending (or is gone)
+            marker, _ = await self.retrying(lambda: self.txs.aio.get(tx_id, False), "transaction marker read", key)
         return rec.committed(txinfo, marker_exists=not marker_committed(marker))
 
     def migrate(self, key: str, data: Any, applied: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
@@ -340,7 +346,7 @@ class Session:
             if value is None:
                 data, applied = await self._new_data()
             else:
-                data = await rt.read_data(self.key, value, use_cache=False)
+                data = await rt.read_data(self.key, value, use_cache=False, settle=True)
                 applied = tuple(value["applied_migrations"])
                 stored = list(value.get("orphaned_files", ()))
                 self.orphans = stored + [f for f in self.orphans if f not in stored]  # keep our own strays
@@ -570,8 +576,9 @@ class Session:
 
     def _end(self, state: SessionState) -> None:
         self.state = state
-        for timer in (self._refresh_timer, self._deadline_timer, self._autosave_timer):
-            _cancel(timer)
+        for timer in (self._refresh_timer, self._deadline_timer, self._autosave_timer,
+                      self.tx.timer if self.tx is not None else None):
+            _cancel(timer)   # an ended session does nothing more, a crashed server's least of all
         if self.rt.sessions.get(self.key) is self:
             del self.rt.sessions[self.key]
         _resolve(self.closed)

@@ -283,6 +283,33 @@ def test_a_participant_does_not_give_up_while_its_write_is_still_in_flight():
     run(main())
 
 
+def test_a_load_over_a_pending_transaction_aborts_it_so_it_can_never_commit_half():
+    """A server dies after phase one; its lock expires and another server loads one of the keys, overwriting that
+    record with the data before the transaction. The coordinator's commit point must fail from then on."""
+    async def main():
+        rig = Rig()
+        a = await rig.loaded_host()
+        sessions = a.stores["bank"].sessions
+        before = {k: await sessions[k].tx_prepare("T1", 30) for k in ("ann", "bob")}
+        after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
+        rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
+        from actors import _records as rec
+        for key in ("ann", "bob"):
+            await sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+        a.crash()
+        await rig.scheduler.advance(91)                       # the dead server's locks expire
+        b = rig.host("b")
+        await rig.call(b, "load", "ann")                      # overwrites ann's record with its data before T1
+        coordinator = rig.coordinator()
+        outcome = await coordinator._commit_point("T1", (None, None))
+        assert outcome == "aborted"
+        assert ((await rig.stored("ann"))["coins"], (await rig.stored("bob"))["coins"]) == (100, 100)
+        await coordinator.recover()
+        assert rig.markers_left() == []
+        assert (await rig.stored("bob"))["coins"] == 100
+    run(main())
+
+
 def test_a_lost_commit_answer_becomes_unknown_and_still_resolves_all_or_nothing():
     async def main():
         rig = Rig()
