@@ -1,3 +1,14 @@
-"""sim: see its issue; nothing public yet."""
+"""sim: simulated game servers, contention scenarios, invariant checkers and reports (in progress).
 
-__all__: list[str] = []
+Today it holds the scenario model of `lodestore simulate SCENARIO.toml`: `load_scenario(path)` and
+`parse_scenario(text)` validate a TOML file into frozen dataclasses, refusing every bad field with a
+`storage.ConfigError` that names it by its dotted path. The runner, the checkers and the reports come next.
+
+Everything public is exported here; the `_`-prefixed modules are private.
+"""
+
+from sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario,
+                           Servers, Store, World, load_scenario, parse_scenario)
+
+__all__ = ["load_scenario", "parse_scenario", "Scenario", "World", "Servers", "Players", "ActionRates", "Store",
+           "HotKeys", "FaultWindow", "LatencyRange", "REQUEST_TYPES"]

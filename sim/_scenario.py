@@ -1,0 +1,494 @@
+"""The scenario model of `lodestore simulate SCENARIO.toml`: parse and validate one TOML file into frozen dataclasses.
+
+Owns: the shape of a scenario file (its sections, keys, types, ranges and defaults) and every check on it.
+Every bad input raises `storage.ConfigError` whose message starts with the source, then the dotted TOML path of
+the bad field, then what was expected and what was received, e.g.
+``quickstart.toml: players.actions_per_minute.trade: must be a number >= 0, got -1``.
+Unknown sections and keys are refused and the message lists the known ones.
+
+Never does: start Ray, touch a store, read any file but the scenario itself, or resolve `world.path`
+(it is kept exactly as written; the runner decides what it is relative to).
+
+Sections and defaults (every key is optional; an empty file is a valid scenario):
+
+``[world]``
+    name = "sim"; backend = "sqlite" ("sqlite" | "memory"); path = absent (None);
+    time_scale = 60 (simulated seconds per wall second, > 0); duration = 600 (simulated seconds, > 0);
+    seed = 1 (int); budget = "current" ("current" | "legacy" | "none");
+    placement = "per-server" ("per-server" | "per-key"); shards = 1 (int 1..64).
+``[servers]``
+    count = 4; max_players = 50 (ints >= 1); start_rate = 0, stop_rate = 0, crash_rate = 0 (per-step
+    probabilities); shutdown_window = 30 (seconds >= 0); step = 1 (simulated seconds per step, > 0).
+``[players]``
+    population = 100 (int >= 1); join_rate = 0.1, leave_rate = 0.01, teleport_rate = 0 (per-step probabilities).
+``[players.actions_per_minute]``
+    coins = 6, grant_item = 1, purchase = 0.2, trade = 0.5, hot_key = 0 (numbers >= 0, per player per
+    simulated minute). hot_key > 0 needs hot_keys.count > 0.
+``[store]``
+    name = "players"; template = {coins = 100, items = []} (a table of JSON-like values);
+    migrations = [] (unique names); autosave_interval = 300, lock_ttl = 90, lock_refresh = 60 (seconds > 0,
+    lock_refresh < lock_ttl).
+``[hot_keys]``
+    count = 0 (int >= 0); kinds = ["counter"] (non-empty, unique, each "guild" | "counter").
+``[[faults]]`` (zero or more windows, each must set at least one fault)
+    start, end (required; simulated seconds, 0 <= start < end, start < world.duration);
+    error_rate = {} (request type -> probability; types in `REQUEST_TYPES`); latency_ms = absent
+    ({min, max}, 0 <= min <= max); outage = false; ambiguous_write_rate = 0, server_crash_rate = 0,
+    lock_stall_rate = 0 (probabilities).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage import ConfigError
+
+__all__ = [
+    "REQUEST_TYPES",
+    "World",
+    "Servers",
+    "ActionRates",
+    "Players",
+    "Store",
+    "HotKeys",
+    "LatencyRange",
+    "FaultWindow",
+    "Scenario",
+    "load_scenario",
+    "parse_scenario",
+]
+
+REQUEST_TYPES: tuple[str, ...] = (
+    "StandardRead", "StandardWrite", "StandardRemove", "StandardList",
+    "OrderedRead", "OrderedWrite", "OrderedRemove", "OrderedList",
+)
+"""DataStore request types a fault window's `error_rate` may name."""
+
+
+def _default_template() -> dict[str, Any]:
+    return {"coins": 100, "items": []}
+
+
+@dataclass(frozen=True)
+class World:
+    """`[world]`: identity, backend, clock, randomness and placement of the whole simulation."""
+
+    name: str = "sim"
+    backend: str = "sqlite"
+    path: str | None = None
+    time_scale: float = 60.0
+    duration: float = 600.0
+    seed: int = 1
+    budget: str = "current"
+    placement: str = "per-server"
+    shards: int = 1
+
+
+@dataclass(frozen=True)
+class Servers:
+    """`[servers]`: how many game servers, their size and per-step start/stop/crash probabilities."""
+
+    count: int = 4
+    max_players: int = 50
+    start_rate: float = 0.0
+    stop_rate: float = 0.0
+    crash_rate: float = 0.0
+    shutdown_window: float = 30.0
+    step: float = 1.0
+
+
+@dataclass(frozen=True)
+class ActionRates:
+    """`[players.actions_per_minute]`: mean actions per player per simulated minute, by kind."""
+
+    coins: float = 6.0
+    grant_item: float = 1.0
+    purchase: float = 0.2
+    trade: float = 0.5
+    hot_key: float = 0.0
+
+
+@dataclass(frozen=True)
+class Players:
+    """`[players]`: the player population, per-step join/leave/teleport probabilities and action rates."""
+
+    population: int = 100
+    join_rate: float = 0.1
+    leave_rate: float = 0.01
+    teleport_rate: float = 0.0
+    actions_per_minute: ActionRates = field(default_factory=ActionRates)
+
+
+@dataclass(frozen=True)
+class Store:
+    """`[store]`: the player profile store: name, template, migrations, autosave and session-lock timing.
+
+    `template` is a fresh copy of the TOML table; treat it as read-only.
+    """
+
+    name: str = "players"
+    template: dict[str, Any] = field(default_factory=_default_template)
+    migrations: tuple[str, ...] = ()
+    autosave_interval: float = 300.0
+    lock_ttl: float = 90.0
+    lock_refresh: float = 60.0
+
+
+@dataclass(frozen=True)
+class HotKeys:
+    """`[hot_keys]`: how many shared, heavily written keys exist and which kinds they cycle through."""
+
+    count: int = 0
+    kinds: tuple[str, ...] = ("counter",)
+
+
+@dataclass(frozen=True)
+class LatencyRange:
+    """`latency_ms` of a fault window: added latency drawn uniformly from [min, max] milliseconds."""
+
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class FaultWindow:
+    """One `[[faults]]` entry: faults active for simulated time `start <= t < end`.
+
+    `error_rate` maps a request type (see `REQUEST_TYPES`) to a failure probability; treat it as read-only.
+    `lock_stall_rate` is the probability a session-lock holder stops refreshing but keeps running.
+    """
+
+    start: float
+    end: float
+    error_rate: dict[str, float] = field(default_factory=dict)
+    latency_ms: LatencyRange | None = None
+    outage: bool = False
+    ambiguous_write_rate: float = 0.0
+    server_crash_rate: float = 0.0
+    lock_stall_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole validated scenario; `source` is the file path, or "<string>" for `parse_scenario` text."""
+
+    world: World = field(default_factory=World)
+    servers: Servers = field(default_factory=Servers)
+    players: Players = field(default_factory=Players)
+    store: Store = field(default_factory=Store)
+    hot_keys: HotKeys = field(default_factory=HotKeys)
+    faults: tuple[FaultWindow, ...] = ()
+    source: str = "<string>"
+
+    def faults_at(self, t: float) -> list[FaultWindow]:
+        """The fault windows active at simulated time `t` (start <= t < end), in file order."""
+        return [w for w in self.faults if w.start <= t < w.end]
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+class _Bad(Exception):
+    """Internal: a bad field at `path`; turned into ConfigError (with the source) by `parse_scenario`."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message
+
+
+def _got(value: Any) -> str:
+    return f"got {value!r} ({type(value).__name__})"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _known(table: dict[str, Any], path: str, cls: type, what: str = "key") -> None:
+    known = sorted(f.name for f in dataclasses.fields(cls) if f.name != "source")
+    for key in table:
+        if key not in known:
+            raise _Bad(_join(path, key), f"unknown {what}; known {what}s: {', '.join(known)}")
+
+
+def _table(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(path, f"must be a table, {_got(value)}")
+    return value
+
+
+def _number(table: dict[str, Any], path: str, key: str, default: Any, *, low: float | None = None,
+            low_open: bool = False, high: float | None = None) -> float:
+    p = _join(path, key)
+    if key not in table:
+        return default
+    v = table[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Bad(p, f"must be a number, {_got(v)}")
+    if not math.isfinite(v):
+        raise _Bad(p, f"must be a finite number, got {v!r}")
+    bound = ""
+    if low is not None:
+        bound = f"{'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        bound = f"in {low:g}..{high:g}" if low is not None and not low_open else f"<= {high:g}"
+    if (low is not None and (v <= low if low_open else v < low)) or (high is not None and v > high):
+        raise _Bad(p, f"must be a number {bound}, got {v!r}")
+    return float(v)
+
+
+def _prob(table: dict[str, Any], path: str, key: str, default: float) -> float:
+    return _number(table, path, key, default, low=0.0, high=1.0)
+
+
+def _int(table: dict[str, Any], path: str, key: str, default: int, *, low: int | None = None,
+         high: int | None = None) -> int:
+    p = _join(path, key)
+    if key not in table:
+        return default
+    v = table[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(p, f"must be an integer, {_got(v)}")
+    if (low is not None and v < low) or (high is not None and v > high):
+        bound = f"in {low}..{high}" if low is not None and high is not None else f">= {low}" if low is not None \
+            else f"<= {high}"
+        raise _Bad(p, f"must be an integer {bound}, got {v!r}")
+    return v
+
+
+def _str(table: dict[str, Any], path: str, key: str, default: Any, choices: tuple[str, ...] = ()) -> Any:
+    p = _join(path, key)
+    if key not in table:
+        return default
+    v = table[key]
+    if not isinstance(v, str):
+        raise _Bad(p, f"must be a string, {_got(v)}")
+    if choices and v not in choices:
+        raise _Bad(p, f"must be one of {', '.join(repr(c) for c in choices)}, got {v!r}")
+    if not v:
+        raise _Bad(p, "must be a non-empty string, got ''")
+    return v
+
+
+def _str_list(table: dict[str, Any], path: str, key: str, default: tuple[str, ...],
+              choices: tuple[str, ...] = (), non_empty: bool = False) -> tuple[str, ...]:
+    p = _join(path, key)
+    if key not in table:
+        return default
+    v = table[key]
+    if not isinstance(v, list):
+        raise _Bad(p, f"must be a list of strings, {_got(v)}")
+    if non_empty and not v:
+        raise _Bad(p, "must be a non-empty list, got []")
+    seen: list[str] = []
+    for i, item in enumerate(v):
+        ip = f"{p}[{i}]"
+        if not isinstance(item, str) or not item:
+            raise _Bad(ip, f"must be a non-empty string, {_got(item)}")
+        if choices and item not in choices:
+            raise _Bad(ip, f"must be one of {', '.join(repr(c) for c in choices)}, got {item!r}")
+        if item in seen:
+            raise _Bad(ip, f"duplicate entry {item!r}")
+        seen.append(item)
+    return tuple(seen)
+
+
+def _json_like(value: Any, path: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _json_like(v, _join(path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _json_like(v, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise _Bad(path, f"must be a finite number, got {value!r}")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise _Bad(path, f"must be a string, number, boolean, array or table, {_got(value)}")
+
+
+def _world(t: dict[str, Any]) -> World:
+    _known(t, "world", World)
+    d = World()
+    return World(
+        name=_str(t, "world", "name", d.name),
+        backend=_str(t, "world", "backend", d.backend, ("sqlite", "memory")),
+        path=_str(t, "world", "path", d.path),
+        time_scale=_number(t, "world", "time_scale", d.time_scale, low=0, low_open=True),
+        duration=_number(t, "world", "duration", d.duration, low=0, low_open=True),
+        seed=_int(t, "world", "seed", d.seed),
+        budget=_str(t, "world", "budget", d.budget, ("current", "legacy", "none")),
+        placement=_str(t, "world", "placement", d.placement, ("per-server", "per-key")),
+        shards=_int(t, "world", "shards", d.shards, low=1, high=64),
+    )
+
+
+def _servers(t: dict[str, Any]) -> Servers:
+    _known(t, "servers", Servers)
+    d = Servers()
+    return Servers(
+        count=_int(t, "servers", "count", d.count, low=1),
+        max_players=_int(t, "servers", "max_players", d.max_players, low=1),
+        start_rate=_prob(t, "servers", "start_rate", d.start_rate),
+        stop_rate=_prob(t, "servers", "stop_rate", d.stop_rate),
+        crash_rate=_prob(t, "servers", "crash_rate", d.crash_rate),
+        shutdown_window=_number(t, "servers", "shutdown_window", d.shutdown_window, low=0),
+        step=_number(t, "servers", "step", d.step, low=0, low_open=True),
+    )
+
+
+def _players(t: dict[str, Any]) -> Players:
+    _known(t, "players", Players)
+    d = Players()
+    apm = ActionRates()
+    if "actions_per_minute" in t:
+        p = "players.actions_per_minute"
+        a = _table(t["actions_per_minute"], p)
+        _known(a, p, ActionRates)
+        apm = ActionRates(**{f.name: _number(a, p, f.name, getattr(apm, f.name), low=0)
+                             for f in dataclasses.fields(ActionRates)})
+    return Players(
+        population=_int(t, "players", "population", d.population, low=1),
+        join_rate=_prob(t, "players", "join_rate", d.join_rate),
+        leave_rate=_prob(t, "players", "leave_rate", d.leave_rate),
+        teleport_rate=_prob(t, "players", "teleport_rate", d.teleport_rate),
+        actions_per_minute=apm,
+    )
+
+
+def _store(t: dict[str, Any]) -> Store:
+    _known(t, "store", Store)
+    d = Store()
+    template = d.template
+    if "template" in t:
+        template = copy.deepcopy(_table(t["template"], "store.template"))
+        _json_like(template, "store.template")
+    lock_ttl = _number(t, "store", "lock_ttl", d.lock_ttl, low=0, low_open=True)
+    lock_refresh = _number(t, "store", "lock_refresh", d.lock_refresh, low=0, low_open=True)
+    if lock_refresh >= lock_ttl:
+        raise _Bad("store.lock_refresh", f"must be < store.lock_ttl ({lock_ttl:g}), got {lock_refresh:g}")
+    return Store(
+        name=_str(t, "store", "name", d.name),
+        template=template,
+        migrations=_str_list(t, "store", "migrations", d.migrations),
+        autosave_interval=_number(t, "store", "autosave_interval", d.autosave_interval, low=0, low_open=True),
+        lock_ttl=lock_ttl,
+        lock_refresh=lock_refresh,
+    )
+
+
+def _hot_keys(t: dict[str, Any]) -> HotKeys:
+    _known(t, "hot_keys", HotKeys)
+    d = HotKeys()
+    return HotKeys(
+        count=_int(t, "hot_keys", "count", d.count, low=0),
+        kinds=_str_list(t, "hot_keys", "kinds", d.kinds, ("guild", "counter"), non_empty=True),
+    )
+
+
+def _fault(t: dict[str, Any], path: str, duration: float) -> FaultWindow:
+    _known(t, path, FaultWindow)
+    for key in ("start", "end"):
+        if key not in t:
+            raise _Bad(_join(path, key), "is required")
+    start = _number(t, path, "start", 0.0, low=0)
+    end = _number(t, path, "end", 0.0, low=0)
+    if start >= end:
+        raise _Bad(f"{path}.start", f"must be < {path}.end ({end:g}), got {start:g}")
+    if start >= duration:
+        raise _Bad(f"{path}.start", f"must be < world.duration ({duration:g}), got {start:g}")
+    error_rate: dict[str, float] = {}
+    if "error_rate" in t:
+        ep = f"{path}.error_rate"
+        er = _table(t["error_rate"], ep)
+        for kind in er:
+            if kind not in REQUEST_TYPES:
+                raise _Bad(_join(ep, kind), f"unknown request type; known request types: {', '.join(REQUEST_TYPES)}")
+            error_rate[kind] = _prob(er, ep, kind, 0.0)
+    latency = None
+    if "latency_ms" in t:
+        lp = f"{path}.latency_ms"
+        lt = _table(t["latency_ms"], lp)
+        _known(lt, lp, LatencyRange)
+        for key in ("min", "max"):
+            if key not in lt:
+                raise _Bad(_join(lp, key), "is required")
+        lo = _number(lt, lp, "min", 0.0, low=0)
+        hi = _number(lt, lp, "max", 0.0, low=0)
+        if lo > hi:
+            raise _Bad(f"{lp}.min", f"must be <= {lp}.max ({hi:g}), got {lo:g}")
+        latency = LatencyRange(lo, hi)
+    outage = t.get("outage", False)
+    if not isinstance(outage, bool):
+        raise _Bad(f"{path}.outage", f"must be a boolean, {_got(outage)}")
+    window = FaultWindow(
+        start=start, end=end, error_rate=error_rate, latency_ms=latency, outage=outage,
+        ambiguous_write_rate=_prob(t, path, "ambiguous_write_rate", 0.0),
+        server_crash_rate=_prob(t, path, "server_crash_rate", 0.0),
+        lock_stall_rate=_prob(t, path, "lock_stall_rate", 0.0),
+    )
+    if not (window.outage or window.latency_ms or any(window.error_rate.values()) or window.ambiguous_write_rate
+            or window.server_crash_rate or window.lock_stall_rate):
+        raise _Bad(path, "sets no fault; give at least one of error_rate, latency_ms, outage, "
+                         "ambiguous_write_rate, server_crash_rate, lock_stall_rate")
+    return window
+
+
+def _scenario(data: dict[str, Any], source: str) -> Scenario:
+    _known(data, "", Scenario, "section")
+    sections = {name: _table(data[name], name) for name in ("world", "servers", "players", "store", "hot_keys")
+                if name in data}
+    world = _world(sections.get("world", {}))
+    servers = _servers(sections.get("servers", {}))
+    players = _players(sections.get("players", {}))
+    store = _store(sections.get("store", {}))
+    hot_keys = _hot_keys(sections.get("hot_keys", {}))
+    if players.actions_per_minute.hot_key > 0 and hot_keys.count == 0:
+        raise _Bad("players.actions_per_minute.hot_key",
+                   f"must be 0 when hot_keys.count is 0, got {players.actions_per_minute.hot_key:g}")
+    faults: list[FaultWindow] = []
+    if "faults" in data:
+        raw = data["faults"]
+        if not isinstance(raw, list):
+            raise _Bad("faults", f"must be an array of tables ([[faults]]), {_got(raw)}")
+        for i, item in enumerate(raw):
+            faults.append(_fault(_table(item, f"faults[{i}]"), f"faults[{i}]", world.duration))
+    return Scenario(world=world, servers=servers, players=players, store=store, hot_keys=hot_keys,
+                    faults=tuple(faults), source=source)
+
+
+def parse_scenario(text: str, source: str = "<string>") -> Scenario:
+    """Parse and validate scenario TOML `text`; `source` names it in error messages and in `Scenario.source`.
+
+    Raises ConfigError (message: ``source: dotted.path: what was expected, got what``) on any bad input,
+    including TOML syntax errors (the message carries the line and column).
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    try:
+        return _scenario(data, source)
+    except _Bad as e:
+        raise ConfigError(f"{source}: {e.path}: {e.message}") from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read the UTF-8 TOML file at `path` and return its validated Scenario (`source` is `str(path)`).
+
+    A missing or unreadable file raises ConfigError too.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read scenario file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{source}: not UTF-8 text: {e}") from None
+    return parse_scenario(text, source)

@@ -1,0 +1,202 @@
+"""The scenario model: defaults, the example files, refusal of bad input with dotted paths, fault windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim._scenario import (
+    ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario, Servers, Store, World, load_scenario,
+    parse_scenario,
+)
+from storage import ConfigError
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "scenarios").glob("*.toml"))
+
+
+def test_empty_text_gives_documented_defaults():
+    s = parse_scenario("")
+    assert s.source == "<string>"
+    assert s.world == World(name="sim", backend="sqlite", path=None, time_scale=60, duration=600, seed=1,
+                            budget="current", placement="per-server", shards=1)
+    assert s.servers == Servers(count=4, max_players=50, start_rate=0, stop_rate=0, crash_rate=0,
+                                shutdown_window=30, step=1)
+    assert s.players == Players(population=100, join_rate=0.1, leave_rate=0.01, teleport_rate=0,
+                                actions_per_minute=ActionRates(coins=6, grant_item=1, purchase=0.2, trade=0.5,
+                                                               hot_key=0))
+    assert s.store == Store(name="players", template={"coins": 100, "items": []}, migrations=(),
+                            autosave_interval=300, lock_ttl=90, lock_refresh=60)
+    assert s.hot_keys == HotKeys(count=0, kinds=("counter",))
+    assert s.faults == ()
+    assert s == Scenario()
+
+
+def test_values_are_read():
+    s = parse_scenario("""
+        [world]
+        backend = "memory"
+        path = "data/x.db"
+        shards = 64
+        [players.actions_per_minute]
+        trade = 3
+        [store]
+        template = { coins = 5, items = ["a"], meta = { level = 2 } }
+        migrations = ["v1", "v2"]
+        [hot_keys]
+        count = 2
+        kinds = ["guild"]
+        [[faults]]
+        start = 0
+        end = 10
+        latency_ms = { min = 5, max = 5 }
+        error_rate = { OrderedList = 1 }
+    """, "mine.toml")
+    assert s.source == "mine.toml"
+    assert (s.world.backend, s.world.path, s.world.shards) == ("memory", "data/x.db", 64)
+    assert s.players.actions_per_minute.trade == 3.0
+    assert s.players.actions_per_minute.coins == 6.0
+    assert s.store.template == {"coins": 5, "items": ["a"], "meta": {"level": 2}}
+    assert s.store.migrations == ("v1", "v2")
+    assert s.hot_keys == HotKeys(count=2, kinds=("guild",))
+    assert s.faults == (FaultWindow(start=0, end=10, latency_ms=LatencyRange(5, 5), error_rate={"OrderedList": 1.0}),)
+
+
+def test_default_template_is_not_shared():
+    a, b = parse_scenario(""), parse_scenario("")
+    a.store.template["items"].append("x")
+    assert b.store.template == {"coins": 100, "items": []}
+
+
+def test_there_are_example_files():
+    names = {p.name for p in EXAMPLES}
+    assert {"quickstart.toml", "lyra_chaos.toml", "trading_storm.toml", "teleport_storm.toml", "hot_keys.toml",
+            "outage.toml"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_loads(path):
+    s = load_scenario(path)
+    assert s.source == str(path)
+    assert path.read_text().startswith("#"), "each example starts with a comment saying what it shows"
+
+
+def test_example_specifics():
+    by = {p.name: load_scenario(p) for p in EXAMPLES}
+    q = by["quickstart.toml"]
+    assert (q.servers.count, q.players.population, q.world.duration, q.world.time_scale) == (4, 60, 300, 60)
+    lyra = by["lyra_chaos.toml"]
+    assert (lyra.players.join_rate, lyra.players.leave_rate) == (0.1, 0.01)
+    assert (lyra.servers.stop_rate, lyra.servers.crash_rate, lyra.world.duration) == (0.005, 0.001, 21600)
+    assert by["hot_keys.toml"].hot_keys.count > 0 and by["hot_keys.toml"].players.actions_per_minute.hot_key > 0
+    assert any(w.outage for w in by["outage.toml"].faults)
+    assert any(w.error_rate for w in by["outage.toml"].faults)
+    assert by["teleport_storm.toml"].players.teleport_rate > 0.1
+    assert by["trading_storm.toml"].players.actions_per_minute.trade > 5
+
+
+FAULT = "[[faults]]\nstart = 0\nend = 10\n"
+
+BAD = [
+    # (id, toml, substrings the message must contain)
+    ("unknown-section", "[wrld]\nname = 'x'", ["wrld", "unknown section", "world", "hot_keys", "faults"]),
+    ("unknown-key", "[world]\ncolour = 'red'", ["world.colour", "unknown key", "backend", "time_scale"]),
+    ("unknown-apm-key", "[players.actions_per_minute]\ndance = 1",
+     ["players.actions_per_minute.dance", "coins", "hot_key"]),
+    ("section-not-table", "world = 3", ["world", "must be a table", "got 3"]),
+    ("string-for-number", "[world]\ntime_scale = 'fast'", ["world.time_scale", "must be a number", "'fast'"]),
+    ("float-for-int", "[servers]\ncount = 4.0", ["servers.count", "integer", "4.0"]),
+    ("bool-as-int", "[servers]\ncount = true", ["servers.count", "integer", "True"]),
+    ("bool-as-number", "[players]\njoin_rate = true", ["players.join_rate", "must be a number", "True"]),
+    ("bool-as-seed", "[world]\nseed = false", ["world.seed", "integer", "False"]),
+    ("nan", "[world]\nduration = nan", ["world.duration", "finite", "nan"]),
+    ("inf", "[servers]\nstep = inf", ["servers.step", "finite", "inf"]),
+    ("negative-action-rate", "[players.actions_per_minute]\ntrade = -1",
+     ["players.actions_per_minute.trade: must be a number >= 0, got -1"]),
+    ("probability-above-1", "[servers]\ncrash_rate = 1.5", ["servers.crash_rate", "0..1", "1.5"]),
+    ("negative-probability", "[players]\nteleport_rate = -0.1", ["players.teleport_rate", "-0.1"]),
+    ("zero-time-scale", "[world]\ntime_scale = 0", ["world.time_scale", "> 0", "got 0"]),
+    ("count-zero", "[servers]\ncount = 0", ["servers.count", ">= 1", "got 0"]),
+    ("shards-too-many", "[world]\nshards = 65", ["world.shards", "1..64", "65"]),
+    ("bad-backend", "[world]\nbackend = 'postgres'", ["world.backend", "'sqlite'", "'memory'", "'postgres'"]),
+    ("bad-budget", "[world]\nbudget = 'unlimited'", ["world.budget", "'legacy'", "'unlimited'"]),
+    ("bad-placement", "[world]\nplacement = 'random'", ["world.placement", "'per-key'", "'random'"]),
+    ("bad-hot-key-kind", "[hot_keys]\ncount = 1\nkinds = ['guild', 'leaderboard']",
+     ["hot_keys.kinds[1]", "'leaderboard'"]),
+    ("empty-kinds", "[hot_keys]\nkinds = []", ["hot_keys.kinds", "non-empty"]),
+    ("hot-key-without-keys", "[players.actions_per_minute]\nhot_key = 1",
+     ["players.actions_per_minute.hot_key", "hot_keys.count"]),
+    ("lock-refresh-ge-ttl", "[store]\nlock_ttl = 60\nlock_refresh = 60", ["store.lock_refresh", "store.lock_ttl"]),
+    ("template-not-table", "[store]\ntemplate = 3", ["store.template", "must be a table"]),
+    ("template-datetime", "[store]\ntemplate = { born = 1979-05-27 }", ["store.template.born", "date"]),
+    ("migrations-not-strings", "[store]\nmigrations = [1]", ["store.migrations[0]", "got 1"]),
+    ("faults-single-table", "[faults]\nstart = 0\nend = 1", ["faults", "array of tables"]),
+    ("fault-start-ge-end", "[[faults]]\nstart = 10\nend = 10\noutage = true", ["faults[0].start", "faults[0].end"]),
+    ("fault-missing-end", "[[faults]]\nstart = 1\noutage = true", ["faults[0].end", "required"]),
+    ("fault-after-duration", "[[faults]]\nstart = 600\nend = 700\noutage = true",
+     ["faults[0].start", "world.duration"]),
+    ("fault-unknown-key", FAULT + "outage = true\nblackout = true", ["faults[0].blackout", "lock_stall_rate"]),
+    ("fault-unknown-request-type", FAULT + "error_rate = { StandardReed = 0.5 }",
+     ["faults[0].error_rate.StandardReed", "unknown request type", "StandardRead", "OrderedList"]),
+    ("fault-error-rate-above-1", FAULT + "error_rate = { StandardWrite = 2 }",
+     ["faults[0].error_rate.StandardWrite", "got 2"]),
+    ("latency-min-gt-max", FAULT + "latency_ms = { min = 500, max = 100 }",
+     ["faults[0].latency_ms.min", "faults[0].latency_ms.max", "500"]),
+    ("latency-unknown-key", FAULT + "latency_ms = { min = 1, max = 2, mean = 1 }", ["faults[0].latency_ms.mean"]),
+    ("outage-not-bool", FAULT + "outage = 1", ["faults[0].outage", "boolean", "got 1"]),
+    ("second-fault-bad", FAULT + "outage = true\n" + FAULT + "lock_stall_rate = 7",
+     ["faults[1].lock_stall_rate", "got 7"]),
+    ("empty-fault", FAULT, ["faults[0]", "sets no fault"]),
+    ("syntax-error", "[world]\nname = 'ok'\nduration = = 3\n", ["<string>", "invalid TOML", "line 3"]),
+]
+
+
+@pytest.mark.parametrize("text, expected", [(t, e) for _, t, e in BAD], ids=[i for i, _, _ in BAD])
+def test_bad_input_is_refused_with_the_field_path(text, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(text)
+    message = str(info.value)
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_errors_name_the_source_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[servers]\n\ncount = 'four'\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: servers\.count: must be an integer, got 'four' \(str\)"):
+        load_scenario(p)
+    p.write_text("[servers\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML: .*line 1"):
+        load_scenario(p)
+    with pytest.raises(ConfigError, match="missing.toml"):
+        load_scenario(tmp_path / "missing.toml")
+
+
+def test_faults_at_picks_the_active_windows():
+    s = parse_scenario("""
+        [world]
+        duration = 1000
+        [[faults]]
+        start = 0
+        end = 100
+        outage = true
+        [[faults]]
+        start = 50
+        end = 200
+        server_crash_rate = 0.5
+        [[faults]]
+        start = 300
+        end = 400
+        ambiguous_write_rate = 0.1
+    """)
+    a, b, c = s.faults
+    assert s.faults_at(0) == [a]
+    assert s.faults_at(49.9) == [a]
+    assert s.faults_at(50) == [a, b]
+    assert s.faults_at(99.999) == [a, b]
+    assert s.faults_at(100) == [b]
+    assert s.faults_at(200) == []
+    assert s.faults_at(300) == [c]
+    assert s.faults_at(400) == []
+    assert s.faults_at(-1) == []
+    assert parse_scenario("").faults_at(10) == []
