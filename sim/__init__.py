@@ -8,7 +8,7 @@ Everything public is exported here; the `_`-prefixed modules are private.
 """
 
 from sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario,
-                           Servers, Store, World, load_scenario, parse_scenario)
+                           Servers, StoreSection, WorldSection, load_scenario, parse_scenario)
 
-__all__ = ["load_scenario", "parse_scenario", "Scenario", "World", "Servers", "Players", "ActionRates", "Store",
-           "HotKeys", "FaultWindow", "LatencyRange", "REQUEST_TYPES"]
+__all__ = ["load_scenario", "parse_scenario", "Scenario", "WorldSection", "Servers", "Players", "ActionRates",
+           "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "REQUEST_TYPES"]

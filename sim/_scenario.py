@@ -51,11 +51,11 @@ from storage import ConfigError
 
 __all__ = [
     "REQUEST_TYPES",
-    "World",
+    "WorldSection",
     "Servers",
     "ActionRates",
     "Players",
-    "Store",
+    "StoreSection",
     "HotKeys",
     "LatencyRange",
     "FaultWindow",
@@ -76,7 +76,7 @@ def _default_template() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class World:
+class WorldSection:
     """`[world]`: identity, backend, clock, randomness and placement of the whole simulation."""
 
     name: str = "sim"
@@ -126,7 +126,7 @@ class Players:
 
 
 @dataclass(frozen=True)
-class Store:
+class StoreSection:
     """`[store]`: the player profile store: name, template, migrations, autosave and session-lock timing.
 
     `template` is a fresh copy of the TOML table; treat it as read-only.
@@ -178,10 +178,10 @@ class FaultWindow:
 class Scenario:
     """A whole validated scenario; `source` is the file path, or "<string>" for `parse_scenario` text."""
 
-    world: World = field(default_factory=World)
+    world: WorldSection = field(default_factory=WorldSection)
     servers: Servers = field(default_factory=Servers)
     players: Players = field(default_factory=Players)
-    store: Store = field(default_factory=Store)
+    store: StoreSection = field(default_factory=StoreSection)
     hot_keys: HotKeys = field(default_factory=HotKeys)
     faults: tuple[FaultWindow, ...] = ()
     source: str = "<string>"
@@ -313,10 +313,10 @@ def _json_like(value: Any, path: str) -> None:
         raise _Bad(path, f"must be a string, number, boolean, array or table, {_got(value)}")
 
 
-def _world(t: dict[str, Any]) -> World:
-    _known(t, "world", World)
-    d = World()
-    return World(
+def _world(t: dict[str, Any]) -> WorldSection:
+    _known(t, "world", WorldSection)
+    d = WorldSection()
+    return WorldSection(
         name=_str(t, "world", "name", d.name),
         backend=_str(t, "world", "backend", d.backend, ("sqlite", "memory")),
         path=_str(t, "world", "path", d.path),
@@ -362,9 +362,9 @@ def _players(t: dict[str, Any]) -> Players:
     )
 
 
-def _store(t: dict[str, Any]) -> Store:
-    _known(t, "store", Store)
-    d = Store()
+def _store(t: dict[str, Any]) -> StoreSection:
+    _known(t, "store", StoreSection)
+    d = StoreSection()
     template = d.template
     if "template" in t:
         template = copy.deepcopy(_table(t["template"], "store.template"))
@@ -373,7 +373,7 @@ def _store(t: dict[str, Any]) -> Store:
     lock_refresh = _number(t, "store", "lock_refresh", d.lock_refresh, low=0, low_open=True)
     if lock_refresh >= lock_ttl:
         raise _Bad("store.lock_refresh", f"must be < store.lock_ttl ({lock_ttl:g}), got {lock_refresh:g}")
-    return Store(
+    return StoreSection(
         name=_str(t, "store", "name", d.name),
         template=template,
         migrations=_str_list(t, "store", "migrations", d.migrations),

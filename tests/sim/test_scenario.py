@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sim._scenario import (
-    ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario, Servers, Store, World, load_scenario,
+    ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario, Servers, StoreSection, WorldSection, load_scenario,
     parse_scenario,
 )
 from storage import ConfigError
@@ -18,14 +18,14 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "scenarios
 def test_empty_text_gives_documented_defaults():
     s = parse_scenario("")
     assert s.source == "<string>"
-    assert s.world == World(name="sim", backend="sqlite", path=None, time_scale=60, duration=600, seed=1,
+    assert s.world == WorldSection(name="sim", backend="sqlite", path=None, time_scale=60, duration=600, seed=1,
                             budget="current", placement="per-server", shards=1)
     assert s.servers == Servers(count=4, max_players=50, start_rate=0, stop_rate=0, crash_rate=0,
                                 shutdown_window=30, step=1)
     assert s.players == Players(population=100, join_rate=0.1, leave_rate=0.01, teleport_rate=0,
                                 actions_per_minute=ActionRates(coins=6, grant_item=1, purchase=0.2, trade=0.5,
                                                                hot_key=0))
-    assert s.store == Store(name="players", template={"coins": 100, "items": []}, migrations=(),
+    assert s.store == StoreSection(name="players", template={"coins": 100, "items": []}, migrations=(),
                             autosave_interval=300, lock_ttl=90, lock_refresh=60)
     assert s.hot_keys == HotKeys(count=0, kinds=("counter",))
     assert s.faults == ()
