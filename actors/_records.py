@@ -111,8 +111,11 @@ class Record(TypedDict):
 # --- records ------------------------------------------------------------------------------------------------------
 
 
-def new_record(data: Any, applied_migrations: Iterable[str], session: str | None) -> Record:
-    """A record holding `data` inline, with no transaction and no orphaned files.
+def new_record(data: Any, applied_migrations: Iterable[str], session: str | None, *, file: Any = None,
+               orphaned_files: Iterable[Any] = ()) -> Record:
+    """A record holding `data` inline, with no transaction and no orphaned files; or, given `file` (an inline
+    file carrying a transaction, or a sharded file, for which `data` is ignored), pointing to that file, with the
+    `orphaned_files` left to remove.
 
     `applied_migrations` is copied into a list; it must hold str names (a bare str is refused, not split into
     letters). `session` is the writer's lock id or None. Raises TypeError for either of the wrong type.
@@ -128,8 +131,8 @@ def new_record(data: Any, applied_migrations: Iterable[str], session: str | None
     return {
         "applied_migrations": migrations,
         "session": session,
-        "file": {"data": {"committed_data": data}},
-        "orphaned_files": [],
+        "file": {"data": {"committed_data": data}} if file is None else file,
+        "orphaned_files": list(orphaned_files),
     }
 
 

@@ -477,8 +477,7 @@ class Session:
                                    for k, v in chunks.items()))
             rt.counters.shards_written += len(chunks)
         orphans = list(self.orphans) + ([self.file] if self.file is not None else [])
-        record = {"applied_migrations": list(self.applied), "session": self.lock_id, "file": file,
-                  "orphaned_files": orphans}
+        record = rec.new_record(None, self.applied, self.lock_id, file=file, orphaned_files=orphans)
         result = UpdateResult(record, list(self.user_ids), rt.config.metadata_template)
         first = [True]
 
