@@ -64,6 +64,10 @@ class StoreConfig:
     - `import_legacy_data(key)`: data for a key with no record yet (all migrations then run on it), or None.
     - `changed_callbacks`: each `fn(key, new_data, old_data)` after a change (on load, old_data is None).
     - `log_callback(LogMessage)`, `on_lock_lost(key)`: called where the session lives (the key actor).
+    - `lock_callback(kind, key, session_id, at_ms, until_ms)`: an observer of the session lock, called where the
+      session lives with kind "acquired", "refreshed", "released", "lost" or "crashed" (`KeyHost.crash`). `until_ms` is the time up to which the
+      session counts itself the holder (the send time of its last landed lock write + `lock_ttl`); "released" and
+      "lost" are reported at `min(now, until_ms)`. A simulator records lock history with it.
     - `metadata_template`: KeyInfo metadata written with every record; user ids come from `load(key, user_ids)`.
     - `lock_ttl`, `lock_refresh`, `lock_wait`: the lock's TTL, how often it is refreshed, and how long `load` waits
       for another holder before giving up. `lock_steal_after`: take over a lock whose holder has not refreshed it
@@ -82,6 +86,7 @@ class StoreConfig:
     changed_callbacks: tuple = ()
     log_callback: Callable[[LogMessage], Any] | None = None
     on_lock_lost: Callable[[str], Any] | None = None
+    lock_callback: Callable[[str, str, str, int, int], Any] | None = None
     metadata_template: dict | None = None
     autosave_interval: float = 300.0
     lock_ttl: float = 90.0
@@ -104,6 +109,7 @@ class StoreConfig:
         _callable_or_none("import_legacy_data", self.import_legacy_data)
         _callable_or_none("log_callback", self.log_callback)
         _callable_or_none("on_lock_lost", self.on_lock_lost)
+        _callable_or_none("lock_callback", self.lock_callback)
         object.__setattr__(self, "migrations", _migrations(self.migrations))
         if callable(self.changed_callbacks):
             object.__setattr__(self, "changed_callbacks", (self.changed_callbacks,))

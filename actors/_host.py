@@ -51,8 +51,9 @@ class StoreStatistics:
 class KeyHost:
     """The sessions of one key actor. Build it inside a running event loop's thread (it owns asyncio objects)."""
 
-    def __init__(self, world: Any, job_id: str, scheduler: Scheduler | None = None) -> None:
-        self.server = Server(world, job_id)
+    def __init__(self, world: Any, job_id: str, scheduler: Scheduler | None = None, *,
+                 budgeted: bool = True) -> None:
+        self.server = Server(world, job_id, budgeted)
         self.scheduler = scheduler if scheduler is not None else Scheduler(world.clock)
         if self.scheduler.on_error is None:
             self.scheduler.on_error = self._background_error
@@ -219,11 +220,21 @@ class KeyHost:
         if errors:
             raise errors[0]
 
+    def stall_locks(self, seconds: float) -> None:
+        """Fault injection: for `seconds` of simulated time this host neither refreshes its locks nor notices them
+        running out, while everything else goes on (a lock holder stalled by a long pause). Afterwards each session
+        checks its lock as usual: one whose lock ran out meanwhile is lost."""
+        until = self.scheduler.now() + int(seconds * 1000)
+        for rt in self.stores.values():
+            rt.stalled_until = max(rt.stalled_until, until)
+
     def crash(self) -> None:
         """Stop at once, as a crashed server does: no saves, no lock releases, no timers. Locks expire by TTL."""
         for rt in self.stores.values():
             rt.closed = True
             for session in list(rt.sessions.values()):
+                if session._holds_lock:
+                    rt.lock_event("crashed", session)
                 session._holds_lock = False
                 session._end(SessionState.CLOSED)
 

@@ -131,6 +131,26 @@ class StoreRuntime:
         self.closed = False
         self.counters = StoreCounters()
         self.shard_limit = rec.SHARD_LIMIT_CHARS  # JSON characters above which data is split into shard keys
+        self.stalled_until = 0  # simulated ms: lock upkeep (refresh, deadline check) is frozen until then
+
+    def lock_event(self, kind: str, session: "Session") -> None:
+        """Tell the `lock_callback` (if any) what happened to `session`'s lock."""
+        callback = self.config.lock_callback
+        if callback is None:
+            return
+        now, until = self.scheduler.now(), session.lock_deadline
+        at = now if kind in ("acquired", "refreshed") else min(now, until)
+        try:
+            callback(kind, session.key, session.lock_id, at, until)
+        except Exception as exc:
+            self.log("error", f"lock_callback raised {type(exc).__name__}: {exc}", key=session.key)
+
+    def stalled(self, retry: Callable[[], Any]) -> bool:
+        """True (and `retry` armed for when it ends) while lock upkeep is stalled by `KeyHost.stall_locks`."""
+        if self.scheduler.now() >= self.stalled_until:
+            return False
+        self.scheduler.call_at(self.stalled_until, retry)
+        return True
 
     def locks(self, key: str) -> Any:
         """The MemoryStore hash map holding `key`'s lock (keys are spread over `lock_partitions` maps)."""
@@ -322,6 +342,7 @@ class Session:
             if got is not None:
                 self._holds_lock = True
                 self.lock_deadline = sent + int(cfg.lock_ttl * 1000)
+                rt.lock_event("acquired", self)
                 if stolen:
                     rt.counters.lock_steals += 1
                     rt.log("warn", f"took over the lock from job {stolen[-1]!r}, which stopped refreshing it",
@@ -564,6 +585,7 @@ class Session:
     async def _release_lock(self) -> None:
         if not self._holds_lock:
             return
+        self.rt.lock_event("released", self)
         self._holds_lock = False
         mine = self.lock_id
         try:
@@ -587,6 +609,8 @@ class Session:
             return
         was_loading = self.state is SessionState.LOADING  # then the load fails instead: no on_lock_lost
         self._release_tx()
+        if self._holds_lock:
+            self.rt.lock_event("lost", self)
         self._holds_lock = False
         self.rt.counters.locks_lost += 1
         self._end(SessionState.LOCK_LOST)
@@ -744,6 +768,8 @@ class Session:
         if not self._keeps_lock():
             return
         rt, cfg = self.rt, self.rt.config
+        if rt.stalled(lambda: rt.scheduler.spawn(self._refresh())):
+            return
         sent = rt.scheduler.now()
         mine = self.lock_id
         try:
@@ -763,10 +789,11 @@ class Session:
             return
         self.lock_deadline = max(self.lock_deadline, sent + int(cfg.lock_ttl * 1000))
         rt.counters.refreshes += 1
+        rt.lock_event("refreshed", self)
         self._arm_refresh(cfg.lock_refresh)
 
     def _check_deadline(self) -> None:
-        if not self._keeps_lock():
+        if not self._keeps_lock() or self.rt.stalled(self._check_deadline):
             return
         if self.rt.scheduler.now() >= self.lock_deadline:
             self._lose("no refresh landed before the lock's TTL ran out")

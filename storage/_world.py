@@ -246,13 +246,16 @@ class _BudgetLink:
 
 
 class Server:
-    """One simulated Roblox game server (a JobId) with `players` players, and its service clients."""
+    """One simulated Roblox game server (a JobId) with `players` players, and its service clients.
 
-    def __init__(self, world: World, job_id: str) -> None:
+    `budgeted=False` makes a client outside every game server's request budget (an operator's tool, or a
+    simulator's verifier reading the final data); game servers are always budgeted when the world has budgets."""
+
+    def __init__(self, world: World, job_id: str, budgeted: bool = True) -> None:
         self.world = world
         self.job_id = job_id
         self.players = 0
-        link = _BudgetLink(world, self) if world._budget is not None else None
+        link = _BudgetLink(world, self) if world._budget is not None and budgeted else None
         gate = (BudgetGate(link, world.clock, job_id, buckets=bucket_map(world.info.budget)) if link is not None
                 else OpenGate())
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,

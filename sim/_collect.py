@@ -1,0 +1,243 @@
+"""What a run recorded, gathered from every host: the history the checkers read, and the figures of the report.
+
+Owns: `Collector`, which takes the drains of `SimHost`s (plain tuples and counters) as they come, builds the
+`History` (op outcomes, and lock holds with each session's refreshes folded into its last one), totals, latency
+percentiles and per-bucket series, and finally the report dict (`sim._report` documents its format) with the
+checkers' verdicts.
+
+Never does: talk to Ray or a store, or decide an op's outcome (hosts do).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from typing import Any
+
+from sim._checkers import CheckResult, History, LockEvent, OpEvent, run_checks
+
+__all__ = ["Collector", "check_hot_counters", "percentiles"]
+
+_HISTORY_KINDS = ("mint", "grant", "purchase", "trade")
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """count, p50, p90, p99 and max of `values` (nearest rank), in ms rounded to 0.01."""
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 2)
+
+    return {"count": len(ordered), "p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99),
+            "max": round(ordered[-1], 2)}
+
+
+def check_hot_counters(finals: dict[str, int], ok: Counter, unknown: Counter) -> CheckResult:
+    """Every acknowledged hot-key increment is counted, and nothing else: ok <= final <= ok + unknown."""
+    bad = {k: (finals.get(k, 0), ok[k], unknown[k]) for k in sorted(set(finals) | set(ok) | set(unknown))
+           if not ok[k] <= finals.get(k, 0) <= ok[k] + unknown[k]}
+    details = {"keys": len(set(finals) | set(ok)), "ok": sum(ok.values()), "unknown": sum(unknown.values()),
+               "bad": {k: {"final": f, "ok": o, "unknown": u} for k, (f, o, u) in bad.items()}}
+    if bad:
+        key, (final, n_ok, n_unknown) = next(iter(bad.items()))
+        return CheckResult("hot_counters", False, f"hot key {key!r} counts {final}, but {n_ok} increments were "
+                                                  f"acknowledged and {n_unknown} are unknown", details)
+    return CheckResult("hot_counters", True, None, details)
+
+
+class Collector:
+    """Drains in, history and report out. `bucket_s` is the width of a series bucket in simulated seconds."""
+
+    def __init__(self, duration_s: float, bucket_s: float, time_scale: float) -> None:
+        self.history = History()
+        self.bucket_s = bucket_s
+        self.time_scale = time_scale
+        self.buckets = max(1, math.ceil(duration_s / bucket_s))
+        self._refresh: dict[tuple[str, str], LockEvent] = {}
+        self._server_of_session: dict[str, str] = {}
+        self.ops = defaultdict(Counter)             # kind -> outcome -> n
+        self.errors = Counter()
+        self.tx = Counter()
+        self.locks = Counter()
+        self.events = Counter()
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.hot_ok: Counter = Counter()
+        self.hot_unknown: Counter = Counter()
+        self._counters: dict[int, dict[str, int]] = {}
+        self._throttled: dict[str, int] = {}
+        self._host_live: dict[int, tuple[int, int]] = {}
+        self.peak_servers = 0
+        self.peak_players = 0
+        b = self.buckets
+        self.s_ops: dict[str, list[int]] = defaultdict(lambda: [0] * b)
+        self.s_lat: dict[str, list[list[float]]] = defaultdict(lambda: [[] for _ in range(b)])
+        self.s_errors: dict[str, list[int]] = defaultdict(lambda: [0] * b)
+        self.s_tx = {k: [0] * b for k in ("committed", "aborted", "unknown")}
+        self.s_locks = {k: [0] * b for k in ("waits", "steals", "lost")}
+        self.s_throttled = [0] * b
+        self.s_tokens_min: list[float | None] = [None] * b
+        self.s_tokens_median: list[float | None] = [None] * b
+        self.s_servers: list[int | None] = [None] * b
+        self.s_players: list[int | None] = [None] * b
+        self._host_tokens: dict[int, list[float]] = {}
+
+    def _bucket(self, t_ms: float) -> int:
+        return min(self.buckets - 1, max(0, int(t_ms / 1000 / self.bucket_s)))
+
+    # ------------------------------------------------------------------------------------------------ intake
+
+    def add(self, host: int, drain: dict) -> None:
+        """One host's drain (see `SimHost.drain`)."""
+        for t, player, server, op_id, kind, outcome, amount, item, target, why, tx in drain["ops"]:
+            self.ops[kind][outcome] += 1
+            if why is not None and why != "Refused":
+                self.errors[why] += 1
+            if tx is not None:
+                self.tx[tx] += 1
+                self.s_tx[tx][self._bucket(t)] += 1
+            if kind == "hot":
+                (self.hot_ok if outcome == "ok" else self.hot_unknown if outcome == "unknown" else Counter())[
+                    target] += 1
+            elif kind in _HISTORY_KINDS:
+                self.history.record(OpEvent(t, player, server, op_id, kind, outcome, amount,
+                                            item if kind != "trade" else None,
+                                            target if kind == "trade" else None))
+        for at, key, session, kind, until, server in drain["locks"]:
+            self._lock(at, key, session, kind, until, server)
+        for t, op, latency, code in drain["samples"]:
+            b = self._bucket(t)
+            self.latency[op].append(latency)
+            self.s_ops[op][b] += 1
+            self.s_lat[op][b].append(latency)
+            if code is not None:
+                self.s_errors[code][b] += 1
+        for t, what, _server in drain["events"]:
+            self.events[what] += 1
+        now_b = self._bucket(drain["time"])
+        previous = self._counters.get(host, {})
+        for name, series in (("lock_waits", "waits"), ("lock_steals", "steals"), ("locks_lost", "lost")):
+            delta = drain["counters"].get(name, 0) - previous.get(name, 0)
+            self.s_locks[series][now_b] += max(0, delta)
+        self._counters[host] = dict(drain["counters"])
+        throttled_before = sum(self._throttled.values())
+        self._throttled.update(drain["throttled"])
+        self.s_throttled[now_b] += max(0, sum(self._throttled.values()) - throttled_before)
+        self._host_live[host] = (drain["servers"], drain["players"])
+        self._host_tokens[host] = list(drain["tokens"])
+        servers = sum(s for s, _ in self._host_live.values())
+        players = sum(p for _, p in self._host_live.values())
+        self.peak_servers = max(self.peak_servers, servers)
+        self.peak_players = max(self.peak_players, players)
+        self.s_servers[now_b] = servers
+        self.s_players[now_b] = players
+        tokens = [x for values in self._host_tokens.values() for x in values]
+        if tokens:
+            self.s_tokens_min[now_b] = float(min(tokens))
+            self.s_tokens_median[now_b] = float(statistics.median(tokens))
+
+    def _lock(self, at: int, key: str, session: str, kind: str, until: int, server: str) -> None:
+        slot = (key, session)
+        if kind == "refreshed":
+            if until > at:
+                self._refresh[slot] = LockEvent(at, key, server, session, "refreshed", until - at)
+            return
+        if kind == "acquired":
+            self.locks["acquired"] += 1
+            self.history.record(LockEvent(at, key, server, session, "acquired", max(1, until - at)))
+            return
+        last = self._refresh.pop(slot, None)
+        if last is not None:
+            self.history.record(last)
+        if kind == "lost":
+            self.locks["lost"] += 1
+        self.history.record(LockEvent(at, key, server, session, kind))
+
+    def close_locks(self) -> None:
+        """Fold the last refresh of every hold that never ended into the history (end of the run)."""
+        for event in self._refresh.values():
+            self.history.record(event)
+        self._refresh.clear()
+
+    # ------------------------------------------------------------------------------------------------ output
+
+    def checks(self, initial: dict, final: dict, hot_finals: dict[str, int]) -> list[CheckResult]:
+        results = run_checks(self.history, initial, final)
+        if hot_finals or self.hot_ok or self.hot_unknown:
+            results.append(check_hot_counters(hot_finals, self.hot_ok, self.hot_unknown))
+        return results
+
+    def report(self, *, scenario: dict, run: dict, checks: list[CheckResult]) -> dict:
+        wall_per_bucket = self.bucket_s / self.time_scale
+        counters = Counter()
+        for c in self._counters.values():
+            counters.update(c)
+        events = self.events
+        return {
+            "format": 1,
+            "scenario": scenario,
+            "run": run,
+            "totals": {
+                "ops_by_kind": {k: {o: self.ops[k][o] for o in ("ok", "failed", "unknown")}
+                                for k in ("mint", "grant", "purchase", "trade", "hot") if k in self.ops},
+                "errors_by_code": dict(self.errors.most_common()),
+                "tx": {k: self.tx[k] for k in ("committed", "aborted", "unknown")},
+                "locks": {"acquired": self.locks["acquired"], "waits": counters["lock_waits"],
+                          "steals": counters["lock_steals"], "lost": self.locks["lost"]},
+                "throttled": sum(self._throttled.values()),
+                "servers": {"started": events["start"], "stopped": events["stop"], "crashed": events["crash"],
+                            "stalled": events["stall"], "peak": self.peak_servers},
+                "players": {"joins": self.latency_count("load"), "leaves": self.latency_count("unload"),
+                            "teleports": events["teleport"], "peak_online": self.peak_players,
+                            "load_failures": events["load_failed"]},
+                "saves": counters["saves"], "saves_skipped": counters["saves_skipped"],
+                "refreshes": counters["refreshes"],
+            },
+            "latency_ms": {op: percentiles(values) for op, values in sorted(self.latency.items())},
+            "series": {
+                "bucket_s": self.bucket_s,
+                "t": [i * self.bucket_s for i in range(self.buckets)],
+                "ops_per_s": {op: [round(n / wall_per_bucket, 2) for n in counts]
+                              for op, counts in sorted(self.s_ops.items())},
+                "latency_ms": {op: {"p50": [percentiles(v).get("p50") for v in per],
+                                    "p99": [percentiles(v).get("p99") for v in per]}
+                               for op, per in sorted(self.s_lat.items())},
+                "errors": dict(sorted(self.s_errors.items())),
+                "tx": self.s_tx,
+                "locks": self.s_locks,
+                "throttled": self.s_throttled,
+                "budget_tokens_min": self.s_tokens_min,
+                "budget_tokens_median": self.s_tokens_median,
+                "servers_online": _carry(self.s_servers),
+                "players_online": _carry(self.s_players),
+            },
+            "checks": [{"name": c.name, "ok": c.ok, "counterexample": c.counterexample,
+                        "details": _jsonable(c.details)} for c in checks],
+            "verdict": "pass" if all(c.ok for c in checks) else "fail",
+        }
+
+    def latency_count(self, op: str) -> int:
+        return len(self.latency.get(op, ()))
+
+
+def _carry(values: list[int | None]) -> list[int]:
+    """Buckets no drain landed in keep the figure of the bucket before."""
+    out, last = [], 0
+    for v in values:
+        last = last if v is None else v
+        out.append(last)
+    return out
+
+
+def _jsonable(value: Any, limit: int = 20) -> Any:
+    """Check details as JSON, long lists cut to `limit` entries (a report must stay readable)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, limit) for k, v in list(value.items())[:200]}
+    if isinstance(value, (list, tuple)):
+        items = [_jsonable(v, limit) for v in list(value)[:limit]]
+        return items + [f"... {len(value) - limit} more"] if len(value) > limit else items
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,627 @@
+"""Simulated game servers: many of them in one host (one Ray actor, or the in-process engine), playing the plan.
+
+Owns: `SimHost`, which runs planned events (`sim._workload.Planned`) at their simulated times against the session
+layer, exactly as game code would call it: a join loads the player's key, actions update it (a purchase saves before
+it is granted, a trade is a two-key transaction, a hot-key write is a raw UpdateAsync), a leave unloads it, a stop is
+BindToClose, a crash drops everything. It records what became of every action (`OpEvent`: ok, failed or unknown),
+the lock history its sessions report (`LockEvent`), latencies, errors and budget figures, and hands them over with
+`drain()`. `SimHostActor` is the thin Ray actor around it.
+
+An action is "ok" once it is durable: a purchase when its forced save returns, a trade when its transaction commits,
+a mint or grant when a later save of its session returns (the unload when the player leaves, or BindToClose). It is
+"failed" when it is known not to have happened (refused, not loaded, aborted) and "unknown" when its session ended
+without a final save (a crash, a lost lock): it may or may not have been autosaved.
+
+Each simulated server is one `actors.KeyHost` with its own JobId, budget and players; all of a host's servers share
+its one timer scheduler. Transactions reach a host through `tx_calls`, which routes each key to the server holding it.
+
+Never does: decide what happens (that is the planner's) or judge the outcome (that is the checkers').
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+
+from actors import KeyHost, Request, Scheduler, SessionState, StoreConfig, StoreCounters
+from coordinator import TxRequest, TxUnknownError
+from sim._scenario import Scenario
+from sim._workload import Planned
+from storage import DataStoreError, LodestoreError, MemoryStoreError, emergency
+
+__all__ = ["SimHost", "SimHostActor", "Trade", "store_config", "HOT_STORE", "error_code"]
+
+HOT_STORE = "lodestore-sim/hot"
+"""The DataStore the hot keys (guilds, global counters) live in, written with plain UpdateAsync."""
+
+
+def error_code(exc: BaseException) -> str:
+    """A short, stable name for an error, for the report's "errors by code"."""
+    if isinstance(exc, DataStoreError):
+        return f"DataStore {exc.code}"
+    if isinstance(exc, MemoryStoreError):
+        return f"MemoryStore {exc.name}"
+    return type(exc).__name__
+
+
+def store_config(scenario: Scenario, **extra: Any) -> StoreConfig:
+    """The player store's configuration from the scenario's `[store]` section. Migrations named in the scenario are
+    steps that mark the data with their name (they prove migrations run under load; TOML carries no code)."""
+    st = scenario.store
+    template = {"coins": 0, "items": [], "ledger": [], **st.template}
+    migrations = tuple((name, _MarkMigrated(name)) for name in st.migrations)
+    return StoreConfig(st.name, template, migrations=migrations, autosave_interval=st.autosave_interval,
+                       lock_ttl=st.lock_ttl, lock_refresh=st.lock_refresh, lock_wait=st.lock_ttl + st.lock_refresh,
+                       placement=scenario.world.placement, **extra)
+
+
+@dataclass(frozen=True)
+class _MarkMigrated:
+    name: str
+
+    def __call__(self, data: Any) -> Any:
+        return {**data, "migrated": sorted(set(data.get("migrated", [])) | {self.name})}
+
+
+@dataclass(frozen=True)
+class Trade:
+    """A trade's transform: `giver` pays `amount` coins and hands over its oldest item, if it has the coins."""
+
+    giver: str
+    taker: str
+    amount: int
+    op_id: str
+
+    def __call__(self, state: dict) -> bool:
+        giver, taker = state[self.giver], state[self.taker]
+        if giver["coins"] < self.amount:
+            return False
+        giver["coins"] -= self.amount
+        taker["coins"] += self.amount
+        if giver["items"]:
+            taker["items"].append(giver["items"].pop(0))
+        giver["ledger"].append(self.op_id)
+        taker["ledger"].append(self.op_id)
+        return True
+
+
+@dataclass(frozen=True)
+class _Mint:
+    amount: int
+    op_id: str
+
+    def __call__(self, data: dict) -> bool:
+        data["coins"] += self.amount
+        data["ledger"].append(self.op_id)
+        return True
+
+
+@dataclass(frozen=True)
+class _Grant:
+    item: str
+    op_id: str
+
+    def __call__(self, data: dict) -> bool:
+        data["items"].append(self.item)
+        data["ledger"].append(self.op_id)
+        return True
+
+
+@dataclass(frozen=True)
+class _Purchase:
+    amount: int
+    item: str
+    op_id: str
+
+    def __call__(self, data: dict) -> bool:
+        if data["coins"] < self.amount:
+            return False
+        data["coins"] -= self.amount
+        data["items"].append(self.item)
+        data["ledger"].append(self.op_id)
+        return True
+
+
+def _bump_hot(value: Any, _info: Any = None) -> Any:
+    value = dict(value or {})
+    value["count"] = value.get("count", 0) + 1
+    return value
+
+
+@dataclass
+class _Op:
+    """An action that happened in memory and waits for a save to become durable."""
+
+    ev: Planned
+    outcome: str | None = None
+
+
+@dataclass
+class _Presence:
+    """One player on one simulated server: its load, and its actions not durable yet."""
+
+    key: str
+    loaded: asyncio.Future
+    pending: list[_Op] = field(default_factory=list)
+    ended: str | None = None          # "saved" (unloaded with a final save) or "lost" (no final save)
+
+
+@dataclass
+class _Server:
+    sid: str
+    host: KeyHost
+    players: dict[str, _Presence] = field(default_factory=dict)
+    closing: bool = False
+    synced_players: int = -1
+
+
+class SimHost:
+    """Simulated game servers sharing one scheduler. Build it on its event loop's thread.
+
+    `run_tx(req)` runs a transaction and answers its result or error as a value; `peer(host_index)` is what a
+    coordinator calls to reach host `host_index` (this object in process, an actor handle on Ray).
+    """
+
+    def __init__(self, world: Any, scenario: Scenario, index: int, t0: int, *, scheduler: Scheduler,
+                 run_tx: Callable[[TxRequest], Any], peer: Callable[[int], Any],
+                 host_of: Callable[[str], int], in_process: bool = False) -> None:
+        self.world = world
+        self.scenario = scenario
+        self.index = index
+        self.t0 = t0
+        self.scheduler = scheduler
+        self._run_tx = run_tx
+        self._peer = peer
+        self._host_of = host_of
+        self._in_process = in_process
+        self.config = store_config(scenario)
+        self.servers: dict[str, _Server] = {}
+        self._gone: dict[str, KeyHost] = {}        # ended servers, kept for their final counters
+        self._lock_owner: dict[str, str] = {}      # lock (session) id -> server id
+        self._ops: list[tuple] = []
+        self._locks: list[tuple] = []
+        self._samples: list[tuple] = []            # (t_ms, op, latency_ms, error code or None)
+        self._events: list[tuple] = []             # (t_ms, what, server): server lifecycle, loads, throttling
+        self._inflight: set[asyncio.Task] = set()
+        self._counted: dict[str, StoreCounters] = {}
+        self._throttled: dict[str, int] = {}
+        self.stopped = False
+
+    # ----------------------------------------------------------------------------------------------- intake
+
+    def now_rel(self) -> int:
+        return self.scheduler.now() - self.t0
+
+    def apply(self, events: list[Planned]) -> None:
+        """Schedule each event at its simulated time (at once when that time has passed)."""
+        for ev in events:
+            self.scheduler.call_at(self.t0 + ev.t, lambda ev=ev: self._start(ev))
+
+    def _start(self, ev: Planned) -> None:
+        if self.stopped:
+            return
+        task = self.scheduler.spawn(self._run(ev))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run(self, ev: Planned) -> None:
+        await getattr(self, f"_ev_{ev.kind}")(ev)
+
+    # ------------------------------------------------------------------------------------ server lifecycle
+
+    async def _ev_start(self, ev: Planned) -> None:
+        host = KeyHost(self.world, ev.server, self.scheduler)
+        host.open_store(dataclasses.replace(self.config, lock_callback=functools.partial(self._on_lock, ev.server)))
+        self.servers[ev.server] = _Server(ev.server, host)
+        self._events.append((ev.t, "start", ev.server))
+
+    async def _ev_stop(self, ev: Planned) -> None:
+        """BindToClose: the budget boost, then every player's final save, within the shutdown window."""
+        server = self.servers.get(ev.server)
+        if server is None or server.closing:
+            return
+        server.closing = True
+        self._events.append((ev.t, "stop", ev.server))
+        await self._blocking(server.host.server.begin_shutdown)
+        window = self.scenario.servers.shutdown_window
+        with emergency():
+            tasks = [self.scheduler.spawn(self._leave(server, key, ev.t)) for key in list(server.players)]
+            if tasks:
+                done = asyncio.gather(*tasks, return_exceptions=True)
+                sleeper = self.scheduler.spawn(self.scheduler.sleep(window))
+                await asyncio.wait([done, sleeper], return_when=asyncio.FIRST_COMPLETED)
+                sleeper.cancel()
+        if any(not t.done() for t in tasks):
+            self._events.append((self.now_rel(), "shutdown_window_exceeded", ev.server))
+            self._drop(server, ev.t, "crash")
+            return
+        await server.host.shutdown()
+        self._retire(server)
+
+    async def _ev_crash(self, ev: Planned) -> None:
+        server = self.servers.get(ev.server)
+        if server is None:
+            return
+        self._events.append((ev.t, "crash", ev.server))
+        self._drop(server, ev.t, "crash")
+
+    async def _ev_stall(self, ev: Planned) -> None:
+        server = self.servers.get(ev.server)
+        if server is not None:
+            self._events.append((ev.t, "stall", ev.server))
+            server.host.stall_locks(ev.amount / 1000)
+
+    def _drop(self, server: _Server, t: int, why: str) -> None:
+        server.host.crash()
+        for presence in server.players.values():
+            self._end_presence(presence, "lost")
+        server.players.clear()
+        self._retire(server)
+
+    def _retire(self, server: _Server) -> None:
+        self.servers.pop(server.sid, None)
+        self._gone[server.sid] = server.host
+        self._sample_budget(server)
+        try:
+            server.host.server.close() if self._in_process else self.scheduler.spawn(
+                self._blocking(server.host.server.close))
+        except LodestoreError:
+            pass
+
+    async def _blocking(self, fn: Callable[[], Any]) -> Any:
+        """A blocking call into storage (one Ray round trip): off the event loop on Ray, inline in process."""
+        if self._in_process:
+            return fn()
+        return await asyncio.to_thread(fn)
+
+    # ------------------------------------------------------------------------------------- players
+
+    async def _ev_join(self, ev: Planned) -> None:
+        server = self.servers.get(ev.server)
+        if server is None or server.closing:
+            self._events.append((ev.t, "join_refused", ev.server))
+            return
+        old = server.players.get(ev.player)
+        if old is not None:  # a rejoin on the same server: the previous presence leaves first
+            await self._leave(server, ev.player, ev.t)
+        presence = _Presence(ev.player, asyncio.get_running_loop().create_future())
+        server.players[ev.player] = presence
+        self._sync_players(server)
+        started = time.perf_counter()
+        try:
+            await server.host.call(Request("load", self.config.name, ev.player))
+        except Exception as exc:
+            self._sample(ev.t, "load", started, exc)
+            self._events.append((ev.t, "load_failed", ev.server))
+            if server.players.get(ev.player) is presence:
+                del server.players[ev.player]
+                self._sync_players(server)
+            presence.ended = "failed"
+            presence.loaded.set_result(False)
+            return
+        self._sample(ev.t, "load", started, None)
+        presence.loaded.set_result(True)
+
+    async def _ev_leave(self, ev: Planned) -> None:
+        server = self.servers.get(ev.server)
+        if server is not None and not server.closing:
+            await self._leave(server, ev.player, ev.t)
+
+    async def _ev_teleport(self, ev: Planned) -> None:  # the runner splits teleports; kept for the in-process path
+        await self._ev_leave(ev)
+
+    async def _leave(self, server: _Server, key: str, t: int) -> None:
+        presence = server.players.get(key)
+        if presence is None:
+            return
+        if not await presence.loaded:
+            return
+        started = time.perf_counter()
+        try:
+            await server.host.call(Request("unload", self.config.name, key))
+        except Exception as exc:
+            self._sample(t, "unload", started, exc)
+            ended = "lost"
+        else:
+            self._sample(t, "unload", started, None)
+            ended = "saved"
+        if server.players.get(key) is presence:
+            del server.players[key]
+            self._sync_players(server)
+        self._end_presence(presence, ended)
+
+    def _end_presence(self, presence: _Presence, ended: str) -> None:
+        presence.ended = ended
+        for op in presence.pending:
+            self._resolve(op, "ok" if ended == "saved" else "unknown")
+        presence.pending.clear()
+        if not presence.loaded.done():
+            presence.loaded.set_result(False)
+
+    def _sync_players(self, server: _Server) -> None:
+        """Tell storage how many players the server has (quotas and budgets follow), at most once per turn."""
+        if server.synced_players == -2:
+            return
+        server.synced_players = -2
+
+        async def sync() -> None:
+            await asyncio.sleep(0)
+            count = len(server.players)
+            server.synced_players = count
+            try:
+                await self._blocking(lambda: server.host.server.set_players(count))
+            except Exception:
+                pass  # a world shutting down
+        self.scheduler.spawn(sync())
+
+    # ---------------------------------------------------------------------------------------------- actions
+
+    async def _present(self, ev: Planned) -> tuple[_Server, _Presence] | None:
+        server = self.servers.get(ev.server)
+        presence = server.players.get(ev.player) if server is not None else None
+        if presence is None or not await presence.loaded or presence.ended is not None:
+            self._resolve(_Op(ev), "failed", "NotLoaded")
+            return None
+        return server, presence
+
+    async def _ev_mint(self, ev: Planned) -> None:
+        await self._update(ev, _Mint(ev.amount, ev.op_id))
+
+    async def _ev_grant(self, ev: Planned) -> None:
+        await self._update(ev, _Grant(ev.item, ev.op_id))
+
+    async def _ev_purchase(self, ev: Planned) -> None:
+        op = await self._update(ev, _Purchase(ev.amount, ev.item, ev.op_id))
+        if op is None:
+            return
+        server = self.servers.get(ev.server)
+        started = time.perf_counter()
+        try:  # a receipt is granted only once the purchase is saved
+            await server.host.call(Request("save", self.config.name, ev.player))
+        except Exception as exc:
+            self._sample(ev.t, "purchase_save", started, exc)
+            return  # stays pending: a later save (or the unload) decides
+        self._sample(ev.t, "purchase_save", started, None)
+        self._resolve(op, "ok")
+
+    async def _update(self, ev: Planned, fn: Callable[[dict], bool]) -> _Op | None:
+        found = await self._present(ev)
+        if found is None:
+            return None
+        server, presence = found
+        op = _Op(ev)
+        started = time.perf_counter()
+        try:
+            changed = await server.host.call(Request("update", self.config.name, ev.player, (fn,)))
+        except Exception as exc:
+            self._sample(ev.t, ev.kind, started, exc)
+            self._resolve(op, "failed", error_code(exc))
+            return None
+        self._sample(ev.t, ev.kind, started, None)
+        if not changed:
+            self._resolve(op, "failed", "Refused")
+            return None
+        if presence.ended is not None:   # the session ended while the update ran: FIFO put it in the final save
+            self._resolve(op, "ok" if presence.ended == "saved" else "unknown")
+        else:
+            presence.pending.append(op)
+        return op
+
+    async def _ev_trade(self, ev: Planned) -> None:
+        found = await self._present(ev)
+        if found is None:
+            return
+        peers = {ev.player: self._peer(self.index), ev.target: self._peer(self._host_of(ev.target_server))}
+        req = TxRequest(self.config.name, (ev.player, ev.target), Trade(ev.player, ev.target, ev.amount, ev.op_id),
+                        False, None, peers, self.config.tx_timeout)
+        started = time.perf_counter()
+        try:
+            result = await self._run_tx(req)
+        except Exception as exc:   # the coordinator could not be reached: the transaction may still settle
+            result = TxUnknownError(f"the coordinator did not answer: {type(exc).__name__}: {exc}")
+        error = result if isinstance(result, BaseException) else None
+        self._sample(ev.t, "trade", started, error)
+        if error is None:
+            self._resolve(_Op(ev), "ok" if result else "failed", None if result else "Refused", tx="committed"
+                          if result else "aborted")
+        elif isinstance(error, TxUnknownError):
+            self._resolve(_Op(ev), "unknown", error_code(error), tx="unknown")
+        else:
+            self._resolve(_Op(ev), "failed", error_code(error), tx="aborted")
+
+    async def _ev_hot(self, ev: Planned) -> None:
+        server = self.servers.get(ev.server)
+        if server is None or ev.target is None:
+            self._resolve(_Op(ev), "failed", "NotLoaded")
+            return
+        started = time.perf_counter()
+        try:
+            await server.host.server.datastores.get_data_store(HOT_STORE).aio.update(ev.target, _bump_hot)
+        except DataStoreError as exc:
+            self._sample(ev.t, "hot", started, exc)
+            # a refusal before sending (throttle queue full, a bad request) never lands; a server error may have
+            self._resolve(_Op(ev), "unknown" if exc.code >= 500 else "failed", error_code(exc))
+            return
+        except Exception as exc:
+            self._sample(ev.t, "hot", started, exc)
+            self._resolve(_Op(ev), "unknown", error_code(exc))
+            return
+        self._sample(ev.t, "hot", started, None)
+        self._resolve(_Op(ev), "ok")
+
+    # -------------------------------------------------------------------------------------------- recording
+
+    def _resolve(self, op: _Op, outcome: str, why: str | None = None, tx: str | None = None) -> None:
+        if op.outcome is not None:
+            return
+        op.outcome = outcome
+        ev = op.ev
+        self._ops.append((ev.t, ev.player, ev.server, ev.op_id, ev.kind, outcome, ev.amount, ev.item, ev.target,
+                          why, tx))
+
+    def _sample(self, t: int, op: str, started: float, exc: BaseException | None) -> None:
+        self._samples.append((t, op, (time.perf_counter() - started) * 1000, None if exc is None else error_code(exc)))
+
+    def _on_lock(self, server: str, kind: str, key: str, session: str, at: int, until: int) -> None:
+        self._locks.append((at - self.t0, key, session, kind, until - self.t0, server))
+
+    def _sample_budget(self, server: _Server) -> None:
+        stats = server.host.server.datastores._gate.statistics()
+        self._throttled[server.sid] = stats.throttled
+
+    # ------------------------------------------------------------------------------------------------ output
+
+    def drain(self) -> dict:
+        """Everything recorded since the last drain, plus current figures. Plain data (tuples, dicts, numbers)."""
+        out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events}
+        self._ops, self._locks, self._samples, self._events = [], [], [], []
+        counters: dict[str, int] = {}
+        for sid, host in list(self.servers.items()) + list(self._gone.items()):
+            keyhost = host.host if isinstance(host, _Server) else host
+            rt = keyhost.stores.get(self.config.name)
+            if rt is not None:
+                for name, value in vars(rt.counters).items():
+                    counters[name] = counters.get(name, 0) + value
+        tokens = []
+        for server in self.servers.values():
+            self._sample_budget(server)
+            stats = server.host.server.datastores._gate.statistics()
+            tokens.append(sum(stats.tokens.values()))
+        out["counters"] = counters
+        out["throttled"] = dict(self._throttled)
+        out["tokens"] = tokens
+        out["servers"] = len(self.servers)
+        out["players"] = sum(len(s.players) for s in self.servers.values())
+        out["time"] = self.now_rel()
+        out["errors"] = [e for s in self.servers.values() for e in s.host.errors][-5:]
+        return out
+
+    async def finish(self) -> dict:
+        """End of the run: no new events; wait for what is running, then BindToClose on every server still up."""
+        self.stopped = True
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=None)
+        for sid in list(self.servers):
+            await self._ev_stop(Planned(self.now_rel(), "stop", sid))
+        return self.drain()
+
+    async def peek(self, keys: list[str]) -> dict:
+        """The stored data of `keys` (transactions resolved), or None where there is none: the verifier's read at
+        the end of a run, outside every game server's budget."""
+        host = KeyHost(self.world, f"sim-reader-{self.index}", self.scheduler, budgeted=False)
+        host.open_store(self.config)
+        results = await host.handle([Request("peek", self.config.name, k) for k in keys])
+        out = {}
+        for key, value in zip(keys, results):
+            if isinstance(value, BaseException):
+                raise value
+            out[key] = value
+        return out
+
+    async def read_hot(self, names: list[str]) -> dict:
+        reader = KeyHost(self.world, f"sim-hot-reader-{self.index}", self.scheduler, budgeted=False)
+        store = reader.server.datastores.get_data_store(HOT_STORE)
+        out = {}
+        for name in names:
+            value, _ = await store.aio.get(name, False)
+            out[name] = (value or {}).get("count", 0)
+        return out
+
+    # --------------------------------------------------------------------------------- transaction routing
+
+    async def tx_calls(self, calls: list[tuple[str, tuple]]) -> list[Any]:
+        """A coordinator's participant calls: each call's keys go to the server of this host that holds them."""
+        async def one(method: str, args: tuple) -> Any:
+            tx_id, store, keyed = args[0], args[1], args[2]
+            keys = list(keyed)
+            groups: dict[int, tuple[KeyHost, list[str]]] = {}
+            for key in keys:
+                host = self._holder(store, key)
+                groups.setdefault(id(host), (host, []))[1].append(key)
+            merged: dict = {}
+            for host, group in groups.values():
+                part = ({k: keyed[k] for k in group} if isinstance(keyed, dict) else group)
+                reply = (await host.tx_calls([(method, (tx_id, store, part) + tuple(args[3:]))]))[0]
+                if isinstance(reply, BaseException):
+                    reply = {k: reply for k in group}
+                merged.update(reply)
+            return merged
+
+        return await asyncio.gather(*(one(m, a) for m, a in calls))
+
+    def _holder(self, store: str, key: str) -> KeyHost:
+        """The server of this host whose session of `key` is live (a teleport may leave a closing one behind)."""
+        fallback = None
+        for server in self.servers.values():
+            rt = server.host.stores.get(store)
+            session = rt.sessions.get(key) if rt is not None else None
+            if session is None:
+                continue
+            if session.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION):
+                return server.host
+            fallback = server.host
+        if fallback is not None:
+            return fallback
+        return next(iter(self.servers.values())).host if self.servers else self._orphan_host()
+
+    def _orphan_host(self) -> KeyHost:
+        host = getattr(self, "_orphan", None)
+        if host is None:
+            host = self._orphan = KeyHost(self.world, f"sim-none-{self.index}", self.scheduler)
+        return host
+
+
+class _SimHostActor:
+    """A Ray actor holding one `SimHost`; the runner talks to it in batches."""
+
+    def __init__(self, world: Any, scenario: Scenario, index: int, t0: int) -> None:
+        self._args = (world, scenario, index, t0)
+        self._host: SimHost | None = None
+        self._peers: list = []
+        self._servers: dict[str, int] = {}
+
+    def _ready(self) -> SimHost:
+        if self._host is None:
+            world, scenario, index, t0 = self._args
+            from actors._store import _tx_batcher
+            batcher = _tx_batcher(world)
+            scheduler = Scheduler(world.clock)
+            self._host = SimHost(world, scenario, index, t0, scheduler=scheduler, run_tx=batcher.submit,
+                                 peer=lambda i: self._peers[i], host_of=lambda sid: self._servers.get(sid, index))
+            asyncio.get_running_loop().create_task(scheduler.drive())
+        return self._host
+
+    async def setup(self, peers: list, t0: int) -> None:
+        """Once, before any event: the other hosts (for transactions) and the run's start on the world clock."""
+        self._peers = peers
+        world, scenario, index, _ = self._args
+        self._args = (world, scenario, index, t0)
+        self._ready()
+
+    async def apply(self, events: list[Planned], placement: dict[str, int]) -> None:
+        self._servers.update(placement)
+        self._ready().apply(events)
+
+    async def drain(self) -> dict:
+        return self._ready().drain()
+
+    async def finish(self) -> dict:
+        return await self._ready().finish()
+
+    async def peek(self, keys: list[str]) -> dict:
+        return await self._ready().peek(keys)
+
+    async def read_hot(self, names: list[str]) -> dict:
+        return await self._ready().read_hot(names)
+
+    async def tx_calls(self, calls: list) -> list:
+        return await self._ready().tx_calls(calls)
+
+
+SimHostActor = ray.remote(_SimHostActor)

@@ -1,0 +1,484 @@
+"""Running a scenario: build the world, play the plan on simulated game servers, check the outcome, report.
+
+Owns: `simulate(scenario, options)`, the driver of `lodestore simulate`. Two engines play the same plan:
+
+- "ray" (the default): the world's storage actors, the coordinator and `hosts` `SimHostActor`s on Ray (local, or a
+  cluster with `address`). Time runs at `time_scale` on the shared clock. The driver hands each host the events of
+  the next moments in one message per tick, collects what the hosts recorded twice a second, shows progress, and
+  exports figures through `ray.util.metrics`.
+- "in-process": everything in this process on one event loop with a `ManualClock`, moved step by step. No Ray; the
+  whole run, outcomes included, is a function of the seed (tests use it).
+
+Either way the event sequence is the planner's, a function of the scenario and its seed. At the end (or on Ctrl-C)
+every server still up runs BindToClose, the final data of every player is read from storage, the checkers run, and
+the report is written.
+
+Never does: choose events (the planner), execute them (the hosts) or render the report (`sim._report`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from sim._checkers import CheckResult
+from sim._collect import Collector
+from sim._host import SimHost, SimHostActor, store_config
+from sim._report import summary_table, write_report
+from sim._scenario import Scenario
+from sim._workload import Planned, Planner, player_key
+from storage import ConfigError, FaultConfig, Latency, ManualClock, Outage, World
+
+__all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at"]
+
+_DRAIN_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a scenario (the command line's options)."""
+
+    out: Path | None = None            # report directory; default lodestore-runs/<timestamp>-<name>
+    engine: str = "ray"                # "ray" | "in-process"
+    address: str | None = None         # a Ray cluster to join ("auto"); None starts local Ray when needed
+    hosts: int | None = None           # SimHost actors (default: 2, at most one per initial server)
+    tick_s: float = 0.1                # wall seconds between dispatches (ray engine)
+    progress: bool | None = None       # live display; None: only on a terminal
+    write_files: bool = True
+    stream: TextIO | None = None       # where progress and the summary go (default stdout)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("ray", "in-process"):
+            raise ConfigError(f"engine must be 'ray' or 'in-process', got {self.engine!r}")
+        if self.hosts is not None and (isinstance(self.hosts, bool) or not isinstance(self.hosts, int)
+                                       or not 1 <= self.hosts <= 64):
+            raise ConfigError(f"hosts must be an int from 1 to 64, got {self.hosts!r}")
+        if not (isinstance(self.tick_s, (int, float)) and 0.01 <= self.tick_s <= 5):
+            raise ConfigError(f"tick_s must be a number of seconds from 0.01 to 5, got {self.tick_s!r}")
+
+
+@dataclass
+class RunResult:
+    report: dict
+    checks: list[CheckResult]
+    history: Any
+    out: Path | None
+    files: dict
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def exit_status(self) -> int:
+        """0: every checker passed; 1: one failed; 130: stopped early by Ctrl-C (checks passed)."""
+        if not self.ok:
+            return 1
+        return 130 if self.report["run"]["stopped_early"] else 0
+
+
+def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
+    """The storage faults of every window active at simulated second `t_s`, with all outage windows (absolute ms)."""
+    windows = scenario.faults_at(t_s)
+    rates: dict[str, float] = {}
+    for w in windows:
+        for rtype, p in w.error_rate.items():
+            rates[rtype] = 1 - (1 - rates.get(rtype, 0.0)) * (1 - p)
+    latency = {}
+    spans = [w.latency_ms for w in windows if w.latency_ms is not None]
+    if spans:
+        lo, hi = max(s.min for s in spans), max(s.max for s in spans)
+        from storage import RequestType
+        latency = {r.value: Latency.uniform(lo, hi) for r in RequestType}
+    ambiguous = 1 - math.prod(1 - w.ambiguous_write_rate for w in windows)
+    outages = tuple(Outage(t0 + int(w.start * 1000), t0 + int(w.end * 1000)) for w in scenario.faults if w.outage)
+    return FaultConfig(seed=scenario.world.seed, error_rate=rates, latency=latency, outages=outages,
+                       ambiguous_write_rate=ambiguous)
+
+
+def _fault_boundaries(scenario: Scenario) -> list[float]:
+    return sorted({b for w in scenario.faults for b in (w.start, w.end) if 0 < b < scenario.world.duration})
+
+
+class _Display:
+    """Live progress: one line redrawn on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, live: bool | None, duration_s: float) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if live is None else live
+        self.duration_s = duration_s
+        self._last_plain = 0.0
+        self._last_ops = (0.0, 0)
+
+    def update(self, t_s: float, collector: Collector, wall: float, final: bool = False) -> None:
+        ops = sum(len(v) for v in collector.latency.values())
+        last_wall, last_ops = self._last_ops
+        rate = (ops - last_ops) / (wall - last_wall) if wall > last_wall else 0.0
+        self._last_ops = (wall, ops)
+        servers = sum(s for s, _ in collector._host_live.values())
+        players = sum(p for _, p in collector._host_live.values())
+        errors = sum(collector.errors.values())
+        line = (f"t={_clock(t_s)}/{_clock(self.duration_s)}  servers {servers:>3}  players {players:>5}  "
+                f"ops/s {rate:>7.0f}  throttled {sum(collector._throttled.values()):>5}  errors {errors:>5}")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+            self.stream.flush()
+        elif final or wall - self._last_plain >= 5.0:
+            self._last_plain = wall
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _Metrics:
+    """The run's figures through `ray.util.metrics`, for the Ray dashboard (a no-op when metrics are unavailable)."""
+
+    def __init__(self, scenario_name: str) -> None:
+        self._ok = False
+        try:
+            from ray.util import metrics
+            tags = ("scenario",)
+            self._ops = metrics.Counter("lodestore_sim_ops", "Simulated player operations", tag_keys=tags + ("op",))
+            self._errors = metrics.Counter("lodestore_sim_errors", "Failed operations by error", tag_keys=tags
+                                           + ("code",))
+            self._players = metrics.Gauge("lodestore_sim_players_online", "Players online", tag_keys=tags)
+            self._servers = metrics.Gauge("lodestore_sim_servers", "Game servers up", tag_keys=tags)
+            self._throttled = metrics.Gauge("lodestore_sim_throttled", "DataStore requests throttled so far",
+                                            tag_keys=tags)
+            self._tags = {"scenario": scenario_name}
+            self._ok = True
+        except Exception:
+            pass
+
+    def record(self, drain: dict, collector: Collector) -> None:
+        if not self._ok:
+            return
+        try:
+            counts: dict[str, int] = {}
+            for _, op, _, code in drain["samples"]:
+                counts[op] = counts.get(op, 0) + 1
+                if code is not None:
+                    self._errors.inc(1, {**self._tags, "code": code})
+            for op, n in counts.items():
+                self._ops.inc(n, {**self._tags, "op": op})
+            self._players.set(sum(p for _, p in collector._host_live.values()), self._tags)
+            self._servers.set(sum(s for s, _ in collector._host_live.values()), self._tags)
+            self._throttled.set(sum(collector._throttled.values()), self._tags)
+        except Exception:
+            self._ok = False
+
+
+class _Router:
+    """Which host runs which server, and the plan's events cut into per-host batches."""
+
+    def __init__(self, hosts: int) -> None:
+        self.hosts = hosts
+        self.placement: dict[str, int] = {}
+        self._next = 0
+        self.teleports = 0
+
+    def route(self, events: list[Planned]) -> tuple[dict[int, list[Planned]], dict[str, int]]:
+        batches: dict[int, list[Planned]] = {}
+        new: dict[str, int] = {}
+        for ev in events:
+            if ev.kind == "start":
+                self.placement[ev.server] = new[ev.server] = self._next % self.hosts
+                self._next += 1
+            if ev.kind == "teleport":  # leave on the old server, join on the new one, at the same moment
+                self.teleports += 1
+                parts = [Planned(ev.t, "leave", ev.server, ev.player),
+                         Planned(ev.t, "join", ev.target_server, ev.player)]
+            else:
+                parts = [ev]
+            for part in parts:
+                batches.setdefault(self.placement[part.server], []).append(part)
+        return batches, new
+
+
+def _scenario_summary(scenario: Scenario) -> dict:
+    data = dataclasses.asdict(scenario)
+    data.update(name=scenario.world.name, seed=scenario.world.seed, duration_s=scenario.world.duration,
+                time_scale=scenario.world.time_scale)
+    return json.loads(json.dumps(data, default=str))
+
+
+def _default_out(scenario: Scenario) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("lodestore-runs") / f"{stamp}-{scenario.world.name}"
+
+
+def _world_path(scenario: Scenario, out: Path | None) -> str | None:
+    if scenario.world.backend != "sqlite":
+        return None
+    if scenario.world.path is not None:
+        path = Path(scenario.world.path)
+        if not path.is_absolute() and scenario.source not in ("<string>", ""):
+            path = Path(scenario.source).parent / path
+    else:
+        path = (out if out is not None else Path("lodestore-data")) / "world.db"
+    if path.exists():
+        raise ConfigError(f"{scenario.source}: world.path: {path} exists; a simulation needs a fresh world file "
+                          f"(delete it, or choose another path)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResult:
+    """Run `scenario` and return its report; write the report files into `options.out` (when `write_files`)."""
+    out = None
+    if options.write_files:
+        out = options.out if options.out is not None else _default_out(scenario)
+        out.mkdir(parents=True, exist_ok=True)
+    stream = options.stream or sys.stdout
+    path = _world_path(scenario, out if options.write_files else None)
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    runner = _InProcess if options.engine == "in-process" else _OnRay
+    engine = runner(scenario, options, path, stream)
+    wall0 = time.monotonic()
+    engine.run()
+    wall = time.monotonic() - wall0
+    collector = engine.collector
+    simulated_s = min(engine.sim_time_s, scenario.world.duration)
+    checks = collector.checks(engine.initial, engine.final, engine.hot_finals)
+    player_hours = engine.player_ms / 3_600_000
+    run = {"started_at": started_at, "engine": options.engine, "wall_s": round(wall, 3),
+           "simulated_s": round(simulated_s, 3), "stopped_early": engine.interrupted,
+           "player_hours": round(player_hours, 3),
+           "player_hours_per_s": round(player_hours / wall, 3) if wall > 0 else 0.0,
+           "hosts": engine.host_count, "world_path": path, "events_planned": engine.planned,
+           "wall_s_playing": round(engine.play_wall_s, 3)}
+    report = collector.report(scenario=_scenario_summary(scenario), run=run, checks=checks)
+    report["totals"]["players"]["teleports"] = engine.router.teleports
+    files: dict = {}
+    if out is not None:
+        files = write_report(report, out)
+        history_path = out / "history.json"
+        history_path.write_text(json.dumps(collector.history.to_json()))
+        files["history"] = history_path
+    stream.write(summary_table(report) + "\n")
+    if out is not None:
+        stream.write(f"report: {files['html']}\n")
+    stream.flush()
+    return RunResult(report, checks, collector.history, out, files)
+
+
+class _Engine:
+    """What both engines share: the planner, the router, the collector, and the end-of-run reads."""
+
+    def __init__(self, scenario: Scenario, options: RunOptions, path: str | None, stream: TextIO) -> None:
+        self.scenario = scenario
+        self.options = options
+        self.path = path
+        self.planner = Planner(scenario)
+        world = scenario.world
+        self.host_count = options.hosts or max(1, min(2, scenario.servers.count))
+        self.router = _Router(self.host_count)
+        bucket = max(scenario.servers.step, world.duration / 60)
+        self.collector = Collector(world.duration, bucket, world.time_scale)
+        self.display = _Display(stream, options.progress, world.duration)
+        self.interrupted = False
+        self.sim_time_s = 0.0
+        self.player_ms = 0.0
+        self.planned = 0
+        self.play_wall_s = 0.0
+        self.initial: dict = {}
+        self.final: dict = {}
+        self.hot_finals: dict = {}
+        self._online_at = (0, 0)   # (t_ms, players online in the plan) for player-time accounting
+
+    @property
+    def world_name(self) -> str:
+        return f"sim-{self.scenario.world.name}-{os.getpid()}-{int(time.time() * 1000) % 1_000_000}"
+
+    def plan_until(self, t_ms: int) -> dict[int, list[Planned]]:
+        events = self.planner.until(t_ms)
+        self.planned += len(events)
+        batches, new = self.router.route(events)
+        self._new_placement = new
+        return batches
+
+    def account(self, t_ms: int) -> None:
+        """Player time: the plan's online count integrated over simulated time (up to `t_ms`)."""
+        last_t, online = self._online_at
+        if t_ms > last_t:
+            self.player_ms += online * (t_ms - last_t)
+            self._online_at = (t_ms, self.planner.online)
+
+    def finish_data(self, final: dict, hot: dict) -> None:
+        template = store_config(self.scenario).template
+        keys_in_ops = {k for e in self.collector.history.op_events() for k in e.keys}
+        self.final = {k: v for k, v in final.items() if v is not None or k in keys_in_ops}
+        self.final = {k: ({} if v is None else v) for k, v in self.final.items()}
+        self.initial = {k: json.loads(json.dumps(template)) for k in self.final}
+        self.hot_finals = hot
+
+    def population(self) -> list[str]:
+        return [player_key(i) for i in range(self.scenario.players.population)]
+
+
+class _InProcess(_Engine):
+    """One event loop, a manual clock, every host in this process: deterministic."""
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        from coordinator import Coordinator
+        from actors import Scheduler
+        sc = self.scenario
+        budget = None if sc.world.budget == "none" else sc.world.budget
+        clock = ManualClock()
+        world = World.in_process(self.world_name, backend=sc.world.backend, path=self.path, clock=clock,
+                                 shards=sc.world.shards, budget=budget)
+        scheduler = Scheduler(clock)
+        coordinator = Coordinator(world)
+
+        async def run_tx(req: Any) -> Any:
+            try:
+                return await coordinator.run(req)
+            except Exception as exc:
+                return exc
+
+        t0 = clock.now()
+        hosts: list[SimHost] = []
+        for i in range(self.host_count):
+            hosts.append(SimHost(world, sc, i, t0, scheduler=scheduler, run_tx=run_tx, peer=lambda j: hosts[j],
+                                 host_of=lambda sid: self.router.placement[sid], in_process=True))
+        step_ms = int(sc.servers.step * 1000)
+        end_ms = int(sc.world.duration * 1000)
+        boundaries = [int(b * 1000) for b in _fault_boundaries(sc)] + [0]
+        wall0 = time.monotonic()
+        try:
+            t = 0
+            while t < end_ms:
+                if t in boundaries or t == 0:
+                    world.set_faults(fault_config_at(sc, t / 1000, t0))
+                nxt = min(end_ms, t + step_ms)
+                for index, batch in self.plan_until(nxt).items():
+                    hosts[index].apply(batch)
+                await scheduler.advance((nxt - t) / 1000)
+                self.account(nxt)
+                t = nxt
+                self.sim_time_s = t / 1000
+                for i, host in enumerate(hosts):
+                    self.collector.add(i, host.drain())
+                self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0)
+        except KeyboardInterrupt:
+            self.interrupted = True
+        self.play_wall_s = time.monotonic() - wall0
+        world.set_faults(FaultConfig())
+
+        async def driven(*coros: Any) -> list:
+            """Await `coros` while moving the manual clock (their retries and waits need time to pass)."""
+            tasks = [asyncio.ensure_future(c) for c in coros]
+            while not all(t.done() for t in tasks):
+                await scheduler.advance(1.0)
+            return [t.result() for t in tasks]
+
+        for i, drain in enumerate(await driven(*(h.finish() for h in hosts))):
+            self.collector.add(i, drain)
+        await driven(coordinator.recover())
+        self.collector.close_locks()
+        final, hot = await driven(hosts[0].peek(self.population()), hosts[0].read_hot(list(self.planner.hot_keys)))
+        self.finish_data(final, hot)
+        self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0, final=True)
+        world.shutdown()
+
+
+class _OnRay(_Engine):
+    """Storage, coordinator and hosts as Ray actors; the clock runs at `time_scale`."""
+
+    def run(self) -> None:
+        import ray
+        sc = self.scenario
+        started_ray = not ray.is_initialized()
+        budget = None if sc.world.budget == "none" else sc.world.budget
+        world = World.start(self.world_name, backend=sc.world.backend, path=self.path,
+                            time_scale=sc.world.time_scale, shards=sc.world.shards, budget=budget,
+                            address=self.options.address)
+        metrics = _Metrics(sc.world.name)
+        try:
+            self._play(world, metrics)
+        finally:
+            world.shutdown()
+            if started_ray and self.options.address is None:
+                ray.shutdown()
+
+    def _play(self, world: World, metrics: _Metrics) -> None:
+        import ray
+        sc = self.scenario
+        lead_ms = int(1.0 * sc.world.time_scale * 1000)   # a wall second for the hosts to take the first events
+        from coordinator._actor import coordinator_handle
+        ray.get(coordinator_handle(world).recover.remote())   # the coordinator is up before any host needs it
+        hosts = [SimHostActor.options(num_cpus=0, max_concurrency=100_000, max_restarts=0).remote(
+            world, sc, i, 0) for i in range(self.host_count)]
+        ray.get([h.__ray_ready__.remote() for h in hosts])
+        t0 = world.now() + lead_ms
+        ray.get([h.setup.remote(hosts, t0) for h in hosts])
+        end_ms = int(sc.world.duration * 1000)
+        tick_ms = int(self.options.tick_s * sc.world.time_scale * 1000)
+        boundaries = _fault_boundaries(sc)
+        world.set_faults(fault_config_at(sc, 0, t0))
+        wall0 = time.monotonic()
+        last_drain = 0.0
+        try:
+            while True:
+                now = world.now() - t0
+                if now >= end_ms:
+                    break
+                while boundaries and boundaries[0] * 1000 <= now:
+                    world.set_faults(fault_config_at(sc, boundaries.pop(0), t0))
+                horizon = min(end_ms, max(now, 0) + 2 * tick_ms)
+                batches = self.plan_until(horizon)
+                new = self._new_placement
+                refs = [hosts[i].apply.remote(batch, new) for i, batch in batches.items()]
+                if new:
+                    refs += [h.apply.remote([], new) for i, h in enumerate(hosts) if i not in batches]
+                ray.get(refs)
+                self.account(max(0, min(now, end_ms)))
+                self.sim_time_s = max(0.0, now / 1000)
+                wall = time.monotonic() - wall0
+                if wall - last_drain >= _DRAIN_EVERY_S:
+                    last_drain = wall
+                    for i, drain in enumerate(ray.get([h.drain.remote() for h in hosts])):
+                        self.collector.add(i, drain)
+                        metrics.record(drain, self.collector)
+                    self.display.update(self.sim_time_s, self.collector, wall)
+                time.sleep(max(0.0, self.options.tick_s - (time.monotonic() - wall0 - wall)))
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.display.stream.write("\nstopping: BindToClose on every server, then the checks (Ctrl-C again to "
+                                      "abandon)\n")
+        self.account(min(world.now() - t0, end_ms))
+        self.sim_time_s = max(0.0, (world.now() - t0) / 1000)
+        self.play_wall_s = time.monotonic() - wall0
+        world.set_faults(FaultConfig())
+        for i, drain in enumerate(ray.get([h.finish.remote() for h in hosts])):
+            self.collector.add(i, drain)
+            metrics.record(drain, self.collector)
+        ray.get(coordinator_handle(world).recover.remote())
+        self.collector.close_locks()
+        keys = self.population()
+        parts = [keys[i::len(hosts)] for i in range(len(hosts))]
+        final: dict = {}
+        for part in ray.get([h.peek.remote(p) for h, p in zip(hosts, parts)]):
+            final.update(part)
+        hot = ray.get(hosts[0].read_hot.remote(list(self.planner.hot_keys)))
+        self.finish_data(final, hot)
+        self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0, final=True)
+        for h in hosts:
+            ray.kill(h)
+
