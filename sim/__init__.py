@@ -1,10 +1,14 @@
-"""sim: simulated game servers, contention scenarios, invariant checkers and reports (in progress).
+"""sim: simulated game servers, contention scenarios, invariant checkers and reports (`lodestore simulate`).
 
-Today it holds the scenario model of `lodestore simulate SCENARIO.toml` (`load_scenario(path)` and
-`parse_scenario(text)` validate a TOML file into frozen dataclasses, refusing every bad field with a
-`storage.ConfigError` that names it by its dotted path), and the recorded history of a run with its invariant
-checkers (`History`, `run_checks`: currency conserved, acknowledged writes present, one lock holder at a time, no
-item duplicated). The runner and the reports come next.
+    >>> from sim import load_scenario, simulate, RunOptions
+    >>> result = simulate(load_scenario("examples/scenarios/quickstart.toml"), RunOptions(out=Path("run")))
+    >>> result.ok, result.report["run"]["player_hours_per_s"]
+
+`load_scenario` / `parse_scenario` validate a TOML scenario (every bad field is named by its dotted path).
+`Planner` turns it into a seeded event stream; `simulate` plays it on simulated game servers (Ray actors, or all in
+this process with a manual clock), records the history of every operation and lock, runs the checkers (currency
+conserved, acknowledged writes present, one lock holder at a time, no item duplicated, hot counters exact) and
+writes report.json, report.html and plots (`write_report`, `summary_table`). `sim._inspect` is `lodestore inspect`.
 
 Everything public is exported here; the `_`-prefixed modules are private.
 """
@@ -14,8 +18,13 @@ from sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, Lat
 
 from sim._checkers import (CheckResult, History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation,
                            check_no_duplicate_items, check_single_holder, run_checks)
+from sim._collect import check_hot_counters
+from sim._report import summary_table, write_report
+from sim._runner import RunOptions, RunResult, simulate
+from sim._workload import Planned, Planner
 
-__all__ = ["History", "LockEvent", "OpEvent", "CheckResult", "run_checks", "check_conservation",
-           "check_acknowledged_writes", "check_single_holder", "check_no_duplicate_items",
+__all__ = ["simulate", "RunOptions", "RunResult", "Planner", "Planned", "write_report", "summary_table",
+           "History", "LockEvent", "OpEvent", "CheckResult", "run_checks", "check_conservation",
+           "check_acknowledged_writes", "check_single_holder", "check_no_duplicate_items", "check_hot_counters",
            "load_scenario", "parse_scenario", "Scenario", "WorldSection", "Servers", "Players", "ActionRates",
            "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "REQUEST_TYPES"]
