@@ -562,13 +562,13 @@ class Session:
             self.unload_requested = True
             await asyncio.shield(self.loaded)
         if self.state in _ENDED:
-            return
+            return self._check_not_lost()
         if self.state is SessionState.CLOSING:
             await asyncio.shield(self.closed)
-            return
+            return self._check_not_lost()
         async with self.mailbox:
             if self.state in _ENDED:
-                return
+                return self._check_not_lost()
             self.state = SessionState.CLOSING
             _cancel(self._autosave_timer)
             try:
@@ -581,6 +581,12 @@ class Session:
             await self._release_lock()
             self.rt.counters.unloads += 1
             self._end(SessionState.CLOSED)
+
+    def _check_not_lost(self) -> None:
+        """An unload that finds its session ended by a lost lock must not pass for a final save."""
+        if self.state is SessionState.LOCK_LOST:
+            raise LockLostError(f"Lock lost: key {self.key!r} of store {self.rt.config.name!r} lost its lock before "
+                                f"its final save; changes since its last save are gone")
 
     async def _release_lock(self) -> None:
         if not self._holds_lock:

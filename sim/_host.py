@@ -136,10 +136,11 @@ def _bump_hot(value: Any, _info: Any = None) -> Any:
 
 @dataclass
 class _Op:
-    """An action that happened in memory and waits for a save to become durable."""
+    """An action on its way: running, or done in memory and waiting for a save to become durable."""
 
     ev: Planned
     outcome: str | None = None
+    durable_later: bool = False     # in a session's pending list: that session's end decides
 
 
 @dataclass
@@ -188,7 +189,8 @@ class SimHost:
         self._locks: list[tuple] = []
         self._samples: list[tuple] = []            # (t_ms, op, latency_ms, error code or None)
         self._events: list[tuple] = []             # (t_ms, what, server): server lifecycle, loads, throttling
-        self._inflight: set[asyncio.Task] = set()
+        self._inflight: dict[str, set[asyncio.Task]] = {}   # server -> its running events
+        self._open: dict[str, _Op] = {}                      # actions without an outcome yet
         self._counted: dict[str, StoreCounters] = {}
         self._throttled: dict[str, int] = {}
         self.stopped = False
@@ -207,11 +209,21 @@ class SimHost:
         if self.stopped:
             return
         task = self.scheduler.spawn(self._run(ev))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        running = self._inflight.setdefault(ev.server, set())
+        running.add(task)
+        task.add_done_callback(running.discard)
 
     async def _run(self, ev: Planned) -> None:
-        await getattr(self, f"_ev_{ev.kind}")(ev)
+        try:
+            await getattr(self, f"_ev_{ev.kind}")(ev)
+        except asyncio.CancelledError:
+            op = self._open.get(ev.op_id) if ev.op_id is not None else None
+            if op is not None and not op.durable_later:
+                self._resolve(op, "unknown", "ServerGone")
+
+    def _op(self, ev: Planned) -> _Op:
+        op = self._open[ev.op_id] = _Op(ev)
+        return op
 
     # ------------------------------------------------------------------------------------ server lifecycle
 
@@ -258,10 +270,17 @@ class SimHost:
             server.host.stall_locks(ev.amount / 1000)
 
     def _drop(self, server: _Server, t: int, why: str) -> None:
+        """The server dies: its sessions end unsaved, the game code it was running stops mid-call."""
         server.host.crash()
         for presence in server.players.values():
             self._end_presence(presence, "lost")
         server.players.clear()
+        me = asyncio.current_task()
+        for task in list(self._inflight.get(server.sid, ())):
+            if task is not me:
+                task.cancel()
+        for op in [op for op in self._open.values() if op.ev.server == server.sid]:
+            self._resolve(op, "unknown", "ServerGone")
         self._retire(server)
 
     def _retire(self, server: _Server) -> None:
@@ -324,13 +343,14 @@ class SimHost:
             return
         started = time.perf_counter()
         try:
-            await server.host.call(Request("unload", self.config.name, key))
+            unloaded = await server.host.call(Request("unload", self.config.name, key))
         except Exception as exc:
             self._sample(t, "unload", started, exc)
             ended = "lost"
         else:
             self._sample(t, "unload", started, None)
-            ended = "saved"
+            # False: the session had already ended by itself (its lock was lost), so nothing was saved now
+            ended = "saved" if unloaded else "lost"
         if server.players.get(key) is presence:
             del server.players[key]
             self._sync_players(server)
@@ -366,7 +386,7 @@ class SimHost:
         server = self.servers.get(ev.server)
         presence = server.players.get(ev.player) if server is not None else None
         if presence is None or not await presence.loaded or presence.ended is not None:
-            self._resolve(_Op(ev), "failed", "NotLoaded")
+            self._resolve(self._op(ev), "failed", "NotLoaded")
             return None
         return server, presence
 
@@ -395,7 +415,7 @@ class SimHost:
         if found is None:
             return None
         server, presence = found
-        op = _Op(ev)
+        op = self._op(ev)
         started = time.perf_counter()
         try:
             changed = await server.host.call(Request("update", self.config.name, ev.player, (fn,)))
@@ -410,6 +430,7 @@ class SimHost:
         if presence.ended is not None:   # the session ended while the update ran: FIFO put it in the final save
             self._resolve(op, "ok" if presence.ended == "saved" else "unknown")
         else:
+            op.durable_later = True
             presence.pending.append(op)
         return op
 
@@ -417,6 +438,7 @@ class SimHost:
         found = await self._present(ev)
         if found is None:
             return
+        op = self._op(ev)
         peers = {ev.player: self._peer(self.index), ev.target: self._peer(self._host_of(ev.target_server))}
         req = TxRequest(self.config.name, (ev.player, ev.target), Trade(ev.player, ev.target, ev.amount, ev.op_id),
                         False, None, peers, self.config.tx_timeout)
@@ -428,17 +450,18 @@ class SimHost:
         error = result if isinstance(result, BaseException) else None
         self._sample(ev.t, "trade", started, error)
         if error is None:
-            self._resolve(_Op(ev), "ok" if result else "failed", None if result else "Refused", tx="committed"
+            self._resolve(op, "ok" if result else "failed", None if result else "Refused", tx="committed"
                           if result else "aborted")
         elif isinstance(error, TxUnknownError):
-            self._resolve(_Op(ev), "unknown", error_code(error), tx="unknown")
+            self._resolve(op, "unknown", error_code(error), tx="unknown")
         else:
-            self._resolve(_Op(ev), "failed", error_code(error), tx="aborted")
+            self._resolve(op, "failed", error_code(error), tx="aborted")
 
     async def _ev_hot(self, ev: Planned) -> None:
         server = self.servers.get(ev.server)
+        op = self._op(ev)
         if server is None or ev.target is None:
-            self._resolve(_Op(ev), "failed", "NotLoaded")
+            self._resolve(op, "failed", "NotLoaded")
             return
         started = time.perf_counter()
         try:
@@ -446,14 +469,14 @@ class SimHost:
         except DataStoreError as exc:
             self._sample(ev.t, "hot", started, exc)
             # a refusal before sending (throttle queue full, a bad request) never lands; a server error may have
-            self._resolve(_Op(ev), "unknown" if exc.code >= 500 else "failed", error_code(exc))
+            self._resolve(op, "unknown" if exc.code >= 500 else "failed", error_code(exc))
             return
         except Exception as exc:
             self._sample(ev.t, "hot", started, exc)
-            self._resolve(_Op(ev), "unknown", error_code(exc))
+            self._resolve(op, "unknown", error_code(exc))
             return
         self._sample(ev.t, "hot", started, None)
-        self._resolve(_Op(ev), "ok")
+        self._resolve(op, "ok")
 
     # -------------------------------------------------------------------------------------------- recording
 
@@ -461,6 +484,7 @@ class SimHost:
         if op.outcome is not None:
             return
         op.outcome = outcome
+        self._open.pop(op.ev.op_id, None)
         ev = op.ev
         self._ops.append((ev.t, ev.player, ev.server, ev.op_id, ev.kind, outcome, ev.amount, ev.item, ev.target,
                           why, tx))
@@ -503,12 +527,26 @@ class SimHost:
         return out
 
     async def finish(self) -> dict:
-        """End of the run: no new events; wait for what is running, then BindToClose on every server still up."""
+        """End of the run: no new events; let what is running end (a lock wait at most), then BindToClose on every
+        server still up. An action that still has no outcome is unknown."""
         self.stopped = True
-        if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=None)
-        for sid in list(self.servers):
-            await self._ev_stop(Planned(self.now_rel(), "stop", sid))
+        running = [t for tasks in self._inflight.values() for t in tasks]
+        if running:
+            st = self.scenario.store
+            limit = self.scheduler.spawn(self.scheduler.sleep(st.lock_ttl + st.lock_refresh + 5))
+            await asyncio.wait(running + [limit], return_when=asyncio.FIRST_COMPLETED)
+            while not limit.done() and any(not t.done() for t in running):
+                await asyncio.wait([t for t in running if not t.done()] + [limit],
+                                   return_when=asyncio.FIRST_COMPLETED)
+            limit.cancel()
+            for task in running:
+                task.cancel()
+            await asyncio.sleep(0)
+        for server in [s for s in self.servers.values() if s.closing]:  # a BindToClose cut short by the end
+            self._drop(server, self.now_rel(), "crash")
+        await asyncio.gather(*(self._ev_stop(Planned(self.now_rel(), "stop", sid)) for sid in list(self.servers)))
+        for op in list(self._open.values()):
+            self._resolve(op, "unknown", "RunEnded")
         return self.drain()
 
     async def peek(self, keys: list[str]) -> dict:

@@ -595,3 +595,57 @@ def test_a_load_that_retries_longer_than_the_lock_ttl_keeps_its_lock():
         await a("update", "u1", lambda d: d.update(coins=1) or True)
         assert await a("save", "u1") is True
     run(main())
+
+
+# ------------------------------------------------------------------ lock observer, stalls, unload after a loss
+
+def test_an_unload_waiting_while_the_lock_is_lost_raises_instead_of_passing_for_a_final_save():
+    # found by the simulator: an unload queued behind a transaction returned normally after the session lost its
+    # lock, so the caller counted unsaved changes as saved
+    async def main():
+        rig = Rig()
+        a = rig.host("a")
+        await a("load", "u1")
+        await a("update", "u1", lambda d: d.update(coins=7) or True)
+        session = a.runtime().sessions["u1"]
+        session._refresh_timer.cancel()
+        await session.mailbox.acquire()                  # something holds the key (a transaction, say) ...
+        unloading = asyncio.create_task(a("unload", "u1"))
+        await rig.advance(91)                            # ... while the lock runs out
+        session.mailbox.release()
+        with pytest.raises(LockLostError, match="before its final save"):
+            await until_done(rig, unloading)
+        assert rig.record("u1")["file"]["data"]["committed_data"]["coins"] == 0   # indeed never saved
+    run(main())
+
+
+def test_lock_callback_reports_each_hold_and_stall_locks_freezes_upkeep_until_the_lock_is_lost():
+    async def main():
+        rig = Rig()
+        seen = []
+        a = rig.host("a", lock_ttl=30, lock_refresh=10,
+                     lock_callback=lambda kind, key, session, at, until: seen.append((kind, key, at, until)))
+        start = rig.clock.now()
+        await a("load", "u1")
+        await a("load", "u2")
+        await rig.advance(25)
+        kinds = [(k, key) for k, key, _, _ in seen]
+        assert kinds[:2] == [("acquired", "u1"), ("acquired", "u2")]
+        assert ("refreshed", "u1") in kinds
+        assert all(until - at == 30_000 for k, _, at, until in seen if k == "acquired")
+        await a("unload", "u2")
+        assert seen[-1][:2] == ("released", "u2")
+        last_refresh = max(at for k, key, at, _ in seen if k == "refreshed" and key == "u1")
+        a.host.stall_locks(60)                           # no refresh, no deadline check, for a minute
+        refreshes = len([s for s in seen if s[0] == "refreshed"])
+        await rig.advance(50)
+        assert len([s for s in seen if s[0] == "refreshed"]) == refreshes
+        assert (await a("get", "u1")) is not None       # the game goes on meanwhile
+        await rig.advance(15)                            # the stall ends: the lock ran out during it
+        kind, key, at, until = seen[-1]
+        assert (kind, key) == ("lost", "u1")
+        assert at == until == last_refresh + 30_000      # reported when the hold really ended, not when noticed
+        assert at - start < 85_000
+        with pytest.raises(KeyNotLoadedError):
+            await a("get", "u1")
+    run(main())
