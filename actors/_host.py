@@ -22,9 +22,13 @@ from actors._session import Session, SessionState, StoreCounters, StoreRuntime
 from storage import ConfigError, LodestoreError, Server, emergency
 from storage._values import check_key, check_user_ids
 
-__all__ = ["KeyHost", "Request", "StoreStatistics"]
+__all__ = ["KeyHost", "Request", "StoreStatistics", "ABSENT"]
 
 _SESSION_OPS = frozenset({"get", "update", "update_immutable", "save"})
+
+ABSENT = "absent"
+"""What `tx_finish` answers for a key with no session here (it ended: crashed, lock lost): its record may still carry
+the transaction, and only the coordinator can clean it."""
 
 
 @dataclass(frozen=True)
@@ -198,10 +202,12 @@ class KeyHost:
     async def tx_finish(self, tx_id: str, store: str, outcomes: dict) -> dict:
         rt = self.stores.get(store)
 
-        async def finish(key: str) -> None:
+        async def finish(key: str) -> str | None:
             session = rt.sessions.get(key) if rt is not None else None
-            if session is not None:
-                await session.tx_finish(tx_id, *outcomes[key])
+            if session is None:
+                return ABSENT   # nobody here can clean this key's record: the coordinator must
+            await session.tx_finish(tx_id, *outcomes[key])
+            return None
 
         return await _per_key(list(outcomes), finish)
 

@@ -28,6 +28,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from actors import _records as rec
+from actors._host import ABSENT
 from actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
 from coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
 from storage import DataStoreError, Server, TransformError
@@ -289,11 +290,16 @@ class Coordinator:
             return True
         replies = await release({})
         self.stats.aborted += 1
-        if marker is not None and not any(isinstance(r, BaseException) for r in replies.values()):
+        if isinstance(marker, dict) and not any(isinstance(r, BaseException) for r in replies.values()):
             try:
+                # A key whose session is gone (its server crashed, its lock ran out) may still hold this
+                # transaction in its record; clean it here, or "marker gone" would read as committed.
+                records = self.server.datastores.get_data_store(f"lodestore/records/{marker['store']}")
+                for key in [k for k, r in replies.items() if r == ABSENT]:
+                    await _retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
                 await _retrying(lambda: self.markers.aio.remove(tx_id))
             except DataStoreError:
-                pass  # recovery removes it once the records are clean
+                pass  # recovery cleans the records and removes the marker
         raise TxAbortedError(f"Transaction aborted: {reason}")
 
     # ------------------------------------------------------------------------------------------- recovery

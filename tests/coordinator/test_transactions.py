@@ -422,3 +422,33 @@ def test_bank_transfers_with_crashes_and_faults_never_create_or_destroy_money(op
         assert in_memory == await stored_balances()
 
     run(main())
+
+
+def test_an_abort_cleans_the_record_of_a_participant_whose_session_is_gone_before_removing_the_marker():
+    """Found by the simulator (a trade reported aborted, yet applied on one side: an item duplicated). Ann's server
+    died after ann's phase-one write; the coordinator aborted and removed the marker, trusting the participants to
+    have cleaned their records, but nobody was left to clean ann's, and "marker gone" reads as committed."""
+    async def main():
+        rig = Rig()
+        a = await rig.loaded_host("a", keys=("ann",))
+        b = await rig.loaded_host("b", keys=("bob",))
+        hosts = {"ann": a, "bob": b}
+        before = {k: await hosts[k].stores["bank"].sessions[k].tx_prepare("T1", 30) for k in hosts}
+        after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
+        rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
+        from actors import _records as rec
+        for key, host in hosts.items():
+            await host.stores["bank"].sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+        a.crash()                                              # ann's session is gone, its record holds T1
+
+        async def release(outcomes):
+            replies = {}
+            for key, host in hosts.items():
+                replies.update(await host.tx_finish("T1", "bank", {key: outcomes.get(key, ("abort",))}))
+            return replies
+
+        with pytest.raises(TxAbortedError):
+            await rig.coordinator()._abort("T1", release, "bob's side failed")
+        assert rig.markers_left() == []
+        assert ((await rig.stored("ann"))["coins"], (await rig.stored("bob"))["coins"]) == (100, 100)
+    run(main())
