@@ -132,7 +132,9 @@ class Coordinator:
 
     def __init__(self, world: Any, hook: Callable[[Step, str], None] | None = None,
                  job_id: str = "lodestore-coordinator") -> None:
-        self.server = Server(world, job_id)
+        # Infrastructure, not a game server: its requests are bounded by the participants' (each transaction costs
+        # about three marker requests), so it spends no game server's budget and waits in no throttle queue.
+        self.server = Server(world, job_id, budgeted=False)
         self.markers = self.server.datastores.get_data_store(TX_STORE)
         self.hook = hook
         self.stats = CoordinatorStatistics()
