@@ -68,6 +68,7 @@ class Collector:
         self.hot_unknown: Counter = Counter()
         self._counters: dict[int, dict[str, int]] = {}
         self._throttled: dict[str, int] = {}
+        self._logs: dict[int, dict[str, int]] = {}
         self._host_live: dict[int, tuple[int, int]] = {}
         self.peak_servers = 0
         self.peak_players = 0
@@ -122,6 +123,7 @@ class Collector:
             delta = drain["counters"].get(name, 0) - previous.get(name, 0)
             self.s_locks[series][now_b] += max(0, delta)
         self._counters[host] = dict(drain["counters"])
+        self._logs[host] = dict(drain.get("log", {}))
         throttled_before = sum(self._throttled.values())
         self._throttled.update(drain["throttled"])
         self.s_throttled[now_b] += max(0, sum(self._throttled.values()) - throttled_before)
@@ -194,6 +196,7 @@ class Collector:
                             "load_failures": events["load_failed"]},
                 "saves": counters["saves"], "saves_skipped": counters["saves_skipped"],
                 "refreshes": counters["refreshes"],
+                "store_warnings": dict(sum((Counter(v) for v in self._logs.values()), Counter()).most_common()),
             },
             "latency_ms": {op: percentiles(values) for op, values in sorted(self.latency.items())},
             "series": {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -36,6 +37,8 @@ from sim._workload import Planned
 from storage import DataStoreError, LodestoreError, MemoryStoreError, emergency
 
 __all__ = ["SimHost", "SimHostActor", "Trade", "store_config", "HOT_STORE", "error_code"]
+
+_IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'")
 
 HOT_STORE = "lodestore-sim/hot"
 """The DataStore the hot keys (guilds, global counters) live in, written with plain UpdateAsync."""
@@ -181,7 +184,8 @@ class SimHost:
         self._peer = peer
         self._host_of = host_of
         self._in_process = in_process
-        self.config = store_config(scenario)
+        self.config = store_config(scenario, log_callback=self._on_log)
+        self._log_counts: dict[str, int] = {}
         self.servers: dict[str, _Server] = {}
         self._gone: dict[str, KeyHost] = {}        # ended servers, kept for their final counters
         self._lock_owner: dict[str, str] = {}      # lock (session) id -> server id
@@ -492,6 +496,12 @@ class SimHost:
     def _sample(self, t: int, op: str, started: float, exc: BaseException | None) -> None:
         self._samples.append((t, op, (time.perf_counter() - started) * 1000, None if exc is None else error_code(exc)))
 
+    def _on_log(self, message: Any) -> None:
+        """Count the store's warnings and errors by their gist (the text before any detail in brackets)."""
+        if message.level in ("warn", "error"):
+            gist = f"{message.level}: " + _IDS.sub("<id>", message.message.split(" (")[0])[:100]
+            self._log_counts[gist] = self._log_counts.get(gist, 0) + 1
+
     def _on_lock(self, server: str, kind: str, key: str, session: str, at: int, until: int) -> None:
         self._locks.append((at - self.t0, key, session, kind, until - self.t0, server))
 
@@ -518,6 +528,7 @@ class SimHost:
             stats = server.host.server.datastores._gate.statistics()
             tokens.append(sum(stats.tokens.values()))
         out["counters"] = counters
+        out["log"] = dict(self._log_counts)
         out["throttled"] = dict(self._throttled)
         out["tokens"] = tokens
         out["servers"] = len(self.servers)

@@ -319,8 +319,9 @@ class _Engine:
 
     def finish_data(self, final: dict, hot: dict) -> None:
         template = store_config(self.scenario).template
-        keys_in_ops = {k for e in self.collector.history.op_events() for k in e.keys}
-        self.final = {k: v for k, v in final.items() if v is not None or k in keys_in_ops}
+        # a key with no record never had data, unless an action on it may have happened (then it must have one)
+        acknowledged = {k for e in self.collector.history.op_events() if e.outcome != "failed" for k in e.keys}
+        self.final = {k: v for k, v in final.items() if v is not None or k in acknowledged}
         self.final = {k: ({} if v is None else v) for k, v in self.final.items()}
         self.initial = {k: json.loads(json.dumps(template)) for k in self.final}
         self.hot_finals = hot
