@@ -540,7 +540,7 @@ class Session:
         """Remove shards of files the record no longer points to, while the remove budget allows (Lyra's rule).
         The record forgets them at its next write."""
         rt = self.rt
-        for file in orphans:
+        for file in list(orphans):   # (it may be self.orphans, which shrinks as files go)
             for key in rec.shard_keys(file):
                 if rt.datastores.budgets_enforced and \
                         rt.datastores.get_request_budget(RequestType.STANDARD_REMOVE) < ORPHAN_BUDGET_FLOOR:

@@ -649,3 +649,21 @@ def test_lock_callback_reports_each_hold_and_stall_locks_freezes_upkeep_until_th
         with pytest.raises(KeyNotLoadedError):
             await a("get", "u1")
     run(main())
+
+
+def test_every_orphaned_shard_set_is_removed_not_every_other_one():
+    # found by the inspect helper: removing from the list being walked skipped every second orphaned file
+    async def main():
+        rig = Rig()
+        a = rig.host("a")
+        await a("load", "u1")
+        session = a.runtime().sessions["u1"]
+        files = [{"shard": f"old{i}", "count": 2} for i in range(4)]
+        for file in files:
+            for key in rec.shard_keys(file):
+                rig.shards.set(key, "chunk")
+        session.orphans = list(files)
+        await session._remove_orphans(session.orphans)
+        assert session.orphans == []
+        assert [rig.shards.get(k, use_cache=False)[0] for f in files for k in rec.shard_keys(f)] == [None] * 8
+    run(main())
