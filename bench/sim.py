@@ -11,6 +11,7 @@ measured in the same run, is the raw 1:1 Ray call rate; the target is 100 player
 from __future__ import annotations
 
 import dataclasses
+import io
 import tempfile
 from pathlib import Path
 
@@ -21,21 +22,11 @@ TARGET = 100.0
 SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "lyra_chaos.toml"
 
 
-class _Quiet:
-    def write(self, _text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
 
 def _one(scenario, time_scale: float) -> dict:
     scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, time_scale=time_scale))
     with tempfile.TemporaryDirectory() as tmp:
-        result = simulate(scenario, RunOptions(out=Path(tmp) / "run", progress=False, stream=_Quiet()))
+        result = simulate(scenario, RunOptions(out=Path(tmp) / "run", progress=False, stream=io.StringIO()))
     report = result.report
     run_info, totals = report["run"], report["totals"]
     load = report["latency_ms"].get("load", {})

@@ -336,9 +336,6 @@ class SimHost:
         if server is not None and not server.closing:
             await self._leave(server, ev.player, ev.t)
 
-    async def _ev_teleport(self, ev: Planned) -> None:  # the runner splits teleports; kept for the in-process path
-        await self._ev_leave(ev)
-
     async def _leave(self, server: _Server, key: str, t: int) -> None:
         presence = server.players.get(key)
         if presence is None:

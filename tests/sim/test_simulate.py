@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -96,18 +97,8 @@ def run_in_process(text: str, **changes) -> object:
     if changes:
         scenario = replace(scenario, world=replace(scenario.world, **changes))
     return simulate(scenario, RunOptions(engine="in-process", write_files=False, progress=False,
-                                         stream=_Sink()))
+                                         stream=io.StringIO()))
 
-
-class _Sink:
-    def write(self, _text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
 
 
 # ------------------------------------------------------------------------------------------- reproducibility
@@ -227,7 +218,7 @@ def test_a_run_on_ray_passes_and_writes_its_report(ray_session, tmp_path):
                               .replace('budget = "none"', 'budget = "current"'))
     scenario = replace(scenario, world=replace(scenario.world, time_scale=40))
     out = tmp_path / "run"
-    result = simulate(scenario, RunOptions(out=out, progress=False, stream=_Sink()))
+    result = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO()))
     assert result.ok, [(c.name, c.counterexample) for c in result.checks if not c.ok]
     assert result.exit_status == 0
     for name in ("report.json", "report.html", "history.json", "ops.png", "latency.png", "budget.png", "locks.png",
@@ -278,5 +269,5 @@ def test_a_world_file_that_exists_is_refused(tmp_path):
     existing.write_text("")
     scenario = parse_scenario(f'[world]\nbackend = "sqlite"\npath = "{existing}"\n')
     with pytest.raises(Exception, match="exists"):
-        simulate(scenario, RunOptions(engine="in-process", out=tmp_path / "o", stream=_Sink()))
+        simulate(scenario, RunOptions(engine="in-process", out=tmp_path / "o", stream=io.StringIO()))
     assert Path(existing).read_text() == ""
