@@ -57,7 +57,6 @@ class Collector:
         self.time_scale = time_scale
         self.buckets = max(1, math.ceil(duration_s / bucket_s))
         self._refresh: dict[tuple[str, str], LockEvent] = {}
-        self._server_of_session: dict[str, str] = {}
         self.ops = defaultdict(Counter)             # kind -> outcome -> n
         self.errors = Counter()
         self.tx = Counter()

@@ -34,7 +34,7 @@ from actors import KeyHost, Request, Scheduler, SessionState, StoreConfig, Store
 from coordinator import TxRequest, TxUnknownError
 from sim._scenario import Scenario
 from sim._workload import Planned
-from storage import DataStoreError, LodestoreError, MemoryStoreError, emergency
+from storage import DataStoreError, GateStatistics, LodestoreError, MemoryStoreError, emergency
 
 __all__ = ["SimHost", "SimHostActor", "Trade", "store_config", "HOT_STORE", "error_code"]
 
@@ -502,9 +502,10 @@ class SimHost:
     def _on_lock(self, server: str, kind: str, key: str, session: str, at: int, until: int) -> None:
         self._locks.append((at - self.t0, key, session, kind, until - self.t0, server))
 
-    def _sample_budget(self, server: _Server) -> None:
+    def _sample_budget(self, server: _Server) -> GateStatistics:
         stats = server.host.server.datastores._gate.statistics()
         self._throttled[server.sid] = stats.throttled
+        return stats
 
     # ------------------------------------------------------------------------------------------------ output
 
@@ -513,17 +514,14 @@ class SimHost:
         out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events}
         self._ops, self._locks, self._samples, self._events = [], [], [], []
         counters: dict[str, int] = {}
-        for sid, host in list(self.servers.items()) + list(self._gone.items()):
-            keyhost = host.host if isinstance(host, _Server) else host
+        for keyhost in [server.host for server in self.servers.values()] + list(self._gone.values()):
             rt = keyhost.stores.get(self.config.name)
             if rt is not None:
                 for name, value in vars(rt.counters).items():
                     counters[name] = counters.get(name, 0) + value
         tokens = []
         for server in self.servers.values():
-            self._sample_budget(server)
-            stats = server.host.server.datastores._gate.statistics()
-            tokens.append(sum(stats.tokens.values()))
+            tokens.append(sum(self._sample_budget(server).tokens.values()))
         out["counters"] = counters
         out["log"] = dict(self._log_counts)
         out["throttled"] = dict(self._throttled)
