@@ -360,13 +360,15 @@ class _InProcess(_Engine):
                                  host_of=lambda sid: self.router.placement[sid], in_process=True))
         step_ms = int(sc.servers.step * 1000)
         end_ms = int(sc.world.duration * 1000)
-        boundaries = [int(b * 1000) for b in _fault_boundaries(sc)] + [0]
+        boundaries = [0.0] + _fault_boundaries(sc)
         wall0 = time.monotonic()
         try:
             t = 0
             while t < end_ms:
-                if t in boundaries or t == 0:
+                # a window edge between two steps takes effect at the step after it (not only on a step's edge)
+                while boundaries and boundaries[0] * 1000 <= t:
                     world.set_faults(fault_config_at(sc, t / 1000, t0))
+                    boundaries.pop(0)
                 nxt = min(end_ms, t + step_ms)
                 for index, batch in self.plan_until(nxt).items():
                     hosts[index].apply(batch)

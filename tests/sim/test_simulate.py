@@ -271,3 +271,10 @@ def test_a_world_file_that_exists_is_refused(tmp_path):
     with pytest.raises(Exception, match="exists"):
         simulate(scenario, RunOptions(engine="in-process", out=tmp_path / "o", stream=io.StringIO()))
     assert Path(existing).read_text() == ""
+
+
+def test_a_fault_window_between_two_steps_still_takes_effect_in_process():
+    # step 5 s: the window's edges (302 s, 398 s) fall between steps
+    result = run_in_process(QUICK + "\n[[faults]]\nstart = 302\nend = 398\nerror_rate = { StandardWrite = 1.0 }\n")
+    assert result.ok
+    assert result.report["totals"]["store_warnings"].get("warn: record write failed", 0) > 0
