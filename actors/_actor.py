@@ -79,5 +79,7 @@ KeyActor = ray.remote(_KeyActor)
 def key_actor_options(world: Any) -> dict:
     """Ray options of a key actor: no CPU reserved (it mostly waits), never restarted, and enough concurrency for
     thousands of waiting operations (loads waiting for locks, saves waiting for budget). It is not named: its owner
-    (a `GameServer`) holds the handle, and the actor ends with that owner, as a game server's process would."""
-    return {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0, "max_concurrency": 100_000}
+    (a `GameServer`) holds the handle, and the actor ends with that owner, as a game server's process would.
+    Key actors spread over a cluster's nodes; a node's loss is a crash of the game servers it ran."""
+    return {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0, "max_concurrency": 100_000,
+            "scheduling_strategy": "SPREAD"}

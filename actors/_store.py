@@ -23,7 +23,7 @@ from actors._config import Placement, StoreConfig
 from actors._errors import KeyNotLoadedError, StoreClosedError
 from actors._host import KeyHost, Request, StoreStatistics
 from actors._scheduler import Scheduler
-from storage import ConfigError, World
+from storage import ACTOR_FAILURES, ConfigError, World
 
 __all__ = ["GameServer", "Store", "advance"]
 
@@ -123,7 +123,7 @@ class _Coalescer:
     async def _deliver(self, batch: list) -> None:
         try:
             replies = await self._send([item for item, _ in batch])
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        except ACTOR_FAILURES as exc:
             replies = [self._gone(exc)] * len(batch)
         except Exception as exc:  # a request could not travel: every caller of the batch hears it
             replies = [exc] * len(batch)
@@ -159,7 +159,7 @@ class _RayLink:
     def call(self, requests: list[Request]) -> list[Any]:
         try:
             return ray.get(self.handle.handle.remote(requests))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        except ACTOR_FAILURES as exc:
             raise _actor_gone(exc) from exc
 
     async def acall(self, requests: list[Request]) -> list[Any]:
@@ -169,7 +169,7 @@ class _RayLink:
     def open_store(self, config: StoreConfig) -> None:
         try:
             ray.get(self.handle.open_store.remote(config))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        except ACTOR_FAILURES as exc:
             raise _actor_gone(exc) from exc
 
     def shutdown(self) -> None:
@@ -390,7 +390,7 @@ class Store:
         from coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
         try:
             return _raise_or_return(ray.get(coordinator_handle(self.server.world).run.remote(req)))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        except ACTOR_FAILURES as exc:
             forget_handle(self.server.world)
             raise unknown_after_crash(exc) from exc
 

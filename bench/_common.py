@@ -10,7 +10,7 @@ import ray
 
 def ensure_ray() -> None:
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
 
 
 @ray.remote(num_cpus=0)

@@ -43,8 +43,11 @@ __all__ = [
     "run_checks",
 ]
 
-LOCK_KINDS = ("acquired", "refreshed", "released", "lost", "crashed")
-"""Kinds of `LockEvent`: a session took, renewed, gave up or lost a key's lock, or its server crashed."""
+LOCK_KINDS = ("acquired", "refreshed", "released", "lost", "crashed", "vanished")
+"""Kinds of `LockEvent`: a session took, renewed, gave up or lost a key's lock, or its server crashed; "vanished":
+the session's host was lost with its latest reports (a node went away), so the hold is known only up to its last
+report, which is when "vanished" is stamped. A hold that vanished ends there: no later event is known, and cutting
+it short can only hide an overlap, never invent one."""
 
 OP_KINDS = ("mint", "grant", "trade", "purchase")
 """Kinds of `OpEvent`: coins earned, item added, two-key transfer, coins spent (optionally for an item)."""
@@ -322,7 +325,7 @@ def _holds(events: Iterable[LockEvent]) -> list[_Hold]:
 def check_single_holder(history: History) -> CheckResult:
     """No two different sessions ever hold one key's lock over overlapping times (touching ends are fine).
 
-    A hold runs from "acquired" to "released"/"lost"; after "crashed", or with no end event, it runs to the
+    A hold runs from "acquired" to "released"/"lost"/"vanished"; after "crashed", or with no end event, it runs to the
     last "acquired"/"refreshed" time + TTL.
     """
     name = "single_holder"

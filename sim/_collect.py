@@ -57,6 +57,7 @@ class Collector:
         self.time_scale = time_scale
         self.buckets = max(1, math.ceil(duration_s / bucket_s))
         self._refresh: dict[tuple[str, str], LockEvent] = {}
+        self._holding: dict[tuple[str, str], tuple[str, int]] = {}   # open hold -> (server, last report)
         self.ops = defaultdict(Counter)             # kind -> outcome -> n
         self.errors = Counter()
         self.tx = Counter()
@@ -91,20 +92,7 @@ class Collector:
 
     def add(self, host: int, drain: dict) -> None:
         """One host's drain (see `SimHost.drain`)."""
-        for t, player, server, op_id, kind, outcome, amount, item, target, why, tx in drain["ops"]:
-            self.ops[kind][outcome] += 1
-            if why is not None and why != "Refused":
-                self.errors[why] += 1
-            if tx is not None:
-                self.tx[tx] += 1
-                self.s_tx[tx][self._bucket(t)] += 1
-            if kind == "hot":
-                (self.hot_ok if outcome == "ok" else self.hot_unknown if outcome == "unknown" else Counter())[
-                    target] += 1
-            elif kind in _HISTORY_KINDS:
-                self.history.record(OpEvent(t, player, server, op_id, kind, outcome, amount,
-                                            item if kind != "trade" else None,
-                                            target if kind == "trade" else None))
+        self.add_ops(drain["ops"])
         for at, key, session, kind, until, server in drain["locks"]:
             self._lock(at, key, session, kind, until, server)
         for t, op, latency, code in drain["samples"]:
@@ -139,22 +127,55 @@ class Collector:
             self.s_tokens_min[now_b] = float(min(tokens))
             self.s_tokens_median[now_b] = float(statistics.median(tokens))
 
+    def add_ops(self, ops: list[tuple]) -> None:
+        """Outcomes of actions, as `SimHost.drain` tuples."""
+        for t, player, server, op_id, kind, outcome, amount, item, target, why, tx in ops:
+            self.ops[kind][outcome] += 1
+            if why is not None and why != "Refused":
+                self.errors[why] += 1
+            if tx is not None:
+                self.tx[tx] += 1
+                self.s_tx[tx][self._bucket(t)] += 1
+            if kind == "hot":
+                (self.hot_ok if outcome == "ok" else self.hot_unknown if outcome == "unknown" else Counter())[
+                    target] += 1
+            elif kind in _HISTORY_KINDS:
+                self.history.record(OpEvent(t, player, server, op_id, kind, outcome, amount,
+                                            item if kind != "trade" else None,
+                                            target if kind == "trade" else None))
+
     def _lock(self, at: int, key: str, session: str, kind: str, until: int, server: str) -> None:
         slot = (key, session)
         if kind == "refreshed":
             if until > at:
                 self._refresh[slot] = LockEvent(at, key, server, session, "refreshed", until - at)
+                self._holding[slot] = (server, at)
             return
         if kind == "acquired":
             self.locks["acquired"] += 1
             self.history.record(LockEvent(at, key, server, session, "acquired", max(1, until - at)))
+            self._holding[slot] = (server, at)
             return
+        self._holding.pop(slot, None)
         last = self._refresh.pop(slot, None)
         if last is not None:
             self.history.record(last)
         if kind == "lost":
             self.locks["lost"] += 1
         self.history.record(LockEvent(at, key, server, session, kind))
+
+    def lose_host(self, host: int, servers: set[str], live: int, ops: list[tuple]) -> None:
+        """Host `host` was lost with whatever it had not reported: its servers' open holds end at their last report
+        ("vanished"), its `live` servers count as lost with their node, and its actions still without an outcome (`ops`,
+        as `SimHost.drain` tuples) are unknown."""
+        self.add_ops(ops)
+        self._host_live.pop(host, None)
+        self._host_tokens.pop(host, None)
+        for slot, (server, at) in list(self._holding.items()):
+            if server in servers:
+                self._lock(at, slot[0], slot[1], "vanished", at, server)
+        self.events["host_lost"] += 1
+        self.events["lost_with_node"] += live
 
     def close_locks(self) -> None:
         """Fold the last refresh of every hold that never ended into the history (end of the run)."""
@@ -189,7 +210,8 @@ class Collector:
                           "steals": counters["lock_steals"], "lost": self.locks["lost"]},
                 "throttled": sum(self._throttled.values()),
                 "servers": {"started": events["start"], "stopped": events["stop"], "crashed": events["crash"],
-                            "stalled": events["stall"], "peak": self.peak_servers},
+                            "stalled": events["stall"], "lost_with_node": events["lost_with_node"],
+                            "peak": self.peak_servers},
                 "players": {"joins": self.latency_count("load"), "leaves": self.latency_count("unload"),
                             "teleports": events["teleport"], "peak_online": self.peak_players,
                             "load_failures": events["load_failed"]},

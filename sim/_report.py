@@ -20,7 +20,8 @@ The report dict (the contract of report.json, ``"format": 1``) is plain JSON-com
         "tx": {"committed": int, "aborted": int, "unknown": int},
         "locks": {"acquired": int, "waits": int, "steals": int, "lost": int},
         "throttled": int,
-        "servers": {"started": int, "stopped": int, "crashed": int, "stalled": int, "peak": int},
+        "servers": {"started": int, "stopped": int, "crashed": int, "stalled": int, "lost_with_node": int,
+                    "peak": int},
         "players": {"joins": int, "leaves": int, "teleports": int, "peak_online": int, "load_failures": int},
      },
      "latency_ms": {op: {"count": int, "p50": float, "p90": float, "p99": float, "max": float}},  # op incl. load
@@ -146,7 +147,8 @@ def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("throttled calls", _fmt(totals.get("throttled"))))
     if "servers" in totals:
         servers = _section(totals, "servers")
-        rows.append(("servers", _counts(servers, ("started", "stopped", "crashed", "stalled", "peak"))))
+        rows.append(("servers", _counts(servers, ("started", "stopped", "crashed", "stalled", "lost_with_node",
+                                                  "peak"))))
     if "players" in totals:
         players = _section(totals, "players")
         rows.append(("players", _counts(players, ("joins", "leaves", "teleports", "peak_online", "load_failures"))))

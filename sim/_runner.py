@@ -36,7 +36,7 @@ from sim._host import SimHost, SimHostActor, store_config
 from sim._report import summary_table, write_report
 from sim._scenario import Scenario
 from sim._workload import Planned, Planner, player_key
-from storage import ConfigError, FaultConfig, Latency, ManualClock, Outage, World
+from storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, World
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at"]
 
@@ -182,21 +182,30 @@ class _Metrics:
 
 
 class _Router:
-    """Which host runs which server, and the plan's events cut into per-host batches."""
+    """Which host runs which server, and the plan's events cut into per-host batches. A lost host takes no new
+    servers; events for its servers are dropped (they died with it)."""
 
     def __init__(self, hosts: int) -> None:
         self.hosts = hosts
         self.placement: dict[str, int] = {}
+        self.lost: set[int] = set()
         self._next = 0
         self.teleports = 0
+
+    def _pick(self) -> int:
+        for _ in range(self.hosts):
+            index = self._next % self.hosts
+            self._next += 1
+            if index not in self.lost:
+                return index
+        raise RuntimeError("every simulator host was lost; the run cannot go on")
 
     def route(self, events: list[Planned]) -> tuple[dict[int, list[Planned]], dict[str, int]]:
         batches: dict[int, list[Planned]] = {}
         new: dict[str, int] = {}
         for ev in events:
             if ev.kind == "start":
-                self.placement[ev.server] = new[ev.server] = self._next % self.hosts
-                self._next += 1
+                self.placement[ev.server] = new[ev.server] = self._pick()
             if ev.kind == "teleport":  # leave on the old server, join on the new one, at the same moment
                 self.teleports += 1
                 parts = [Planned(ev.t, "leave", ev.server, ev.player),
@@ -204,8 +213,13 @@ class _Router:
             else:
                 parts = [ev]
             for part in parts:
-                batches.setdefault(self.placement[part.server], []).append(part)
+                index = self.placement[part.server]
+                if index not in self.lost:
+                    batches.setdefault(index, []).append(part)
         return batches, new
+
+    def servers_of(self, host: int) -> set[str]:
+        return {sid for sid, index in self.placement.items() if index == host}
 
 
 def _scenario_summary(scenario: Scenario) -> dict:
@@ -259,7 +273,8 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
            "player_hours": round(player_hours, 3),
            "player_hours_per_s": round(player_hours / wall, 3) if wall > 0 else 0.0,
            "hosts": engine.host_count, "world_path": path, "events_planned": engine.planned,
-           "wall_s_playing": round(engine.play_wall_s, 3)}
+           "wall_s_playing": round(engine.play_wall_s, 3), "host_nodes": engine.host_nodes,
+           "hosts_lost": engine.lost_hosts}
     report = collector.report(scenario=_scenario_summary(scenario), run=run, checks=checks)
     report["totals"]["players"]["teleports"] = engine.router.teleports
     files: dict = {}
@@ -298,6 +313,9 @@ class _Engine:
         self.final: dict = {}
         self.hot_finals: dict = {}
         self._online_at = (0, 0)   # (t_ms, players online in the plan) for player-time accounting
+        self._unresolved: dict[int, dict[str, Planned]] = {i: {} for i in range(self.host_count)}
+        self.lost_hosts: list[dict] = []
+        self.host_nodes: list[str] = []
 
     @property
     def world_name(self) -> str:
@@ -411,7 +429,7 @@ class _OnRay(_Engine):
         budget = None if sc.world.budget == "none" else sc.world.budget
         world = World.start(self.world_name, backend=sc.world.backend, path=self.path,
                             time_scale=sc.world.time_scale, shards=sc.world.shards, budget=budget,
-                            address=self.options.address)
+                            address=self.options.address, storage=sc.world.storage)
         metrics = _Metrics(sc.world.name)
         try:
             self._play(world, metrics)
@@ -422,12 +440,16 @@ class _OnRay(_Engine):
 
     def _play(self, world: World, metrics: _Metrics) -> None:
         import ray
+        from coordinator._actor import coordinator_handle
+        from storage._placement import pinned, spread_nodes
         sc = self.scenario
         lead_ms = int(1.0 * sc.world.time_scale * 1000)   # a wall second for the hosts to take the first events
-        from coordinator._actor import coordinator_handle
         ray.get(coordinator_handle(world).recover.remote())   # the coordinator is up before any host needs it
-        hosts = [SimHostActor.options(num_cpus=0, max_concurrency=100_000, max_restarts=0).remote(
-            world, sc, i, 0) for i in range(self.host_count)]
+        nodes = spread_nodes(self.host_count)               # round-robin over the cluster's nodes
+        self.host_nodes = nodes
+        hosts = self.hosts = [SimHostActor.options(num_cpus=0, max_concurrency=100_000, max_restarts=0,
+                                                   **pinned(nodes[i])).remote(world, sc, i, 0)
+                              for i in range(self.host_count)]
         ray.get([h.__ray_ready__.remote() for h in hosts])
         t0 = world.now() + lead_ms
         ray.get([h.setup.remote(hosts, t0) for h in hosts])
@@ -447,18 +469,17 @@ class _OnRay(_Engine):
                 horizon = min(end_ms, max(now, 0) + 2 * tick_ms)
                 batches = self.plan_until(horizon)
                 new = self._new_placement
-                refs = [hosts[i].apply.remote(batch, new) for i, batch in batches.items()]
-                if new:
-                    refs += [h.apply.remote([], new) for i, h in enumerate(hosts) if i not in batches]
-                ray.get(refs)
+                for index, batch in batches.items():
+                    self._unresolved[index].update((ev.op_id, ev) for ev in batch if ev.op_id is not None)
+                self._each_host("apply", {i: (batches.get(i, []), new) for i in self._live()
+                                          if i in batches or new})
                 self.account(max(0, min(now, end_ms)))
                 self.sim_time_s = max(0.0, now / 1000)
                 wall = time.monotonic() - wall0
                 if wall - last_drain >= _DRAIN_EVERY_S:
                     last_drain = wall
-                    for i, drain in enumerate(ray.get([h.drain.remote() for h in hosts])):
-                        self.collector.add(i, drain)
-                        metrics.record(drain, self.collector)
+                    for i, drain in self._each_host("drain", {i: () for i in self._live()}).items():
+                        self._take(i, drain, metrics)
                     self.display.update(self.sim_time_s, self.collector, wall)
                 time.sleep(max(0.0, self.options.tick_s - (time.monotonic() - wall0 - wall)))
         except KeyboardInterrupt:
@@ -469,19 +490,68 @@ class _OnRay(_Engine):
         self.sim_time_s = max(0.0, (world.now() - t0) / 1000)
         self.play_wall_s = time.monotonic() - wall0
         world.set_faults(FaultConfig())
-        for i, drain in enumerate(ray.get([h.finish.remote() for h in hosts])):
-            self.collector.add(i, drain)
-            metrics.record(drain, self.collector)
+        for i, drain in self._each_host("finish", {i: () for i in self._live()}).items():
+            self._take(i, drain, metrics)
+        for i in self._live():   # planned for after the stop (Ctrl-C): never run, recorded as unknown to be safe
+            self.collector.add_ops(self._unresolved_ops(i, "NotRun"))
         ray.get(coordinator_handle(world).recover.remote())
         self.collector.close_locks()
         keys = self.population()
-        parts = [keys[i::len(hosts)] for i in range(len(hosts))]
+        live = self._live()
+        if not live:
+            raise RuntimeError("every simulator host was lost; nothing is left to read the final data")
+        parts = {i: (keys[n::len(live)],) for n, i in enumerate(live)}
         final: dict = {}
-        for part in ray.get([h.peek.remote(p) for h, p in zip(hosts, parts)]):
+        for part in self._each_host("peek", parts, lose=False).values():
             final.update(part)
-        hot = ray.get(hosts[0].read_hot.remote(list(self.planner.hot_keys)))
+        hot = self._each_host("read_hot", {live[0]: (list(self.planner.hot_keys),)}, lose=False)[live[0]]
         self.finish_data(final, hot)
         self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0, final=True)
         for h in hosts:
             ray.kill(h)
 
+    # ----------------------------------------------------------------------------------------- lost hosts
+
+    def _live(self) -> list[int]:
+        return [i for i in range(self.host_count) if i not in self.router.lost]
+
+    def _each_host(self, method: str, args: dict[int, tuple], lose: bool = True) -> dict[int, Any]:
+        """Call `method` on each host of `args` at once; a host whose actor died (its node was lost) is lost."""
+        import ray
+        refs = {i: getattr(self.hosts[i], method).remote(*a) for i, a in args.items()}
+        out = {}
+        for i, ref in refs.items():
+            try:
+                out[i] = ray.get(ref)
+            except ACTOR_FAILURES as exc:
+                if not lose:
+                    raise
+                self._lose_host(i, exc)
+        return out
+
+    def _take(self, index: int, drain: dict, metrics: _Metrics) -> None:
+        unresolved = self._unresolved[index]
+        for op in drain["ops"]:
+            unresolved.pop(op[3], None)
+        self.collector.add(index, drain)
+        metrics.record(drain, self.collector)
+
+    def _unresolved_ops(self, index: int, why: str) -> list[tuple]:
+        """The actions sent to host `index` that it never reported an outcome for, as unknown outcomes."""
+        events, self._unresolved[index] = self._unresolved[index], {}
+        return [(ev.t, ev.player, ev.server, ev.op_id, ev.kind, "unknown", ev.amount, ev.item, ev.target, why, None)
+                for ev in events.values()]
+
+    def _lose_host(self, index: int, exc: BaseException) -> None:
+        """Host `index` died with its node: its servers crashed (their sessions are gone unsaved, their locks
+        expire, their players reconnect to other servers), what it had not reported is unknown."""
+        import ray
+        ray.kill(self.hosts[index])   # if it is only unreachable, it must not play on unseen
+        self.router.lost.add(index)
+        servers = self.router.servers_of(index)
+        crashed = self.planner.lose(servers)
+        self.collector.lose_host(index, servers, len(crashed), self._unresolved_ops(index, "NodeLost"))
+        self.lost_hosts.append({"host": index, "node": self.host_nodes[index], "at_s": round(self.sim_time_s, 3),
+                                "servers": crashed, "error": type(exc).__name__})
+        self.display.stream.write(f"\nhost {index} lost ({type(exc).__name__}): servers {', '.join(crashed) or '-'} "
+                                  f"crashed with it; their players reconnect elsewhere\n")

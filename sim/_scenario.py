@@ -15,7 +15,8 @@ Sections and defaults (every key is optional; an empty file is a valid scenario)
     name = "sim"; backend = "sqlite" ("sqlite" | "memory"); path = absent (None);
     time_scale = 60 (simulated seconds per wall second, > 0); duration = 600 (simulated seconds, > 0);
     seed = 1 (int); budget = "current" ("current" | "legacy" | "none");
-    placement = "per-server" ("per-server" | "per-key"); shards = 1 (int 1..64).
+    placement = "per-server" ("per-server" | "per-key"); shards = 1 (int 1..64);
+    storage = "driver" ("driver": every shard on the driver's node, one file | "spread": shard i on the i-th node).
 ``[servers]``
     count = 4; max_players = 50 (ints >= 1); start_rate = 0, stop_rate = 0, crash_rate = 0 (per-step
     probabilities); shutdown_window = 30 (seconds >= 0); step = 1 (simulated seconds per step, > 0).
@@ -88,6 +89,7 @@ class WorldSection:
     budget: str = "current"
     placement: str = "per-server"
     shards: int = 1
+    storage: str = "driver"
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,7 @@ def _world(t: dict[str, Any]) -> WorldSection:
         budget=_str(t, "world", "budget", d.budget, ("current", "legacy", "none")),
         placement=_str(t, "world", "placement", d.placement, ("per-server", "per-key")),
         shards=_int(t, "world", "shards", d.shards, low=1, high=64),
+        storage=_str(t, "world", "storage", d.storage, ("driver", "spread")),
     )
 
 

@@ -27,7 +27,7 @@ import heapq
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from sim._scenario import Scenario
 
@@ -91,6 +91,7 @@ class Planner:
         self._player_epoch: dict[str, int] = {}
         self._pending: list[Planned] = []                       # made while handling one heap entry
         self._online = 0
+        self._limit = 0                                         # every event before it has been handed out
         st = scenario.store
         self.stall_ms = int(round((st.lock_ttl + st.lock_refresh) * 1000))
         self.hot_keys = tuple(hot_key_name(i, scenario.hot_keys.kinds) for i in range(scenario.hot_keys.count))
@@ -114,12 +115,22 @@ class Planner:
         """Every event with time < min(t_ms, end of run) not handed out yet, in time order (ties: generation order)."""
         out, self._pending = self._pending, []
         limit = min(t_ms, self._end_ms)
+        self._limit = max(self._limit, limit)
         while self._heap and self._heap[0][0] < limit:
             t, _, what, subject, epoch = heapq.heappop(self._heap)
             getattr(self, f"_on_{what}")(t, subject, epoch)
             out.extend(self._pending)
             self._pending = []
         return out
+
+    def lose(self, servers: Iterable[str]) -> list[str]:
+        """Servers that died outside the plan (their node was lost): each crashes right after the events handed
+        out so far, and its players go offline and rejoin later, as after a planned crash. The crash events come
+        out of the next `until`. Answers the servers that were live."""
+        live = sorted(s for s in servers if s in self.servers)
+        for sid in live:
+            self._end_server(self._limit, sid, "crash")
+        return live
 
     def __iter__(self) -> Iterator[Planned]:
         yield from self.until(self._end_ms)

@@ -21,6 +21,7 @@ from storage._memorystore import MemoryStoreStatistics
 from storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
 from storage._messages import KeyInfo, Page, VersionInfo
 from storage._throttle import GateStatistics, emergency
+from storage._transport import ACTOR_FAILURES
 from storage._world import Server, World
 
 __all__ = [
@@ -30,5 +31,5 @@ __all__ = [
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
     "FaultConfig", "Latency", "Outage",
-    "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
+    "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
 ]

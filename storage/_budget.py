@@ -218,6 +218,7 @@ class BudgetStatistics:
 
     `leases_outstanding` counts recorded, unreleased leases whose release would still be honoured. `granted` and
     `returned` are tokens; `denied` counts lease calls that got none. The `*_releases` count ignored releases.
+    `restarted` is True for a ledger built with `restarted=True` (whose buckets all started empty).
     """
 
     profile: BudgetProfile
@@ -233,6 +234,7 @@ class BudgetStatistics:
     duplicate_releases: int
     late_releases: int
     unknown_releases: int
+    restarted: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -360,21 +362,43 @@ class BudgetLedger:
 
     A grant takes from both buckets at once. Lease ids carry a random tag of this ledger, so a release meant for a
     previous ledger (a restarted actor) never matches a lease of this one.
+
+    `restarted=True` builds the ledger of a restarted budget actor, which knows nothing of what was spent before:
+    every server it registers (known before or not, and again after `remove_server`) starts with 0 tokens in every
+    bucket, no startup burst and no minute's worth, and the experience buckets start at 0; all refill at the normal
+    rates from then on. Why this is safe: when the old ledger died, each of a server's buckets held some B >= 0, and
+    the server's outstanding leases held L tokens already taken from it, which the client may still spend until
+    they expire. Had the actor not died, the server could spend at most B + L + the refill from then on (releases
+    only give back what was leased). After the restart it can spend at most L + the refill: the old leases are
+    still spent locally, their releases are UNKNOWN here (the tag) and credit nothing, and the new bucket starts at
+    0 <= B, so it never holds more than the old one would have. The same holds for the experience buckets. A fresh
+    startup burst instead would let every server spend up to B + L + burst + refill, over its budget. The cost:
+    right after a restart every server, and every server that joins then, is throttled until refill catches up
+    (Get/Set: 100 tokens of burst missing; the rest: a minute's worth). Not covered: `begin_shutdown` boosts once
+    per ledger, so a server that began shutting down before the restart and is told so again gets a second boost.
+
+    >>> ledger = BudgetLedger(ManualClock(), restarted=True)
+    >>> ledger.register_server("job-1", players=10)
+    True
+    >>> ledger.available("job-1", RequestType.STANDARD_WRITE)
+    0
     """
 
     def __init__(self, clock: Clock, profile: str | BudgetProfile = "current", *,
                  lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS, release_grace_ms: int = DEFAULT_RELEASE_GRACE_MS,
-                 enforce_experience_limits: bool = True) -> None:
+                 enforce_experience_limits: bool = True, restarted: bool = False) -> None:
         self._profile = _check_profile(profile)
         self._lease_ttl_ms = _check_int(lease_ttl_ms, "lease_ttl_ms", 1)
         self._release_grace_ms = _check_int(release_grace_ms, "release_grace_ms", 0)
         self._clock = clock
         self._rates, self._bucket_of = _profile_tables(self._profile)
         self._enforce_experience = bool(enforce_experience_limits)
+        self._restarted = bool(restarted)
         self._servers: dict[str, _Server] = {}
         self._ccu = 0
         now = clock.now()
-        self._experience = {c: _Bucket(r.per_minute(0), EXPERIENCE_CAP_MINUTES, r.per_minute(0))
+        self._experience = {c: _Bucket(r.per_minute(0), EXPERIENCE_CAP_MINUTES,
+                                       0 if self._restarted else r.per_minute(0))
                             for c, r in EXPERIENCE_RATES.items()}
         self._experience_settled_at = now
         self._leases: dict[str, _LeaseRecord] = {}
@@ -391,15 +415,21 @@ class BudgetLedger:
         return self._profile
 
     @property
+    def restarted(self) -> bool:
+        """True if this ledger replaces one that died: its buckets all start empty (see the class docstring)."""
+        return self._restarted
+
+    @property
     def ccu(self) -> int:
         """Players online in the experience: the sum over registered servers."""
         return self._ccu
 
     def register_server(self, server_id: str, players: int = 0) -> bool:
-        """Start a server's budget with its startup burst; True if it is new.
+        """Start a server's budget with its startup burst (nothing on a `restarted` ledger); True if it is new.
 
         Delivered twice: the second call finds the server and changes nothing (not even its players: use
-        `set_players`), returning False. A removed server's id registers again as a new server, with a fresh burst.
+        `set_players`), returning False. A removed server's id registers again as a new server, with a fresh burst
+        (again nothing on a `restarted` ledger).
         """
         _check_server_id(server_id)
         _check_int(players, "players", 0)
@@ -411,7 +441,8 @@ class BudgetLedger:
             owner = self._bucket_of[request_type]
             if owner is request_type:
                 rate = self._rates[owner].per_minute(players)
-                buckets[owner] = _Bucket(rate, BUCKET_CAP_MINUTES, STARTUP_BURST.get(owner, rate))
+                start = 0 if self._restarted else STARTUP_BURST.get(owner, rate)
+                buckets[owner] = _Bucket(rate, BUCKET_CAP_MINUTES, start)
         self._settle_experience(now)
         self._servers[server_id] = _Server(players, buckets, now)
         self._set_ccu(self._ccu + players)
@@ -601,7 +632,7 @@ class BudgetLedger:
             servers=servers, experience=experience, leases_outstanding=sum(outstanding.values()),
             granted=self._granted, returned=self._returned, denied=self._denied,
             duplicate_releases=self._duplicate_releases, late_releases=self._late_releases,
-            unknown_releases=self._unknown_releases,
+            unknown_releases=self._unknown_releases, restarted=self._restarted,
         )
 
     # -- internals ----------------------------------------------------------------------------------------------------

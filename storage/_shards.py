@@ -8,6 +8,7 @@ a batch twice, so these actors are created with `max_task_retries=0` and a calle
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import ray
@@ -19,6 +20,7 @@ from storage._engine import DataStoreEngine
 from storage._faults import FaultConfig
 from storage._memorystore import MemoryStoreEngine
 from storage._messages import BatchReply
+from storage._placement import pinned
 
 __all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor", "datastore_name",
            "MEMORYSTORE_NAME", "BUDGET_NAME"]
@@ -46,13 +48,31 @@ class WorldInfo:
     clock: Clock
     faults: FaultConfig
     budget: str | None = "current"  # budget profile, or None: no request budgets
+    storage: str = "driver"         # where the shards run: "driver" (one node, one file) or "spread"
+    nodes: tuple[str, ...] = ()     # the node id each shard is pinned to (empty in process)
+
+    def shard_path(self, shard: int) -> str | None:
+        """The SQLite file of `shard`: the world's file, or under "spread" one file per shard beside it (each on
+        its shard's node, so two shards never share a file across machines)."""
+        if self.path is None or self.storage != "spread" or self.shards == 1:
+            return self.path
+        stem, ext = os.path.splitext(self.path)
+        return f"{stem}-shard{shard}{ext or '.db'}"
+
+    @property
+    def shared_file(self) -> bool:
+        """Every shard reads one SQLite file (so one shard can answer a listing for all)."""
+        return self.backend == "sqlite" and (self.storage != "spread" or self.shards == 1)
 
 
-def actor_options(name: str, world: str, *, restart: bool = True) -> dict:
+def actor_options(name: str, world: str, *, restart: bool = True, node: str | None = None) -> dict:
     """Ray options for one of a world's named actors. `num_cpus=0`: these actors mostly wait, and a 2-core laptop
-    must be able to place all of them."""
-    return dict(name=name, namespace=namespace_of(world), lifetime="detached", num_cpus=0,
-                max_restarts=-1 if restart else 0, max_task_retries=0, max_concurrency=1)
+    must be able to place all of them. `node` pins the actor (and its restarts) to one node."""
+    options = dict(name=name, namespace=namespace_of(world), lifetime="detached", num_cpus=0,
+                   max_restarts=-1 if restart else 0, max_task_retries=0, max_concurrency=1)
+    if node is not None:
+        options.update(pinned(node))
+    return options
 
 
 class _DataStoreShard:
@@ -61,7 +81,10 @@ class _DataStoreShard:
     def __init__(self, info: WorldInfo, shard: int) -> None:
         self.info = info
         self.shard = shard
-        self.engine = DataStoreEngine(open_backend(info.backend, info.path), info.clock, info.faults)
+        path = info.shard_path(shard)
+        if path is not None:  # on a node other than the starting one, the directory may not exist yet
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.engine = DataStoreEngine(open_backend(info.backend, path), info.clock, info.faults)
 
     def execute(self, ops: list):
         return self.engine.execute(ops)
@@ -113,7 +136,9 @@ class _BudgetService:
     HOUSEKEEPING_EVERY = 256
 
     def __init__(self, info: WorldInfo) -> None:
-        self.ledger = BudgetLedger(info.clock, info.budget or "current")
+        # A restarted actor cannot know what its previous life granted: it starts every bucket empty (safe, see
+        # `BudgetLedger`), where a first start gives the startup burst.
+        self.ledger = BudgetLedger(info.clock, info.budget or "current", restarted=_restarted())
         self._calls = 0
 
     def register_server(self, server_id: str, players: int) -> bool:
@@ -144,6 +169,14 @@ class _BudgetService:
 
     def statistics(self):
         return self.ledger.statistics()
+
+
+def _restarted() -> bool:
+    """True in a Ray actor that Ray restarted after it died; False in its first life and outside Ray."""
+    if not ray.is_initialized():
+        return False
+    context = ray.get_runtime_context()
+    return context.get_actor_id() is not None and context.was_current_actor_reconstructed
 
 
 DataStoreShard = ray.remote(_DataStoreShard)

@@ -21,7 +21,7 @@ import ray
 
 from storage._messages import BatchReply
 
-__all__ = ["Call", "Sleep", "Permit", "run", "arun", "Transport", "LocalTransport", "RayTransport"]
+__all__ = ["ACTOR_FAILURES", "Call", "Sleep", "Permit", "run", "arun", "Transport", "LocalTransport", "RayTransport"]
 
 DATASTORE = "datastore"
 MEMORYSTORE = "memorystore"
@@ -225,20 +225,22 @@ class RayTransport:
         return self._clock.real_seconds(simulated_ms / 1000.0)
 
 
-_RAY_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                  ray.exceptions.ActorUnschedulableError)
+"""What a call to an actor raises when the actor died, is restarting, or cannot be placed (its pinned node is gone)."""
 
 
 def _unwrap(ref, call: Call, get) -> BatchReply:
     try:
         return get(ref)
-    except _RAY_FAILURES as exc:
+    except ACTOR_FAILURES as exc:
         raise TransportFailure(call.service, call.shard, type(exc).__name__) from exc
 
 
 async def _aunwrap(ref, call: Call) -> BatchReply:
     try:
         return await ref
-    except _RAY_FAILURES as exc:
+    except ACTOR_FAILURES as exc:
         raise TransportFailure(call.service, call.shard, type(exc).__name__) from exc
 
 

@@ -21,11 +21,12 @@ from storage._datastore import DataStoreService
 from storage._errors import ConfigError, DataStoreError
 from storage._faults import FaultConfig
 from storage._memorystore_client import MemoryStoreService
+from storage._placement import STORAGE_PLACEMENTS, storage_nodes
 from storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard, WorldInfo,
                              _BudgetService, _DataStoreShard, _MemoryStoreShard, actor_options, datastore_name,
                              namespace_of)
 from storage._throttle import BudgetGate, OpenGate
-from storage._transport import DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
+from storage._transport import ACTOR_FAILURES, DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
 
 __all__ = ["World", "Server"]
 
@@ -36,13 +37,16 @@ BACKENDS = ("sqlite", "memory")
 BUDGET_PROFILES = ("current", "legacy", None)
 
 
-def _check_config(name: Any, backend: Any, shards: Any, faults: Any, budget: Any = "current") -> FaultConfig:
+def _check_config(name: Any, backend: Any, shards: Any, faults: Any, budget: Any = "current",
+                  storage: Any = "driver") -> FaultConfig:
     if not isinstance(name, str) or not _WORLD_NAME.match(name):
         raise ConfigError(f"world name must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 256:
         raise ConfigError(f"shards must be an int from 1 to 256, got {shards!r}")
+    if storage not in STORAGE_PLACEMENTS:
+        raise ConfigError(f"storage must be one of {', '.join(map(repr, STORAGE_PLACEMENTS))}, got {storage!r}")
     if budget not in BUDGET_PROFILES:
         raise ConfigError(f"budget must be 'current', 'legacy' or None (no budgets), got {budget!r}")
     if faults is not None and not isinstance(faults, FaultConfig):
@@ -84,10 +88,13 @@ class World:
     @classmethod
     def start(cls, name: str = "default", backend: str = "sqlite", path: str | None = None, time_scale: float = 1.0,
               faults: FaultConfig | None = None, address: str | None = None, shards: int = 1,
-              budget: str | None = "current") -> "World":
+              budget: str | None = "current", storage: str = "driver") -> "World":
         """Start the world's actors, starting local Ray first when none is running (or joining `address`).
-        `budget` is the request-budget profile ("current" or "legacy"), or None for unlimited requests."""
-        faults = _check_config(name, backend, shards, faults, budget)
+        `budget` is the request-budget profile ("current" or "legacy"), or None for unlimited requests.
+        `storage` places the DataStore shards: "driver" pins all of them (and the MemoryStore) to this node, with
+        one SQLite file; "spread" pins shard i to the i-th alive node, each with its own file `<path>-shard<i>`
+        there (see `storage._placement`)."""
+        faults = _check_config(name, backend, shards, faults, budget, storage)
         path = _default_path(name, backend, path)
         clock = SimClock.starting_now(time_scale)
         _ensure_ray(address)
@@ -98,10 +105,11 @@ class World:
             pass
         else:
             raise ConfigError(f"world {name!r} is already running; use World.connect({name!r}) or shut it down")
-        info = WorldInfo(name, backend, path, shards, clock, faults, budget)
-        datastores = [DataStoreShard.options(**actor_options(datastore_name(i), name)).remote(info, i)
+        nodes = storage_nodes(storage, shards)
+        info = WorldInfo(name, backend, path, shards, clock, faults, budget, storage, nodes)
+        datastores = [DataStoreShard.options(**actor_options(datastore_name(i), name, node=nodes[i])).remote(info, i)
                       for i in range(shards)]
-        memorystore = MemoryStoreShard.options(**actor_options(MEMORYSTORE_NAME, name)).remote(info)
+        memorystore = MemoryStoreShard.options(**actor_options(MEMORYSTORE_NAME, name, node=nodes[0])).remote(info)
         owned = datastores + [memorystore]
         budget_actor = None
         if budget is not None:
@@ -234,7 +242,7 @@ class _BudgetLink:
         try:
             return self._world._call(self._world._budget, "lease", server_id, request_type, want,
                                      self._server.players)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+        except ACTOR_FAILURES as exc:
             raise DataStoreError(500, "InternalServerError", f"the budget actor did not answer "
                                  f"({type(exc).__name__}); the request was not sent") from exc
 
@@ -259,7 +267,7 @@ class Server:
         gate = (BudgetGate(link, world.clock, job_id, buckets=bucket_map(world.info.budget)) if link is not None
                 else OpenGate())
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
-                                           shared_storage=world.info.backend == "sqlite")
+                                           shared_storage=world.info.shared_file)
         self.memorystores = MemoryStoreService(world._transport, world.clock, OpenGate(), job_id)
 
     def __repr__(self) -> str:
@@ -294,5 +302,7 @@ def _ensure_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
-             logging_level="WARNING", configure_logging=True)
+    # No address: a Ray of our own ("local"), never a cluster that happens to run on this machine (plain
+    # `ray.init()` would join the last one started here).
+    ray.init(address=address or "local", include_dashboard=False if address is None else None,
+             log_to_driver=False, logging_level="WARNING", configure_logging=True)
