@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+import ray
 
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+from tests.cluster._common import actor_context, start_cluster
 
 SCENARIO = """
 [world]
@@ -72,20 +70,11 @@ def _retry(fn, seconds: float = 30.0):
             time.sleep(0.2)
 
 
-def _node_of(handle) -> tuple[str, bool]:
-    return ray.get(handle.__ray_call__.remote(
-        lambda self: (ray.get_runtime_context().get_node_id(),
-                      ray.get_runtime_context().was_current_actor_reconstructed)))
-
-
 def main(out: Path) -> dict:
     from sim import RunOptions, parse_scenario, simulate
     from storage._placement import spread_nodes
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-    cluster.wait_for_nodes()
+    cluster, workers = start_cluster()
     seen: dict = {"nodes": len(ray.nodes())}
     try:
         victim_id = spread_nodes(3)[0]          # where host 0 goes
@@ -113,7 +102,7 @@ def main(out: Path) -> dict:
             time.sleep(REMOVE_NODE_AFTER_S - KILL_COORDINATOR_AFTER_S)
             cluster.remove_node(victim)
             events.append("node_removed")
-            seen["coordinator_restarted"] = _retry(lambda: _node_of(coord)[1])
+            seen["coordinator_restarted"] = _retry(lambda: actor_context(coord)[1])
             seen["budget_restarted"] = _retry(lambda: ray.get(budget.statistics.remote()).restarted)
 
         thread = threading.Thread(target=chaos, daemon=True)

@@ -10,18 +10,16 @@ Run in a subprocess by `test_cluster.py`. It checks, and prints as one JSON line
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+import ray
 
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+from tests.cluster._common import actor_context, start_cluster
 
 
 def _node_of(handle) -> str:
-    return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+    return actor_context(handle)[0]
 
 
 def _shard_keys(shards: int, per_shard: int) -> dict[int, list[str]]:
@@ -41,10 +39,7 @@ def main(tmp: Path) -> dict:
     from storage import DataStoreError, World
     from storage._shards import MEMORYSTORE_NAME, namespace_of
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-    cluster.wait_for_nodes()
+    cluster, workers = start_cluster()
     out: dict = {}
     try:
         me = ray.get_runtime_context().get_node_id()
