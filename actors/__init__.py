@@ -1,7 +1,7 @@
 """lodestore's key actors and Store API: session-locked player data, as Lyra keeps it, on Ray.
 
-    >>> from storage import World
-    >>> from actors import GameServer
+    >>> from lodestore.storage import World
+    >>> from lodestore.actors import GameServer
     >>> world = World.start("demo")
     >>> server = GameServer(world, players=10)                  # one simulated game server
     >>> players = server.create_store("players", template={"coins": 0, "items": []})
@@ -15,13 +15,13 @@
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
-from actors._config import LogMessage, Migration, Placement, StoreConfig
-from actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInProgressError, LockLostError, LockTimeoutError,
+from lodestore.actors._config import LogMessage, Migration, Placement, StoreConfig
+from lodestore.actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInProgressError, LockLostError, LockTimeoutError,
                             MigrationError, RecordError, SchemaError, StoreClosedError, StoreError, TxLockedError)
-from actors._host import KeyHost, Request, StoreStatistics
-from actors._scheduler import Scheduler
-from actors._session import SessionState, StoreCounters
-from actors._store import AsyncStore, GameServer, Store, advance
+from lodestore.actors._host import KeyHost, Request, StoreStatistics
+from lodestore.actors._scheduler import Scheduler
+from lodestore.actors._session import SessionState, StoreCounters
+from lodestore.actors._store import AsyncStore, GameServer, Store, advance
 
 __all__ = [
     "GameServer", "Store", "AsyncStore", "advance",

@@ -13,8 +13,8 @@ from typing import Any
 
 import ray
 
-from actors._config import StoreConfig
-from actors._host import KeyHost, Request
+from lodestore.actors._config import StoreConfig
+from lodestore.actors._host import KeyHost, Request
 
 __all__ = ["KeyActor", "key_actor_options"]
 

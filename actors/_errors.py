@@ -6,7 +6,7 @@ in the caller). Storage failures keep their own types (`storage.DataStoreError`,
 
 from __future__ import annotations
 
-from storage import LodestoreError
+from lodestore.storage import LodestoreError
 
 __all__ = ["StoreError", "KeyNotLoadedError", "LoadInProgressError", "StoreClosedError", "KeyClosedError",
            "LockLostError", "LockTimeoutError", "SchemaError", "MigrationError", "TxLockedError", "RecordError"]

@@ -15,12 +15,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors._config import StoreConfig
-from actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
-from actors._scheduler import Scheduler
-from actors._session import Session, SessionState, StoreCounters, StoreRuntime
-from storage import ConfigError, LodestoreError, Server, emergency
-from storage._values import check_key, check_user_ids
+from lodestore.actors._config import StoreConfig
+from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
+from lodestore.actors._scheduler import Scheduler
+from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
+from lodestore.storage import ConfigError, LodestoreError, Server, emergency
+from lodestore.storage._values import check_key, check_user_ids
 
 __all__ = ["KeyHost", "Request", "StoreStatistics", "ABSENT"]
 

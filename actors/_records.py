@@ -36,10 +36,10 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Required, TypedDict
 
-from actors._errors import RecordError
-from storage import DataStoreError
-from storage._limits import MAX_KEY_NAME, MAX_VALUE_CHARS
-from storage._values import MAX_DEPTH, canonical, check_value
+from lodestore.actors._errors import RecordError
+from lodestore.storage import DataStoreError
+from lodestore.storage._limits import MAX_KEY_NAME, MAX_VALUE_CHARS
+from lodestore.storage._values import MAX_DEPTH, canonical, check_value
 
 __all__ = [
     "SHARD_LIMIT_CHARS",

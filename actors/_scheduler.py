@@ -15,7 +15,7 @@ import heapq
 import itertools
 from typing import Any, Callable, Coroutine
 
-from storage import Clock, ManualClock
+from lodestore.storage import Clock, ManualClock
 
 __all__ = ["Scheduler", "Timer"]
 

@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 import ray
 
-from actors._actor import KeyActor, key_actor_options
-from actors._config import Placement, StoreConfig
-from actors._errors import KeyNotLoadedError, StoreClosedError
-from actors._host import KeyHost, Request, StoreStatistics
-from actors._scheduler import Scheduler
-from storage import ACTOR_FAILURES, ConfigError, World
+from lodestore.actors._actor import KeyActor, key_actor_options
+from lodestore.actors._config import Placement, StoreConfig
+from lodestore.actors._errors import KeyNotLoadedError, StoreClosedError
+from lodestore.actors._host import KeyHost, Request, StoreStatistics
+from lodestore.actors._scheduler import Scheduler
+from lodestore.storage import ACTOR_FAILURES, ConfigError, World
 
 __all__ = ["GameServer", "Store", "advance"]
 
@@ -49,7 +49,7 @@ class _LocalRuntime:
     def coordinator(self, world: World) -> Any:
         """This world's in-process coordinator (built on the background loop on first use)."""
         if getattr(self, "_coordinator", None) is None:
-            from coordinator import Coordinator
+            from lodestore.coordinator import Coordinator
 
             async def make() -> Any:
                 return Coordinator(world)
@@ -137,7 +137,7 @@ _tx_batchers: dict[str, _Coalescer] = {}
 
 def _tx_batcher(world: World) -> _Coalescer:
     """One loop turn's transactions of this process go to the world's coordinator actor in one message."""
-    from coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
+    from lodestore.coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
 
     def gone(exc: BaseException) -> BaseException:
         forget_handle(world)
@@ -368,7 +368,7 @@ class Store:
         return self._run_tx(keys, fn, immutable=True)
 
     def _tx_request(self, keys: Any, fn: Any, immutable: bool) -> Any:
-        from coordinator import TxRequest
+        from lodestore.coordinator import TxRequest
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)) or not keys:
             raise TypeError(f"tx keys must be a non-empty list of key names, got {keys!r:.80}")
         if len(set(keys)) != len(keys):
@@ -387,7 +387,7 @@ class Store:
         local = self.server._local
         if local is not None:
             return local.run(local.coordinator(self.server.world).run(req))
-        from coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
+        from lodestore.coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
         try:
             return _raise_or_return(ray.get(coordinator_handle(self.server.world).run.remote(req)))
         except ACTOR_FAILURES as exc:

@@ -1,4 +1,4 @@
-"""`python -m bench NAME [--quick]`: run one benchmark and print its JSON."""
+"""`python -m lodestore.bench NAME [--quick]`: run one benchmark and print its JSON."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ BENCHMARKS = ("storage", "budget", "sessions", "tx", "sim", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lodestore.bench", description=__doc__)
     parser.add_argument("name", choices=BENCHMARKS)
     parser.add_argument("--quick", action="store_true", help="smaller run, for CI smoke checks")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    module = importlib.import_module(f"bench.{args.name}")
+    module = importlib.import_module(f"lodestore.bench.{args.name}")
     result = module.run(quick=args.quick)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

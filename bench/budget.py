@@ -13,9 +13,9 @@ import time
 
 import ray
 
-from bench._common import ensure_ray
-from storage import RequestType, World
-from storage._transport import Permit
+from lodestore.bench._common import ensure_ray
+from lodestore.storage import RequestType, World
+from lodestore.storage._transport import Permit
 
 TARGET = 20.0
 SERVERS = 20

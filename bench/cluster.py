@@ -1,4 +1,4 @@
-"""`python -m bench cluster`: the cost of distribution, the quickstart scenario on 1 node vs 3 nodes of one machine.
+"""`python -m lodestore.bench cluster`: the cost of distribution, the quickstart scenario on 1 node vs 3 nodes of one machine.
 
 The scenario is `examples/scenarios/quickstart.toml` (4 servers, 60 players, 60x, 5 simulated minutes; `--quick`: 2
 minutes) played with 3 `SimHostActor`s on two local Ray clusters of the same 3 logical CPUs: one node of 3 CPUs, and
@@ -45,7 +45,7 @@ def _call_rate(node_id: str) -> float:
     """Sequential 1:1 calls per second from the driver to a do-nothing actor pinned on `node_id` (median of 3)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    from bench._common import _Echo, median_rate
+    from lodestore.bench._common import _Echo, median_rate
     actor = _Echo.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
     try:
         ray.get(actor.echo.remote(0))
@@ -82,7 +82,7 @@ def measure(config: str, quick: bool) -> dict:
     """Start the `config` cluster, measure it, print the result as one JSON line, shut the cluster down."""
     import ray
     from ray.cluster_utils import Cluster
-    from sim import RunOptions, load_scenario, simulate
+    from lodestore.sim import RunOptions, load_scenario, simulate
     cpus = CONFIGS[config]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus[0], "include_dashboard": False})
     try:
@@ -136,7 +136,7 @@ def _one(config: str, quick: bool) -> dict:
     """Measure `config` in a fresh Python process and return what it printed last."""
     env = dict(os.environ)
     env.setdefault("RAY_AUTH_MODE", "disabled")
-    argv = [sys.executable, "-m", "bench.cluster", "--one", config] + (["--quick"] if quick else [])
+    argv = [sys.executable, "-m", "lodestore.bench.cluster", "--one", config] + (["--quick"] if quick else [])
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S,
                           cwd=Path(__file__).resolve().parent.parent)
@@ -197,8 +197,8 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cluster",
-                                     description="one configuration of `python -m bench cluster` (its subprocess)")
+    parser = argparse.ArgumentParser(prog="python -m lodestore.bench.cluster",
+                                     description="one configuration of `python -m lodestore.bench cluster` (its subprocess)")
     parser.add_argument("--one", choices=sorted(CONFIGS), required=True)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)

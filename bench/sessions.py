@@ -6,7 +6,7 @@
     per second end-to-end on fresh servers holding `saves` changed sessions (client -> key actor -> storage actor -> SQLite, synchronous=FULL), many in flight,
     against `raw_call_rate` (sequential do-nothing 1:1 Ray calls/s, the baseline); target >= 5x. (c) load latency
     p50/p99 of single blocking loads of new keys on an otherwise idle server.
-Budgets are off (`budget=None`): this measures the machinery; budgets are what `python -m bench budget` measures.
+Budgets are off (`budget=None`): this measures the machinery; budgets are what `python -m lodestore.bench budget` measures.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 
 import ray
 
-from actors import GameServer
-from bench._common import ensure_ray, raw_call_rate
-from storage import World
+from lodestore.actors import GameServer
+from lodestore.bench._common import ensure_ray, raw_call_rate
+from lodestore.storage import World
 
 TARGET = 5.0
 TEMPLATE = {"coins": 0, "level": 1, "items": ["starter-sword"], "settings": {"music": True}}

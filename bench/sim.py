@@ -1,4 +1,4 @@
-"""`python -m bench sim`: simulated player-hours per real second, Lyra's chaos scenario at 1,000 players on local Ray.
+"""`python -m lodestore.bench sim`: simulated player-hours per real second, Lyra's chaos scenario at 1,000 players on local Ray.
 
 The scenario is `examples/scenarios/lyra_chaos.toml` with its population raised to 1,000 (its per-step chances of
 join 0.1, leave 0.01, server stop 0.005 and crash 0.001, 6 simulated hours; `--quick`: 30 minutes). It runs at three time
@@ -15,8 +15,8 @@ import io
 import tempfile
 from pathlib import Path
 
-from bench._common import ensure_ray, raw_call_rate
-from sim import RunOptions, load_scenario, simulate
+from lodestore.bench._common import ensure_ray, raw_call_rate
+from lodestore.sim import RunOptions, load_scenario, simulate
 
 TARGET = 100.0
 SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "lyra_chaos.toml"

@@ -15,13 +15,13 @@ import tempfile
 
 import ray
 
-from bench._common import ensure_ray, median_rate, raw_call_rate
-from storage import _messages as m
-from storage._backends import SqliteBackend
-from storage._clock import SimClock
-from storage._engine import DataStoreEngine
-from storage._values import encode
-from storage import World
+from lodestore.bench._common import ensure_ray, median_rate, raw_call_rate
+from lodestore.storage import _messages as m
+from lodestore.storage._backends import SqliteBackend
+from lodestore.storage._clock import SimClock
+from lodestore.storage._engine import DataStoreEngine
+from lodestore.storage._values import encode
+from lodestore.storage import World
 
 TARGET = 10.0
 

@@ -14,9 +14,9 @@ import statistics
 import tempfile
 import time
 
-from actors import GameServer
-from bench._common import ensure_ray, raw_call_rate
-from storage import World
+from lodestore.actors import GameServer
+from lodestore.bench._common import ensure_ray, raw_call_rate
+from lodestore.storage import World
 
 TARGET = 1.0
 

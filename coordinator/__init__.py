@@ -6,8 +6,8 @@ Users call it through `Store.tx(keys, fn)` and `Store.tx_immutable(keys, fn)`; t
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
-from coordinator._coordinator import Coordinator, CoordinatorStatistics, Step, TxRequest
-from coordinator._errors import KeysChangedError, SimulatedCrash, TxAbortedError, TxError, TxUnknownError
+from lodestore.coordinator._coordinator import Coordinator, CoordinatorStatistics, Step, TxRequest
+from lodestore.coordinator._errors import KeysChangedError, SimulatedCrash, TxAbortedError, TxError, TxUnknownError
 
 __all__ = ["Coordinator", "CoordinatorStatistics", "Step", "TxRequest",
            "TxError", "TxAbortedError", "TxUnknownError", "KeysChangedError", "SimulatedCrash"]

@@ -13,9 +13,9 @@ from typing import Any
 
 import ray
 
-from coordinator._coordinator import Coordinator, TxRequest
-from coordinator._errors import TxUnknownError
-from storage._shards import namespace_of
+from lodestore.coordinator._coordinator import Coordinator, TxRequest
+from lodestore.coordinator._errors import TxUnknownError
+from lodestore.storage._shards import namespace_of
 
 __all__ = ["CoordinatorActor", "coordinator_handle", "forget_handle", "COORDINATOR_NAME"]
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from actors import _records as rec
-from actors._host import ABSENT
-from actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
-from coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
-from storage import DataStoreError, Server, TransformError
-from storage._values import canonical, check_value
+from lodestore.actors import _records as rec
+from lodestore.actors._host import ABSENT
+from lodestore.actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
+from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
+from lodestore.storage import DataStoreError, Server, TransformError
+from lodestore.storage._values import canonical, check_value
 
 __all__ = ["Coordinator", "TxRequest", "Step", "CoordinatorStatistics"]
 

@@ -7,7 +7,7 @@ died); readers still see all of it or none of it, and the participants settle it
 
 from __future__ import annotations
 
-from actors import StoreError
+from lodestore.actors import StoreError
 
 __all__ = ["TxError", "TxAbortedError", "TxUnknownError", "KeysChangedError", "SimulatedCrash"]
 

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-import sim
-from sim._cli import main   # the `lodestore` command itself
+from lodestore import sim
+from lodestore.sim import main   # the `lodestore` command itself
 
 
 def _checkout() -> Path | None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import threading
 
-from actors import GameServer
-from storage import World
+from lodestore.actors import GameServer
+from lodestore.storage import World
 
 
 def main() -> None:

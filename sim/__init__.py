@@ -1,6 +1,6 @@
 """sim: simulated game servers, contention scenarios, invariant checkers and reports (`lodestore simulate`).
 
-    >>> from sim import load_scenario, simulate, RunOptions
+    >>> from lodestore.sim import load_scenario, simulate, RunOptions
     >>> result = simulate(load_scenario("examples/scenarios/quickstart.toml"), RunOptions(out=Path("run")))
     >>> result.ok, result.report["run"]["player_hours_per_s"]
 
@@ -13,17 +13,18 @@ writes report.json, report.html and plots (`write_report`, `summary_table`). `si
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
-from sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario,
+from lodestore.sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario,
                            Servers, StoreSection, WorldSection, load_scenario, parse_scenario)
 
-from sim._checkers import (CheckResult, History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation,
+from lodestore.sim._cli import main
+from lodestore.sim._checkers import (CheckResult, History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation,
                            check_no_duplicate_items, check_single_holder, run_checks)
-from sim._collect import check_hot_counters
-from sim._report import summary_table, write_report
-from sim._runner import RunOptions, RunResult, simulate
-from sim._workload import Planned, Planner
+from lodestore.sim._collect import check_hot_counters
+from lodestore.sim._report import summary_table, write_report
+from lodestore.sim._runner import RunOptions, RunResult, simulate
+from lodestore.sim._workload import Planned, Planner
 
-__all__ = ["simulate", "RunOptions", "RunResult", "Planner", "Planned", "write_report", "summary_table",
+__all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", "write_report", "summary_table",
            "History", "LockEvent", "OpEvent", "CheckResult", "run_checks", "check_conservation",
            "check_acknowledged_writes", "check_single_holder", "check_no_duplicate_items", "check_hot_counters",
            "load_scenario", "parse_scenario", "Scenario", "WorldSection", "Servers", "Players", "ActionRates",

@@ -13,10 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim._inspect import add_parser as add_inspect_parser
-from sim._runner import RunOptions, simulate
-from sim._scenario import load_scenario
-from storage import ConfigError
+from lodestore.sim._inspect import add_parser as add_inspect_parser
+from lodestore.sim._runner import RunOptions, simulate
+from lodestore.sim._scenario import load_scenario
+from lodestore.storage import ConfigError
 
 __all__ = ["main", "build_parser"]
 
@@ -72,7 +72,7 @@ def _override(scenario, args: argparse.Namespace):
     """Command-line overrides, validated by the scenario model (so errors name the field)."""
     import dataclasses
 
-    from sim._scenario import parse_scenario
+    from lodestore.sim._scenario import parse_scenario
     world, players = {}, {}
     if args.seed is not None:
         world["seed"] = args.seed

@@ -15,7 +15,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
-from sim._checkers import CheckResult, History, LockEvent, OpEvent, run_checks
+from lodestore.sim._checkers import CheckResult, History, LockEvent, OpEvent, run_checks
 
 __all__ = ["Collector", "check_hot_counters", "percentiles"]
 

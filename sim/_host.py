@@ -30,11 +30,11 @@ from typing import Any, Callable
 
 import ray
 
-from actors import KeyHost, Request, Scheduler, SessionState, StoreConfig, StoreCounters
-from coordinator import TxRequest, TxUnknownError
-from sim._scenario import Scenario
-from sim._workload import Planned
-from storage import DataStoreError, GateStatistics, LodestoreError, MemoryStoreError, emergency
+from lodestore.actors import KeyHost, Request, Scheduler, SessionState, StoreConfig, StoreCounters
+from lodestore.coordinator import TxRequest, TxUnknownError
+from lodestore.sim._scenario import Scenario
+from lodestore.sim._workload import Planned
+from lodestore.storage import DataStoreError, GateStatistics, LodestoreError, MemoryStoreError, emergency
 
 __all__ = ["SimHost", "SimHostActor", "Trade", "store_config", "HOT_STORE", "error_code"]
 
@@ -633,7 +633,7 @@ class _SimHostActor:
     def _ready(self) -> SimHost:
         if self._host is None:
             world, scenario, index, t0 = self._args
-            from actors._store import _tx_batcher
+            from lodestore.actors._store import _tx_batcher
             batcher = _tx_batcher(world)
             scheduler = Scheduler(world.clock)
             self._host = SimHost(world, scenario, index, t0, scheduler=scheduler, run_tx=batcher.submit,

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from sim._checkers import CheckResult
-from sim._collect import Collector
-from sim._host import SimHost, SimHostActor, store_config
-from sim._report import summary_table, write_report
-from sim._scenario import Scenario
-from sim._workload import Planned, Planner, player_key
-from storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, World
+from lodestore.sim._checkers import CheckResult
+from lodestore.sim._collect import Collector
+from lodestore.sim._host import SimHost, SimHostActor, store_config
+from lodestore.sim._report import summary_table, write_report
+from lodestore.sim._scenario import Scenario
+from lodestore.sim._workload import Planned, Planner, player_key
+from lodestore.storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, World
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at"]
 
@@ -97,7 +97,7 @@ def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
     spans = [w.latency_ms for w in windows if w.latency_ms is not None]
     if spans:
         lo, hi = max(s.min for s in spans), max(s.max for s in spans)
-        from storage import RequestType
+        from lodestore.storage import RequestType
         latency = {r.value: Latency.uniform(lo, hi) for r in RequestType}
     ambiguous = 1 - math.prod(1 - w.ambiguous_write_rate for w in windows)
     outages = tuple(Outage(t0 + int(w.start * 1000), t0 + int(w.end * 1000)) for w in scenario.faults if w.outage)
@@ -355,8 +355,8 @@ class _InProcess(_Engine):
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        from coordinator import Coordinator
-        from actors import Scheduler
+        from lodestore.coordinator import Coordinator
+        from lodestore.actors import Scheduler
         sc = self.scenario
         budget = None if sc.world.budget == "none" else sc.world.budget
         clock = ManualClock()
@@ -440,8 +440,8 @@ class _OnRay(_Engine):
 
     def _play(self, world: World, metrics: _Metrics) -> None:
         import ray
-        from coordinator._actor import coordinator_handle
-        from storage._placement import pinned, spread_nodes
+        from lodestore.coordinator._actor import coordinator_handle
+        from lodestore.storage._placement import pinned, spread_nodes
         sc = self.scenario
         lead_ms = int(1.0 * sc.world.time_scale * 1000)   # a wall second for the hosts to take the first events
         ray.get(coordinator_handle(world).recover.remote())   # the coordinator is up before any host needs it

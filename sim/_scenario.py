@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage import ConfigError
+from lodestore.storage import ConfigError
 
 __all__ = [
     "REQUEST_TYPES",

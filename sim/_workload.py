@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sim._scenario import Scenario
+from lodestore.sim._scenario import Scenario
 
 __all__ = ["Planned", "Planner", "EVENT_KINDS", "ACTION_KINDS", "player_key", "hot_key_name"]
 

@@ -1,6 +1,6 @@
 """lodestore's emulated Roblox cloud: DataStore and MemoryStore services shared by simulated game servers.
 
-    >>> from storage import World
+    >>> from lodestore.storage import World
     >>> world = World.start("demo")                       # local Ray + SQLite at lodestore-data/demo.db
     >>> server = world.server("job-1", players=12)
     >>> store = server.datastores.get_data_store("players")
@@ -11,18 +11,18 @@
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
-from storage._clock import Clock, ManualClock, SimClock
-from storage._datastore import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, RetryPolicy,
+from lodestore.storage._clock import Clock, ManualClock, SimClock
+from lodestore.storage._datastore import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, RetryPolicy,
                                 SortDirection, UpdateResult)
-from storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
-from storage._faults import FaultConfig, Latency, Outage
-from storage._limits import RequestType
-from storage._memorystore import MemoryStoreStatistics
-from storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
-from storage._messages import KeyInfo, Page, VersionInfo
-from storage._throttle import GateStatistics, emergency
-from storage._transport import ACTOR_FAILURES
-from storage._world import Server, World
+from lodestore.storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
+from lodestore.storage._faults import FaultConfig, Latency, Outage
+from lodestore.storage._limits import RequestType
+from lodestore.storage._memorystore import MemoryStoreStatistics
+from lodestore.storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
+from lodestore.storage._messages import KeyInfo, Page, VersionInfo
+from lodestore.storage._throttle import GateStatistics, emergency
+from lodestore.storage._transport import ACTOR_FAILURES
+from lodestore.storage._world import Server, World
 
 __all__ = [
     "World", "Server",

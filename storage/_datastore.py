@@ -22,13 +22,13 @@ from typing import Any, Callable
 
 import msgpack
 
-from storage import _messages as m
-from storage._errors import ConfigError, DataStoreError, TransformError
-from storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
+from lodestore.storage import _messages as m
+from lodestore.storage._errors import ConfigError, DataStoreError, TransformError
+from lodestore.storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
                              MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)
-from storage._throttle import GateStatistics, KeyLanes
-from storage._transport import DATASTORE, Call, Permit, Transport, TransportFailure, arun, run, shard_of
-from storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name,
+from lodestore.storage._throttle import GateStatistics, KeyLanes
+from lodestore.storage._transport import DATASTORE, Call, Permit, Transport, TransportFailure, arun, run, shard_of
+from lodestore.storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name,
                              check_user_ids, check_value, decode, encode)
 
 __all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection",

@@ -15,12 +15,12 @@ from collections import deque
 
 import msgpack
 
-from storage import _messages as m
-from storage._backends import Backend, EntryKey, VersionRecord
-from storage._clock import Clock
-from storage._errors import DataStoreError
-from storage._faults import FaultConfig, FaultInjector, error_name
-from storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, KEY_READ_BYTES_PER_MINUTE, KEY_WINDOW_MS,
+from lodestore.storage import _messages as m
+from lodestore.storage._backends import Backend, EntryKey, VersionRecord
+from lodestore.storage._clock import Clock
+from lodestore.storage._errors import DataStoreError
+from lodestore.storage._faults import FaultConfig, FaultInjector, error_name
+from lodestore.storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, KEY_READ_BYTES_PER_MINUTE, KEY_WINDOW_MS,
                              KEY_WRITE_BYTES_PER_MINUTE, VERSION_AT_TIME_FUTURE_MS)
 
 __all__ = ["DataStoreEngine", "KeyThroughput"]

@@ -14,8 +14,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
 
-from storage._errors import ConfigError
-from storage._limits import RequestType
+from lodestore.storage._errors import ConfigError
+from lodestore.storage._limits import RequestType
 
 __all__ = ["FaultConfig", "Latency", "Outage"]
 

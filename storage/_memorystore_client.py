@@ -11,12 +11,12 @@ import functools
 import json
 from typing import Any, Callable
 
-from storage import _memorystore as ms
-from storage._datastore import _async_twin
-from storage._errors import DataStoreError, MemoryStoreError, TransformError
-from storage._limits import MS_MAX_VALUE_BYTES, MS_QUEUE_DEFAULT_INVISIBILITY_S
-from storage._transport import MEMORYSTORE, Call, Gate, Sleep, Transport, TransportFailure, arun, run
-from storage._values import check_value, decode, encode
+from lodestore.storage import _memorystore as ms
+from lodestore.storage._datastore import _async_twin
+from lodestore.storage._errors import DataStoreError, MemoryStoreError, TransformError
+from lodestore.storage._limits import MS_MAX_VALUE_BYTES, MS_QUEUE_DEFAULT_INVISIBILITY_S
+from lodestore.storage._transport import MEMORYSTORE, Call, Gate, Sleep, Transport, TransportFailure, arun, run
+from lodestore.storage._values import check_value, decode, encode
 
 __all__ = ["MemoryStoreService", "HashMap", "SortedMap", "Queue"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from storage._limits import RequestType
+from lodestore.storage._limits import RequestType
 
 __all__ = ["KeyInfo", "VersionInfo", "Page", "ANY"]
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import ray
 
-from storage._backends import open_backend
-from storage._budget import BudgetLedger
-from storage._clock import Clock
-from storage._engine import DataStoreEngine
-from storage._faults import FaultConfig
-from storage._memorystore import MemoryStoreEngine
-from storage._messages import BatchReply
-from storage._placement import pinned
+from lodestore.storage._backends import open_backend
+from lodestore.storage._budget import BudgetLedger
+from lodestore.storage._clock import Clock
+from lodestore.storage._engine import DataStoreEngine
+from lodestore.storage._faults import FaultConfig
+from lodestore.storage._memorystore import MemoryStoreEngine
+from lodestore.storage._messages import BatchReply
+from lodestore.storage._placement import pinned
 
 __all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor", "datastore_name",
            "MEMORYSTORE_NAME", "BUDGET_NAME"]

@@ -18,9 +18,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
-from storage._errors import DataStoreError
-from storage._limits import RequestType
-from storage._transport import Permit
+from lodestore.storage._errors import DataStoreError
+from lodestore.storage._limits import RequestType
+from lodestore.storage._transport import Permit
 
 __all__ = ["BudgetGate", "OpenGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics", "QUEUE_LIMIT"]
 

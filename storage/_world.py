@@ -15,18 +15,18 @@ from typing import Any
 
 import ray
 
-from storage._budget import bucket_map
-from storage._clock import Clock, SimClock
-from storage._datastore import DataStoreService
-from storage._errors import ConfigError, DataStoreError
-from storage._faults import FaultConfig
-from storage._memorystore_client import MemoryStoreService
-from storage._placement import STORAGE_PLACEMENTS, storage_nodes
-from storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard, WorldInfo,
+from lodestore.storage._budget import bucket_map
+from lodestore.storage._clock import Clock, SimClock
+from lodestore.storage._datastore import DataStoreService
+from lodestore.storage._errors import ConfigError, DataStoreError
+from lodestore.storage._faults import FaultConfig
+from lodestore.storage._memorystore_client import MemoryStoreService
+from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
+from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard, WorldInfo,
                              _BudgetService, _DataStoreShard, _MemoryStoreShard, actor_options, datastore_name,
                              namespace_of)
-from storage._throttle import BudgetGate, OpenGate
-from storage._transport import ACTOR_FAILURES, DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
+from lodestore.storage._throttle import BudgetGate, OpenGate
+from lodestore.storage._transport import ACTOR_FAILURES, DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
 
 __all__ = ["World", "Server"]
 

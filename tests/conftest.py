@@ -27,7 +27,7 @@ def ray_world(ray_session, tmp_path, request):
     """A world on the session's Ray (SQLite in tmp_path, no budgets), named after the test, shut down after it."""
     import zlib
 
-    from storage import World
+    from lodestore.storage import World
 
     name = f"t{zlib.crc32(request.node.nodeid.encode()):08x}"   # unique per test, parametrized ones included
     world = World.start(name, backend="sqlite", path=str(tmp_path / "world.db"), budget=None)

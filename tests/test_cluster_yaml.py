@@ -209,7 +209,7 @@ def test_the_validation_used_here_catches_broken_configs(config, breakage):
 
 
 def test_cluster_run_is_lodestore_simulate_on_the_cluster(monkeypatch, tmp_path):
-    import sim._cli
+    import lodestore.sim as cli
 
     calls = []
 
@@ -217,7 +217,7 @@ def test_cluster_run_is_lodestore_simulate_on_the_cluster(monkeypatch, tmp_path)
         calls.append((argv, Path(os.getcwd())))
         return 1
 
-    monkeypatch.setattr(sim._cli, "main", fake_main)
+    monkeypatch.setattr(cli, "main", fake_main)
     monkeypatch.chdir(tmp_path)   # `ray submit` runs it from the home directory; restored afterwards
     monkeypatch.setattr(sys, "argv", ["cluster_run.py", "examples/scenarios/quickstart.toml", "--players", "50"])
     with pytest.raises(SystemExit) as exit_:

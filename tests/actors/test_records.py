@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors._records import (
+from lodestore.actors._records import (
     SHARD_LIMIT_CHARS,
     FrozenDict,
     RecordError,
@@ -32,9 +32,9 @@ from actors._records import (
     thaw,
     tx_id_of,
 )
-from storage import DataStoreError, LodestoreError
-from storage._limits import MAX_KEY_NAME, MAX_VALUE_CHARS
-from storage._values import canonical, check_key, check_value, decode, encode
+from lodestore.storage import DataStoreError, LodestoreError
+from lodestore.storage._limits import MAX_KEY_NAME, MAX_VALUE_CHARS
+from lodestore.storage._values import canonical, check_key, check_value, decode, encode
 
 
 def compact_len(value) -> int:

@@ -11,10 +11,10 @@ import math
 
 import pytest
 
-from actors import (KeyClosedError, KeyHost, KeyNotLoadedError, LoadInProgressError, LockLostError, LockTimeoutError,
+from lodestore.actors import (KeyClosedError, KeyHost, KeyNotLoadedError, LoadInProgressError, LockLostError, LockTimeoutError,
                     Migration, MigrationError, Request, Scheduler, SchemaError, StoreClosedError, StoreConfig)
-from actors import _records as rec
-from storage import DataStoreError, ManualClock, TransformError, World
+from lodestore.actors import _records as rec
+from lodestore.storage import DataStoreError, ManualClock, TransformError, World
 
 TEMPLATE = {"coins": 0, "items": []}
 
@@ -317,7 +317,7 @@ def test_unload_during_load_stops_the_load_and_leaves_no_lock():
 
 def test_load_during_unload_waits_and_reads_what_the_unload_saved():
     async def main():
-        from storage import FaultConfig
+        from lodestore.storage import FaultConfig
         rig = Rig()
         a = rig.host("a")
         await a("load", "u1")
@@ -376,7 +376,7 @@ def test_a_failed_final_save_keeps_the_session_and_its_lock():
         a = rig.host("a", retry_attempts=1)
         await a("load", "u1")
         await a("update", "u1", lambda d: d.update(coins=8) or True)
-        from storage import FaultConfig
+        from lodestore.storage import FaultConfig
         rig.world.set_faults(FaultConfig(seed=1, error_rate={"StandardWrite": 1.0}))
         with pytest.raises(DataStoreError):
             await a("unload", "u1")
@@ -393,7 +393,7 @@ def test_storage_errors_are_retried_with_backoff():
         a = rig.host("a")
         await a("load", "u1")
         await a("update", "u1", lambda d: d.update(coins=4) or True)
-        from storage import FaultConfig
+        from lodestore.storage import FaultConfig
         rig.world.set_faults(FaultConfig(seed=3, error_rate={"StandardWrite": 0.5}))
         saving = asyncio.create_task(a("save", "u1"))
         assert await until_done(rig, saving) is True
@@ -538,7 +538,7 @@ def test_callbacks_see_changes_and_logs():
 
 
 def test_config_errors_name_the_bad_field():
-    from storage import ConfigError
+    from lodestore.storage import ConfigError
     for kwargs, field in ((dict(autosave_interval=math.nan), "autosave_interval"),
                           (dict(lock_refresh=100, lock_ttl=90), "lock_refresh"),
                           (dict(migrations=[("a", 1)]), "apply"),
@@ -553,7 +553,7 @@ def test_config_errors_name_the_bad_field():
 
 
 def test_close_saves_at_emergency_priority_and_routine_saves_do_not():
-    from storage._throttle import _emergency
+    from lodestore.storage._throttle import _emergency
 
     async def main():
         rig = Rig()
@@ -582,7 +582,7 @@ def test_close_saves_at_emergency_priority_and_routine_saves_do_not():
 
 def test_a_load_that_retries_longer_than_the_lock_ttl_keeps_its_lock():
     async def main():
-        from storage import FaultConfig
+        from lodestore.storage import FaultConfig
         rig = Rig()
         a = rig.host("a", retry_attempts=10)
         rig.world.set_faults(FaultConfig(seed=1, error_rate={"StandardWrite": 1.0}))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors import (GameServer, KeyNotLoadedError, LockLostError, StoreClosedError, StoreStatistics, advance)
-from storage import ConfigError, ManualClock, TransformError, World
+from lodestore.actors import (GameServer, KeyNotLoadedError, LockLostError, StoreClosedError, StoreStatistics, advance)
+from lodestore.storage import ConfigError, ManualClock, TransformError, World
 
 TEMPLATE = {"coins": 0, "items": []}
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from actors import GameServer, KeyNotLoadedError, LoadInProgressError, StoreClosedError
+from lodestore.actors import GameServer, KeyNotLoadedError, LoadInProgressError, StoreClosedError
 
 pytestmark = pytest.mark.ray
 

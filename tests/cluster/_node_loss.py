@@ -71,8 +71,8 @@ def _retry(fn, seconds: float = 30.0):
 
 
 def main(out: Path) -> dict:
-    from sim import RunOptions, parse_scenario, simulate
-    from storage._placement import spread_nodes
+    from lodestore.sim import RunOptions, parse_scenario, simulate
+    from lodestore.storage._placement import spread_nodes
 
     cluster, workers = start_cluster()
     seen: dict = {"nodes": len(ray.nodes())}

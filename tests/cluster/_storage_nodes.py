@@ -23,7 +23,7 @@ def _node_of(handle) -> str:
 
 
 def _shard_keys(shards: int, per_shard: int) -> dict[int, list[str]]:
-    from storage._transport import shard_of
+    from lodestore.storage._transport import shard_of
     out: dict[int, list[str]] = {i: [] for i in range(shards)}
     n = 0
     while any(len(v) < per_shard for v in out.values()):
@@ -36,8 +36,8 @@ def _shard_keys(shards: int, per_shard: int) -> dict[int, list[str]]:
 
 
 def main(tmp: Path) -> dict:
-    from storage import DataStoreError, World
-    from storage._shards import MEMORYSTORE_NAME, namespace_of
+    from lodestore.storage import DataStoreError, World
+    from lodestore.storage._shards import MEMORYSTORE_NAME, namespace_of
 
     cluster, workers = start_cluster()
     out: dict = {}

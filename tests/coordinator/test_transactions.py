@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import KeyHost, Request, Scheduler, SchemaError, StoreConfig
-from actors._session import TX_STORE
-from coordinator import (Coordinator, KeysChangedError, SimulatedCrash, Step, TxAbortedError, TxRequest,
+from lodestore.actors import KeyHost, Request, Scheduler, SchemaError, StoreConfig
+from lodestore.actors._session import TX_STORE
+from lodestore.coordinator import (Coordinator, KeysChangedError, SimulatedCrash, Step, TxAbortedError, TxRequest,
                          TxUnknownError)
-from storage import FaultConfig, LodestoreError, ManualClock, TransformError, World
+from lodestore.storage import FaultConfig, LodestoreError, ManualClock, TransformError, World
 
 TEMPLATE = {"coins": 100, "items": []}
 
@@ -293,7 +293,7 @@ def test_a_load_over_a_pending_transaction_aborts_it_so_it_can_never_commit_half
         before = {k: await sessions[k].tx_prepare("T1", 30) for k in ("ann", "bob")}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
-        from actors import _records as rec
+        from lodestore.actors import _records as rec
         for key in ("ann", "bob"):
             await sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
         a.crash()
@@ -317,7 +317,7 @@ def test_a_lost_commit_answer_becomes_unknown_and_still_resolves_all_or_nothing(
         coord = rig.coordinator()
 
         async def lost(*args, **kwargs):
-            from storage import DataStoreError
+            from lodestore.storage import DataStoreError
             raise DataStoreError(500, "InternalServerError", "the answer was lost")
 
         coord.markers.aio.update = lost
@@ -436,7 +436,7 @@ def test_an_abort_cleans_the_record_of_a_participant_whose_session_is_gone_befor
         before = {k: await hosts[k].stores["bank"].sessions[k].tx_prepare("T1", 30) for k in hosts}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
-        from actors import _records as rec
+        from lodestore.actors import _records as rec
         for key, host in hosts.items():
             await host.stores["bank"].sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
         a.crash()                                              # ann's session is gone, its record holds T1

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from actors import GameServer
-from coordinator import TxAbortedError, TxUnknownError
+from lodestore.actors import GameServer
+from lodestore.coordinator import TxAbortedError, TxUnknownError
 
 pytestmark = pytest.mark.ray
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim._checkers import (
+from lodestore.sim._checkers import (
     History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation, check_no_duplicate_items,
     check_single_holder, run_checks,
 )

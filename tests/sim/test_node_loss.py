@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sim import Planned, Planner, parse_scenario
-from sim._checkers import check_single_holder
-from sim._collect import Collector
-from sim._runner import _Router
+from lodestore.sim import Planned, Planner, parse_scenario
+from lodestore.sim._checkers import check_single_holder
+from lodestore.sim._collect import Collector
+from lodestore.sim._runner import _Router
 
 SCENARIO = """
 [world]

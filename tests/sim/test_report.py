@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sim._report import PLOT_NAMES, _wants_log_scale, summary_table, write_report
+from lodestore.sim._report import PLOT_NAMES, _wants_log_scale, summary_table, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 XSS = "<script>alert('dup')</script>"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from sim._scenario import (
+from lodestore.sim._scenario import (
     ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario, Servers, StoreSection, WorldSection, load_scenario,
     parse_scenario,
 )
-from storage import ConfigError
+from lodestore.storage import ConfigError
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "scenarios").glob("*.toml"))
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sim import Planner, RunOptions, parse_scenario, simulate
-from sim._cli import main
-from sim._host import Trade
+from lodestore.sim import Planner, RunOptions, parse_scenario, simulate
+from lodestore.sim import main
+from lodestore.sim._host import Trade
 
 CHAOS = """
 [world]
@@ -153,7 +153,7 @@ def test_a_chaos_run_passes_every_checker():
 
 
 def test_a_store_that_loses_writes_is_caught(monkeypatch):
-    import actors._records as records
+    import lodestore.actors._records as records
     monkeypatch.setattr(records, "digest", lambda _blob: "same")   # every change looks saved: unloads skip writes
     result = run_in_process(QUICK)
     failed = {c.name: c for c in result.checks if not c.ok}
@@ -162,7 +162,7 @@ def test_a_store_that_loses_writes_is_caught(monkeypatch):
 
 
 def test_a_store_that_grants_one_lock_twice_is_caught(monkeypatch):
-    from actors._session import Session
+    from lodestore.actors._session import Session
 
     async def grab_without_asking(self):
         self._holds_lock = True

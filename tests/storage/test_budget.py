@@ -9,16 +9,16 @@ from fractions import Fraction
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from storage._budget import (
+from lodestore.storage._budget import (
     BudgetLedger,
     BudgetProfile,
     ExperienceCategory,
     Lease,
     ReleaseOutcome,
 )
-from storage._clock import ManualClock
-from storage._errors import ConfigError
-from storage._limits import RequestType
+from lodestore.storage._clock import ManualClock
+from lodestore.storage._errors import ConfigError
+from lodestore.storage._limits import RequestType
 
 RT = RequestType
 T0 = 1_700_000_000_000

@@ -10,9 +10,9 @@ from fractions import Fraction
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from storage._budget import BudgetLedger, ExperienceCategory, ReleaseOutcome
-from storage._clock import ManualClock
-from storage._limits import RequestType
+from lodestore.storage._budget import BudgetLedger, ExperienceCategory, ReleaseOutcome
+from lodestore.storage._clock import ManualClock
+from lodestore.storage._limits import RequestType
 # the formulas, written out in the budget tests (the tests do not trust the module's tables)
 from tests.storage.test_budget import BURST, CATEGORY, EXPERIENCE, RATES
 

@@ -14,8 +14,8 @@ import threading
 
 import pytest
 
-import storage
-from storage import (DataStoreError, FaultConfig, KeyInfo, ManualClock, MemoryStoreError, Outage, SortDirection,
+from lodestore import storage
+from lodestore.storage import (DataStoreError, FaultConfig, KeyInfo, ManualClock, MemoryStoreError, Outage, SortDirection,
                      TransformError, UpdateResult, World)
 
 HOUR_MS = 3_600_000

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from sim import parse_scenario
-from storage import ConfigError, FaultConfig, ManualClock, RequestType, World
-from storage._shards import BUDGET_NAME, WorldInfo, namespace_of
+from lodestore.sim import parse_scenario
+from lodestore.storage import ConfigError, FaultConfig, ManualClock, RequestType, World
+from lodestore.storage._shards import BUDGET_NAME, WorldInfo, namespace_of
 
 
 def _info(storage: str, shards: int, backend: str = "sqlite", path: str | None = "/data/w.db") -> WorldInfo:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from storage import DataStoreError, FaultConfig, ManualClock, RequestType, RetryPolicy, World, emergency
-from storage._throttle import KeyLanes
+from lodestore.storage import DataStoreError, FaultConfig, ManualClock, RequestType, RetryPolicy, World, emergency
+from lodestore.storage._throttle import KeyLanes
 
 W = RequestType.STANDARD_WRITE
 

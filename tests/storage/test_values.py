@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage._errors import DataStoreError
-from storage._limits import (
+from lodestore.storage._errors import DataStoreError
+from lodestore.storage._limits import (
     LIST_KEYS_DEFAULT_PAGE,
     MAX_LIST_PAGE,
     MAX_METADATA_KEY,
@@ -23,7 +23,7 @@ from storage._limits import (
     MAX_USER_IDS,
     MAX_VALUE_CHARS,
 )
-from storage._values import (
+from lodestore.storage._values import (
     MAX_DEPTH,
     canonical,
     check_key,

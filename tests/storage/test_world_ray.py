@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from storage import ConfigError, DataStoreError, World
+from lodestore.storage import ConfigError, DataStoreError, World
 
 pytestmark = pytest.mark.ray
 
