@@ -1,7 +1,8 @@
-"""lodestore's key actors and Store API: session-locked player data, as Lyra keeps it, on Ray.
+"""lodestore's key actors: sessions of session-locked player data, as Lyra keeps it, and the hosts that hold them.
 
-    >>> from lodestore.storage import World
-    >>> from lodestore.actors import GameServer
+The Store API above them (`GameServer`, `Store`) is `lodestore`'s own, since it also reaches the coordinator:
+
+    >>> from lodestore import GameServer, World
     >>> world = World.start("demo")
     >>> server = GameServer(world, players=10)                  # one simulated game server
     >>> players = server.create_store("players", template={"coins": 0, "items": []})
@@ -21,10 +22,10 @@ from lodestore.actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInP
 from lodestore.actors._host import KeyHost, Request, StoreStatistics
 from lodestore.actors._scheduler import Scheduler
 from lodestore.actors._session import SessionState, StoreCounters
-from lodestore.actors._store import AsyncStore, GameServer, Store, advance
+from lodestore.actors._actor import KeyActor, key_actor_options
 
 __all__ = [
-    "GameServer", "Store", "AsyncStore", "advance",
+    "KeyActor", "key_actor_options",
     "StoreConfig", "Migration", "Placement", "LogMessage",
     "KeyHost", "Request", "Scheduler", "SessionState", "StoreStatistics", "StoreCounters",
     "StoreError", "KeyNotLoadedError", "LoadInProgressError", "StoreClosedError", "KeyClosedError", "LockLostError",

@@ -19,7 +19,7 @@ import time
 
 import ray
 
-from lodestore.actors import GameServer
+from lodestore import GameServer
 from lodestore.bench._common import ensure_ray, raw_call_rate
 from lodestore.storage import World
 

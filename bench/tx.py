@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 
-from lodestore.actors import GameServer
+from lodestore import GameServer
 from lodestore.bench._common import ensure_ray, raw_call_rate
 from lodestore.storage import World
 

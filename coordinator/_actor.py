@@ -15,9 +15,9 @@ import ray
 
 from lodestore.coordinator._coordinator import Coordinator, TxRequest
 from lodestore.coordinator._errors import TxUnknownError
-from lodestore.storage._shards import namespace_of
+from lodestore.storage import namespace_of
 
-__all__ = ["CoordinatorActor", "coordinator_handle", "forget_handle", "COORDINATOR_NAME"]
+__all__ = ["CoordinatorActor", "coordinator_handle", "forget_handle", "unknown_after_crash", "COORDINATOR_NAME"]
 
 COORDINATOR_NAME = "coordinator"
 RECOVER_EVERY_S = 30.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from lodestore.actors import GameServer
+from lodestore import GameServer
 from lodestore.storage import World
 
 

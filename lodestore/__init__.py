@@ -18,12 +18,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lodestore.actors import AsyncStore, GameServer, Migration, Store, advance
+from lodestore._store import AsyncStore, GameServer, Store, advance, tx_batcher
+from lodestore.actors import Migration
 from lodestore.storage import (ConfigError, DataStoreError, FaultConfig, LodestoreError, ManualClock, MemoryStoreError,
                                World)
 
 __all__ = [
-    "World", "GameServer", "Store", "AsyncStore", "Migration", "advance", "ManualClock", "FaultConfig",
+    "World", "GameServer", "Store", "AsyncStore", "Migration", "advance", "tx_batcher", "ManualClock", "FaultConfig",
     "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError",
     "simulate", "load_scenario", "RunOptions",
 ]

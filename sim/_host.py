@@ -31,6 +31,7 @@ from typing import Any, Callable
 import ray
 
 from lodestore.actors import KeyHost, Request, Scheduler, SessionState, StoreConfig, StoreCounters
+from lodestore import tx_batcher
 from lodestore.coordinator import TxRequest, TxUnknownError
 from lodestore.sim._scenario import Scenario
 from lodestore.sim._workload import Planned
@@ -633,8 +634,7 @@ class _SimHostActor:
     def _ready(self) -> SimHost:
         if self._host is None:
             world, scenario, index, t0 = self._args
-            from lodestore.actors._store import _tx_batcher
-            batcher = _tx_batcher(world)
+            batcher = tx_batcher(world)
             scheduler = Scheduler(world.clock)
             self._host = SimHost(world, scenario, index, t0, scheduler=scheduler, run_tx=batcher.submit,
                                  peer=lambda i: self._peers[i], host_of=lambda sid: self._servers.get(sid, index))

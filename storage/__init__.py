@@ -20,6 +20,7 @@ from lodestore.storage._limits import RequestType
 from lodestore.storage._memorystore import MemoryStoreStatistics
 from lodestore.storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
 from lodestore.storage._messages import KeyInfo, Page, VersionInfo
+from lodestore.storage._shards import namespace_of
 from lodestore.storage._throttle import GateStatistics, emergency
 from lodestore.storage._transport import ACTOR_FAILURES
 from lodestore.storage._world import Server, World
@@ -30,6 +31,6 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
-    "FaultConfig", "Latency", "Outage",
+    "FaultConfig", "Latency", "Outage", "namespace_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
 ]

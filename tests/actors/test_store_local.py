@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lodestore.actors import (GameServer, KeyNotLoadedError, LockLostError, StoreClosedError, StoreStatistics, advance)
+from lodestore import GameServer, advance
+from lodestore.actors import KeyNotLoadedError, LockLostError, StoreClosedError, StoreStatistics
 from lodestore.storage import ConfigError, ManualClock, TransformError, World
 
 TEMPLATE = {"coins": 0, "items": []}

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from lodestore.actors import GameServer, KeyNotLoadedError, LoadInProgressError, StoreClosedError
+from lodestore import GameServer
+from lodestore.actors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
 
 pytestmark = pytest.mark.ray
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lodestore.actors import GameServer
+from lodestore import GameServer
 from lodestore.coordinator import TxAbortedError, TxUnknownError
 
 pytestmark = pytest.mark.ray

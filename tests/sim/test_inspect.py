@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lodestore.actors import GameServer, KeyHost, Request, Scheduler, StoreConfig
+from lodestore import GameServer
+from lodestore.actors import KeyHost, Request, Scheduler, StoreConfig
 from lodestore.actors import _records as rec
 from lodestore.actors._session import TX_STORE
 from lodestore.sim._inspect import (NOT_FOUND, USAGE, InspectError, add_parser, export_store, import_store, list_keys,

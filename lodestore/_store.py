@@ -18,14 +18,12 @@ from typing import Any, Callable
 
 import ray
 
-from lodestore.actors._actor import KeyActor, key_actor_options
-from lodestore.actors._config import Placement, StoreConfig
-from lodestore.actors._errors import KeyNotLoadedError, StoreClosedError
-from lodestore.actors._host import KeyHost, Request, StoreStatistics
-from lodestore.actors._scheduler import Scheduler
+from lodestore.actors import (KeyActor, KeyHost, KeyNotLoadedError, Placement, Request, Scheduler, StoreClosedError,
+                              StoreConfig, StoreStatistics, key_actor_options)
+from lodestore.coordinator import Coordinator, TxRequest, coordinator_handle, forget_handle, unknown_after_crash
 from lodestore.storage import ACTOR_FAILURES, ConfigError, World
 
-__all__ = ["GameServer", "Store", "advance"]
+__all__ = ["GameServer", "Store", "AsyncStore", "advance", "tx_batcher"]
 
 _STORE_OPTIONS = tuple(f.name for f in dataclasses.fields(StoreConfig) if f.name not in ("name", "template"))
 
@@ -49,8 +47,6 @@ class _LocalRuntime:
     def coordinator(self, world: World) -> Any:
         """This world's in-process coordinator (built on the background loop on first use)."""
         if getattr(self, "_coordinator", None) is None:
-            from lodestore.coordinator import Coordinator
-
             async def make() -> Any:
                 return Coordinator(world)
 
@@ -135,10 +131,8 @@ class _Coalescer:
 _tx_batchers: dict[str, _Coalescer] = {}
 
 
-def _tx_batcher(world: World) -> _Coalescer:
+def tx_batcher(world: World) -> _Coalescer:
     """One loop turn's transactions of this process go to the world's coordinator actor in one message."""
-    from lodestore.coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
-
     def gone(exc: BaseException) -> BaseException:
         forget_handle(world)
         return unknown_after_crash(exc)
@@ -368,7 +362,6 @@ class Store:
         return self._run_tx(keys, fn, immutable=True)
 
     def _tx_request(self, keys: Any, fn: Any, immutable: bool) -> Any:
-        from lodestore.coordinator import TxRequest
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)) or not keys:
             raise TypeError(f"tx keys must be a non-empty list of key names, got {keys!r:.80}")
         if len(set(keys)) != len(keys):
@@ -387,7 +380,6 @@ class Store:
         local = self.server._local
         if local is not None:
             return local.run(local.coordinator(self.server.world).run(req))
-        from lodestore.coordinator._actor import coordinator_handle, forget_handle, unknown_after_crash
         try:
             return _raise_or_return(ray.get(coordinator_handle(self.server.world).run.remote(req)))
         except ACTOR_FAILURES as exc:
@@ -399,7 +391,7 @@ class Store:
         local = self.server._local
         if local is not None:
             return await local.arun(local.coordinator(self.server.world).run(req))
-        return _raise_or_return(await _tx_batcher(self.server.world).submit(req))
+        return _raise_or_return(await tx_batcher(self.server.world).submit(req))
 
     def peek(self, key: str) -> Any:
         """The stored data of a key, without locking it (transactions resolved), or None."""
