@@ -20,14 +20,13 @@ from lodestore.actors._config import LogMessage, Migration, Placement, StoreConf
 from lodestore.actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInProgressError, LockLostError, LockTimeoutError,
                             MigrationError, RecordError, SchemaError, StoreClosedError, StoreError, TxLockedError)
 from lodestore.actors._host import KeyHost, Request, StoreStatistics
-from lodestore.actors._scheduler import Scheduler
 from lodestore.actors._session import SessionState, StoreCounters
 from lodestore.actors._actor import KeyActor, key_actor_options
 
 __all__ = [
     "KeyActor", "key_actor_options",
     "StoreConfig", "Migration", "Placement", "LogMessage",
-    "KeyHost", "Request", "Scheduler", "SessionState", "StoreStatistics", "StoreCounters",
+    "KeyHost", "Request", "SessionState", "StoreStatistics", "StoreCounters",
     "StoreError", "KeyNotLoadedError", "LoadInProgressError", "StoreClosedError", "KeyClosedError", "LockLostError",
     "LockTimeoutError", "SchemaError", "MigrationError", "TxLockedError", "RecordError",
 ]

@@ -17,9 +17,8 @@ from typing import Any
 
 from lodestore.actors._config import StoreConfig
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
-from lodestore.actors._scheduler import Scheduler
 from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
-from lodestore.storage import ConfigError, LodestoreError, Server, emergency
+from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, emergency
 from lodestore.storage._values import check_key, check_user_ids
 
 __all__ = ["KeyHost", "Request", "StoreStatistics", "ABSENT"]

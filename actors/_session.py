@@ -33,7 +33,7 @@ from lodestore.actors import _records as rec
 from lodestore.actors._config import LogMessage, StoreConfig
 from lodestore.actors._errors import (KeyClosedError, LockLostError, LockTimeoutError, MigrationError, RecordError,
                             SchemaError, TxLockedError)
-from lodestore.actors._scheduler import Scheduler, Timer
+from lodestore.storage import Scheduler, Timer
 from lodestore.storage import DataStoreError, MemoryStoreError, RequestType, TransformError, UpdateResult
 from lodestore.storage._values import canonical, check_value
 

@@ -31,7 +31,7 @@ from lodestore.actors import _records as rec
 from lodestore.actors._host import ABSENT
 from lodestore.actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
-from lodestore.storage import DataStoreError, Server, TransformError
+from lodestore.storage import Backoff, DataStoreError, Server, TransformError, retry, sleep
 from lodestore.storage._values import canonical, check_value
 
 __all__ = ["Coordinator", "TxRequest", "Step", "CoordinatorStatistics"]
@@ -144,6 +144,12 @@ class Coordinator:
     def statistics(self) -> CoordinatorStatistics:
         return CoordinatorStatistics(**vars(self.stats))
 
+    async def _retrying(self, call: Callable) -> Any:
+        """A marker or record request, retried on retryable DataStore errors, waiting on the world's clock."""
+        clock = self.server.world.clock
+        return await retry(call, attempts=_STORAGE_ATTEMPTS, backoff=_STORAGE_BACKOFF, retryable=_retryable,
+                           sleep=lambda seconds: sleep(clock, seconds))
+
     def _step(self, step: Step, tx_id: str) -> None:
         if self.hook is not None:
             self.hook(step, tx_id)
@@ -225,7 +231,7 @@ class Coordinator:
     async def _two_phase(self, req, tx_id, befores, afters, changed, each, release) -> bool:
         marker = {"state": "pending", "store": req.store, "keys": changed, "created": self.server.world.now()}
         try:  # written as a create-only update: its KeyInfo lets the commit point skip a read
-            written = await _retrying(lambda: self.markers.aio.update(tx_id, lambda old, info: marker,
+            written = await self._retrying(lambda: self.markers.aio.update(tx_id, lambda old, info: marker,
                                                                       current=(None, None)))
         except DataStoreError as exc:
             return await self._abort(tx_id, release, f"the marker could not be written: {exc}")
@@ -250,7 +256,7 @@ class Coordinator:
         await release({k: ("commit",) for k in changed})
         self._step(Step.FINISHED, tx_id)
         try:
-            await _retrying(lambda: self.markers.aio.remove(tx_id))
+            await self._retrying(lambda: self.markers.aio.remove(tx_id))
             self._step(Step.CLEANED, tx_id)
         except DataStoreError:
             pass  # committed either way; recovery removes the marker later
@@ -280,8 +286,8 @@ class Coordinator:
         """Before the commit point: marker to aborted (unless it committed after all), records cleaned, marker
         removed. Raises TxAbortedError; returns True only when the commit turned out to have happened."""
         try:
-            await _retrying(lambda: self.markers.aio.update(tx_id, abort_if_pending))
-            marker, _ = await _retrying(lambda: self.markers.aio.get(tx_id, False))
+            await self._retrying(lambda: self.markers.aio.update(tx_id, abort_if_pending))
+            marker, _ = await self._retrying(lambda: self.markers.aio.get(tx_id, False))
         except DataStoreError as exc:
             self.stats.unknown += 1
             raise TxUnknownError(f"transaction {tx_id}: could not abort it ({exc}); it resolves by itself") \
@@ -298,8 +304,8 @@ class Coordinator:
                 # transaction in its record; clean it here, or "marker gone" would read as committed.
                 records = self.server.datastores.get_data_store(f"lodestore/records/{marker['store']}")
                 for key in [k for k, r in replies.items() if r == ABSENT]:
-                    await _retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
-                await _retrying(lambda: self.markers.aio.remove(tx_id))
+                    await self._retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
+                await self._retrying(lambda: self.markers.aio.remove(tx_id))
             except DataStoreError:
                 pass  # recovery cleans the records and removes the marker
         raise TxAbortedError(f"Transaction aborted: {reason}")
@@ -312,7 +318,7 @@ class Coordinator:
         cursor = None
         tx_ids: list[str] = []
         while True:
-            page = await _retrying(lambda: self.markers.aio.list_keys(page_size=500, cursor=cursor, exclude_deleted=True))
+            page = await self._retrying(lambda: self.markers.aio.list_keys(page_size=500, cursor=cursor, exclude_deleted=True))
             tx_ids.extend(page.items)
             if page.is_finished:
                 break
@@ -328,15 +334,15 @@ class Coordinator:
         return settled
 
     async def _settle(self, tx_id: str) -> str | None:
-        await _retrying(lambda: self.markers.aio.update(tx_id, abort_if_pending))
-        marker, _ = await _retrying(lambda: self.markers.aio.get(tx_id, False))
+        await self._retrying(lambda: self.markers.aio.update(tx_id, abort_if_pending))
+        marker, _ = await self._retrying(lambda: self.markers.aio.get(tx_id, False))
         if not isinstance(marker, dict):
             return None
         if marker.get("state") != "committed":
             records = self.server.datastores.get_data_store(f"lodestore/records/{marker['store']}")
             for key in marker.get("keys", ()):
-                await _retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
-        await _retrying(lambda: self.markers.aio.remove(tx_id))
+                await self._retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
+        await self._retrying(lambda: self.markers.aio.remove(tx_id))
         return "committed" if marker.get("state") == "committed" else "aborted"
 
 
@@ -349,12 +355,9 @@ def _without_tx(tx_id: str) -> Callable:
     return clean
 
 
-async def _retrying(call: Callable, attempts: int = 4) -> Any:
-    for attempt in range(1, attempts + 1):
-        try:
-            return await call()
-        except DataStoreError as exc:
-            if not exc.retryable or attempt == attempts:
-                raise
-            await asyncio.sleep(0.01 * 2 ** attempt)
+_STORAGE_BACKOFF = Backoff(base=1.0, cap=8.0)   # marker and record requests retried after 1, 2, 4 simulated s
+_STORAGE_ATTEMPTS = 4
 
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DataStoreError) and exc.retryable

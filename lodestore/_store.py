@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import ray
 
-from lodestore.actors import (KeyActor, KeyHost, KeyNotLoadedError, Placement, Request, Scheduler, StoreClosedError,
+from lodestore.actors import (KeyActor, KeyHost, KeyNotLoadedError, Placement, Request, StoreClosedError,
                               StoreConfig, StoreStatistics, key_actor_options)
 from lodestore.coordinator import Coordinator, TxRequest, coordinator_handle, forget_handle, unknown_after_crash
-from lodestore.storage import ACTOR_FAILURES, ConfigError, World
+from lodestore.storage import ACTOR_FAILURES, ConfigError, Scheduler, World
 
 __all__ = ["GameServer", "Store", "AsyncStore", "advance", "tx_batcher"]
 

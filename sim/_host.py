@@ -30,12 +30,12 @@ from typing import Any, Callable
 
 import ray
 
-from lodestore.actors import KeyHost, Request, Scheduler, SessionState, StoreConfig, StoreCounters
+from lodestore.actors import KeyHost, Request, SessionState, StoreConfig, StoreCounters
 from lodestore import tx_batcher
 from lodestore.coordinator import TxRequest, TxUnknownError
 from lodestore.sim._scenario import Scenario
 from lodestore.sim._workload import Planned
-from lodestore.storage import DataStoreError, GateStatistics, LodestoreError, MemoryStoreError, emergency
+from lodestore.storage import DataStoreError, GateStatistics, LodestoreError, MemoryStoreError, Scheduler, emergency
 
 __all__ = ["SimHost", "SimHostActor", "Trade", "store_config", "HOT_STORE", "error_code"]
 

@@ -36,7 +36,7 @@ from lodestore.sim._host import SimHost, SimHostActor, store_config
 from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._scenario import Scenario
 from lodestore.sim._workload import Planned, Planner, player_key
-from lodestore.storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, World
+from lodestore.storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, Scheduler, World
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at"]
 
@@ -356,7 +356,6 @@ class _InProcess(_Engine):
 
     async def _main(self) -> None:
         from lodestore.coordinator import Coordinator
-        from lodestore.actors import Scheduler
         sc = self.scenario
         budget = None if sc.world.budget == "none" else sc.world.budget
         clock = ManualClock()

@@ -11,6 +11,7 @@
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
+from lodestore.storage._backoff import Backoff, retry
 from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._datastore import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, RetryPolicy,
                                 SortDirection, UpdateResult)
@@ -20,6 +21,7 @@ from lodestore.storage._limits import RequestType
 from lodestore.storage._memorystore import MemoryStoreStatistics
 from lodestore.storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
 from lodestore.storage._messages import KeyInfo, Page, VersionInfo
+from lodestore.storage._scheduler import Scheduler, Timer, sleep
 from lodestore.storage._shards import namespace_of
 from lodestore.storage._throttle import GateStatistics, emergency
 from lodestore.storage._transport import ACTOR_FAILURES
@@ -27,7 +29,7 @@ from lodestore.storage._world import Server, World
 
 __all__ = [
     "World", "Server",
-    "Clock", "SimClock", "ManualClock",
+    "Clock", "SimClock", "ManualClock", "Scheduler", "Timer", "sleep", "Backoff", "retry",
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",

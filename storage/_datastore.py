@@ -23,9 +23,11 @@ from typing import Any, Callable
 import msgpack
 
 from lodestore.storage import _messages as m
+from lodestore.storage._backoff import Backoff
 from lodestore.storage._errors import ConfigError, DataStoreError, TransformError
 from lodestore.storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
                              MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)
+from lodestore.storage._scheduler import sleep
 from lodestore.storage._throttle import GateStatistics, KeyLanes
 from lodestore.storage._transport import DATASTORE, Call, Permit, Transport, TransportFailure, arun, run, shard_of
 from lodestore.storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name,
@@ -115,8 +117,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Simulated seconds to wait before retry number `attempt` (1-based)."""
-        wait = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
-        return wait * (1 - self.jitter * rng.random())
+        return Backoff(self.base_delay, self.max_delay, self.jitter).wait(attempt, rng)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +287,7 @@ class DataStoreService:
                     wait = self._should_retry(exc, attempt, write)
                     if wait is None:
                         raise
-                await asyncio.sleep(self._clock.real_seconds(wait))
+                await sleep(self._clock, wait)
 
     def _lost(self, exc: TransportFailure) -> DataStoreError:
         with self._counters.lock:

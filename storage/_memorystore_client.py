@@ -267,7 +267,7 @@ class Queue(_Structure):
                 ms.QueueRead(self.name, count, all_or_nothing, self.invisibility_timeout))
             if batch.values or not can_wait or clock.now() >= deadline:
                 return [decode(v) for v in batch.values], batch.read_id
-            yield Sleep(clock.real_seconds(_QUEUE_POLL_S))
+            yield Sleep(_QUEUE_POLL_S)
 
     def _op_remove(self, read_id):
         yield from self._request(ms.QueueRemove(self.name, read_id))

@@ -2,7 +2,7 @@
 
 A client operation is a generator. It yields `Call(service, shard, ops)` to send a batch to one shard and receives
 that batch's results (or a list of Calls, sent at once, and receives a list of result lists); it may yield
-`Sleep(seconds)` to wait real time, or `Permit(...)` to wait for a request token from the server's budget gate.
+`Sleep(seconds)` to wait simulated time (through the world's clock: `storage.sleep`), or `Permit(...)` to wait for a request token from the server's budget gate.
 `run` drives such a generator with blocking calls, `arun` with `await`.
 A transport delivers a Call: `RayTransport` to the world's actors, `LocalTransport` to engines in this process (tests,
 scripts). The transport never retries: a batch that may have been applied must not be applied twice.
@@ -20,6 +20,7 @@ from typing import Any, Generator, Protocol
 import ray
 
 from lodestore.storage._messages import BatchReply
+from lodestore.storage._scheduler import sleep
 
 __all__ = ["ACTOR_FAILURES", "Call", "Sleep", "Permit", "run", "arun", "Transport", "LocalTransport", "RayTransport"]
 
@@ -65,6 +66,7 @@ class Transport(Protocol):
     def call_many(self, calls: list[Call]) -> list[BatchReply]: ...
     async def acall_many(self, calls: list[Call]) -> list[BatchReply]: ...
     def shard_count(self, service: str) -> int: ...
+    clock: Any
     def real_seconds(self, simulated_ms: float) -> float: ...
 
 
@@ -104,7 +106,7 @@ def run(op: Operation, transport: Transport, gate: Gate) -> Any:
         elif isinstance(request, Permit):
             reply = gate.acquire(request)
         else:
-            time.sleep(request.seconds)
+            time.sleep(transport.real_seconds(request.seconds * 1000.0))
             reply = None
 
 
@@ -119,11 +121,11 @@ async def arun(op: Operation, transport: Transport, gate: Gate) -> Any:
         if isinstance(request, (Call, list)):
             reply, delay_ms = _replies(request, await transport.acall_many(_calls(request)))
             if delay_ms:
-                await asyncio.sleep(transport.real_seconds(delay_ms))
+                await sleep(transport.clock, delay_ms / 1000.0)
         elif isinstance(request, Permit):
             reply = await gate.aacquire(request)
         else:
-            await asyncio.sleep(request.seconds)
+            await sleep(transport.clock, request.seconds)
             reply = None
 
 
@@ -133,7 +135,7 @@ class LocalTransport:
 
     def __init__(self, services: dict[str, list], clock) -> None:
         self._services = services
-        self._clock = clock
+        self.clock = clock
         # One batch at a time per shard, as a Ray actor with max_concurrency=1 runs them: the engines are not
         # thread-safe, and clients on several threads share them.
         self._locks = {service: [threading.Lock() for _ in shards] for service, shards in services.items()}
@@ -152,7 +154,7 @@ class LocalTransport:
         return len(self._services[service])
 
     def real_seconds(self, simulated_ms: float) -> float:
-        return self._clock.real_seconds(simulated_ms / 1000.0)
+        return self.clock.real_seconds(simulated_ms / 1000.0)
 
 
 class RayTransport:
@@ -165,12 +167,12 @@ class RayTransport:
 
     def __init__(self, handles: dict[str, list], clock) -> None:
         self._handles = handles
-        self._clock = clock
+        self.clock = clock
         self._pending: dict[tuple, list[tuple[list, asyncio.Future]]] = {}
         self.messages_sent = 0
 
     def __reduce__(self):
-        return (RayTransport, (self._handles, self._clock))
+        return (RayTransport, (self._handles, self.clock))
 
     def _submit(self, calls: list[Call]) -> list:
         self.messages_sent += len(calls)
@@ -222,7 +224,7 @@ class RayTransport:
         return len(self._handles[service])
 
     def real_seconds(self, simulated_ms: float) -> float:
-        return self._clock.real_seconds(simulated_ms / 1000.0)
+        return self.clock.real_seconds(simulated_ms / 1000.0)
 
 
 ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,

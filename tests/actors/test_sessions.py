@@ -11,10 +11,11 @@ import math
 
 import pytest
 
-from lodestore.actors import (KeyClosedError, KeyHost, KeyNotLoadedError, LoadInProgressError, LockLostError, LockTimeoutError,
-                    Migration, MigrationError, Request, Scheduler, SchemaError, StoreClosedError, StoreConfig)
+from lodestore.actors import (KeyClosedError, KeyHost, KeyNotLoadedError, LoadInProgressError, LockLostError,
+                              LockTimeoutError, Migration, MigrationError, Request, SchemaError, StoreClosedError,
+                              StoreConfig)
 from lodestore.actors import _records as rec
-from lodestore.storage import DataStoreError, ManualClock, TransformError, World
+from lodestore.storage import DataStoreError, ManualClock, Scheduler, TransformError, World
 
 TEMPLATE = {"coins": 0, "items": []}
 

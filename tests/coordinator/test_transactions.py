@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lodestore.actors import KeyHost, Request, Scheduler, SchemaError, StoreConfig
+from lodestore.actors import KeyHost, Request, SchemaError, StoreConfig
 from lodestore.actors._session import TX_STORE
 from lodestore.coordinator import (Coordinator, KeysChangedError, SimulatedCrash, Step, TxAbortedError, TxRequest,
                          TxUnknownError)
-from lodestore.storage import FaultConfig, LodestoreError, ManualClock, TransformError, World
+from lodestore.storage import FaultConfig, LodestoreError, ManualClock, Scheduler, TransformError, World
 
 TEMPLATE = {"coins": 100, "items": []}
 
@@ -323,7 +323,7 @@ def test_a_lost_commit_answer_becomes_unknown_and_still_resolves_all_or_nothing(
         coord.markers.aio.update = lost
         coord.markers.aio.get = lost
         with pytest.raises((TxUnknownError, TxAbortedError)):
-            await coord.run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 10)))
+            await drive(rig, coord.run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 10))))
         await rig.scheduler.advance(31)
         await rig.coordinator().recover()
         ann, bob = (await rig.call(a, "get", "ann"))["coins"], (await rig.call(a, "get", "bob"))["coins"]

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from lodestore import GameServer
-from lodestore.actors import KeyHost, Request, Scheduler, StoreConfig
+from lodestore.actors import KeyHost, Request, StoreConfig
 from lodestore.actors import _records as rec
 from lodestore.actors._session import TX_STORE
 from lodestore.sim._inspect import (NOT_FOUND, USAGE, InspectError, add_parser, export_store, import_store, list_keys,
                           list_stores, list_versions, restore_version, show_key)
-from lodestore.storage import ManualClock, World
+from lodestore.storage import ManualClock, Scheduler, World
 
 TEMPLATE = {"coins": 0, "items": []}
 # Base64 text of random bytes: its JSON is over the 3,990,000-character shard threshold (and within the 4,194,304 a

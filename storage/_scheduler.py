@@ -1,11 +1,16 @@
-"""One timer scheduler per key actor: every session's autosave, lock refresh, lock deadline and backoff wait.
+"""Timers on the simulated clock, one scheduler per event loop: every autosave, lock refresh, lock deadline, backoff
+wait and retry of the code running on that loop.
 
 A heap of (due ms on the simulated clock, sequence, callback). `run_due()` runs what is due; `drive()` is the real-time
 loop a Ray actor runs (it sleeps until the next due time, scaled by the clock, and wakes early when an earlier timer
-arrives). With a `ManualClock` nothing fires by itself: tests move the clock and call `run_due()` (or `advance`).
+arrives). With a `ManualClock` nothing fires by itself: tests move the clock and call `run_due()` (or `advance`), and
+time moves only when nothing on the loop can run any more (`settle`, like trio's autojump clock), so a chain of calls,
+however deep, never sees the clock move under it.
 Cancelled timers stay in the heap until their time comes and are skipped then, so cancel is O(1).
 Callbacks are plain functions; work that waits is started with `spawn`, which keeps the task referenced and hands
-any exception it ends with to `on_error`. It never touches storage.
+any exception it ends with to `on_error`. `sleep(clock, seconds)` is how code that has no scheduler of its own
+(storage clients, the coordinator) waits: on the running loop's scheduler when one is bound to it, else on the
+clock's pace. Nothing here reads the wall clock except through a paced clock, or touches storage.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import weakref
 from typing import Any, Callable, Coroutine
 
-from lodestore.storage import Clock, ManualClock
+from lodestore.storage._clock import Clock, ManualClock
 
-__all__ = ["Scheduler", "Timer"]
+__all__ = ["Scheduler", "Timer", "sleep"]
 
 _MAX_NAP_S = 1.0  # the real-time driver re-reads the clock at least this often
+_FALLBACK_TURNS = 30
 
 
 class Timer:
@@ -37,8 +44,22 @@ class Timer:
         self.fn = None  # drop references early: a session may be gone long before its timer's time comes
 
 
+_settling: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int]" = weakref.WeakKeyDictionary()
+_bound: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Scheduler]" = weakref.WeakKeyDictionary()
+
+
+async def sleep(clock: Clock, seconds: float) -> None:
+    """Wait `seconds` of simulated time on `clock`: through the scheduler bound to the running loop when it keeps
+    that clock (a manual clock's waits then end when time is moved past them), else at the clock's pace."""
+    scheduler = _bound.get(asyncio.get_running_loop())
+    if scheduler is not None and (scheduler.clock is clock or (not scheduler.manual and scheduler.clock == clock)):
+        await scheduler.sleep(seconds)
+    else:
+        await asyncio.sleep(clock.real_seconds(seconds))
+
+
 class Scheduler:
-    """Timers on the simulated clock, for every session of one actor."""
+    """Timers on the simulated clock, for everything running on one event loop."""
 
     def __init__(self, clock: Clock, on_error: Callable[[BaseException], Any] | None = None) -> None:
         self.clock = clock
@@ -47,6 +68,14 @@ class Scheduler:
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
+        try:
+            self.bind(asyncio.get_running_loop())
+        except RuntimeError:
+            pass  # made outside a loop: bound when it first drives or advances one
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make this the scheduler that `sleep(clock, s)` uses on `loop` (the first one bound keeps it)."""
+        _bound.setdefault(loop, self)
 
     @property
     def manual(self) -> bool:
@@ -110,16 +139,32 @@ class Scheduler:
                     self.on_error(exc)
         return ran
 
-    async def settle(self, turns: int = 30) -> None:
-        """Let every task that can run, run (for manual-clock tests: storage calls complete within a few turns)."""
-        for _ in range(turns):
+    @staticmethod
+    async def settle() -> None:
+        """Return once nothing else on this loop can run: every task is waiting (on a timer, a lock, a future) and
+        no callback is ready. In-process storage answers within the loop, so a call chain of any depth completes
+        before this returns."""
+        loop = asyncio.get_running_loop()
+        ready = getattr(loop, "_ready", None)   # CPython's run queue; a loop without one gets a fixed number of turns
+        if ready is None:
+            for _ in range(_FALLBACK_TURNS):
+                await asyncio.sleep(0)
+            return
+        # Tasks settling at the same time see each other's turn in the queue: only what is beyond them is work.
+        _settling[loop] = _settling.get(loop, 0) + 1
+        try:
             await asyncio.sleep(0)
+            while len(ready) >= _settling[loop]:
+                await asyncio.sleep(0)
+        finally:
+            _settling[loop] -= 1
 
     async def advance(self, seconds: float) -> None:
         """Manual clock only: move time forward `seconds`, stopping at every timer on the way, running it and
         letting what it started settle, as if that time had really passed."""
         if not self.manual:
             raise TypeError("advance needs a ManualClock; a SimClock moves by itself")
+        self.bind(asyncio.get_running_loop())
         target = self.clock.now() + int(round(seconds * 1000))
         await self.settle()
         while True:
@@ -137,6 +182,7 @@ class Scheduler:
 
     async def drive(self) -> None:
         """Run timers as simulated time passes (a Ray actor's background task). Never returns."""
+        self.bind(asyncio.get_running_loop())
         self._wake = asyncio.Event()
         while True:
             self.run_due()
