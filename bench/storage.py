@@ -16,10 +16,10 @@ import tempfile
 import ray
 
 from lodestore.bench._common import ensure_ray, median_rate, raw_call_rate
-from lodestore.storage import _messages as m
-from lodestore.storage._backends import SqliteBackend
+from lodestore.storage.datastore import _messages as m
+from lodestore.storage.datastore._backends import SqliteBackend
 from lodestore.storage._clock import SimClock
-from lodestore.storage._engine import DataStoreEngine
+from lodestore.storage.datastore._engine import DataStoreEngine
 from lodestore.storage._values import encode
 from lodestore.storage import World
 

@@ -12,14 +12,14 @@ Everything public is exported here; the `_`-prefixed modules are private.
 """
 
 from lodestore.storage._clock import Clock, ManualClock, SimClock
-from lodestore.storage._datastore import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, RetryPolicy,
+from lodestore.storage.datastore._client import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, RetryPolicy,
                                 SortDirection, UpdateResult)
 from lodestore.storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
 from lodestore.storage._faults import FaultConfig, Latency, Outage
 from lodestore.storage._limits import RequestType
-from lodestore.storage._memorystore import MemoryStoreStatistics
-from lodestore.storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
-from lodestore.storage._messages import KeyInfo, Page, VersionInfo
+from lodestore.storage.memorystore._engine import MemoryStoreStatistics
+from lodestore.storage.memorystore._client import HashMap, MemoryStoreService, Queue, SortedMap
+from lodestore.storage.datastore._messages import KeyInfo, Page, VersionInfo
 from lodestore.storage._shards import namespace_of
 from lodestore.storage._throttle import GateStatistics, emergency
 from lodestore.storage._transport import ACTOR_FAILURES

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import ray
 
-from lodestore.storage._backends import open_backend
+from lodestore.storage.datastore._backends import open_backend
 from lodestore.storage._budget import BudgetLedger
 from lodestore.storage._clock import Clock
-from lodestore.storage._engine import DataStoreEngine
+from lodestore.storage.datastore._engine import DataStoreEngine
 from lodestore.storage._faults import FaultConfig
-from lodestore.storage._memorystore import MemoryStoreEngine
-from lodestore.storage._messages import BatchReply
+from lodestore.storage.memorystore._engine import MemoryStoreEngine
+from lodestore.storage.datastore._messages import BatchReply
 from lodestore.storage._placement import pinned
 
 __all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor", "datastore_name",

@@ -17,10 +17,10 @@ import ray
 
 from lodestore.storage._budget import bucket_map
 from lodestore.storage._clock import Clock, SimClock
-from lodestore.storage._datastore import DataStoreService
+from lodestore.storage.datastore._client import DataStoreService
 from lodestore.storage._errors import ConfigError, DataStoreError
 from lodestore.storage._faults import FaultConfig
-from lodestore.storage._memorystore_client import MemoryStoreService
+from lodestore.storage.memorystore._client import MemoryStoreService
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
 from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard, WorldInfo,
                              _BudgetService, _DataStoreShard, _MemoryStoreShard, actor_options, datastore_name,

@@ -1,4 +1,4 @@
-"""The clients a game-server programmer calls (storage/_datastore.py, storage/_memorystore_client.py), end to end
+"""The clients a game-server programmer calls (storage/datastore/_client.py, storage/memorystore/_client.py), end to end
 through an in-process world: argument checks, the read cache, UpdateAsync's optimistic loop, listings, versions,
 ordered stores, the asyncio flavour, injected faults, MemoryStore structures and a SQLite world that is re-opened.
 

@@ -15,8 +15,8 @@ from collections import deque
 
 import msgpack
 
-from lodestore.storage import _messages as m
-from lodestore.storage._backends import Backend, EntryKey, VersionRecord
+from lodestore.storage.datastore import _messages as m
+from lodestore.storage.datastore._backends import Backend, EntryKey, VersionRecord
 from lodestore.storage._clock import Clock
 from lodestore.storage._errors import DataStoreError
 from lodestore.storage._faults import FaultConfig, FaultInjector, error_name

@@ -26,9 +26,9 @@ from typing import Any, Callable, Union
 
 from sortedcontainers import SortedKeyList
 
-from ._clock import Clock
-from ._errors import ConfigError, MemoryStoreError
-from ._limits import (
+from lodestore.storage._clock import Clock
+from lodestore.storage._errors import ConfigError, MemoryStoreError
+from lodestore.storage._limits import (
     MS_HASHMAP_LIST_MAX,
     MS_MAX_BYTES_PER_STRUCTURE,
     MS_MAX_EXPIRATION_S,

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from lodestore.storage import _messages as m
+from lodestore.storage.datastore import _messages as m
 from lodestore.storage._errors import ConfigError, DataStoreError, TransformError
 from lodestore.storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
                              MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)

@@ -11,8 +11,8 @@ import functools
 import json
 from typing import Any, Callable
 
-from lodestore.storage import _memorystore as ms
-from lodestore.storage._datastore import _async_twin
+from lodestore.storage.memorystore import _engine as ms
+from lodestore.storage.datastore._client import _async_twin
 from lodestore.storage._errors import DataStoreError, MemoryStoreError, TransformError
 from lodestore.storage._limits import MS_MAX_VALUE_BYTES, MS_QUEUE_DEFAULT_INVISIBILITY_S
 from lodestore.storage._transport import MEMORYSTORE, Call, Gate, Sleep, Transport, TransportFailure, arun, run
