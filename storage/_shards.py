@@ -19,7 +19,7 @@ from lodestore.storage._clock import Clock
 from lodestore.storage.datastore._engine import DataStoreEngine
 from lodestore.storage._faults import FaultConfig
 from lodestore.storage.memorystore._engine import MemoryStoreEngine
-from lodestore.storage.datastore._messages import BatchReply
+from lodestore.storage._types import BatchReply
 from lodestore.storage._placement import pinned
 
 __all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor", "datastore_name",

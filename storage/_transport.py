@@ -19,7 +19,7 @@ from typing import Any, Generator, Protocol
 
 import ray
 
-from lodestore.storage.datastore._messages import BatchReply
+from lodestore.storage._types import BatchReply
 
 __all__ = ["ACTOR_FAILURES", "Call", "Sleep", "Permit", "run", "arun", "Transport", "LocalTransport", "RayTransport"]
 
