@@ -18,7 +18,7 @@ from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
 from lodestore.storage._faults import FaultConfig, Latency, Outage
 from lodestore.storage._limits import RequestType
-from lodestore.storage._shards import namespace_of
+from lodestore.storage._shards import ShardStatistics, namespace_of
 from lodestore.storage._throttle import GateStatistics, emergency
 from lodestore.storage._transport import ACTOR_FAILURES
 from lodestore.storage._types import SortDirection
@@ -28,7 +28,7 @@ from lodestore.storage.datastore import (DataStore, DataStoreService, DataStoreS
 from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
 
 __all__ = [
-    "World", "Server",
+    "World", "Server", "ShardStatistics",
     "Clock", "SimClock", "ManualClock",
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency",
