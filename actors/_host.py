@@ -19,8 +19,7 @@ from lodestore.actors._config import StoreConfig
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
 from lodestore.actors._scheduler import Scheduler
 from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
-from lodestore.storage import ConfigError, LodestoreError, Server, emergency
-from lodestore.storage._values import check_key, check_user_ids
+from lodestore.storage import ConfigError, LodestoreError, Server, check_key, check_user_ids, emergency
 
 __all__ = ["KeyHost", "Request", "StoreStatistics", "ABSENT"]
 

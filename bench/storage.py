@@ -16,12 +16,8 @@ import tempfile
 import ray
 
 from lodestore.bench._common import ensure_ray, median_rate, raw_call_rate
-from lodestore.storage.datastore import _messages as m
-from lodestore.storage.datastore._backends import SqliteBackend
-from lodestore.storage._clock import SimClock
-from lodestore.storage.datastore._engine import DataStoreEngine
-from lodestore.storage._values import encode
-from lodestore.storage import World
+from lodestore.storage import DataStoreEngine, SimClock, SqliteBackend, World, encode
+from lodestore.storage import datastore as m
 
 TARGET = 10.0
 

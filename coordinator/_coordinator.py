@@ -31,8 +31,7 @@ from lodestore.actors import _records as rec
 from lodestore.actors._host import ABSENT
 from lodestore.actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
-from lodestore.storage import DataStoreError, Server, TransformError
-from lodestore.storage._values import canonical, check_value
+from lodestore.storage import DataStoreError, Server, TransformError, canonical, check_value
 
 __all__ = ["Coordinator", "TxRequest", "Step", "CoordinatorStatistics"]
 
