@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import ray
 
-from lodestore.storage.datastore._backends import open_backend
 from lodestore.storage._budget import BudgetLedger
 from lodestore.storage._clock import Clock
-from lodestore.storage.datastore._engine import DataStoreEngine
 from lodestore.storage._faults import FaultConfig
-from lodestore.storage.memorystore._engine import MemoryStoreEngine
-from lodestore.storage._types import BatchReply
 from lodestore.storage._placement import pinned
+from lodestore.storage._types import BatchReply
+from lodestore.storage.datastore._backends import open_backend
+from lodestore.storage.datastore._engine import DataStoreEngine
+from lodestore.storage.memorystore._engine import MemoryStoreEngine
 
 __all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor",
            "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME"]

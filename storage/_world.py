@@ -17,16 +17,16 @@ import ray
 
 from lodestore.storage._budget import bucket_map
 from lodestore.storage._clock import Clock, SimClock
-from lodestore.storage.datastore._client import DataStoreService
 from lodestore.storage._errors import ConfigError, DataStoreError
 from lodestore.storage._faults import FaultConfig
-from lodestore.storage.memorystore._client import MemoryStoreService
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
 from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard,
                                       ShardStatistics, WorldInfo, _BudgetService, _DataStoreShard, _MemoryStoreShard,
                                       actor_options, datastore_name, namespace_of)
 from lodestore.storage._throttle import BudgetGate, OpenGate
 from lodestore.storage._transport import ACTOR_FAILURES, DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
+from lodestore.storage.datastore._client import DataStoreService
+from lodestore.storage.memorystore._client import MemoryStoreService
 
 __all__ = ["World", "Server"]
 

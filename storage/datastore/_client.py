@@ -535,7 +535,7 @@ class DataStore:
 
 
 AsyncDataStore = async_twin(DataStore, ("get", "set", "update", "increment", "remove", "list_keys",
-                                         "list_versions", "get_version", "get_version_at_time", "remove_version"))
+                                        "list_versions", "get_version", "get_version_at_time", "remove_version"))
 
 
 def _check_current(current: Any) -> tuple[Any, m.KeyInfo | None] | None:

@@ -15,13 +15,13 @@ from collections import deque
 
 import msgpack
 
-from lodestore.storage.datastore import _messages as m
-from lodestore.storage.datastore._backends import Backend, EntryKey, VersionRecord
 from lodestore.storage._clock import Clock
 from lodestore.storage._errors import DataStoreError
 from lodestore.storage._faults import FaultConfig, FaultInjector, error_name
 from lodestore.storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, INT64_MAX, INT64_MIN, KEY_READ_BYTES_PER_MINUTE,
                                       KEY_WINDOW_MS, KEY_WRITE_BYTES_PER_MINUTE, VERSION_AT_TIME_FUTURE_MS)
+from lodestore.storage.datastore import _messages as m
+from lodestore.storage.datastore._backends import Backend, EntryKey, VersionRecord
 
 __all__ = ["DataStoreEngine", "KeyThroughput"]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from lodestore.storage.datastore import _messages as m
-from lodestore.storage.datastore._backends import MemoryBackend, SqliteBackend
 from lodestore.storage._clock import ManualClock
-from lodestore.storage.datastore._engine import DataStoreEngine
 from lodestore.storage._errors import DataStoreError
 from lodestore.storage._faults import FaultConfig, Latency, Outage
 from lodestore.storage._limits import BACKUP_RETENTION_MS, HOUR_MS
+from lodestore.storage.datastore import _messages as m
+from lodestore.storage.datastore._backends import MemoryBackend, SqliteBackend
+from lodestore.storage.datastore._engine import DataStoreEngine
 
 START = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS  # on an hour boundary
 

@@ -7,9 +7,9 @@ import pickle
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lodestore.storage.memorystore import _engine as ms
 from lodestore.storage._clock import ManualClock
 from lodestore.storage._errors import ConfigError, MemoryStoreError
+from lodestore.storage.memorystore import _engine as ms
 from lodestore.storage.memorystore import (
     ANY,
     Conflict,
