@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from lodestore.storage import ConfigError, DataStoreError
-from lodestore.storage._values import check_metadata, check_value
+from lodestore.storage import ConfigError, DataStoreError, check_metadata, check_value
 
 __all__ = ["StoreConfig", "Migration", "Placement", "LogMessage"]
 

@@ -18,8 +18,7 @@ from typing import Any
 from lodestore.actors._config import StoreConfig
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
 from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
-from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, emergency
-from lodestore.storage._values import check_key, check_user_ids
+from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, check_key, check_user_ids, emergency
 
 __all__ = ["KeyHost", "Request", "StoreStatistics", "ABSENT"]
 

@@ -37,9 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Required, TypedDict
 
 from lodestore.actors._errors import RecordError
-from lodestore.storage import DataStoreError
-from lodestore.storage._limits import MAX_KEY_NAME, MAX_VALUE_CHARS
-from lodestore.storage._values import MAX_DEPTH, canonical, check_value
+from lodestore.storage import MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, canonical, check_value
 
 __all__ = [
     "SHARD_LIMIT_CHARS",

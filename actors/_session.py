@@ -33,9 +33,8 @@ from lodestore.actors import _records as rec
 from lodestore.actors._config import LogMessage, StoreConfig
 from lodestore.actors._errors import (KeyClosedError, LockLostError, LockTimeoutError, MigrationError, RecordError,
                             SchemaError, TxLockedError)
-from lodestore.storage import Scheduler, Timer
-from lodestore.storage import DataStoreError, MemoryStoreError, RequestType, TransformError, UpdateResult
-from lodestore.storage._values import canonical, check_value
+from lodestore.storage import (DataStoreError, MemoryStoreError, RequestType, Scheduler, Timer, TransformError,
+                               UpdateResult, canonical, check_value)
 
 __all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data", "lock_map_name", "TX_STORE",
            "marker_committed", "check_schema", "resolve_in_doubt", "abort_if_pending", "commit_if_pending"]

@@ -14,8 +14,7 @@ import time
 import ray
 
 from lodestore.bench._common import ensure_ray
-from lodestore.storage import RequestType, World
-from lodestore.storage._transport import Permit
+from lodestore.storage import Permit, RequestType, World
 
 TARGET = 20.0
 SERVERS = 20

@@ -16,12 +16,8 @@ import tempfile
 import ray
 
 from lodestore.bench._common import ensure_ray, median_rate, raw_call_rate
-from lodestore.storage import _messages as m
-from lodestore.storage._backends import SqliteBackend
-from lodestore.storage._clock import SimClock
-from lodestore.storage._engine import DataStoreEngine
-from lodestore.storage._values import encode
-from lodestore.storage import World
+from lodestore.storage import DataStoreEngine, SimClock, SqliteBackend, World, encode
+from lodestore.storage import datastore as m
 
 TARGET = 10.0
 

@@ -31,8 +31,8 @@ from lodestore.actors import _records as rec
 from lodestore.actors._host import ABSENT
 from lodestore.actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
-from lodestore.storage import Backoff, DataStoreError, Server, TransformError, retry, sleep
-from lodestore.storage._values import canonical, check_value
+from lodestore.storage import (Backoff, DataStoreError, Server, TransformError, canonical, check_value, retry,
+                               sleep)
 
 __all__ = ["Coordinator", "TxRequest", "Step", "CoordinatorStatistics"]
 

@@ -33,10 +33,9 @@ from typing import Any, NoReturn, TextIO
 from lodestore.actors import _records as rec
 from lodestore.actors._config import MAX_STORE_NAME
 from lodestore.actors._session import TX_STORE, marker_committed
-from lodestore.storage import (DataStore, DataStoreError, KeyInfo, LodestoreError, ManualClock, SortDirection, UpdateResult,
-                     VersionInfo, World)
-from lodestore.storage._limits import DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE
-from lodestore.storage._values import check_key, check_store_name, check_value
+from lodestore.storage import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, DataStore, DataStoreError, KeyInfo,
+                               LodestoreError, ManualClock, SortDirection, UpdateResult, VersionInfo, World, check_key,
+                               check_store_name, check_value)
 
 __all__ = ["InspectError", "add_parser", "run", "list_stores", "list_keys", "show_key", "list_versions",
            "restore_version", "export_store", "import_store", "read_import_file", "NOT_FOUND", "USAGE"]

@@ -440,7 +440,7 @@ class _OnRay(_Engine):
     def _play(self, world: World, metrics: _Metrics) -> None:
         import ray
         from lodestore.coordinator._actor import coordinator_handle
-        from lodestore.storage._placement import pinned, spread_nodes
+        from lodestore.storage import pinned, spread_nodes
         sc = self.scenario
         lead_ms = int(1.0 * sc.world.time_scale * 1000)   # a wall second for the hosts to take the first events
         ray.get(coordinator_handle(world).recover.remote())   # the coordinator is up before any host needs it

@@ -8,31 +8,45 @@
     >>> store.update("user_1", lambda old, info: {**old, "coins": old["coins"] + 5})
     >>> world.shutdown()
 
-Everything public is exported here; the `_`-prefixed modules are private.
+Each service has the same shape: `lodestore.storage.datastore` and `lodestore.storage.memorystore` each hold a
+client, an engine and the messages between them, with their own public face. What both use (`SortDirection`, the
+`ANY` write condition, argument checks) is defined once in `_types`; the world, its actors, budgets and transport
+live beside them. Everything a game server, another lodestore layer or a tool needs is exported here: the clients,
+the value rules (`check_value`, `canonical`, `encode`, ...) and Roblox's limits other layers enforce too. The
+`_`-prefixed modules are private.
 """
 
 from lodestore.storage._backoff import Backoff, retry
 from lodestore.storage._clock import Clock, ManualClock, SimClock
-from lodestore.storage._datastore import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore, RetryPolicy,
-                                SortDirection, UpdateResult)
 from lodestore.storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
 from lodestore.storage._faults import FaultConfig, Latency, Outage
-from lodestore.storage._limits import RequestType
-from lodestore.storage._memorystore import MemoryStoreStatistics
-from lodestore.storage._memorystore_client import HashMap, MemoryStoreService, Queue, SortedMap
-from lodestore.storage._messages import KeyInfo, Page, VersionInfo
+from lodestore.storage._limits import DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS, RequestType
+from lodestore.storage._placement import pinned, spread_nodes
 from lodestore.storage._scheduler import Scheduler, Timer, sleep
-from lodestore.storage._shards import namespace_of
+from lodestore.storage._shards import ShardStatistics, namespace_of
 from lodestore.storage._throttle import GateStatistics, emergency
-from lodestore.storage._transport import ACTOR_FAILURES
+from lodestore.storage._transport import ACTOR_FAILURES, Permit
+from lodestore.storage._types import SortDirection
+from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_metadata, check_store_name,
+                                       check_user_ids, check_value, decode, encode)
 from lodestore.storage._world import Server, World
+from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreService, DataStoreStatistics, KeyInfo,
+                                         OrderedDataStore, Page, RetryPolicy, SqliteBackend, UpdateResult, VersionInfo)
+from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
 
 __all__ = [
-    "World", "Server",
+    "World", "Server", "ShardStatistics",
     "Clock", "SimClock", "ManualClock", "Scheduler", "Timer", "sleep", "Backoff", "retry",
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
-    "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency",
+    "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
-    "FaultConfig", "Latency", "Outage", "namespace_of",
+    "FaultConfig", "Latency", "Outage", "namespace_of", "pinned", "spread_nodes",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
+    # what a DataStore may hold, and the bytes kept for it (other layers check and encode values the same way)
+    "check_key", "check_store_name", "check_value", "check_metadata", "check_user_ids", "MAX_DEPTH",
+    "canonical", "encode", "decode",
+    # Roblox's documented limits other layers enforce too
+    "MAX_KEY_NAME", "MAX_VALUE_CHARS", "MAX_LIST_PAGE", "DEFAULT_SCOPE", "HOUR_MS",
+    # the engine and backend of one shard, for tools that drive it directly (bench)
+    "DataStoreEngine", "SqliteBackend",
 ]

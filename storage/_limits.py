@@ -35,6 +35,10 @@ MAX_METADATA_TOTAL = 300
 MAX_USER_IDS = 4
 DEFAULT_SCOPE = "global"
 
+# Integers: increments, ordered data store values and user ids are signed 64-bit.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
 # Reads, versions, listing.
 READ_CACHE_MS = 4_000
 BACKUP_RETENTION_MS = 30 * 24 * 3600 * 1000

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 
 import ray
 
-from lodestore.storage._backends import open_backend
 from lodestore.storage._budget import BudgetLedger
 from lodestore.storage._clock import Clock
-from lodestore.storage._engine import DataStoreEngine
 from lodestore.storage._faults import FaultConfig
-from lodestore.storage._memorystore import MemoryStoreEngine
-from lodestore.storage._messages import BatchReply
 from lodestore.storage._placement import pinned
+from lodestore.storage._types import BatchReply
+from lodestore.storage.datastore._backends import open_backend
+from lodestore.storage.datastore._engine import DataStoreEngine
+from lodestore.storage.memorystore._engine import MemoryStoreEngine
 
-__all__ = ["WorldInfo", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor", "datastore_name",
-           "MEMORYSTORE_NAME", "BUDGET_NAME"]
+__all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor",
+           "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME"]
 
 MEMORYSTORE_NAME = "memorystore"
 BUDGET_NAME = "budget"
@@ -65,6 +65,21 @@ class WorldInfo:
         return self.backend == "sqlite" and (self.storage != "spread" or self.shards == 1)
 
 
+@dataclass(frozen=True, slots=True)
+class ShardStatistics:
+    """A snapshot of one DataStore shard (`World.statistics()` gives one per shard), counted since its actor started.
+
+    >>> [s.requests for s in world.statistics()]
+    [120, 97]
+    """
+
+    shard: int
+    requests: int            # requests the engine ran (an injected failure counts too)
+    conflicts: int           # compare-and-sets that lost: an update's write, an ordered store's conditional set
+    injected_errors: int     # requests the fault injector failed before they ran (error rates and outages)
+    ambiguous_writes: int    # writes the fault injector let apply and then reported as failed
+
+
 def actor_options(name: str, world: str, *, restart: bool = True, node: str | None = None) -> dict:
     """Ray options for one of a world's named actors. `num_cpus=0`: these actors mostly wait, and a 2-core laptop
     must be able to place all of them. `node` pins the actor (and its restarts) to one node."""
@@ -95,10 +110,10 @@ class _DataStoreShard:
     def describe(self) -> WorldInfo:
         return self.info
 
-    def statistics(self) -> dict:
-        return {"shard": self.shard, "requests": self.engine.requests, "conflicts": self.engine.conflicts,
-                "injected_errors": self.engine.faults.injected_errors,
-                "ambiguous_writes": self.engine.faults.ambiguous_writes}
+    def statistics(self) -> ShardStatistics:
+        return ShardStatistics(shard=self.shard, requests=self.engine.requests, conflicts=self.engine.conflicts,
+                               injected_errors=self.engine.faults.injected_errors,
+                               ambiguous_writes=self.engine.faults.ambiguous_writes)
 
     def close(self) -> None:
         self.engine.backend.close()

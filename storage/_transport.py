@@ -19,8 +19,8 @@ from typing import Any, Generator, Protocol
 
 import ray
 
-from lodestore.storage._messages import BatchReply
 from lodestore.storage._scheduler import sleep
+from lodestore.storage._types import BatchReply
 
 __all__ = ["ACTOR_FAILURES", "Call", "Sleep", "Permit", "run", "arun", "Transport", "LocalTransport", "RayTransport"]
 

@@ -40,6 +40,8 @@ import msgpack
 from ._errors import DataStoreError
 from ._limits import (
     DEFAULT_SCOPE,
+    INT64_MAX,
+    INT64_MIN,
     MAX_KEY_NAME,
     MAX_METADATA_KEY,
     MAX_METADATA_TOTAL,
@@ -67,8 +69,6 @@ __all__ = [
 MAX_DEPTH = 256
 """How many containers deep a value may nest; the value `[[1]]` is 2 deep, a scalar 0."""
 
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
 _SHOWN = 60  # found values and names are shortened to about this many characters in messages
 
 _has_surrogate = re.compile("[\ud800-\udfff]").search
@@ -142,7 +142,7 @@ def _validate(value: Any, what: str) -> int:
                 if v.isascii() or _has_surrogate(v) is None:
                     continue
             elif t is int:
-                if _INT64_MIN <= v <= _INT64_MAX:
+                if INT64_MIN <= v <= INT64_MAX:
                     continue
             elif t is float:
                 if v - v == 0.0:  # false for NaN and both infinities
@@ -214,12 +214,12 @@ def _leaf_problem(v: Any) -> tuple[int, str, str] | object | None:
             return None
         return 103, "ValueNotAllowed", f"is {_show(v)} ({type(v).__name__}); numbers must be finite"
     if isinstance(v, int):  # bool was accepted before; IntEnum and other subclasses land here
-        if _INT64_MIN <= v <= _INT64_MAX:
+        if INT64_MIN <= v <= INT64_MAX:
             return None
         return (
             104,
             "CantStoreValue",
-            f"is {_show(v)} ({type(v).__name__}), outside the signed 64-bit range [{_INT64_MIN}, {_INT64_MAX}]",
+            f"is {_show(v)} ({type(v).__name__}), outside the signed 64-bit range [{INT64_MIN}, {INT64_MAX}]",
         )
     if isinstance(v, (dict, list, tuple)):
         return _CONTAINER
@@ -432,7 +432,7 @@ def check_user_ids(user_ids: Any) -> tuple[int, ...]:
     for i, uid in enumerate(user_ids):
         if isinstance(uid, float) and uid.is_integer():
             uid = int(uid)
-        if type(uid) is bool or not isinstance(uid, int) or not _INT64_MIN <= uid <= _INT64_MAX:
+        if type(uid) is bool or not isinstance(uid, int) or not INT64_MIN <= uid <= INT64_MAX:
             raise DataStoreError(
                 513,
                 "InvalidUserId",

@@ -17,16 +17,16 @@ import ray
 
 from lodestore.storage._budget import bucket_map
 from lodestore.storage._clock import Clock, SimClock
-from lodestore.storage._datastore import DataStoreService
 from lodestore.storage._errors import ConfigError, DataStoreError
 from lodestore.storage._faults import FaultConfig
-from lodestore.storage._memorystore_client import MemoryStoreService
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
-from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard, WorldInfo,
-                             _BudgetService, _DataStoreShard, _MemoryStoreShard, actor_options, datastore_name,
-                             namespace_of)
+from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard,
+                                      ShardStatistics, WorldInfo, _BudgetService, _DataStoreShard, _MemoryStoreShard,
+                                      actor_options, datastore_name, namespace_of)
 from lodestore.storage._throttle import BudgetGate, OpenGate
 from lodestore.storage._transport import ACTOR_FAILURES, DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
+from lodestore.storage.datastore._client import DataStoreService
+from lodestore.storage.memorystore._client import MemoryStoreService
 
 __all__ = ["World", "Server"]
 
@@ -186,7 +186,8 @@ class World:
         for shard in self._shards(DATASTORE):
             self._call(shard, "set_faults", faults)
 
-    def statistics(self) -> list[dict]:
+    def statistics(self) -> list[ShardStatistics]:
+        """One frozen snapshot per DataStore shard, in shard order (see `ShardStatistics`)."""
         return [self._call(s, "statistics") for s in self._shards(DATASTORE)]
 
     def budget_statistics(self):

@@ -25,7 +25,7 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"lodestore"}
-    for layer in ("storage", "actors", "coordinator", "sim", "bench"):
+    for layer in ("storage", "storage/datastore", "storage/memorystore", "actors", "coordinator", "sim", "bench"):
         assert f"lodestore/{layer}/__init__.py" in names
     assert not any(name.startswith("lodestore/tests/") for name in names)
 

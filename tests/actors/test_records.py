@@ -32,9 +32,8 @@ from lodestore.actors._records import (
     thaw,
     tx_id_of,
 )
-from lodestore.storage import DataStoreError, LodestoreError
-from lodestore.storage._limits import MAX_KEY_NAME, MAX_VALUE_CHARS
-from lodestore.storage._values import canonical, check_key, check_value, decode, encode
+from lodestore.storage import (MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, LodestoreError, canonical, check_key,
+                               check_value, decode, encode)
 
 
 def compact_len(value) -> int:

@@ -72,7 +72,7 @@ def _retry(fn, seconds: float = 30.0):
 
 def main(out: Path) -> dict:
     from lodestore.sim import RunOptions, parse_scenario, simulate
-    from lodestore.storage._placement import spread_nodes
+    from lodestore.storage import spread_nodes
 
     cluster, workers = start_cluster()
     seen: dict = {"nodes": len(ray.nodes())}

@@ -36,8 +36,8 @@ def _shard_keys(shards: int, per_shard: int) -> dict[int, list[str]]:
 
 
 def main(tmp: Path) -> dict:
-    from lodestore.storage import DataStoreError, World
-    from lodestore.storage._shards import MEMORYSTORE_NAME, namespace_of
+    from lodestore.storage import DataStoreError, World, namespace_of
+    from lodestore.storage._shards import MEMORYSTORE_NAME
 
     cluster, workers = start_cluster()
     out: dict = {}

@@ -1,4 +1,4 @@
-"""The clients a game-server programmer calls (storage/_datastore.py, storage/_memorystore_client.py), end to end
+"""The clients a game-server programmer calls (storage/datastore/_client.py, storage/memorystore/_client.py), end to end
 through an in-process world: argument checks, the read cache, UpdateAsync's optimistic loop, listings, versions,
 ordered stores, the asyncio flavour, injected faults, MemoryStore structures and a SQLite world that is re-opened.
 
@@ -596,7 +596,7 @@ def test_list_keys_pages_collect_every_key_once_in_order_across_shards(sharded):
     for key in reversed(KEYS):
         store.set(key, key)
     sharded.server("a").datastores.get_data_store("s", "other").set("zzz", 1)  # another scope: not listed
-    assert all(s["requests"] > 0 for s in sharded.statistics())  # the keys really are spread over every shard
+    assert all(s.requests > 0 for s in sharded.statistics())  # the keys really are spread over every shard
     assert all_pages(store.list_keys, page_size=2) == KEYS
     page = store.list_keys(page_size=2)
     assert page.items == KEYS[:2] and not page.is_finished
@@ -1254,6 +1254,28 @@ def test_everything_a_client_needs_is_exported_from_storage():
     for name in ("World", "ManualClock", "DataStoreError", "MemoryStoreError", "TransformError", "UpdateResult",
                  "SortDirection", "FaultConfig", "Outage", "KeyInfo", "VersionInfo", "Page", "DataStoreStatistics"):
         assert name in storage.__all__ and hasattr(storage, name)
+
+
+def test_world_statistics_are_one_frozen_snapshot_per_shard(clock, tmp_path):
+    now = clock.now()
+    world = make_world(clock, tmp_path, shards=2, faults=FaultConfig(outages=(Outage(now, now + 1),)))
+    try:
+        store = world.server("a").datastores.get_data_store("s")
+        with pytest.raises(DataStoreError):
+            store.set("k", 1)                               # the outage fails the first write
+        clock.advance(ms=1)
+        store.set("k", 2)
+        store.update("k", lambda old, _info: old + 1, current=(1, None))   # a stale guess: one lost compare-and-set
+        stats = world.statistics()
+        assert [s.shard for s in stats] == [0, 1]
+        assert all(isinstance(s, storage.ShardStatistics) for s in stats)
+        assert sum(s.injected_errors for s in stats) == 1 and sum(s.ambiguous_writes for s in stats) == 0
+        assert sum(s.conflicts for s in stats) == 1
+        assert sum(s.requests for s in stats) == 4           # failed set, set, the update's two compare-and-sets
+        with pytest.raises(AttributeError):
+            stats[0].requests = 0
+    finally:
+        world.shutdown()
 
 
 def test_update_from_a_known_entry_skips_the_read_and_re_runs_when_the_guess_is_stale(mem_world):

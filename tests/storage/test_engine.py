@@ -5,13 +5,13 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from lodestore.storage import _messages as m
-from lodestore.storage._backends import MemoryBackend, SqliteBackend
 from lodestore.storage._clock import ManualClock
-from lodestore.storage._engine import DataStoreEngine
 from lodestore.storage._errors import DataStoreError
 from lodestore.storage._faults import FaultConfig, Latency, Outage
 from lodestore.storage._limits import BACKUP_RETENTION_MS, HOUR_MS
+from lodestore.storage.datastore import _messages as m
+from lodestore.storage.datastore._backends import MemoryBackend, SqliteBackend
+from lodestore.storage.datastore._engine import DataStoreEngine
 
 START = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS  # on an hour boundary
 
@@ -284,7 +284,7 @@ def test_per_key_write_throughput_throttles_a_hot_key_while_others_go_on(engine)
 
 
 def test_per_key_throughput_rounds_each_request_up_to_a_kilobyte(engine):
-    from lodestore.storage._engine import KeyThroughput
+    from lodestore.storage.datastore._engine import KeyThroughput
 
     assert KeyThroughput.charge(0) == 1024 and KeyThroughput.charge(1024) == 1024
     assert KeyThroughput.charge(1025) == 2048

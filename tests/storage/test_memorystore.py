@@ -7,10 +7,10 @@ import pickle
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lodestore.storage import _memorystore as ms
 from lodestore.storage._clock import ManualClock
 from lodestore.storage._errors import ConfigError, MemoryStoreError
-from lodestore.storage._memorystore import (
+from lodestore.storage.memorystore import _engine as ms
+from lodestore.storage.memorystore import (
     ANY,
     Conflict,
     HashMapGet,

@@ -4,7 +4,9 @@ It checks every argument before anything is sent (a refused call spends nothing 
 into msgpack, routes each request to the shard that owns its key, keeps Roblox's 4-second read cache per data store
 object, and runs UpdateAsync's optimistic loop: read with version, run the transform here, compare-and-set at the
 shard, run the transform again on the newer value when another writer got there first. Every operation is written
-once, as a generator (see `_transport`), and offered blocking and as coroutines (`store.aio`).
+once, as a generator (see `storage._transport`), and offered blocking and as coroutines (`store.aio`).
+It must never hold stored state beyond that cache, nor decide a Roblox rule the engine owns (versions, backups,
+compare-and-set): it asks the shard.
 """
 
 from __future__ import annotations
@@ -17,32 +19,28 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Callable
 
 import msgpack
 
-from lodestore.storage import _messages as m
 from lodestore.storage._backoff import Backoff
-from lodestore.storage._errors import ConfigError, DataStoreError, TransformError
-from lodestore.storage._limits import (DEFAULT_SCOPE, LIST_KEYS_DEFAULT_PAGE, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
-                             MAX_LIST_PAGE, MAX_SORTED_PAGE, READ_CACHE_MS, RequestType)
+from lodestore.storage._clients import async_twin, call_transform
+from lodestore.storage._errors import ConfigError, DataStoreError
+from lodestore.storage._limits import (DEFAULT_SCOPE, INT64_MAX, INT64_MIN, LIST_KEYS_DEFAULT_PAGE,
+                                      LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_SORTED_PAGE,
+                                      READ_CACHE_MS, RequestType)
 from lodestore.storage._scheduler import sleep
 from lodestore.storage._throttle import GateStatistics, KeyLanes
 from lodestore.storage._transport import DATASTORE, Call, Permit, Transport, TransportFailure, arun, run, shard_of
+from lodestore.storage._types import SortDirection, check_direction, is_int
 from lodestore.storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name,
-                             check_user_ids, check_value, decode, encode)
+                                       check_user_ids, check_value, decode, encode)
+from lodestore.storage.datastore import _messages as m
 
-__all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection",
+__all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult",
            "DataStoreStatistics", "RetryPolicy"]
 
 MAX_UPDATE_ATTEMPTS = 100
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-class SortDirection(str, Enum):
-    ASCENDING = "Ascending"
-    DESCENDING = "Descending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +51,6 @@ class UpdateResult:
     value: Any
     user_ids: Any = None
     metadata: Any = None
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _encode_cursor(kind: str, position: Any) -> str:
@@ -77,17 +71,15 @@ def _decode_cursor(kind: str, cursor: str | None) -> Any:
 
 
 def _direction(direction: Any) -> bool:
-    try:
-        return SortDirection(direction) is SortDirection.ASCENDING
-    except ValueError:
-        raise DataStoreError(400, "InvalidArgument",
-                             f"direction must be 'Ascending' or 'Descending', got {direction!r}") from None
+    """True for ascending; a direction that is neither raises 400 InvalidArgument."""
+    refuse = functools.partial(DataStoreError, 400, "InvalidArgument")
+    return check_direction(direction, refuse) is SortDirection.ASCENDING
 
 
 def _optional_ms(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         raise DataStoreError(106, "InvalidArgument", f"{what} must be milliseconds as an int, got {value!r}")
     return value
 
@@ -295,23 +287,6 @@ class DataStoreService:
         return DataStoreError(500, "InternalServerError", f"{exc}; the request may or may not have taken effect")
 
 
-def _async_twin(cls: type, names: tuple[str, ...]) -> type:
-    """Build the asyncio flavour of a client class: the same methods, as coroutines over the same generators."""
-
-    def make(name: str):
-        async def method(self, *args, **kwargs):
-            return await self._target._service._arun(*self._target._plan(name, *args, **kwargs))
-
-        method.__name__ = name
-        method.__doc__ = f"Coroutine version of `{cls.__name__}.{name}`."
-        return method
-
-    namespace = {"__init__": lambda self, target: setattr(self, "_target", target),
-                 "__doc__": f"The asyncio flavour of `{cls.__name__}`: every method is a coroutine."}
-    namespace.update({name: make(name) for name in names})
-    return type(f"Async{cls.__name__}", (), namespace)
-
-
 class DataStore:
     """A standard data store (Roblox's GlobalDataStore/DataStore). Blocking methods; `self.aio` has coroutines.
 
@@ -474,10 +449,7 @@ class DataStore:
                 old, known = known[0], None
             else:
                 old = None if entry.value is None else decode(entry.value)
-            try:
-                out = fn(old, entry.info)
-            except Exception as exc:
-                raise TransformError(f"transform for key {key!r} raised {type(exc).__name__}: {exc}") from exc
+            out = call_transform(fn, key, old, entry.info)
             if out is None:
                 return (None, None)
             if isinstance(out, UpdateResult):
@@ -503,7 +475,7 @@ class DataStore:
 
     def _op_increment(self, key, delta=1, user_ids=None):
         parts = self._parts(key)
-        if not _is_int(delta) or not _INT64[0] <= delta <= _INT64[1]:
+        if not is_int(delta) or not INT64_MIN <= delta <= INT64_MAX:
             raise DataStoreError(103, "ValueNotAllowed", f"increment delta must be a 64-bit integer, got {delta!r}")
         uids = check_user_ids(user_ids)
         entry = yield from self._request(parts, m.Increment(*parts, delta, uids), call="increment")
@@ -552,7 +524,7 @@ class DataStore:
 
     def _op_get_version_at_time(self, key, ms):
         parts = self._parts(key)
-        if not _is_int(ms):
+        if not is_int(ms):
             raise DataStoreError(400, "InvalidTimestamp", f"timestamp must be milliseconds as an int, got {ms!r}")
         return self._pair((yield from self._request(parts, m.GetVersionAtTime(*parts, ms))))
 
@@ -563,8 +535,8 @@ class DataStore:
         yield from self._request(parts, m.RemoveVersion(*parts, version))
 
 
-AsyncDataStore = _async_twin(DataStore, ("get", "set", "update", "increment", "remove", "list_keys",
-                                         "list_versions", "get_version", "get_version_at_time", "remove_version"))
+AsyncDataStore = async_twin(DataStore, ("get", "set", "update", "increment", "remove", "list_keys",
+                                        "list_versions", "get_version", "get_version_at_time", "remove_version"))
 
 
 def _check_current(current: Any) -> tuple[Any, m.KeyInfo | None] | None:
@@ -577,7 +549,7 @@ def _check_current(current: Any) -> tuple[Any, m.KeyInfo | None] | None:
 
 
 def _check_ordered_value(value: Any, what: str = "value") -> int:
-    if not _is_int(value) or not _INT64[0] <= value <= _INT64[1]:
+    if not is_int(value) or not INT64_MIN <= value <= INT64_MAX:
         raise DataStoreError(103, "ValueNotAllowed",
                              f"an ordered data store holds 64-bit integers only; {what} is {value!r}")
     return value
@@ -645,10 +617,7 @@ class OrderedDataStore:
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
         current = yield from self._request(parts, m.OrderedGet(*parts), call="update")
         for _ in range(MAX_UPDATE_ATTEMPTS):
-            try:
-                new = fn(current.value)
-            except Exception as exc:
-                raise TransformError(f"transform for key {key!r} raised {type(exc).__name__}: {exc}") from exc
+            new = call_transform(fn, key, current.value)
             if new is None:
                 return None
             _check_ordered_value(new)
@@ -668,11 +637,11 @@ class OrderedDataStore:
         return (yield from self._request(parts, m.OrderedRemove(*parts), call="remove")).value
 
     def _op_get_sorted(self, ascending=True, page_size=50, min_value=None, max_value=None, cursor=None):
-        if not _is_int(page_size) or not 1 <= page_size <= MAX_SORTED_PAGE:
+        if not is_int(page_size) or not 1 <= page_size <= MAX_SORTED_PAGE:
             raise DataStoreError(106, "InvalidArgument",
                                  f"page_size must be an int from 1 to {MAX_SORTED_PAGE}, got {page_size!r}")
         for what, bound in (("min_value", min_value), ("max_value", max_value)):
-            if bound is not None and not _is_int(bound):
+            if bound is not None and not is_int(bound):
                 raise DataStoreError(106, "InvalidArgument", f"{what} must be an int or None, got {bound!r}")
         if min_value is not None and max_value is not None and min_value > max_value:
             raise DataStoreError(107, "InvalidArgument", f"min_value {min_value} is greater than max_value {max_value}")
@@ -690,4 +659,4 @@ class OrderedDataStore:
         return m.Page(pairs, _encode_cursor("sorted", [last[1], last[0]]) if len(pairs) == page_size else None)
 
 
-AsyncOrderedDataStore = _async_twin(OrderedDataStore, ("get", "set", "increment", "update", "remove", "get_sorted"))
+AsyncOrderedDataStore = async_twin(OrderedDataStore, ("get", "set", "increment", "update", "remove", "get_sorted"))

@@ -3,7 +3,8 @@
 Owns the items of the experience's MemoryStore structures, their versions (for compare-and-set), their expiry on the
 simulated clock, queue invisibility, and Roblox's MemoryStore limits: item sizes and expiration, per-structure size
 and request units, the experience-wide memory and request-unit quotas. A Ray actor elsewhere serves it; clients send
-batches of the operation messages below to `MemoryStoreEngine.execute`.
+batches of the operation messages of `_messages` to `MemoryStoreEngine.execute`; the structures that hold the
+items are in `_structures`.
 
 It must never decode, pickle or copy into another form the values it holds (they are opaque msgpack `bytes`, counted
 by the `size` the client computed), read the wall clock (time is the injected clock's), import Ray, sleep, or raise
@@ -17,18 +18,12 @@ import binascii
 import heapq
 import itertools
 import math
-from collections import deque
-from dataclasses import dataclass
-from enum import Enum
 from itertools import islice
-from operator import attrgetter
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
-from sortedcontainers import SortedKeyList
-
-from ._clock import Clock
-from ._errors import ConfigError, MemoryStoreError
-from ._limits import (
+from lodestore.storage._clock import Clock
+from lodestore.storage._errors import ConfigError, MemoryStoreError
+from lodestore.storage._limits import (
     MS_HASHMAP_LIST_MAX,
     MS_MAX_BYTES_PER_STRUCTURE,
     MS_MAX_EXPIRATION_S,
@@ -38,439 +33,68 @@ from ._limits import (
     MS_MAX_VALUE_BYTES,
     MS_MEMORY_BASE_BYTES,
     MS_MEMORY_PER_USER_BYTES,
-    MS_QUEUE_DEFAULT_INVISIBILITY_S,
     MS_QUEUE_READ_MAX,
     MS_SORTED_RANGE_MAX,
     MS_UNITS_BASE_MINUTE,
     MS_UNITS_PER_CCU_MINUTE,
 )
+from lodestore.storage._types import ANY, SortDirection, check_direction, is_int, is_number
+from lodestore.storage.memorystore._messages import (
+    INVALID_EXPIRATION_TIME,
+    INVALID_REQUEST,
+    ITEM_VALUE_SIZE_TOO_LARGE,
+    MEMORY_QUOTA_EXCEEDED,
+    REQUEST_THROTTLED,
+    STRUCTURE_MEMORY_OVER_LIMIT,
+    TOTAL_REQUESTS_OVER_LIMIT,
+    Conflict,
+    HashMapGet,
+    HashMapList,
+    HashMapPage,
+    HashMapRemove,
+    HashMapSet,
+    Item,
+    MemoryStoreStatistics,
+    Operation,
+    QueueAdd,
+    QueueBatch,
+    QueueGetSize,
+    QueueRead,
+    QueueRemove,
+    QueueRemoved,
+    SortKey,
+    SortedMapGet,
+    SortedMapGetRange,
+    SortedMapGetSize,
+    SortedMapRemove,
+    SortedMapSet,
+    Version,
+    Written,
+)
+from lodestore.storage.memorystore._structures import (
+    AFTER,
+    KeyedStructure,
+    Kind,
+    MapEntry,
+    PendingRead,
+    QueueEntry,
+    QueueStructure,
+    StructureId,
+    UnitLedger,
+    sorted_order,
+)
 
-__all__ = [
-    "ANY", "AnyVersion", "SortDirection", "MemoryStoreEngine", "MemoryStoreStatistics",
-    "HashMapGet", "HashMapSet", "HashMapRemove", "HashMapList",
-    "SortedMapGet", "SortedMapSet", "SortedMapRemove", "SortedMapGetRange", "SortedMapGetSize",
-    "QueueAdd", "QueueRead", "QueueRemove", "QueueGetSize",
-    "Item", "Written", "Conflict", "HashMapPage", "QueueBatch", "QueueRemoved",
-    "INVALID_REQUEST", "ITEM_VALUE_SIZE_TOO_LARGE", "INVALID_EXPIRATION_TIME", "REQUEST_THROTTLED",
-    "TOTAL_REQUESTS_OVER_LIMIT", "MEMORY_QUOTA_EXCEEDED", "STRUCTURE_MEMORY_OVER_LIMIT",
-]
-
-# Error names carried on MemoryStoreError.name. The first five are Roblox's; INVALID_REQUEST covers every malformed
-# argument (bad structure name, key, count, cursor, direction, bound, sort key, priority, version, read id).
-INVALID_REQUEST = "InvalidRequest"
-ITEM_VALUE_SIZE_TOO_LARGE = "ItemValueSizeTooLarge"
-INVALID_EXPIRATION_TIME = "InvalidExpirationTime"
-REQUEST_THROTTLED = "RequestThrottled"                      # one structure spent its 100,000 units this minute
-TOTAL_REQUESTS_OVER_LIMIT = "TotalRequestsOverLimit"        # the experience spent its 1000 + 120 x CCU units
-MEMORY_QUOTA_EXCEEDED = "MemoryQuotaExceeded"               # the experience holds 64 KB + 1.2 KB x users
-STRUCTURE_MEMORY_OVER_LIMIT = "StructureMemoryOverLimit"    # one structure holds 1,000,000 items or 100 MB
+__all__ = ["MemoryStoreEngine"]
 
 MAX_SORT_KEY_CHARS = 128      # a string sort key, like a key, is at most 128 characters
-UNIT_WINDOW_MS = 60_000       # request units are counted over the last 60 simulated seconds
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Messages
-
-
-class AnyVersion(Enum):
-    """The type of `ANY`: a write condition that always holds."""
-
-    ANY = "ANY"
-
-    def __repr__(self) -> str:
-        return "ANY"
-
-
-ANY = AnyVersion.ANY
-"""`if_version=ANY` writes unconditionally; `None` writes only if the item is absent; an int only if it is current."""
-
-Version = Union[AnyVersion, int, None]
-SortKey = Union[int, float, str, None]
-RangeBound = tuple  # (sort_key or None, key or None), an exclusive bound as Roblox's {sortKey=..., key=...}
-
-
-class SortDirection(str, Enum):
-    """Direction of `SortedMapGetRange`; the plain strings "Ascending" and "Descending" work too."""
-
-    ASCENDING = "Ascending"
-    DESCENDING = "Descending"
-
-
-@dataclass(frozen=True, slots=True)
-class HashMapGet:
-    """Read one hash map item: `Item`, or None when it is absent or expired. 1 unit."""
-
-    map: str
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class HashMapSet:
-    """Write one hash map item if `if_version` holds: `Written`, or `Conflict`. 1 unit, 2 when conditional.
-
-    `expiration_s=0` removes the item (it is gone at once): a lock is released with
-    `HashMapSet(map, key, value, size, 0, if_version=my_version)`.
-    """
-
-    map: str
-    key: str
-    value: bytes
-    size: int
-    expiration_s: float
-    if_version: Version = ANY
-
-
-@dataclass(frozen=True, slots=True)
-class HashMapRemove:
-    """Remove one hash map item (absent is fine): None. 1 unit."""
-
-    map: str
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class HashMapList:
-    """One page of a hash map in key order: `HashMapPage`. 1 unit per item returned, at least 1.
-
-    Start with `cursor=None` (or ""), then pass the page's `cursor` until it is None.
-    """
-
-    map: str
-    count: int
-    cursor: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SortedMapGet:
-    """Read one sorted map item: `Item` (with its sort key), or None. 1 unit."""
-
-    map: str
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class SortedMapSet:
-    """Write one sorted map item if `if_version` holds: `Written`, or `Conflict`. 1 unit, 2 when conditional.
-
-    `sort_key` is a finite number, a string of at most 128 characters, or None (no sort key).
-    """
-
-    map: str
-    key: str
-    value: bytes
-    size: int
-    expiration_s: float
-    sort_key: SortKey = None
-    if_version: Version = ANY
-
-
-@dataclass(frozen=True, slots=True)
-class SortedMapRemove:
-    """Remove one sorted map item (absent is fine): None. 1 unit."""
-
-    map: str
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class SortedMapGetRange:
-    """Up to `count` items in sorted order strictly between the bounds: `tuple[Item, ...]`. 1 unit per item, min 1.
-
-    Order: numeric sort keys ascending, then string sort keys, then items without one; ties by key. A bound is a pair
-    `(sort_key, key)`, exclusive: `(10, "bob")` is the position of that item; `(10, None)` lies past every item with
-    sort key 10 (as a lower bound) or before them all (as an upper bound); `(None, "bob")` is the position of key "bob"
-    among the items without a sort key.
-
-    >>> SortedMapGetRange("top", "Descending", 10, upper_bound=(1000, None))   # best 10 below 1000
-    """
-
-    map: str
-    direction: str
-    count: int
-    lower_bound: RangeBound | None = None
-    upper_bound: RangeBound | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SortedMapGetSize:
-    """How many items the sorted map holds: int. 1 unit."""
-
-    map: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueueAdd:
-    """Append a value: None. Higher `priority` is read first, FIFO within a priority. 1 unit."""
-
-    queue: str
-    value: bytes
-    size: int
-    expiration_s: float
-    priority: float = 0
-
-
-@dataclass(frozen=True, slots=True)
-class QueueRead:
-    """Take up to `count` visible values and hide them for `invisibility_s`: `QueueBatch`. 1 unit per item, min 1.
-
-    With `all_or_nothing`, fewer than `count` visible values read nothing. Values not removed with the batch's
-    `read_id` before the invisibility ends become visible again in their old place.
-    """
-
-    queue: str
-    count: int
-    all_or_nothing: bool = False
-    invisibility_s: float = MS_QUEUE_DEFAULT_INVISIBILITY_S
-
-
-@dataclass(frozen=True, slots=True)
-class QueueRemove:
-    """Delete for good the values of one read that are still invisible: `QueueRemoved`. 1 unit.
-
-    An unknown read id, or one whose invisibility ended, removes nothing (`QueueRemoved(0)`), so a retried Remove
-    is harmless.
-    """
-
-    queue: str
-    read_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueueGetSize:
-    """How many values the queue holds (only the visible ones with `exclude_invisible`): int. 1 unit."""
-
-    queue: str
-    exclude_invisible: bool = False
-
-
-Operation = Union[HashMapGet, HashMapSet, HashMapRemove, HashMapList, SortedMapGet, SortedMapSet, SortedMapRemove,
-                  SortedMapGetRange, SortedMapGetSize, QueueAdd, QueueRead, QueueRemove, QueueGetSize]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """A hash map or sorted map item as stored: `version` is what `if_version` compares; `expires_at` is in ms."""
-
-    key: str
-    value: bytes
-    version: int
-    sort_key: SortKey = None
-    expires_at: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Written:
-    """A write took effect; `version` is the item's new version (pass it as `if_version` to write again)."""
-
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    """A conditional write did not hold and changed nothing; `current` is the item now (None when absent).
-
-    The client re-runs the user's transform on `current.value` and writes again with `if_version=current.version`.
-    """
-
-    current: Item | None
-
-
-@dataclass(frozen=True, slots=True)
-class HashMapPage:
-    """Items of one `HashMapList` page in key order; `cursor` fetches the next page, None after the last one."""
-
-    items: tuple[Item, ...]
-    cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class QueueBatch:
-    """Values read from a queue, highest priority first; `read_id` is None when nothing was read."""
-
-    values: tuple[bytes, ...]
-    read_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class QueueRemoved:
-    """How many values a `QueueRemove` deleted (0 for an unknown or timed-out read id)."""
-
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryStoreStatistics:
-    """A snapshot of one experience's MemoryStore: what it holds and how much of its quotas it uses."""
-
-    structures: int
-    hash_maps: int
-    sorted_maps: int
-    queues: int
-    items: int
-    bytes_used: int
-    memory_quota_bytes: int
-    units_last_minute: int
-    units_quota_per_minute: int
-    users: int
-    ccu: int
-    enforce_quotas: bool
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Internal state
-
-
-class _Kind(str, Enum):
-    HASH_MAP = "HashMap"
-    SORTED_MAP = "SortedMap"
-    QUEUE = "Queue"
-
-
-StructureId = tuple  # (_Kind, name)
-
-
-class _AfterEveryKey:
-    """Compares greater than every key, so `(0, 10, _AFTER)` lies past every item with numeric sort key 10."""
-
-    __slots__ = ()
-
-    def __lt__(self, other: object) -> bool:
-        return False
-
-    def __le__(self, other: object) -> bool:
-        return other is self
-
-    def __gt__(self, other: object) -> bool:
-        return other is not self
-
-    def __ge__(self, other: object) -> bool:
-        return True
-
-
-_AFTER = _AfterEveryKey()
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    """One stored hash map or sorted map item. A write replaces the entry object; `alive` turns False when it goes."""
-
-    structure: "_KeyedStructure"
-    key: str
-    value: bytes
-    size: int
-    version: int
-    sort_key: SortKey
-    expires_at: int
-    order: Any
-    alive: bool = True
-
-    @property
-    def footprint(self) -> int:
-        return self.size + len(self.key)
-
-    def item(self) -> Item:
-        return Item(self.key, self.value, self.version, self.sort_key, self.expires_at)
-
-
-class _KeyedStructure:
-    """A hash map (ordered by key, for listing) or a sorted map (ordered by sort key class, sort key, key)."""
-
-    def __init__(self, sid: StructureId) -> None:
-        self.sid = sid
-        self.entries: dict[str, _Entry] = {}
-        self.index = SortedKeyList(key=attrgetter("order"))
-        self.items = 0
-        self.bytes = 0
-
-    def add(self, entry: _Entry) -> None:
-        self.entries[entry.key] = entry
-        self.index.add(entry)
-        self.items += 1
-        self.bytes += entry.footprint
-
-    def discard(self, entry: _Entry) -> None:
-        del self.entries[entry.key]
-        self.index.remove(entry)
-        self.items -= 1
-        self.bytes -= entry.footprint
-
-
-@dataclass(slots=True, eq=False)
-class _QueueItem:
-    queue: "_Queue"
-    order: tuple          # (-priority, arrival), so the first item is read first
-    value: bytes
-    size: int
-    expires_at: int
-    alive: bool = True
-    read: "_Read | None" = None
-
-    @property
-    def footprint(self) -> int:
-        return self.size
-
-
-@dataclass(slots=True, eq=False)
-class _Read:
-    """Items hidden by one QueueRead until `invisible_until`; `active` turns False once removed or timed out."""
-
-    queue: "_Queue"
-    read_id: str
-    items: list
-    invisible_until: int
-    active: bool = True
-
-
-class _Queue:
-    def __init__(self, sid: StructureId) -> None:
-        self.sid = sid
-        self.visible = SortedKeyList(key=attrgetter("order"))
-        self.reads: dict[str, _Read] = {}
-        self.items = 0            # visible + invisible
-        self.bytes = 0
-
-
-class _UnitLedger:
-    """Request units spent in the last minute, experience-wide and per structure, as one sliding window."""
-
-    def __init__(self) -> None:
-        self._spent: deque[list] = deque()     # [time_ms, structure id, units], oldest first
-        self.total = 0
-        self.by_structure: dict[StructureId, int] = {}
-
-    def forget_until(self, now: int) -> None:
-        """Drop what was spent 60 s or more before `now`."""
-        cutoff = now - UNIT_WINDOW_MS
-        while self._spent and self._spent[0][0] <= cutoff:
-            _, sid, units = self._spent.popleft()
-            self.total -= units
-            left = self.by_structure[sid] - units
-            if left:
-                self.by_structure[sid] = left
-            else:
-                del self.by_structure[sid]
-
-    def spend(self, now: int, sid: StructureId, units: int) -> None:
-        last = self._spent[-1] if self._spent else None
-        if last is not None and last[0] == now and last[1] == sid:
-            last[2] += units
-        else:
-            self._spent.append([now, sid, units])
-        self.total += units
-        self.by_structure[sid] = self.by_structure.get(sid, 0) + units
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Argument checks (each raises MemoryStoreError naming what it received)
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _invalid_request(message: str) -> MemoryStoreError:
+    return MemoryStoreError(INVALID_REQUEST, message)
 
 
 def _check_name(name: object, what: str) -> str:
@@ -490,7 +114,7 @@ def _check_key(key: object) -> str:
 def _check_value(value: object, size: object) -> int:
     if not isinstance(value, bytes):
         raise MemoryStoreError(INVALID_REQUEST, f"value must be encoded bytes, got {type(value).__name__}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not is_int(size) or size < 0:
         raise MemoryStoreError(INVALID_REQUEST, f"value size must be an int >= 0, got {size!r}")
     if size > MS_MAX_VALUE_BYTES:
         raise MemoryStoreError(ITEM_VALUE_SIZE_TOO_LARGE,
@@ -500,7 +124,7 @@ def _check_value(value: object, size: object) -> int:
 
 def _expiration_ms(expiration_s: object) -> int:
     """Seconds (int or float) to whole ms; a lifetime that rounds to 0 ms is gone at once, as 0 is."""
-    if not _is_number(expiration_s) or not 0 <= expiration_s <= MS_MAX_EXPIRATION_S:   # NaN fails the comparison
+    if not is_number(expiration_s) or not 0 <= expiration_s <= MS_MAX_EXPIRATION_S:   # NaN fails the comparison
         raise MemoryStoreError(INVALID_EXPIRATION_TIME,
                                f"expiration must be 0..{MS_MAX_EXPIRATION_S} seconds, got {expiration_s!r}")
     return round(expiration_s * 1000)
@@ -509,13 +133,13 @@ def _expiration_ms(expiration_s: object) -> int:
 def _check_if_version(if_version: object) -> Version:
     if if_version is ANY or if_version is None:
         return if_version
-    if isinstance(if_version, int) and not isinstance(if_version, bool):
+    if is_int(if_version):
         return if_version
     raise MemoryStoreError(INVALID_REQUEST, f"if_version must be ANY, None or an int, got {if_version!r}")
 
 
 def _check_count(count: object, limit: int) -> int:
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= limit:
+    if not is_int(count) or not 1 <= count <= limit:
         raise MemoryStoreError(INVALID_REQUEST, f"count must be an int in 1..{limit}, got {count!r}")
     return count
 
@@ -523,7 +147,7 @@ def _check_count(count: object, limit: int) -> int:
 def _check_sort_key(sort_key: object) -> SortKey:
     if sort_key is None:
         return None
-    if _is_number(sort_key):
+    if is_number(sort_key):
         if not math.isfinite(sort_key):
             raise MemoryStoreError(INVALID_REQUEST, f"a numeric sort key must be finite, got {sort_key!r}")
         return sort_key
@@ -537,7 +161,7 @@ def _check_sort_key(sort_key: object) -> SortKey:
 
 
 def _check_number(x: object, what: str, low: float, high: float, *, low_open: bool = False) -> float:
-    ok = _is_number(x) and (low < x if low_open else low <= x) and x <= high
+    ok = is_number(x) and (low < x if low_open else low <= x) and x <= high
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}]"
         raise MemoryStoreError(INVALID_REQUEST, f"{what} must be a number in {interval}, got {x!r}")
@@ -548,15 +172,6 @@ def _check_bool(x: object, what: str) -> bool:
     if not isinstance(x, bool):
         raise MemoryStoreError(INVALID_REQUEST, f"{what} must be a bool, got {x!r}")
     return x
-
-
-def _sorted_order(sort_key: SortKey, key: Any) -> tuple:
-    """Position in a sorted map: numbers first, then strings, then no sort key; ties by key."""
-    if sort_key is None:
-        return (2, 0, key)
-    if isinstance(sort_key, str):
-        return (1, sort_key, key)
-    return (0, sort_key, key)
 
 
 def _range_bound(bound: object, side: str) -> tuple | None:
@@ -571,11 +186,11 @@ def _range_bound(bound: object, side: str) -> tuple | None:
         if sort_key is None:
             raise MemoryStoreError(INVALID_REQUEST, f"{side} bound needs a sort key, a key or both, got {bound!r}")
         # Past every item with this sort key (lower), or before all of them (upper).
-        return _sorted_order(sort_key, _AFTER) if side == "lower" else _sorted_order(sort_key, None)[:2]
+        return sorted_order(sort_key, AFTER) if side == "lower" else sorted_order(sort_key, None)[:2]
     if not isinstance(key, str) or len(key) > MS_MAX_KEY:
         raise MemoryStoreError(INVALID_REQUEST, f"{side} bound key must be a string of at most {MS_MAX_KEY} "
                                                 f"characters, got {key!r}")
-    return _sorted_order(sort_key, key)
+    return sorted_order(sort_key, key)
 
 
 def _encode_cursor(key: str) -> str:
@@ -596,12 +211,12 @@ def _decode_cursor(cursor: object) -> str | None:
 
 def _check_population(users: object, ccu: object) -> tuple[int, int]:
     for what, n in (("users", users), ("ccu", ccu)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if not is_int(n) or n < 0:
             raise ConfigError(f"MemoryStore {what} must be an int >= 0, got {n!r}")
     return users, ccu
 
 
-def _condition_holds(current: _Entry | None, if_version: Version) -> bool:
+def _condition_holds(current: MapEntry | None, if_version: Version) -> bool:
     if if_version is ANY:
         return True
     if if_version is None:
@@ -634,8 +249,8 @@ class MemoryStoreEngine:
         self._clock = clock
         self._users, self._ccu = _check_population(users, ccu)
         self._enforce_quotas = bool(enforce_quotas)
-        self._structures: dict[StructureId, _KeyedStructure | _Queue] = {}
-        self._timers: list[tuple[int, int, _Entry | _QueueItem | _Read]] = []   # heap of expiries and read timeouts
+        self._structures: dict[StructureId, KeyedStructure | QueueStructure] = {}
+        self._timers: list[tuple[int, int, MapEntry | QueueEntry | PendingRead]] = []   # expiries and read timeouts
         self._timer_seq = itertools.count()
         self._versions = itertools.count(1)
         self._arrivals = itertools.count()
@@ -643,7 +258,7 @@ class MemoryStoreEngine:
         self._items = 0
         self._bytes = 0
         self._active_reads = 0
-        self._units = _UnitLedger()
+        self._units = UnitLedger()
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             HashMapGet: self._hash_map_get,
             HashMapSet: self._hash_map_set,
@@ -708,9 +323,9 @@ class MemoryStoreEngine:
         kinds = [sid[0] for sid in self._structures]
         return MemoryStoreStatistics(
             structures=len(kinds),
-            hash_maps=kinds.count(_Kind.HASH_MAP),
-            sorted_maps=kinds.count(_Kind.SORTED_MAP),
-            queues=kinds.count(_Kind.QUEUE),
+            hash_maps=kinds.count(Kind.HASH_MAP),
+            sorted_maps=kinds.count(Kind.SORTED_MAP),
+            queues=kinds.count(Kind.QUEUE),
             items=self._items,
             bytes_used=self._bytes,
             memory_quota_bytes=self.memory_quota_bytes,
@@ -724,23 +339,23 @@ class MemoryStoreEngine:
     # -- hash maps ------------------------------------------------------------------------------------------------
 
     def _hash_map_get(self, op: HashMapGet, now: int) -> Item | None:
-        sid = (_Kind.HASH_MAP, _check_name(op.map, "hash map"))
+        sid = (Kind.HASH_MAP, _check_name(op.map, "hash map"))
         return self._get(sid, _check_key(op.key), now)
 
     def _hash_map_set(self, op: HashMapSet, now: int) -> Written | Conflict:
-        sid = (_Kind.HASH_MAP, _check_name(op.map, "hash map"))
+        sid = (Kind.HASH_MAP, _check_name(op.map, "hash map"))
         return self._set(sid, op.key, op.value, op.size, op.expiration_s, None, op.if_version, now)
 
     def _hash_map_remove(self, op: HashMapRemove, now: int) -> None:
-        sid = (_Kind.HASH_MAP, _check_name(op.map, "hash map"))
+        sid = (Kind.HASH_MAP, _check_name(op.map, "hash map"))
         self._remove(sid, _check_key(op.key), now)
 
     def _hash_map_list(self, op: HashMapList, now: int) -> HashMapPage:
-        sid = (_Kind.HASH_MAP, _check_name(op.map, "hash map"))
+        sid = (Kind.HASH_MAP, _check_name(op.map, "hash map"))
         count = _check_count(op.count, MS_HASHMAP_LIST_MAX)
         after = _decode_cursor(op.cursor)
         structure = self._structures.get(sid)
-        entries: list[_Entry] = []
+        entries: list[MapEntry] = []
         if structure is not None:
             span = structure.index.irange_key(min_key=after, inclusive=(False, True))
             entries = list(islice(span, count + 1))
@@ -753,30 +368,26 @@ class MemoryStoreEngine:
     # -- sorted maps ----------------------------------------------------------------------------------------------
 
     def _sorted_map_get(self, op: SortedMapGet, now: int) -> Item | None:
-        sid = (_Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
+        sid = (Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
         return self._get(sid, _check_key(op.key), now)
 
     def _sorted_map_set(self, op: SortedMapSet, now: int) -> Written | Conflict:
-        sid = (_Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
+        sid = (Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
         sort_key = _check_sort_key(op.sort_key)
         return self._set(sid, op.key, op.value, op.size, op.expiration_s, sort_key, op.if_version, now)
 
     def _sorted_map_remove(self, op: SortedMapRemove, now: int) -> None:
-        sid = (_Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
+        sid = (Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
         self._remove(sid, _check_key(op.key), now)
 
     def _sorted_map_get_range(self, op: SortedMapGetRange, now: int) -> tuple[Item, ...]:
-        sid = (_Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
-        try:
-            descending = SortDirection(op.direction) is SortDirection.DESCENDING
-        except ValueError:
-            raise MemoryStoreError(INVALID_REQUEST, f"direction must be 'Ascending' or 'Descending', "
-                                                    f"got {op.direction!r}") from None
+        sid = (Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
+        descending = check_direction(op.direction, _invalid_request) is SortDirection.DESCENDING
         count = _check_count(op.count, MS_SORTED_RANGE_MAX)
         low = _range_bound(op.lower_bound, "lower")
         high = _range_bound(op.upper_bound, "upper")
         structure = self._structures.get(sid)
-        entries: list[_Entry] = []
+        entries: list[MapEntry] = []
         if structure is not None:
             span = structure.index.irange_key(low, high, inclusive=(False, False), reverse=descending)
             entries = list(islice(span, count))
@@ -784,7 +395,7 @@ class MemoryStoreEngine:
         return tuple(entry.item() for entry in entries)
 
     def _sorted_map_get_size(self, op: SortedMapGetSize, now: int) -> int:
-        sid = (_Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
+        sid = (Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
         self._spend(sid, 1, now)
         structure = self._structures.get(sid)
         return structure.items if structure is not None else 0
@@ -815,8 +426,8 @@ class MemoryStoreEngine:
             self._unstore(current)
         if lifetime_ms > 0:
             structure = self._structure(sid)
-            order = key if sid[0] is _Kind.HASH_MAP else _sorted_order(sort_key, key)
-            entry = _Entry(structure, key, value, size, version, sort_key, now + lifetime_ms, order)
+            order = key if sid[0] is Kind.HASH_MAP else sorted_order(sort_key, key)
+            entry = MapEntry(structure, key, value, size, version, sort_key, now + lifetime_ms, order)
             structure.add(entry)
             self._items += 1
             self._bytes += entry.footprint
@@ -830,24 +441,24 @@ class MemoryStoreEngine:
         if entry is not None:
             self._unstore(entry)
 
-    def _entry(self, sid: StructureId, key: str) -> _Entry | None:
+    def _entry(self, sid: StructureId, key: str) -> MapEntry | None:
         structure = self._structures.get(sid)
         return structure.entries.get(key) if structure is not None else None
 
     # -- queues ---------------------------------------------------------------------------------------------------
 
     def _queue_add(self, op: QueueAdd, now: int) -> None:
-        sid = (_Kind.QUEUE, _check_name(op.queue, "queue"))
+        sid = (Kind.QUEUE, _check_name(op.queue, "queue"))
         size = _check_value(op.value, op.size)
         lifetime_ms = _expiration_ms(op.expiration_s)
         priority = op.priority
-        if not _is_number(priority) or not math.isfinite(priority):
+        if not is_number(priority) or not math.isfinite(priority):
             raise MemoryStoreError(INVALID_REQUEST, f"priority must be a finite number, got {priority!r}")
         self._check_units(sid, 1)
         if lifetime_ms > 0:
             self._check_room(sid, None, size)
             queue = self._structure(sid)
-            item = _QueueItem(queue, (-priority, next(self._arrivals)), op.value, size, now + lifetime_ms)
+            item = QueueEntry(queue, (-priority, next(self._arrivals)), op.value, size, now + lifetime_ms)
             queue.visible.add(item)
             queue.items += 1
             queue.bytes += size
@@ -857,19 +468,19 @@ class MemoryStoreEngine:
         self._spend(sid, 1, now)
 
     def _queue_read(self, op: QueueRead, now: int) -> QueueBatch:
-        sid = (_Kind.QUEUE, _check_name(op.queue, "queue"))
+        sid = (Kind.QUEUE, _check_name(op.queue, "queue"))
         count = _check_count(op.count, MS_QUEUE_READ_MAX)
         all_or_nothing = _check_bool(op.all_or_nothing, "all_or_nothing")
         invisibility_s = _check_number(op.invisibility_s, "invisibility_s", 0, MS_MAX_EXPIRATION_S, low_open=True)
         queue = self._structures.get(sid)
-        taken: list[_QueueItem] = list(islice(queue.visible, count)) if queue is not None else []
+        taken: list[QueueEntry] = list(islice(queue.visible, count)) if queue is not None else []
         if all_or_nothing and len(taken) < count:
             taken = []
         self._check_units(sid, max(1, len(taken)))
         if not taken:
             self._spend(sid, 1, now)
             return QueueBatch((), None)
-        read = _Read(queue, f"r{next(self._read_ids)}", taken, now + max(1, round(invisibility_s * 1000)))
+        read = PendingRead(queue, f"r{next(self._read_ids)}", taken, now + max(1, round(invisibility_s * 1000)))
         del queue.visible[:len(taken)]
         for item in taken:
             item.read = read
@@ -880,7 +491,7 @@ class MemoryStoreEngine:
         return QueueBatch(tuple(item.value for item in taken), read.read_id)
 
     def _queue_remove(self, op: QueueRemove, now: int) -> QueueRemoved:
-        sid = (_Kind.QUEUE, _check_name(op.queue, "queue"))
+        sid = (Kind.QUEUE, _check_name(op.queue, "queue"))
         if not isinstance(op.read_id, str):
             raise MemoryStoreError(INVALID_REQUEST, f"read_id must be a string, got {op.read_id!r}")
         self._spend(sid, 1, now)
@@ -895,7 +506,7 @@ class MemoryStoreEngine:
         return QueueRemoved(len(removed))
 
     def _queue_get_size(self, op: QueueGetSize, now: int) -> int:
-        sid = (_Kind.QUEUE, _check_name(op.queue, "queue"))
+        sid = (Kind.QUEUE, _check_name(op.queue, "queue"))
         exclude_invisible = _check_bool(op.exclude_invisible, "exclude_invisible")
         self._spend(sid, 1, now)
         queue = self._structures.get(sid)
@@ -903,24 +514,24 @@ class MemoryStoreEngine:
             return 0
         return len(queue.visible) if exclude_invisible else queue.items
 
-    def _end_read(self, read: _Read) -> None:
+    def _end_read(self, read: PendingRead) -> None:
         read.active = False
         self._active_reads -= 1
 
     # -- storage bookkeeping --------------------------------------------------------------------------------------
 
-    def _structure(self, sid: StructureId) -> _KeyedStructure | _Queue:
+    def _structure(self, sid: StructureId) -> KeyedStructure | QueueStructure:
         structure = self._structures.get(sid)
         if structure is None:
-            structure = _Queue(sid) if sid[0] is _Kind.QUEUE else _KeyedStructure(sid)
+            structure = QueueStructure(sid) if sid[0] is Kind.QUEUE else KeyedStructure(sid)
             self._structures[sid] = structure
         return structure
 
-    def _unstore(self, record: _Entry | _QueueItem) -> None:
+    def _unstore(self, record: MapEntry | QueueEntry) -> None:
         """Forget one item for good; a structure left empty is forgotten too."""
         record.alive = False
-        structure = record.structure if isinstance(record, _Entry) else record.queue
-        if isinstance(record, _Entry):
+        structure = record.structure if isinstance(record, MapEntry) else record.queue
+        if isinstance(record, MapEntry):
             structure.discard(record)
         else:
             if record.read is None:
@@ -930,13 +541,13 @@ class MemoryStoreEngine:
         self._items -= 1
         self._bytes -= record.footprint
         if structure.items == 0:
-            if isinstance(structure, _Queue):
+            if isinstance(structure, QueueStructure):
                 for read in structure.reads.values():
                     self._end_read(read)
                 structure.reads.clear()
             del self._structures[structure.sid]
 
-    def _schedule(self, due: int, record: _Entry | _QueueItem | _Read) -> None:
+    def _schedule(self, due: int, record: MapEntry | QueueEntry | PendingRead) -> None:
         heapq.heappush(self._timers, (due, next(self._timer_seq), record))
         live = self._items + self._active_reads
         if len(self._timers) > 2 * live + 64:    # overwritten items and removed reads left stale timers behind
@@ -944,8 +555,8 @@ class MemoryStoreEngine:
             heapq.heapify(self._timers)
 
     @staticmethod
-    def _timer_live(record: _Entry | _QueueItem | _Read) -> bool:
-        return record.active if isinstance(record, _Read) else record.alive
+    def _timer_live(record: MapEntry | QueueEntry | PendingRead) -> bool:
+        return record.active if isinstance(record, PendingRead) else record.alive
 
     def _advance(self, now: int) -> None:
         """Expire items and end invisibility whose time has come, and age the unit window; O(log n) per timer."""
@@ -954,13 +565,13 @@ class MemoryStoreEngine:
             _, _, record = heapq.heappop(timers)
             if not self._timer_live(record):
                 continue
-            if isinstance(record, _Read):
+            if isinstance(record, PendingRead):
                 self._reappear(record)
             else:
                 self._unstore(record)
         self._units.forget_until(now)
 
-    def _reappear(self, read: _Read) -> None:
+    def _reappear(self, read: PendingRead) -> None:
         """The read was not removed in time: its items become visible again in their old place."""
         queue = read.queue
         del queue.reads[read.read_id]

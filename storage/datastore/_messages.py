@@ -2,36 +2,24 @@
 
 Requests and results are frozen, slotted dataclasses: plain values that Ray ships cheaply in batches. Stored values
 travel as msgpack `bytes` and are never unpickled; the user ids and metadata beside them are small JSON-like data.
+This module holds no logic and must never import the client or the engine; `ANY` and `BatchReply`, shared with the
+MemoryStore, come from `storage._types`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from lodestore.storage._limits import RequestType
+from lodestore.storage._types import ANY, BatchReply
 
-__all__ = ["KeyInfo", "VersionInfo", "Page", "ANY"]
-
-
-class _Any:
-    """Sentinel: a write that does not compare versions."""
-
-    _instance: "_Any | None" = None
-
-    def __new__(cls) -> "_Any":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __reduce__(self) -> str:
-        return "ANY"
-
-    def __repr__(self) -> str:
-        return "ANY"
-
-
-ANY: Any = _Any()
+__all__ = [
+    "ANY", "KeyInfo", "VersionInfo", "Page",
+    "Get", "Set", "Increment", "Remove", "ListKeys", "ListVersions", "GetVersion", "GetVersionAtTime", "RemoveVersion",
+    "OrderedGet", "OrderedSet", "OrderedIncrement", "OrderedRemove", "OrderedRange", "Sweep",
+    "Entry", "MISSING", "Written", "Conflict", "OrderedValue", "OrderedConflict", "BatchReply",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,11 +257,3 @@ class OrderedValue:
 @dataclass(frozen=True, slots=True)
 class OrderedConflict:
     current: OrderedValue
-
-
-class BatchReply(NamedTuple):
-    """What a shard answers to one batch: a result (or error) per request, and the injected latency of each
-    request in simulated milliseconds (None when no latency is configured)."""
-
-    results: list
-    delays_ms: list[float] | None

@@ -15,17 +15,16 @@ from collections import deque
 
 import msgpack
 
-from lodestore.storage import _messages as m
-from lodestore.storage._backends import Backend, EntryKey, VersionRecord
 from lodestore.storage._clock import Clock
 from lodestore.storage._errors import DataStoreError
 from lodestore.storage._faults import FaultConfig, FaultInjector, error_name
-from lodestore.storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, KEY_READ_BYTES_PER_MINUTE, KEY_WINDOW_MS,
-                             KEY_WRITE_BYTES_PER_MINUTE, VERSION_AT_TIME_FUTURE_MS)
+from lodestore.storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, INT64_MAX, INT64_MIN, KEY_READ_BYTES_PER_MINUTE,
+                                      KEY_WINDOW_MS, KEY_WRITE_BYTES_PER_MINUTE, VERSION_AT_TIME_FUTURE_MS)
+from lodestore.storage.datastore import _messages as m
+from lodestore.storage.datastore._backends import Backend, EntryKey, VersionRecord
 
 __all__ = ["DataStoreEngine", "KeyThroughput"]
 
-_INT64 = (-(2**63), 2**63 - 1)
 _DOTNET_EPOCH_TICKS = 621_355_968_000_000_000
 _SWEEP_EVERY_MS = HOUR_MS
 
@@ -210,7 +209,7 @@ class DataStoreEngine:
                                      f"cannot increment key {op.key!r}: its value is a {type(old).__name__}, "
                                      "not an integer")
         new = old + op.delta
-        if not _INT64[0] <= new <= _INT64[1]:
+        if not INT64_MIN <= new <= INT64_MAX:
             raise DataStoreError(104, "CantStoreValue",
                                  f"incrementing key {op.key!r} by {op.delta} overflows a 64-bit integer")
         value = msgpack.packb(new)
@@ -299,7 +298,7 @@ class DataStoreEngine:
         k = (op.store, op.scope, op.key)
         got = self.backend.ordered_get(k)
         new = (got[0] if got else 0) + op.delta
-        if not _INT64[0] <= new <= _INT64[1]:
+        if not INT64_MIN <= new <= INT64_MAX:
             raise DataStoreError(104, "CantStoreValue",
                                  f"incrementing key {op.key!r} by {op.delta} overflows a 64-bit integer")
         revision = got[1] + 1 if got else 1

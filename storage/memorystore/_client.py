@@ -2,7 +2,8 @@
 
 It checks and encodes values (JSON-storable, msgpack on the wire), sends each request to the world's MemoryStore
 actor, and runs the optimistic `update` loops here, in the caller, re-running the transform when another writer got
-there first, as Roblox does. Blocking methods, and the same as coroutines on `.aio`. It owns no stored state.
+there first, as Roblox does. Blocking methods, and the same as coroutines on `.aio`. It owns no stored state, and
+must never decide what the engine owns (versions, expiry, limits and quotas): it asks the MemoryStore actor.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import functools
 import json
 from typing import Any, Callable
 
-from lodestore.storage import _memorystore as ms
-from lodestore.storage._datastore import _async_twin
-from lodestore.storage._errors import DataStoreError, MemoryStoreError, TransformError
+from lodestore.storage._clients import async_twin, call_transform
+from lodestore.storage._errors import DataStoreError, MemoryStoreError
 from lodestore.storage._limits import MS_MAX_VALUE_BYTES, MS_QUEUE_DEFAULT_INVISIBILITY_S
 from lodestore.storage._transport import MEMORYSTORE, Call, Gate, Sleep, Transport, TransportFailure, arun, run
 from lodestore.storage._values import check_value, decode, encode
+from lodestore.storage.memorystore import _messages as ms
 
 __all__ = ["MemoryStoreService", "HashMap", "SortedMap", "Queue"]
 
@@ -87,13 +88,6 @@ class _Structure:
         return results[0]
 
 
-def _transform(fn: Callable, key: str, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except Exception as exc:
-        raise TransformError(f"transform for key {key!r} raised {type(exc).__name__}: {exc}") from exc
-
-
 class HashMap(_Structure):
     """A MemoryStore hash map: items with a TTL, compare-and-set `update`.
 
@@ -139,7 +133,7 @@ class HashMap(_Structure):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
         item = yield from self._request(ms.HashMapGet(self.name, key))
         for _ in range(MAX_UPDATE_ATTEMPTS):
-            new = _transform(fn, key, None if item is None else decode(item.value))
+            new = call_transform(fn, key, None if item is None else decode(item.value))
             if new is None:
                 return None
             data, size = _encoded(new)
@@ -204,7 +198,7 @@ class SortedMap(_Structure):
         item = yield from self._request(ms.SortedMapGet(self.name, key))
         for _ in range(MAX_UPDATE_ATTEMPTS):
             old = (None, None) if item is None else (decode(item.value), item.sort_key)
-            out = _transform(fn, key, *old)
+            out = call_transform(fn, key, *old)
             if out is None:
                 return None
             if not isinstance(out, tuple) or len(out) != 2:
@@ -276,6 +270,6 @@ class Queue(_Structure):
         return (yield from self._request(ms.QueueGetSize(self.name, exclude_invisible)))
 
 
-AsyncHashMap = _async_twin(HashMap, ("get", "set", "update", "remove", "list_items"))
-AsyncSortedMap = _async_twin(SortedMap, ("get", "set", "update", "remove", "get_range", "get_size"))
-AsyncQueue = _async_twin(Queue, ("add", "read", "remove", "get_size"))
+AsyncHashMap = async_twin(HashMap, ("get", "set", "update", "remove", "list_items"))
+AsyncSortedMap = async_twin(SortedMap, ("get", "set", "update", "remove", "get_range", "get_size"))
+AsyncQueue = async_twin(Queue, ("add", "read", "remove", "get_size"))
