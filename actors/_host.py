@@ -19,17 +19,13 @@ from lodestore.actors._config import StoreConfig
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
 from lodestore.actors._scheduler import Scheduler
 from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
+from lodestore.actors._txn import ABSENT
 from lodestore.storage import ConfigError, LodestoreError, Server, emergency
 from lodestore.storage._values import check_key, check_user_ids
 
-__all__ = ["KeyHost", "Request", "StoreStatistics", "ABSENT"]
+__all__ = ["KeyHost", "Request", "StoreStatistics"]
 
 _SESSION_OPS = frozenset({"get", "update", "update_immutable", "save"})
-
-ABSENT = "absent"
-"""What `tx_finish` answers for a key with no session here (it ended: crashed, lock lost): its record may still carry
-the transaction, and only the coordinator can clean it."""
-
 
 @dataclass(frozen=True)
 class Request:

@@ -27,18 +27,18 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-import msgpack
-
 from lodestore.actors import _records as rec
-from lodestore.actors._config import LogMessage, StoreConfig
+from lodestore.actors._config import LogMessage, StoreConfig, check_schema
 from lodestore.actors._errors import (KeyClosedError, LockLostError, LockTimeoutError, MigrationError, RecordError,
-                            SchemaError, TxLockedError)
+                            TxLockedError)
+from lodestore.actors._records import copy_data
 from lodestore.actors._scheduler import Scheduler, Timer
+from lodestore.actors._txn import (TX_STORE, abort_if_pending, lock_map_name, marker_committed, records_store,
+                                   resolve_in_doubt, shards_store)
 from lodestore.storage import DataStoreError, MemoryStoreError, RequestType, TransformError, UpdateResult
 from lodestore.storage._values import canonical, check_value
 
-__all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data", "lock_map_name", "TX_STORE",
-           "marker_committed", "check_schema", "resolve_in_doubt", "abort_if_pending", "commit_if_pending"]
+__all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters"]
 
 ORPHAN_BUDGET_FLOOR = 100   # remove old shards only while this many remove requests are left (Lyra's rule)
 REFRESH_RETRY_S = 10.0      # after a failed refresh, try again this soon (the TTL has 30 s to spare by default)
@@ -56,42 +56,6 @@ class SessionState(str, Enum):
 
 _LIVE = (SessionState.ACTIVE, SessionState.IN_TRANSACTION, SessionState.CLOSING)
 _ENDED = (SessionState.CLOSED, SessionState.LOCK_LOST)
-
-
-TX_STORE = "lodestore/tx"   # one marker store for the world: a restarted coordinator finds every marker in it
-
-
-def marker_committed(marker: Any) -> bool:
-    """Whether a transaction whose records carry its id has committed, by its marker: gone (cleaned up after the
-    commit; aborted transactions' records are cleaned before their marker goes) or in state "committed"."""
-    return marker is None or (isinstance(marker, dict) and marker.get("state") == "committed")
-
-
-def lock_map_name(store: str, partition: int, partitions: int) -> str:
-    """Lyra keeps every lock of a store in one hash map; a MemoryStore structure serves 100,000 request units a
-    minute, about 33,000 lock updates, so with more partitions than one the locks spread over several maps."""
-    return f"lodestore/locks/{store}" if partitions == 1 else f"lodestore/locks/{store}/{partition}"
-
-
-def check_schema(schema: Callable[[Any], Any] | None, key: str, data: Any) -> None:
-    """Raise SchemaError unless `schema(data)` accepts: True or None; False, (False, message...) or an exception
-    mean invalid."""
-    if schema is None:
-        return
-    try:
-        verdict = schema(data)
-    except Exception as exc:
-        raise SchemaError(f"Schema validation failed for key {key!r}: {type(exc).__name__}: {exc}") from None
-    detail = ""
-    if isinstance(verdict, tuple) and verdict:
-        verdict, detail = verdict[0], ": " + " ".join(str(x) for x in verdict[1:])
-    if verdict is False:
-        raise SchemaError(f"Schema validation failed for key {key!r}{detail}")
-
-
-def copy_data(data: Any) -> Any:
-    """A deep copy of JSON-compatible data (msgpack round trip: several times faster than copy.deepcopy)."""
-    return msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False)
 
 
 @dataclass
@@ -122,8 +86,8 @@ class StoreRuntime:
         self.scheduler = scheduler
         self.job_id = server.job_id
         self.datastores = server.datastores
-        self.records = server.datastores.get_data_store(f"lodestore/records/{config.name}")
-        self.shards = server.datastores.get_data_store(f"lodestore/shards/{config.name}")
+        self.records = server.datastores.get_data_store(records_store(config.name))
+        self.shards = server.datastores.get_data_store(shards_store(config.name))
         self.txs = server.datastores.get_data_store(TX_STORE)
         self._lock_maps = [server.memorystores.get_hash_map(lock_map_name(config.name, i, config.lock_partitions))
                            for i in range(config.lock_partitions)]
@@ -817,34 +781,6 @@ class Session:
             self.rt.log("warn", f"autosave failed: {type(exc).__name__}: {exc}", key=self.key)
         if self.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION):
             self._arm_autosave(self.rt.config.autosave_interval)
-
-
-def abort_if_pending(marker: Any, _info: Any = None) -> Any:
-    """A marker transform: "pending" becomes "aborted"; any other marker stays as it is (the write is cancelled)."""
-    if isinstance(marker, dict) and marker.get("state") == "pending":
-        return {**marker, "state": "aborted"}
-    return None
-
-
-def commit_if_pending(marker: Any, _info: Any = None) -> Any:
-    """A marker transform: "pending" becomes "committed" (the commit point); otherwise cancelled."""
-    if isinstance(marker, dict) and marker.get("state") == "pending":
-        return {**marker, "state": "committed"}
-    return None
-
-
-async def resolve_in_doubt(rt: StoreRuntime, tx_id: str, key: str) -> str:
-    """"committed" or "aborted" for a transaction whose record (of `key`) was written: the marker decides, and a
-    pending marker is first turned to "aborted" (compare-and-set), so the coordinator can no longer commit it. A
-    missing marker means committed when the record still carries the transaction (an aborted transaction's records
-    are cleaned before its marker goes)."""
-    marker, _ = await rt.retrying(lambda: rt.txs.aio.update(tx_id, abort_if_pending), "marker update", key)
-    if marker is None:
-        marker, _ = await rt.retrying(lambda: rt.txs.aio.get(tx_id, False), "marker read", key)
-    if marker is not None:
-        return "committed" if marker.get("state") == "committed" else "aborted"
-    record, _ = await rt.retrying(lambda: rt.records.aio.get(key, False), "record read", key)
-    return "committed" if rec.is_record(record) and rec.tx_id_of(record) == tx_id else "aborted"
 
 
 @dataclass

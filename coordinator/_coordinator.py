@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from lodestore.actors import _records as rec
-from lodestore.actors._host import ABSENT
-from lodestore.actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
+from lodestore.actors import (ABSENT, TX_STORE, abort_if_pending, check_schema, commit_if_pending, records_store,
+                              without_tx)
+from lodestore.actors import records as rec
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
 from lodestore.storage import DataStoreError, Server, TransformError
 from lodestore.storage._values import canonical, check_value
@@ -296,9 +296,9 @@ class Coordinator:
             try:
                 # A key whose session is gone (its server crashed, its lock ran out) may still hold this
                 # transaction in its record; clean it here, or "marker gone" would read as committed.
-                records = self.server.datastores.get_data_store(f"lodestore/records/{marker['store']}")
+                records = self.server.datastores.get_data_store(records_store(marker["store"]))
                 for key in [k for k, r in replies.items() if r == ABSENT]:
-                    await _retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
+                    await _retrying(lambda key=key: records.aio.update(key, without_tx(tx_id)))
                 await _retrying(lambda: self.markers.aio.remove(tx_id))
             except DataStoreError:
                 pass  # recovery cleans the records and removes the marker
@@ -333,20 +333,11 @@ class Coordinator:
         if not isinstance(marker, dict):
             return None
         if marker.get("state") != "committed":
-            records = self.server.datastores.get_data_store(f"lodestore/records/{marker['store']}")
+            records = self.server.datastores.get_data_store(records_store(marker["store"]))
             for key in marker.get("keys", ()):
-                await _retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
+                await _retrying(lambda key=key: records.aio.update(key, without_tx(tx_id)))
         await _retrying(lambda: self.markers.aio.remove(tx_id))
         return "committed" if marker.get("state") == "committed" else "aborted"
-
-
-def _without_tx(tx_id: str) -> Callable:
-    """A record transform: the record as it was before transaction `tx_id` (kept: its session, its migrations)."""
-    def clean(record: Any, _info: Any) -> Any:
-        if not rec.is_record(record) or rec.tx_id_of(record) != tx_id:
-            return None  # already clean (rewritten by its session, or by an earlier recovery)
-        return {**record, "file": {"data": {"committed_data": record["file"]["data"]["committed_data"]}}}
-    return clean
 
 
 async def _retrying(call: Callable, attempts: int = 4) -> Any:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lodestore.actors import KeyHost, Request, Scheduler, SchemaError, StoreConfig
-from lodestore.actors._session import TX_STORE
+from lodestore.actors import TX_STORE, KeyHost, Request, Scheduler, SchemaError, StoreConfig
+from lodestore.actors import records as rec
 from lodestore.coordinator import (Coordinator, KeysChangedError, SimulatedCrash, Step, TxAbortedError, TxRequest,
                          TxUnknownError)
 from lodestore.storage import FaultConfig, LodestoreError, ManualClock, TransformError, World
@@ -293,7 +293,6 @@ def test_a_load_over_a_pending_transaction_aborts_it_so_it_can_never_commit_half
         before = {k: await sessions[k].tx_prepare("T1", 30) for k in ("ann", "bob")}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
-        from lodestore.actors import _records as rec
         for key in ("ann", "bob"):
             await sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
         a.crash()
@@ -436,7 +435,6 @@ def test_an_abort_cleans_the_record_of_a_participant_whose_session_is_gone_befor
         before = {k: await hosts[k].stores["bank"].sessions[k].tx_prepare("T1", 30) for k in hosts}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
-        from lodestore.actors import _records as rec
         for key, host in hosts.items():
             await host.stores["bank"].sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
         a.crash()                                              # ann's session is gone, its record holds T1

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from lodestore import GameServer
-from lodestore.actors import KeyHost, Request, Scheduler, StoreConfig
-from lodestore.actors import _records as rec
-from lodestore.actors._session import TX_STORE
+from lodestore.actors import TX_STORE, KeyHost, Request, Scheduler, StoreConfig
+from lodestore.actors import records as rec
 from lodestore.sim._inspect import (NOT_FOUND, USAGE, InspectError, add_parser, export_store, import_store, list_keys,
                           list_stores, list_versions, restore_version, show_key)
 from lodestore.storage import ManualClock, World
