@@ -17,6 +17,7 @@ from typing import Any
 
 from lodestore.actors._config import StoreConfig
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
+from lodestore.actors._migrations import migrate
 from lodestore.actors._scheduler import Scheduler
 from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
 from lodestore.actors._txn import ABSENT
@@ -188,12 +189,13 @@ class KeyHost:
 
     async def tx_prepare(self, tx_id: str, store: str, keys: list[str], timeout_s: float) -> dict:
         rt = self.stores.get(store)
-        return await _per_key(keys, lambda key: _session(rt, key).tx_prepare(tx_id, timeout_s)
+        return await _per_key(keys, lambda key: _session(rt, key).participant.prepare(tx_id, timeout_s)
                               if rt is not None else _no_store(store))
 
     async def tx_write(self, tx_id: str, store: str, writes: dict) -> dict:
         rt = self.stores.get(store)
-        return await _per_key(list(writes), lambda key: _in_tx(rt, key, store).tx_write(tx_id, *writes[key]))
+        return await _per_key(list(writes),
+                              lambda key: _in_tx(rt, key, store).participant.write(tx_id, *writes[key]))
 
     async def tx_finish(self, tx_id: str, store: str, outcomes: dict) -> dict:
         rt = self.stores.get(store)
@@ -202,7 +204,7 @@ class KeyHost:
             session = rt.sessions.get(key) if rt is not None else None
             if session is None:
                 return ABSENT   # nobody here can clean this key's record: the coordinator must
-            await session.tx_finish(tx_id, *outcomes[key])
+            await session.participant.finish(tx_id, *outcomes[key])
             return None
 
         return await _per_key(list(outcomes), finish)
@@ -235,10 +237,7 @@ class KeyHost:
         for rt in self.stores.values():
             rt.closed = True
             for session in list(rt.sessions.values()):
-                if session._holds_lock:
-                    rt.lock_event("crashed", session)
-                session._holds_lock = False
-                session._end(SessionState.CLOSED)
+                session.crash()
 
 
 async def _per_key(keys: list[str], call) -> dict:
@@ -267,7 +266,7 @@ async def _stored_data(rt: StoreRuntime, key: str, value: Any) -> Any:
     if value is None:
         return None
     data = await rt.read_data(key, value)
-    data, _ = rt.migrate(key, data, tuple(value["applied_migrations"]))
+    data, _ = migrate(rt.config, key, data, tuple(value["applied_migrations"]))
     return data
 
 

@@ -257,14 +257,14 @@ def test_a_stalled_holder_is_taken_over_and_never_writes_again():
         await a("update", "u1", lambda d: d.update(coins=5) or True)
         await a("save", "u1")
         stalled = a.runtime().sessions["u1"]
-        stalled._refresh_timer.cancel()                      # A keeps running but stops refreshing its lock
-        stalled._deadline_timer.cancel()                     # ... and its local deadline check is stuck too
+        stalled.lease._refresh_timer.cancel()                # A keeps running but stops refreshing its lock
+        stalled.lease._deadline_timer.cancel()               # ... and its local deadline check is stuck too
         await a("update", "u1", lambda d: d.update(coins=500) or True)
         waiting = asyncio.create_task(b("load", "u1"))
         await until_done(rig, waiting)
         assert b.runtime().counters.lock_steals == 1
         assert (await b("get", "u1"))["coins"] == 5
-        stalled.lock_deadline = rig.clock.now() + 60_000     # even believing its lock is fine ...
+        stalled.lease.deadline = rig.clock.now() + 60_000   # even believing its lock is fine ...
         with pytest.raises(LockLostError):
             await a("save", "u1")                            # ... the fencing token refuses A's write
         assert lost == ["u1"]
@@ -281,7 +281,7 @@ def test_a_lock_that_runs_out_closes_the_session_without_writing():
         a = rig.host("a", on_lock_lost=lost.append)
         await a("load", "u1")
         session = a.runtime().sessions["u1"]
-        session._refresh_timer.cancel()                      # refreshes stop landing
+        session.lease._refresh_timer.cancel()                # refreshes stop landing
         await a("update", "u1", lambda d: d.update(coins=1) or True)
         version = rig.version("u1")
         await rig.advance(91)
@@ -608,7 +608,7 @@ def test_an_unload_waiting_while_the_lock_is_lost_raises_instead_of_passing_for_
         await a("load", "u1")
         await a("update", "u1", lambda d: d.update(coins=7) or True)
         session = a.runtime().sessions["u1"]
-        session._refresh_timer.cancel()
+        session.lease._refresh_timer.cancel()
         await session.mailbox.acquire()                  # something holds the key (a transaction, say) ...
         unloading = asyncio.create_task(a("unload", "u1"))
         await rig.advance(91)                            # ... while the lock runs out

@@ -152,10 +152,10 @@ def test_a_key_held_by_another_transaction_is_refused():
         rig = Rig()
         a = await rig.loaded_host(keys=("ann", "bob", "cy"))
         session = a.stores["bank"].sessions["bob"]
-        await session.tx_prepare("other-tx", 30)
+        await session.participant.prepare("other-tx", 30)
         with pytest.raises(TxAbortedError, match="already locked by another transaction"):
             await rig.coordinator().run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 1)))
-        await session.tx_finish("other-tx", "abort")
+        await session.participant.finish("other-tx", "abort")
         assert await rig.coordinator().run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 1)))
     run(main())
 
@@ -290,11 +290,11 @@ def test_a_load_over_a_pending_transaction_aborts_it_so_it_can_never_commit_half
         rig = Rig()
         a = await rig.loaded_host()
         sessions = a.stores["bank"].sessions
-        before = {k: await sessions[k].tx_prepare("T1", 30) for k in ("ann", "bob")}
+        before = {k: await sessions[k].participant.prepare("T1", 30) for k in ("ann", "bob")}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
         for key in ("ann", "bob"):
-            await sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+            await sessions[key].participant.write("T1", rec.make_patch(before[key], after[key]), after[key])
         a.crash()
         await rig.scheduler.advance(91)                       # the dead server's locks expire
         b = rig.host("b")
@@ -432,11 +432,12 @@ def test_an_abort_cleans_the_record_of_a_participant_whose_session_is_gone_befor
         a = await rig.loaded_host("a", keys=("ann",))
         b = await rig.loaded_host("b", keys=("bob",))
         hosts = {"ann": a, "bob": b}
-        before = {k: await hosts[k].stores["bank"].sessions[k].tx_prepare("T1", 30) for k in hosts}
+        before = {k: await hosts[k].stores["bank"].sessions[k].participant.prepare("T1", 30) for k in hosts}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
         for key, host in hosts.items():
-            await host.stores["bank"].sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+            await host.stores["bank"].sessions[key].participant.write("T1", rec.make_patch(before[key], after[key]),
+                                                                      after[key])
         a.crash()                                              # ann's session is gone, its record holds T1
 
         async def release(outcomes):

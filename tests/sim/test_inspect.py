@@ -158,12 +158,12 @@ async def _leave_a_transaction(path: str, marker: str | None) -> None:
         (reply,) = await host.handle([Request("load", "bank", key)])
         assert reply is None
     sessions = host.stores["bank"].sessions
-    before = {key: await sessions[key].tx_prepare("T1", 30) for key in ("ann", "bob")}
+    before = {key: await sessions[key].participant.prepare("T1", 30) for key in ("ann", "bob")}
     after = {"ann": {"coins": 60}, "bob": {"coins": 140}}
     markers = world.server("coordinator").datastores.get_data_store(TX_STORE)
     markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
     for key in ("ann", "bob"):
-        await sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+        await sessions[key].participant.write("T1", rec.make_patch(before[key], after[key]), after[key])
     host.crash()
     if marker is None:
         markers.remove("T1")
