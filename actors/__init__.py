@@ -14,6 +14,8 @@ The Store API above them (`GameServer`, `Store`) is `lodestore`'s own, since it 
     >>> server.shutdown()                                       # final saves, locks released
 
 Everything public is exported here; the `_`-prefixed modules are private. Besides the Store API's pieces:
+- the requests a key host answers, one frozen dataclass per operation (`Load`, `Get`, `Update`, ..., and a
+  coordinator's `TxPrepare`, `TxWrite`, `TxFinish`), for `KeyHost.handle` / `KeyHost.tx_calls`;
 - the transaction vocabulary the coordinator and `lodestore inspect` share with sessions (`TX_STORE`,
   `records_store`, `marker_committed`, `commit_if_pending`, `abort_if_pending`, `without_tx`, `ABSENT`, ...);
 - `records`, the record layout (make, read and patch records; frozen views).
@@ -24,7 +26,10 @@ from lodestore.actors._config import LogMessage, Migration, Placement, StoreConf
 from lodestore.actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInProgressError, LockLostError,
                                       LockTimeoutError, MigrationError, RecordError, SchemaError, StoreClosedError,
                                       StoreError, TxLockedError)
-from lodestore.actors._host import KeyHost, Request, StoreStatistics
+from lodestore.actors._host import KeyHost, StoreStatistics
+from lodestore.actors._requests import (Close, Get, HostRequest, IsLoaded, KeyRequest, ListVersions, Load, LoadedKeys,
+                                        Peek, ProbeLockActive, ReadVersion, Save, Statistics, TxCall, TxFinish,
+                                        TxPrepare, TxWrite, Unload, Update, UpdateImmutable)
 from lodestore.actors._scheduler import Scheduler
 from lodestore.actors._session import SessionState, StoreCounters
 from lodestore.actors._txn import (ABSENT, MAX_STORE_NAME, RECORDS_PREFIX, SHARDS_PREFIX, TX_STORE, abort_if_pending,
@@ -35,7 +40,10 @@ from lodestore.actors._actor import KeyActor, key_actor_options
 __all__ = [
     "KeyActor", "key_actor_options",
     "StoreConfig", "Migration", "Placement", "LogMessage", "check_schema",
-    "KeyHost", "Request", "Scheduler", "SessionState", "StoreStatistics", "StoreCounters",
+    "KeyHost", "Scheduler", "SessionState", "StoreStatistics", "StoreCounters",
+    "HostRequest", "KeyRequest", "Load", "Get", "Update", "UpdateImmutable", "Save", "Unload", "Close", "Peek",
+    "ProbeLockActive", "ListVersions", "ReadVersion", "IsLoaded", "LoadedKeys", "Statistics",
+    "TxCall", "TxPrepare", "TxWrite", "TxFinish",
     "TX_STORE", "RECORDS_PREFIX", "SHARDS_PREFIX", "MAX_STORE_NAME", "ABSENT", "records_store", "shards_store",
     "lock_map_name", "marker_committed", "abort_if_pending", "commit_if_pending", "without_tx",
     "records",

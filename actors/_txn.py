@@ -40,7 +40,7 @@ MAX_STORE_NAME = 32
 """The longest store name: `RECORDS_PREFIX` + name must fit Roblox's 50-character data store names."""
 
 ABSENT = "absent"
-"""What a participant answers to `tx_finish` for a key with no session there (it ended: crashed, lock lost): its
+"""What a participant answers to `TxFinish` for a key with no session there (it ended: crashed, lock lost): its
 record may still carry the transaction, and only the coordinator can clean it."""
 
 

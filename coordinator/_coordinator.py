@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from lodestore.actors import (ABSENT, TX_STORE, abort_if_pending, check_schema, commit_if_pending, records_store,
-                              without_tx)
+from lodestore.actors import (ABSENT, TX_STORE, TxFinish, TxPrepare, TxWrite, abort_if_pending, check_schema,
+                              commit_if_pending, records_store, without_tx)
 from lodestore.actors import records as rec
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
 from lodestore.storage import DataStoreError, Server, TransformError
@@ -79,13 +79,14 @@ class _Peer:
         self.target = target
         self._batch: list | None = None
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def call(self, request: Any) -> Any:
+        """Send one `TxPrepare`, `TxWrite` or `TxFinish` with this loop turn's others; its reply."""
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
             loop.call_soon(self._flush)
         future = loop.create_future()
-        self._batch.append(((method, args), future))
+        self._batch.append((request, future))
         return await future
 
     def _flush(self) -> None:
@@ -171,18 +172,18 @@ class Coordinator:
             keys.append(key)
         groups = list(peers.values())
 
-        async def each(method: str, args_for: Callable[[list[str]], tuple]) -> dict:
-            """Call `method` on every participant; {key: reply} (a reply may be an exception)."""
-            calls = [(keys, peer.call(method, tx_id, req.store, *args_for(keys))) for peer, keys in groups]
+        async def each(request_for: Callable[[list[str]], Any]) -> dict:
+            """Send every participant `request_for(its keys)`; {key: reply} (a reply may be an exception)."""
+            calls = [(keys, peer.call(request_for(keys))) for peer, keys in groups]
             merged: dict = {}
             for keys, reply in zip([k for k, _ in calls], await asyncio.gather(*(c for _, c in calls))):
                 merged.update(reply if isinstance(reply, dict) else {k: reply for k in keys})
             return merged
 
         async def release(outcomes: dict) -> dict:
-            return await each("tx_finish", lambda keys: ({k: outcomes.get(k, ("abort",)) for k in keys},))
+            return await each(lambda keys: TxFinish(tx_id, req.store, {k: outcomes.get(k, ("abort",)) for k in keys}))
 
-        befores = await each("tx_prepare", lambda keys: (keys, req.timeout_s))
+        befores = await each(lambda keys: TxPrepare(tx_id, req.store, keys, req.timeout_s))
         failed = {k: v for k, v in befores.items() if isinstance(v, BaseException)}
         if failed:
             await release({})
@@ -232,7 +233,8 @@ class Coordinator:
         self._step(Step.MARKER_WRITTEN, tx_id)
 
         patches = {k: rec.make_patch(befores[k], afters[k]) for k in changed}
-        writes = await each("tx_write", lambda keys: ({k: (patches[k], afters[k]) for k in keys if k in patches},))
+        writes = await each(lambda keys: TxWrite(tx_id, req.store, {k: (patches[k], afters[k]) for k in keys
+                                                                     if k in patches}))
         failed = {k: v for k, v in writes.items() if isinstance(v, BaseException)}
         if failed:
             key, exc = next(iter(failed.items()))

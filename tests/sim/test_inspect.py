@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lodestore import GameServer
-from lodestore.actors import TX_STORE, KeyHost, Request, Scheduler, StoreConfig
+from lodestore.actors import TX_STORE, KeyHost, Load, Scheduler, StoreConfig
 from lodestore.actors import records as rec
 from lodestore.sim._inspect import (NOT_FOUND, USAGE, InspectError, add_parser, export_store, import_store, list_keys,
                           list_stores, list_versions, restore_version, show_key)
@@ -155,7 +155,7 @@ async def _leave_a_transaction(path: str, marker: str | None) -> None:
     host = KeyHost(world, "a", Scheduler(clock))
     host.open_store(StoreConfig(name="bank", template={"coins": 100}))
     for key in ("ann", "bob"):
-        (reply,) = await host.handle([Request("load", "bank", key)])
+        (reply,) = await host.handle([Load("bank", key)])
         assert reply is None
     sessions = host.stores["bank"].sessions
     before = {key: await sessions[key].participant.prepare("T1", 30) for key in ("ann", "bob")}
