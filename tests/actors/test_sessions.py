@@ -1,7 +1,8 @@
-"""Sessions and key hosts on plain asyncio with a manual clock: locks, saves, migrations, races, crashes.
+"""Sessions and key hosts on plain asyncio with a manual clock: loads, saves, fencing, races, crashes, big values.
 
 Each test builds an in-process world (no Ray) and one or more `KeyHost`s sharing one scheduler, as simulated servers
-of one experience; time moves only through `scheduler.advance`.
+of one experience; time moves only through `scheduler.advance`. The lock lease, the transaction participant and
+migrations have their own files (test_lease.py, test_participant.py, test_migrations.py).
 """
 
 from __future__ import annotations
@@ -11,71 +12,13 @@ import math
 
 import pytest
 
-from lodestore.actors import (Close, Get, IsLoaded, KeyClosedError, KeyHost, KeyNotLoadedError, KeyRequest, ListVersions,
-                              Load, LoadedKeys, LoadInProgressError, LockLostError, LockTimeoutError, Migration,
-                              MigrationError, Peek, ProbeLockActive, ReadVersion, Save, Scheduler, SchemaError,
-                              StoreClosedError, StoreConfig, Unload, Update, UpdateImmutable)
+from lodestore.actors import (Close, Get, IsLoaded, KeyClosedError, KeyNotLoadedError, ListVersions, Load,
+                              LoadedKeys, LoadInProgressError, LockLostError, LockTimeoutError, Peek, ProbeLockActive,
+                              ReadVersion, Save, SchemaError, StoreClosedError, StoreConfig, Unload, Update,
+                              UpdateImmutable)
 from lodestore.actors import _records as rec
-from lodestore.storage import DataStoreError, ManualClock, TransformError, World
-
-TEMPLATE = {"coins": 0, "items": []}
-
-
-class Rig:
-    """An in-process world, a shared scheduler, and helpers to look at what is stored."""
-
-    def __init__(self) -> None:
-        self.clock = ManualClock()
-        self.world = World.in_process("rig", clock=self.clock, budget=None)
-        self.scheduler = Scheduler(self.clock)
-        inspector = self.world.server("inspector")
-        self.records = inspector.datastores.get_data_store("lodestore/records/players")
-        self.shards = inspector.datastores.get_data_store("lodestore/shards/players")
-
-    def host(self, job: str, **options) -> "Server":
-        host = KeyHost(self.world, job, self.scheduler)
-        host.open_store(StoreConfig(name="players", template=options.pop("template", TEMPLATE), **options))
-        return Server(host)
-
-    async def advance(self, seconds: float) -> None:
-        await self.scheduler.advance(seconds)
-
-    def record(self, key: str):
-        return self.records.get(key, use_cache=False)[0]
-
-    def version(self, key: str) -> str:
-        """The record's current version: it changes with every write."""
-        return self.records.get(key, use_cache=False)[1].version
-
-
-class Server:
-    """Calls on one host, raising what it answers, like the Store client does: `await a(Update, "u1", fn)`."""
-
-    def __init__(self, host: KeyHost) -> None:
-        self.host = host
-
-    async def __call__(self, kind: type, key=None, *args):
-        request = kind("players", key, *args) if issubclass(kind, KeyRequest) else kind("players", *args)
-        (reply,) = await self.host.handle([request])
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
-
-    def runtime(self):
-        return self.host.stores["players"]
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-async def until_done(rig: Rig, task: asyncio.Task, step: float = 1.0, limit: float = 600.0):
-    waited = 0.0
-    while not task.done() and waited < limit:
-        await rig.advance(step)
-        waited += step
-    assert task.done(), f"still waiting after {limit} simulated seconds"
-    return task.result()
+from lodestore.storage import DataStoreError, TransformError
+from tests.actors._rig import TEMPLATE, Rig, run, until_done
 
 
 # ------------------------------------------------------------------------------------------- basics
@@ -204,16 +147,6 @@ def test_unload_without_changes_writes_nothing_and_releases_the_lock():
     run(main())
 
 
-def test_lock_refresh_keeps_the_session_alive_far_past_the_ttl():
-    async def main():
-        rig = Rig()
-        a = rig.host("a")
-        await a(Load, "u1")
-        await rig.advance(600)
-        assert await a(IsLoaded, "u1") and await a(ProbeLockActive, "u1")
-    run(main())
-
-
 # ------------------------------------------------------------------------------ two servers, one key
 
 def test_second_server_waits_for_the_first_and_gets_what_it_saved():
@@ -229,20 +162,6 @@ def test_second_server_waits_for_the_first_and_gets_what_it_saved():
         await a(Unload, "u1")
         await until_done(rig, waiting)
         assert await b(Get, "u1") == {"coins": 42, "items": []}
-    run(main())
-
-
-def test_load_gives_up_after_lock_wait_with_a_clear_error_and_writes_nothing():
-    async def main():
-        rig = Rig()
-        a, b = rig.host("a"), rig.host("b", lock_wait=30)
-        await a(Load, "u1")
-        version = rig.version("u1")
-        waiting = asyncio.create_task(b(Load, "u1"))
-        with pytest.raises(LockTimeoutError, match="Failed to acquire lock"):
-            await until_done(rig, waiting)
-        assert rig.version("u1") == version
-        assert await a(IsLoaded, "u1") and not await b(IsLoaded, "u1")
     run(main())
 
 
@@ -287,25 +206,6 @@ def test_a_stalled_holder_is_taken_over_and_never_writes_again():
         assert rig.record("u1")["session"] == b.runtime().sessions["u1"].lock_id
         with pytest.raises(KeyNotLoadedError):
             await a(Update, "u1", lambda d: True)
-    run(main())
-
-
-def test_a_lock_that_runs_out_closes_the_session_without_writing():
-    async def main():
-        rig = Rig()
-        lost = []
-        a = rig.host("a", on_lock_lost=lost.append)
-        await a(Load, "u1")
-        session = a.runtime().sessions["u1"]
-        session.lease._refresh_timer.cancel()                # refreshes stop landing
-        await a(Update, "u1", lambda d: d.update(coins=1) or True)
-        version = rig.version("u1")
-        await rig.advance(91)
-        assert lost == ["u1"]
-        with pytest.raises(KeyNotLoadedError):
-            await a(Save, "u1")
-        await rig.advance(600)                                # no autosave either
-        assert rig.version("u1") == version
     run(main())
 
 
@@ -418,64 +318,7 @@ def test_storage_errors_are_retried_with_backoff():
     run(main())
 
 
-# ---------------------------------------------------------------------------------- migrations
-
-def test_migrations_run_once_in_order_and_new_keys_count_as_migrated():
-    async def main():
-        rig = Rig()
-        seen = []
-
-        def step(name, field):
-            def apply(d):
-                seen.append(name)
-                return {**d, field: True}
-            return Migration(name, apply)
-
-        a = rig.host("a", migrations=[step("m1", "one")])
-        await a(Load, "u1")                                     # new key: template, no step runs
-        assert seen == [] and rig.record("u1")["applied_migrations"] == ["m1"]
-        await a(Unload, "u1")
-        # a record written before m2 existed gets m2 only
-        b = rig.host("b", migrations=[step("m1", "one"), step("m2", "two")])
-        await b(Load, "u1")
-        assert seen == ["m2"] and await b(Get, "u1") == {**TEMPLATE, "two": True}
-        assert rig.record("u1")["applied_migrations"] == ["m1", "m2"]
-    run(main())
-
-
-def test_a_failing_migration_fails_the_load_writes_nothing_and_releases_the_lock():
-    async def main():
-        rig = Rig()
-        a = rig.host("a")
-        await a(Load, "u1")
-        await a(Unload, "u1")
-        before = rig.record("u1")
-        version = rig.version("u1")
-        b = rig.host("b", migrations=[Migration("bad", lambda d: 1 / 0)])
-        with pytest.raises(MigrationError, match="'bad' failed.*ZeroDivisionError"):
-            await b(Load, "u1")
-        assert rig.record("u1") == before and rig.version("u1") == version
-        assert await b(ProbeLockActive, "u1") is False
-        assert not await b(IsLoaded, "u1")
-        c = rig.host("c", migrations=[Migration("none", lambda d: None)])
-        with pytest.raises(MigrationError, match="returned None"):
-            await c(Load, "u1")
-    run(main())
-
-
-def test_legacy_import_runs_every_migration_and_unknown_applied_steps_refuse_to_load():
-    async def main():
-        rig = Rig()
-        a = rig.host("a", import_legacy_data=lambda key: {"coins": 77, "items": ["old"]},
-                     migrations=[Migration("tag", lambda d: {**d, "tagged": True})])
-        await a(Load, "u1")
-        assert await a(Get, "u1") == {"coins": 77, "items": ["old"], "tagged": True}
-        await a(Unload, "u1")
-        old_server = rig.host("old")                              # knows no migrations at all
-        with pytest.raises(MigrationError, match="newer server"):
-            await old_server(Load, "u1")
-    run(main())
-
+# ------------------------------------------------------------------------------------------ schema
 
 def test_schema_is_checked_on_load():
     async def main():
@@ -596,24 +439,7 @@ def test_close_saves_at_emergency_priority_and_routine_saves_do_not():
     run(main())
 
 
-def test_a_load_that_retries_longer_than_the_lock_ttl_keeps_its_lock():
-    async def main():
-        from lodestore.storage import FaultConfig
-        rig = Rig()
-        a = rig.host("a", retry_attempts=10)
-        rig.world.set_faults(FaultConfig(seed=1, error_rate={"StandardWrite": 1.0}))
-        loading = asyncio.create_task(a(Load, "u1"))
-        await rig.advance(100)                                # retries back off 1, 2, 4 ... 30 s: past the TTL
-        assert not loading.done()
-        rig.world.set_faults(FaultConfig())
-        await until_done(rig, loading)
-        assert await a(IsLoaded, "u1") and await a(ProbeLockActive, "u1")
-        await a(Update, "u1", lambda d: d.update(coins=1) or True)
-        assert await a(Save, "u1") is True
-    run(main())
-
-
-# ------------------------------------------------------------------ lock observer, stalls, unload after a loss
+# ------------------------------------------------------------------------ unload after a loss, orphans
 
 def test_an_unload_waiting_while_the_lock_is_lost_raises_instead_of_passing_for_a_final_save():
     # found by the simulator: an unload queued behind a transaction returned normally after the session lost its
@@ -632,38 +458,6 @@ def test_an_unload_waiting_while_the_lock_is_lost_raises_instead_of_passing_for_
         with pytest.raises(LockLostError, match="before its final save"):
             await until_done(rig, unloading)
         assert rig.record("u1")["file"]["data"]["committed_data"]["coins"] == 0   # indeed never saved
-    run(main())
-
-
-def test_lock_callback_reports_each_hold_and_stall_locks_freezes_upkeep_until_the_lock_is_lost():
-    async def main():
-        rig = Rig()
-        seen = []
-        a = rig.host("a", lock_ttl=30, lock_refresh=10,
-                     lock_callback=lambda kind, key, session, at, until: seen.append((kind, key, at, until)))
-        start = rig.clock.now()
-        await a(Load, "u1")
-        await a(Load, "u2")
-        await rig.advance(25)
-        kinds = [(k, key) for k, key, _, _ in seen]
-        assert kinds[:2] == [("acquired", "u1"), ("acquired", "u2")]
-        assert ("refreshed", "u1") in kinds
-        assert all(until - at == 30_000 for k, _, at, until in seen if k == "acquired")
-        await a(Unload, "u2")
-        assert seen[-1][:2] == ("released", "u2")
-        last_refresh = max(at for k, key, at, _ in seen if k == "refreshed" and key == "u1")
-        a.host.stall_locks(60)                           # no refresh, no deadline check, for a minute
-        refreshes = len([s for s in seen if s[0] == "refreshed"])
-        await rig.advance(50)
-        assert len([s for s in seen if s[0] == "refreshed"]) == refreshes
-        assert (await a(Get, "u1")) is not None       # the game goes on meanwhile
-        await rig.advance(15)                            # the stall ends: the lock ran out during it
-        kind, key, at, until = seen[-1]
-        assert (kind, key) == ("lost", "u1")
-        assert at == until == last_refresh + 30_000      # reported when the hold really ended, not when noticed
-        assert at - start < 85_000
-        with pytest.raises(KeyNotLoadedError):
-            await a(Get, "u1")
     run(main())
 
 
