@@ -13,20 +13,39 @@ The Store API above them (`GameServer`, `Store`) is `lodestore`'s own, since it 
     {'coins': 5, 'items': []}
     >>> server.shutdown()                                       # final saves, locks released
 
-Everything public is exported here; the `_`-prefixed modules are private.
+Everything public is exported here; the `_`-prefixed modules are private. Besides the Store API's pieces:
+- the requests a key host answers, one frozen dataclass per operation (`Load`, `Get`, `Update`, ..., and a
+  coordinator's `TxPrepare`, `TxWrite`, `TxFinish`), for `KeyHost.handle` / `KeyHost.tx_calls`;
+- the transaction vocabulary the coordinator and `lodestore inspect` share with sessions (`TX_STORE`,
+  `records_store`, `marker_committed`, `commit_if_pending`, `abort_if_pending`, `without_tx`, `ABSENT`, ...);
+- `records`, the record layout (make, read and patch records; frozen views).
 """
 
-from lodestore.actors._config import LogMessage, Migration, Placement, StoreConfig
-from lodestore.actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInProgressError, LockLostError, LockTimeoutError,
-                            MigrationError, RecordError, SchemaError, StoreClosedError, StoreError, TxLockedError)
-from lodestore.actors._host import KeyHost, Request, StoreStatistics
+from lodestore.actors import records
+from lodestore.actors._config import LogMessage, Migration, Placement, StoreConfig, check_schema
+from lodestore.actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInProgressError, LockLostError,
+                                      LockTimeoutError, MigrationError, RecordError, SchemaError, StoreClosedError,
+                                      StoreError, TxLockedError)
+from lodestore.actors._host import KeyHost, StoreStatistics
+from lodestore.actors._requests import (Close, Get, HostRequest, IsLoaded, KeyRequest, ListVersions, Load, LoadedKeys,
+                                        Peek, ProbeLockActive, ReadVersion, Save, Statistics, TxCall, TxFinish,
+                                        TxPrepare, TxWrite, Unload, Update, UpdateImmutable)
 from lodestore.actors._session import SessionState, StoreCounters
+from lodestore.actors._txn import (ABSENT, MAX_STORE_NAME, RECORDS_PREFIX, SHARDS_PREFIX, TX_STORE, abort_if_pending,
+                                   commit_if_pending, lock_map_name, marker_committed, records_store, shards_store,
+                                   without_tx)
 from lodestore.actors._actor import KeyActor, key_actor_options
 
 __all__ = [
     "KeyActor", "key_actor_options",
-    "StoreConfig", "Migration", "Placement", "LogMessage",
-    "KeyHost", "Request", "SessionState", "StoreStatistics", "StoreCounters",
+    "StoreConfig", "Migration", "Placement", "LogMessage", "check_schema",
+    "KeyHost", "SessionState", "StoreStatistics", "StoreCounters",
+    "HostRequest", "KeyRequest", "Load", "Get", "Update", "UpdateImmutable", "Save", "Unload", "Close", "Peek",
+    "ProbeLockActive", "ListVersions", "ReadVersion", "IsLoaded", "LoadedKeys", "Statistics",
+    "TxCall", "TxPrepare", "TxWrite", "TxFinish",
+    "TX_STORE", "RECORDS_PREFIX", "SHARDS_PREFIX", "MAX_STORE_NAME", "ABSENT", "records_store", "shards_store",
+    "lock_map_name", "marker_committed", "abort_if_pending", "commit_if_pending", "without_tx",
+    "records",
     "StoreError", "KeyNotLoadedError", "LoadInProgressError", "StoreClosedError", "KeyClosedError", "LockLostError",
     "LockTimeoutError", "SchemaError", "MigrationError", "TxLockedError", "RecordError",
 ]

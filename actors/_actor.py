@@ -14,7 +14,8 @@ from typing import Any
 import ray
 
 from lodestore.actors._config import StoreConfig
-from lodestore.actors._host import KeyHost, Request
+from lodestore.actors._host import KeyHost
+from lodestore.actors._requests import HostRequest, TxCall
 
 __all__ = ["KeyActor", "key_actor_options"]
 
@@ -36,7 +37,7 @@ class _KeyActor:
             self._driver = asyncio.get_running_loop().create_task(self._host.scheduler.drive())
         return self._host
 
-    async def handle(self, requests: list[Request]) -> list[Any]:
+    async def handle(self, requests: list[HostRequest]) -> list[Any]:
         """Idempotency is per operation; see `actors._host`."""
         return await self._ready().handle(requests)
 
@@ -48,21 +49,9 @@ class _KeyActor:
         """Close every store with final saves; delivered twice, the second finds nothing left to save."""
         await self._ready().shutdown()
 
-    async def tx_calls(self, calls: list) -> list:
-        """A batch of the three below, from a coordinator."""
+    async def tx_calls(self, calls: list[TxCall]) -> list:
+        """A batch of a coordinator's `TxPrepare`, `TxWrite` and `TxFinish`; idempotent per transaction id."""
         return await self._ready().tx_calls(calls)
-
-    async def tx_prepare(self, tx_id: str, store: str, keys: list, timeout_s: float) -> dict:
-        """Idempotent per transaction id (see `KeyHost`)."""
-        return await self._ready().tx_prepare(tx_id, store, keys, timeout_s)
-
-    async def tx_write(self, tx_id: str, store: str, writes: dict) -> dict:
-        """Idempotent per transaction id."""
-        return await self._ready().tx_write(tx_id, store, writes)
-
-    async def tx_finish(self, tx_id: str, store: str, outcomes: dict) -> dict:
-        """Idempotent per transaction id."""
-        return await self._ready().tx_finish(tx_id, store, outcomes)
 
     async def memory_bytes(self) -> int:
         """Resident memory of this actor's process (Linux), for benchmarks."""

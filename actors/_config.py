@@ -2,6 +2,7 @@
 
 `StoreConfig` is frozen and travels to key actors with Ray's serializer (it holds user callables); stored values
 never do. Every bad field is refused with a `storage.ConfigError` that names it and says what was received.
+`check_schema` says what a `schema` verdict means, for sessions and the coordinator alike.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
+from lodestore.actors._errors import SchemaError
+from lodestore.actors._txn import MAX_STORE_NAME
 from lodestore.storage import ConfigError, DataStoreError, check_metadata, check_value
 
-__all__ = ["StoreConfig", "Migration", "Placement", "LogMessage"]
-
-MAX_STORE_NAME = 32  # "lodestore/records/" + name must fit Roblox's 50-character data store names
+__all__ = ["StoreConfig", "Migration", "Placement", "LogMessage", "check_schema"]
 
 
 class Placement(str, Enum):
@@ -141,6 +142,22 @@ class StoreConfig:
     @property
     def migration_names(self) -> tuple[str, ...]:
         return tuple(step.name for step in self.migrations)
+
+
+def check_schema(schema: Callable[[Any], Any] | None, key: str, data: Any) -> None:
+    """Raise SchemaError unless `schema(data)` accepts: True or None; False, (False, message...) or an exception
+    mean invalid."""
+    if schema is None:
+        return
+    try:
+        verdict = schema(data)
+    except Exception as exc:
+        raise SchemaError(f"Schema validation failed for key {key!r}: {type(exc).__name__}: {exc}") from None
+    detail = ""
+    if isinstance(verdict, tuple) and verdict:
+        verdict, detail = verdict[0], ": " + " ".join(str(x) for x in verdict[1:])
+    if verdict is False:
+        raise SchemaError(f"Schema validation failed for key {key!r}{detail}")
 
 
 def _migrations(steps: Any) -> tuple[Migration, ...]:

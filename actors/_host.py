@@ -1,42 +1,44 @@
 """A key host: every session one key actor holds, for every store, with one timer scheduler.
 
 The same class runs inside a Ray actor (`per-server`: all keys of a simulated game server; `per-key`: one key) and
-in this process for tests and scripts. `handle(requests)` takes a batch of `Request`s (one Ray message) and answers a
-list in the same order, each a result or the typed exception to raise in the caller; requests for different keys
-run concurrently, requests for one key in order. It is plain asyncio: no Ray here.
+in this process for tests and scripts. `handle(requests)` takes a batch of `HostRequest`s (one Ray message) and
+answers a list in the same order, each a result or the typed exception to raise in the caller; requests for
+different keys run concurrently, requests for one key in order. `tx_calls(calls)` does the same for a coordinator's
+`TxCall`s. Each request type has one handler, found by the request's type. It is plain asyncio: no Ray here.
 
-Delivered twice (Ray may retry a message): `load` of a loaded key and `unload` of an unloaded key are no-ops,
-`update` and `update_immutable` run the transform again (as with any repeated call), `save` writes again.
+Delivered twice (Ray may retry a message): `Load` of a loaded key and `Unload` of an unloaded key are no-ops,
+`Update` and `UpdateImmutable` run the transform again (as with any repeated call), `Save` writes again; the
+transaction calls are idempotent per transaction id (see `actors._participant`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from lodestore.actors._config import StoreConfig
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
+from lodestore.actors._migrations import migrate
+from lodestore.actors._requests import (Close, Get, HostRequest, IsLoaded, ListVersions, Load, LoadedKeys, Peek,
+                                        ProbeLockActive, ReadVersion, Save, Statistics, TxCall, TxFinish, TxPrepare,
+                                        TxWrite, Unload, Update, UpdateImmutable)
 from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
+from lodestore.actors._txn import ABSENT
 from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, check_key, check_user_ids, emergency
 
-__all__ = ["KeyHost", "Request", "StoreStatistics", "ABSENT"]
+__all__ = ["KeyHost", "StoreStatistics"]
 
-_SESSION_OPS = frozenset({"get", "update", "update_immutable", "save"})
-
-ABSENT = "absent"
-"""What `tx_finish` answers for a key with no session here (it ended: crashed, lock lost): its record may still carry
-the transaction, and only the coordinator can clean it."""
+_HANDLERS: dict[type, Callable[..., Awaitable[Any]]] = {}      # HostRequest type -> KeyHost method
+_TX_HANDLERS: dict[type, Callable[..., Awaitable[Any]]] = {}   # TxCall type -> KeyHost method
 
 
-@dataclass(frozen=True)
-class Request:
-    """One Store API call on its way to a key host."""
-
-    op: str
-    store: str
-    key: str | None = None
-    args: tuple = ()
+def _answers(table: dict, kind: type) -> Callable:
+    """Register the decorated method as the handler of requests of type `kind`."""
+    def register(method: Callable) -> Callable:
+        table[kind] = method
+        return method
+    return register
 
 
 @dataclass(frozen=True)
@@ -73,36 +75,55 @@ class KeyHost:
         if current is None or current.closed:
             self.stores[config.name] = StoreRuntime(config, self.server, self.scheduler)
 
-    async def handle(self, requests: list[Request]) -> list[Any]:
+    async def handle(self, requests: list[HostRequest]) -> list[Any]:
         """Answer a batch: each entry is the call's result, or the LodestoreError (or other exception) it raised."""
         return await asyncio.gather(*(self._answer(r) for r in requests))
 
-    async def _answer(self, request: Request) -> Any:
+    async def _answer(self, request: HostRequest) -> Any:
         try:
             return await self.call(request)
         except Exception as exc:  # travels back as a value; the client raises it
             return exc
 
-    async def call(self, request: Request) -> Any:
+    async def call(self, request: HostRequest) -> Any:
+        """Answer one request (raising what it fails with).
+
+        >>> await host.call(Load("players", "user_1"))
+        >>> await host.call(Update("players", "user_1", lambda data: data.update(coins=1) or True))
+        True
+        """
+        handler = _HANDLERS.get(type(request))
+        if handler is None:
+            raise ConfigError(f"a key host answers the request types of lodestore.actors (Load, Get, Update, ...); "
+                              f"got a {type(request).__name__}: {request!r:.80}")
         rt = self.stores.get(request.store)
         if rt is None:
             raise StoreClosedError(f"Store is closed: store {request.store!r} is not open on this server")
-        op = request.op
-        if op in _SESSION_OPS:
-            session = _session(rt, request.key)
-            if op == "save":
-                return await session.save(force=True)
-            return await getattr(session, op)(*request.args)
-        handler = getattr(self, f"_op_{op}", None)
-        if handler is None:
-            raise ConfigError(f"unknown store operation {op!r}")
-        return await handler(rt, request.key, *request.args)
+        return await handler(self, rt, request)
 
     # ------------------------------------------------------------------------------------------ operations
 
-    async def _op_load(self, rt: StoreRuntime, key: str, user_ids: Any = None) -> None:
+    @_answers(_HANDLERS, Get)
+    async def _get(self, rt: StoreRuntime, request: Get) -> Any:
+        return await _session(rt, request.key).get()
+
+    @_answers(_HANDLERS, Update)
+    async def _update(self, rt: StoreRuntime, request: Update) -> bool:
+        return await _session(rt, request.key).update(request.fn)
+
+    @_answers(_HANDLERS, UpdateImmutable)
+    async def _update_immutable(self, rt: StoreRuntime, request: UpdateImmutable) -> bool:
+        return await _session(rt, request.key).update_immutable(request.fn)
+
+    @_answers(_HANDLERS, Save)
+    async def _save(self, rt: StoreRuntime, request: Save) -> bool:
+        return await _session(rt, request.key).save(force=True)
+
+    @_answers(_HANDLERS, Load)
+    async def _load(self, rt: StoreRuntime, request: Load) -> None:
+        key = request.key
         check_key(key)
-        uids = check_user_ids(user_ids)
+        uids = check_user_ids(request.user_ids)
         while True:
             if rt.closed:
                 raise _store_closed(rt)
@@ -118,10 +139,11 @@ class KeyHost:
         session = rt.sessions[key] = Session(rt, key, uids)
         await session.load()
 
-    async def _op_unload(self, rt: StoreRuntime, key: str) -> bool:
+    @_answers(_HANDLERS, Unload)
+    async def _unload(self, rt: StoreRuntime, request: Unload) -> bool:
         """True when a session was unloaded; False when the key was not loaded (a repeated unload)."""
-        check_key(key)
-        session = rt.sessions.get(key)
+        check_key(request.key)
+        session = rt.sessions.get(request.key)
         if session is None:
             if rt.closed:
                 raise _store_closed(rt)
@@ -129,7 +151,8 @@ class KeyHost:
         await session.unload()
         return True
 
-    async def _op_close(self, rt: StoreRuntime, key: None = None) -> None:
+    @_answers(_HANDLERS, Close)
+    async def _close(self, rt: StoreRuntime, request: Close | None = None) -> None:
         """Close the store: unload every key (final saves at emergency priority), refuse everything after."""
         rt.closed = True
         with emergency():
@@ -141,30 +164,38 @@ class KeyHost:
         if failures:
             raise failures[0]
 
-    async def _op_peek(self, rt: StoreRuntime, key: str) -> Any:
+    @_answers(_HANDLERS, Peek)
+    async def _peek(self, rt: StoreRuntime, request: Peek) -> Any:
+        key = request.key
         check_key(key)
         value, _ = await rt.retrying(lambda: rt.records.aio.get(key), "record read", key)
         return await _stored_data(rt, key, value)
 
-    async def _op_probe_lock_active(self, rt: StoreRuntime, key: str) -> bool:
-        check_key(key)
-        return await rt.locks(key).aio.get(key) is not None
+    @_answers(_HANDLERS, ProbeLockActive)
+    async def _probe_lock_active(self, rt: StoreRuntime, request: ProbeLockActive) -> bool:
+        check_key(request.key)
+        return await rt.locks(request.key).aio.get(request.key) is not None
 
-    async def _op_list_versions(self, rt: StoreRuntime, key: str, kwargs: dict | None = None) -> Any:
-        return await rt.records.aio.list_versions(key, **(kwargs or {}))
+    @_answers(_HANDLERS, ListVersions)
+    async def _list_versions(self, rt: StoreRuntime, request: ListVersions) -> Any:
+        return await rt.records.aio.list_versions(request.key, **(request.kwargs or {}))
 
-    async def _op_read_version(self, rt: StoreRuntime, key: str, version: str) -> Any:
-        value, _ = await rt.records.aio.get_version(key, version)
-        return await _stored_data(rt, key, value)
+    @_answers(_HANDLERS, ReadVersion)
+    async def _read_version(self, rt: StoreRuntime, request: ReadVersion) -> Any:
+        value, _ = await rt.records.aio.get_version(request.key, request.version)
+        return await _stored_data(rt, request.key, value)
 
-    async def _op_is_loaded(self, rt: StoreRuntime, key: str) -> bool:
-        session = rt.sessions.get(key)
+    @_answers(_HANDLERS, IsLoaded)
+    async def _is_loaded(self, rt: StoreRuntime, request: IsLoaded) -> bool:
+        session = rt.sessions.get(request.key)
         return session is not None and session.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION)
 
-    async def _op_loaded_keys(self, rt: StoreRuntime, key: None = None) -> list[str]:
+    @_answers(_HANDLERS, LoadedKeys)
+    async def _loaded_keys(self, rt: StoreRuntime, request: LoadedKeys) -> list[str]:
         return [k for k, s in rt.sessions.items() if s.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION)]
 
-    async def _op_statistics(self, rt: StoreRuntime, key: None = None) -> StoreStatistics:
+    @_answers(_HANDLERS, Statistics)
+    async def _statistics(self, rt: StoreRuntime, request: Statistics) -> StoreStatistics:
         states: dict[str, int] = {}
         for session in rt.sessions.values():
             states[session.state.value] = states.get(session.state.value, 0) + 1
@@ -176,38 +207,49 @@ class KeyHost:
     # What a coordinator calls, one message per key actor per phase. Each answers {key: result or exception}.
     # Delivered twice: prepare answers the same data, write is done once, finish is a no-op the second time.
 
-    async def tx_calls(self, calls: list[tuple[str, tuple]]) -> list[Any]:
-        """Several participant calls in one message (a coordinator batches them per loop turn)."""
-        async def one(method: str, args: tuple) -> Any:
-            if method not in ("tx_prepare", "tx_write", "tx_finish"):
-                return ConfigError(f"unknown transaction call {method!r}")
+    async def tx_calls(self, calls: list[TxCall]) -> list[Any]:
+        """Several participant calls in one message (a coordinator batches them per loop turn); each entry is the
+        call's {key: result or exception}, or the exception the whole call failed with."""
+        async def one(call: TxCall) -> Any:
             try:
-                return await getattr(self, method)(*args)
+                return await self.tx_call(call)
             except Exception as exc:
                 return exc
 
-        return await asyncio.gather(*(one(m, a) for m, a in calls))
+        return await asyncio.gather(*(one(c) for c in calls))
 
-    async def tx_prepare(self, tx_id: str, store: str, keys: list[str], timeout_s: float) -> dict:
-        rt = self.stores.get(store)
-        return await _per_key(keys, lambda key: _session(rt, key).tx_prepare(tx_id, timeout_s)
-                              if rt is not None else _no_store(store))
+    async def tx_call(self, call: TxCall) -> dict:
+        """Answer one participant call: {key: result or exception}."""
+        handler = _TX_HANDLERS.get(type(call))
+        if handler is None:
+            raise ConfigError(f"a key host answers the transaction calls TxPrepare, TxWrite and TxFinish; got a "
+                              f"{type(call).__name__}: {call!r:.80}")
+        return await handler(self, call)
 
-    async def tx_write(self, tx_id: str, store: str, writes: dict) -> dict:
-        rt = self.stores.get(store)
-        return await _per_key(list(writes), lambda key: _in_tx(rt, key, store).tx_write(tx_id, *writes[key]))
+    @_answers(_TX_HANDLERS, TxPrepare)
+    async def _tx_prepare(self, call: TxPrepare) -> dict:
+        rt = self.stores.get(call.store)
+        return await _per_key(call.keys, lambda key: _session(rt, key).participant.prepare(call.tx_id, call.timeout_s)
+                              if rt is not None else _no_store(call.store))
 
-    async def tx_finish(self, tx_id: str, store: str, outcomes: dict) -> dict:
-        rt = self.stores.get(store)
+    @_answers(_TX_HANDLERS, TxWrite)
+    async def _tx_write(self, call: TxWrite) -> dict:
+        rt = self.stores.get(call.store)
+        return await _per_key(call.keys, lambda key: _in_tx(rt, key, call.store).participant.write(
+            call.tx_id, *call.writes[key]))
+
+    @_answers(_TX_HANDLERS, TxFinish)
+    async def _tx_finish(self, call: TxFinish) -> dict:
+        rt = self.stores.get(call.store)
 
         async def finish(key: str) -> str | None:
             session = rt.sessions.get(key) if rt is not None else None
             if session is None:
                 return ABSENT   # nobody here can clean this key's record: the coordinator must
-            await session.tx_finish(tx_id, *outcomes[key])
+            await session.participant.finish(call.tx_id, *call.outcomes[key])
             return None
 
-        return await _per_key(list(outcomes), finish)
+        return await _per_key(call.keys, finish)
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
@@ -217,7 +259,7 @@ class KeyHost:
         errors = []
         for rt in list(self.stores.values()):
             try:
-                await self._op_close(rt)
+                await self._close(rt)
             except LodestoreError as exc:
                 errors.append(exc)
         self.server.datastores._gate.release_all()
@@ -237,10 +279,7 @@ class KeyHost:
         for rt in self.stores.values():
             rt.closed = True
             for session in list(rt.sessions.values()):
-                if session._holds_lock:
-                    rt.lock_event("crashed", session)
-                session._holds_lock = False
-                session._end(SessionState.CLOSED)
+                session.crash()
 
 
 async def _per_key(keys: list[str], call) -> dict:
@@ -269,7 +308,7 @@ async def _stored_data(rt: StoreRuntime, key: str, value: Any) -> Any:
     if value is None:
         return None
     data = await rt.read_data(key, value)
-    data, _ = rt.migrate(key, data, tuple(value["applied_migrations"]))
+    data, _ = migrate(rt.config, key, data, tuple(value["applied_migrations"]))
     return data
 
 

@@ -1,7 +1,8 @@
 """What a session stores in one DataStore record, laid out as Lyra lays it out, and the pure functions around it.
 
 Owns the record layout, data checksums, the split of large data into shard keys, the JSON patches of two-phase
-transactions, how a record's data is read under a pending transaction, and frozen (read-only) views of data:
+transactions, how a record's data is read under a pending transaction, frozen (read-only) views of data and deep
+copies of it (`copy_data`):
 
     record = {
         "applied_migrations": [str, ...],       # migration steps already applied, by name
@@ -36,6 +37,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Required, TypedDict
 
+import msgpack
+
 from lodestore.actors._errors import RecordError
 from lodestore.storage import MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, canonical, check_value
 
@@ -63,6 +66,7 @@ __all__ = [
     "FrozenDict",
     "freeze",
     "thaw",
+    "copy_data",
 ]
 
 SHARD_LIMIT_CHARS = 3_990_000
@@ -576,6 +580,11 @@ def thaw(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [thaw(item) for item in value]
     return value
+
+
+def copy_data(data: Any) -> Any:
+    """A deep copy of JSON-compatible data (msgpack round trip: several times faster than copy.deepcopy)."""
+    return msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False)
 
 
 def _show(value: Any) -> str:

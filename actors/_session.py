@@ -1,10 +1,12 @@
 """Sessions: one simulated game server's hold on one key (Lyra's Session, with a fencing token).
 
-A `Session` owns the key's lock (a MemoryStore hash map item with a TTL, refreshed on a timer), the data in memory,
-the applied migrations, the checksum of the last saved state, and the autosave, refresh and deadline timers of its
+A `Session` owns the data in memory, the applied migrations, the checksum of the last saved state, the load (lock,
+claim of the record), the fenced writes, the removal of orphaned shards, the unload, and the autosave timer of its
 store's scheduler. Operations that read or change data run one at a time, in the order they arrived (the mailbox);
 writes run one at a time in their own lane, so a slow save never holds up an update, and each save writes a snapshot
-at least as new as the one before it.
+at least as new as the one before it. Its lock is a `LockLease` (`actors._lease`: acquire, refresh, deadline, steal,
+release, lost), its side of a transaction a `TxParticipant` (`actors._participant`), and the data a load starts
+from comes from `actors._migrations`.
 
 Safety rules this module keeps:
 - Never a write after the lock is gone. The lock has a local deadline (send time of the last refresh that landed +
@@ -16,31 +18,33 @@ Safety rules this module keeps:
   (and keeps its lock) so nothing acknowledged is dropped.
 
 Plain Python on asyncio: no Ray here. `StoreRuntime` is one store inside one host (its config, clients, sessions).
+Delivered twice: the host makes a repeated load or unload a no-op; a repeated save writes again; a record write
+retried after an ambiguous failure finds its own earlier attempt (it names this session) and counts it as done.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 import zlib
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-import msgpack
-
 from lodestore.actors import _records as rec
-from lodestore.actors._config import LogMessage, StoreConfig
-from lodestore.actors._errors import (KeyClosedError, LockLostError, LockTimeoutError, MigrationError, RecordError,
-                            SchemaError, TxLockedError)
-from lodestore.storage import (DataStoreError, MemoryStoreError, RequestType, Scheduler, Timer, TransformError,
-                               UpdateResult, canonical, check_value)
+from lodestore.actors._config import LogMessage, StoreConfig, check_schema
+from lodestore.actors._errors import KeyClosedError, LockLostError, RecordError
+from lodestore.actors._lease import LockLease
+from lodestore.actors._migrations import initial_data, migrate
+from lodestore.actors._participant import TxParticipant
+from lodestore.actors._records import copy_data
+from lodestore.actors._txn import (TX_STORE, abort_if_pending, lock_map_name, marker_committed, records_store,
+                                   shards_store)
+from lodestore.storage import (Backoff, DataStoreError, MemoryStoreError, RequestType, Scheduler, Timer,
+                               TransformError, UpdateResult, canonical, check_value, retry)
 
-__all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters", "copy_data", "lock_map_name", "TX_STORE",
-           "marker_committed", "check_schema", "resolve_in_doubt", "abort_if_pending", "commit_if_pending"]
+__all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters"]
 
 ORPHAN_BUDGET_FLOOR = 100   # remove old shards only while this many remove requests are left (Lyra's rule)
-REFRESH_RETRY_S = 10.0      # after a failed refresh, try again this soon (the TTL has 30 s to spare by default)
 _CLAIM_ATTEMPTS = 8         # loads that keep losing the record to a stale writer give up after this many reads
 
 
@@ -55,42 +59,6 @@ class SessionState(str, Enum):
 
 _LIVE = (SessionState.ACTIVE, SessionState.IN_TRANSACTION, SessionState.CLOSING)
 _ENDED = (SessionState.CLOSED, SessionState.LOCK_LOST)
-
-
-TX_STORE = "lodestore/tx"   # one marker store for the world: a restarted coordinator finds every marker in it
-
-
-def marker_committed(marker: Any) -> bool:
-    """Whether a transaction whose records carry its id has committed, by its marker: gone (cleaned up after the
-    commit; aborted transactions' records are cleaned before their marker goes) or in state "committed"."""
-    return marker is None or (isinstance(marker, dict) and marker.get("state") == "committed")
-
-
-def lock_map_name(store: str, partition: int, partitions: int) -> str:
-    """Lyra keeps every lock of a store in one hash map; a MemoryStore structure serves 100,000 request units a
-    minute, about 33,000 lock updates, so with more partitions than one the locks spread over several maps."""
-    return f"lodestore/locks/{store}" if partitions == 1 else f"lodestore/locks/{store}/{partition}"
-
-
-def check_schema(schema: Callable[[Any], Any] | None, key: str, data: Any) -> None:
-    """Raise SchemaError unless `schema(data)` accepts: True or None; False, (False, message...) or an exception
-    mean invalid."""
-    if schema is None:
-        return
-    try:
-        verdict = schema(data)
-    except Exception as exc:
-        raise SchemaError(f"Schema validation failed for key {key!r}: {type(exc).__name__}: {exc}") from None
-    detail = ""
-    if isinstance(verdict, tuple) and verdict:
-        verdict, detail = verdict[0], ": " + " ".join(str(x) for x in verdict[1:])
-    if verdict is False:
-        raise SchemaError(f"Schema validation failed for key {key!r}{detail}")
-
-
-def copy_data(data: Any) -> Any:
-    """A deep copy of JSON-compatible data (msgpack round trip: several times faster than copy.deepcopy)."""
-    return msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False)
 
 
 @dataclass
@@ -121,8 +89,8 @@ class StoreRuntime:
         self.scheduler = scheduler
         self.job_id = server.job_id
         self.datastores = server.datastores
-        self.records = server.datastores.get_data_store(f"lodestore/records/{config.name}")
-        self.shards = server.datastores.get_data_store(f"lodestore/shards/{config.name}")
+        self.records = server.datastores.get_data_store(records_store(config.name))
+        self.shards = server.datastores.get_data_store(shards_store(config.name))
         self.txs = server.datastores.get_data_store(TX_STORE)
         self._lock_maps = [server.memorystores.get_hash_map(lock_map_name(config.name, i, config.lock_partitions))
                            for i in range(config.lock_partitions)]
@@ -131,18 +99,6 @@ class StoreRuntime:
         self.counters = StoreCounters()
         self.shard_limit = rec.SHARD_LIMIT_CHARS  # JSON characters above which data is split into shard keys
         self.stalled_until = 0  # simulated ms: lock upkeep (refresh, deadline check) is frozen until then
-
-    def lock_event(self, kind: str, session: "Session") -> None:
-        """Tell the `lock_callback` (if any) what happened to `session`'s lock."""
-        callback = self.config.lock_callback
-        if callback is None:
-            return
-        now, until = self.scheduler.now(), session.lock_deadline
-        at = now if kind in ("acquired", "refreshed") else min(now, until)
-        try:
-            callback(kind, session.key, session.lock_id, at, until)
-        except Exception as exc:
-            self.log("error", f"lock_callback raised {type(exc).__name__}: {exc}", key=session.key)
 
     def stalled(self, retry: Callable[[], Any]) -> bool:
         """True (and `retry` armed for when it ends) while lock upkeep is stalled by `KeyHost.stall_locks`."""
@@ -166,17 +122,11 @@ class StoreRuntime:
 
     async def retrying(self, call: Callable[[], Any], what: str, key: str) -> Any:
         """Run a storage call, retrying throttling and server errors with waits of 1, 2, 4, 8 ... simulated s."""
-        attempts = self.config.retry_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return await call()
-            except (DataStoreError, MemoryStoreError) as exc:
-                retryable = exc.retryable if isinstance(exc, DataStoreError) else exc.name in _MS_RETRYABLE
-                if not retryable or attempt == attempts:
-                    raise
-                wait = min(2.0 ** (attempt - 1), 30.0)
-                self.log("warn", f"{what} failed ({exc}); retrying in {wait:g} s", key=key, attempt=attempt)
-                await self.scheduler.sleep(wait)
+        def warn(exc: BaseException, attempt: int, wait: float) -> None:
+            self.log("warn", f"{what} failed ({exc}); retrying in {wait:g} s", key=key, attempt=attempt)
+
+        return await retry(call, attempts=self.config.retry_attempts, backoff=STORAGE_BACKOFF,
+                           retryable=_retryable, sleep=self.scheduler.sleep, on_retry=warn)
 
     async def read_data(self, key: str, value: Any, *, use_cache: bool = True, settle: bool = False) -> Any:
         """The data a stored record holds: shards joined, a transaction resolved by its marker. With `settle` (a
@@ -201,31 +151,6 @@ class StoreRuntime:
             marker, _ = await self.retrying(lambda: self.txs.aio.get(tx_id, False), "transaction marker read", key)
         return rec.committed(txinfo, marker_exists=not marker_committed(marker))
 
-    def migrate(self, key: str, data: Any, applied: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
-        """Apply, in order, every migration step not applied yet. Raises MigrationError (nothing is written)."""
-        known = self.config.migration_names
-        unknown = [name for name in applied if name not in known]
-        if unknown:
-            raise MigrationError(f"key {key!r} has migration {unknown[0]!r} applied, which store "
-                                 f"{self.config.name!r} does not know: a newer server wrote it; refusing to load")
-        for step in self.config.migrations:
-            if step.name in applied:
-                continue
-            try:
-                out = step.apply(data)
-            except Exception as exc:
-                raise MigrationError(f"migration {step.name!r} failed for key {key!r}: "
-                                     f"{type(exc).__name__}: {exc}") from exc
-            if out is None:
-                raise MigrationError(f"migration {step.name!r} returned None for key {key!r}; a step returns the "
-                                     f"migrated data")
-            try:
-                check_value(out, what=f"data after migration {step.name!r}")
-            except DataStoreError as exc:
-                raise MigrationError(f"migration {step.name!r} for key {key!r}: {exc.message}") from None
-            data, applied = out, applied + (step.name,)
-        return data, applied
-
     def check_schema(self, key: str, data: Any) -> None:
         check_schema(self.config.schema, key, data)
 
@@ -238,14 +163,25 @@ class StoreRuntime:
 
 
 _MS_RETRYABLE = frozenset({"InternalError", "RequestThrottled", "TotalRequestsOverLimit"})
+STORAGE_BACKOFF = Backoff(base=1.0, cap=30.0)   # a session's storage retries and lock waits: 1, 2, 4 ... 30 s
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, DataStoreError):
+        return exc.retryable
+    return isinstance(exc, MemoryStoreError) and exc.name in _MS_RETRYABLE
 
 
 class Session:
-    """One key held by one server. Created LOADING by the host; `load()` makes it ACTIVE or ends it."""
+    """One key held by one server. Created LOADING by the host; `load()` makes it ACTIVE or ends it.
 
-    __slots__ = ("rt", "key", "user_ids", "state", "lock_id", "data", "applied", "saved_checksum", "info", "file",
-                 "orphans", "mailbox", "save_lane", "lock_deadline", "unload_requested", "loaded", "closed",
-                 "_refresh_timer", "_deadline_timer", "_autosave_timer", "_frozen", "_holds_lock", "tx", "_refused_txs")
+    Its lock is `self.lease` (a `LockLease`), its side of a transaction `self.participant` (a `TxParticipant`);
+    `check_usable`, `enter_transaction`, `leave_transaction`, `replace_data`, `write_record` and `lose` are what the
+    participant calls back."""
+
+    __slots__ = ("rt", "key", "user_ids", "state", "data", "applied", "saved_checksum", "info", "file", "orphans",
+                 "mailbox", "save_lane", "unload_requested", "loaded", "closed", "lease", "participant",
+                 "_autosave_timer", "_frozen")
 
     def __init__(self, rt: StoreRuntime, key: str, user_ids: tuple[int, ...] = ()) -> None:
         loop = asyncio.get_running_loop()
@@ -253,7 +189,6 @@ class Session:
         self.key = key
         self.user_ids = user_ids
         self.state = SessionState.LOADING
-        self.lock_id = uuid.uuid4().hex
         self.data: Any = None          # replaced, never mutated in place: a reference is a snapshot
         self.applied: tuple[str, ...] = ()
         self.saved_checksum: str | None = None
@@ -262,29 +197,28 @@ class Session:
         self.orphans: list[dict] = []
         self.mailbox = asyncio.Lock()
         self.save_lane = asyncio.Lock()
-        self.lock_deadline = 0
         self.unload_requested = False
         self.loaded = loop.create_future()   # set when load ends, either way
         self.closed = loop.create_future()   # set when the session ends (closed, lock lost, or load failed)
-        self._refresh_timer: Timer | None = None
-        self._deadline_timer: Timer | None = None
+        self.lease = LockLease(rt, key, on_lost=self.lose)
+        self.participant = TxParticipant(self)
         self._autosave_timer: Timer | None = None
         self._frozen: Any = None
-        self._holds_lock = False
-        self.tx: _Tx | None = None          # the transaction holding this session, if any
-        self._refused_txs: list[str] = []   # transactions this session gave up on: a late message is refused
 
     def __repr__(self) -> str:
         return f"Session({self.rt.config.name!r}, {self.key!r}, {self.state.value})"
+
+    @property
+    def lock_id(self) -> str:
+        """The fencing token: the lease's id, named by every record this session writes."""
+        return self.lease.id
 
     # --------------------------------------------------------------------------------------------- load
 
     async def load(self) -> None:
         rt = self.rt
         try:
-            await self._acquire_lock()
-            self._arm_refresh(rt.config.lock_refresh)   # a load can take long (retries): the lock must not lapse
-            self._arm_deadline()
+            await self.lease.acquire(self._stop_if_unloading)   # refreshed from now on: a load can take long
             self._stop_if_unloading()
             data, applied = await self._claim()
             self._stop_if_unloading()
@@ -293,7 +227,7 @@ class Session:
         except BaseException as exc:
             rt.counters.load_failures += 1
             rt.log("warn", f"load failed: {type(exc).__name__}: {exc}", key=self.key)
-            await self._release_lock()
+            await self.lease.release()
             self._end(SessionState.CLOSED)
             _resolve(self.loaded)
             raise
@@ -310,68 +244,20 @@ class Session:
         if self.unload_requested:
             raise KeyClosedError(f"Key is closed: key {self.key!r} was unloaded while it was loading")
 
-    def _lock_value(self) -> dict:
-        return {"session": self.lock_id, "job": self.rt.job_id, "at": self.rt.scheduler.now()}
-
-    async def _acquire_lock(self) -> None:
-        rt, cfg = self.rt, self.rt.config
-        give_up = rt.scheduler.now() + int(cfg.lock_wait * 1000)
-        stolen = []
-
-        def claim(old: Any) -> Any:
-            if old is None or not isinstance(old, dict) or old.get("session") == self.lock_id:
-                return self._lock_value()
-            if cfg.lock_steal_after is not None and \
-                    rt.scheduler.now() - int(old.get("at", 0)) >= cfg.lock_steal_after * 1000:
-                stolen.append(old.get("job"))
-                return self._lock_value()
-            return None
-
-        attempt = 0
-        last_error: MemoryStoreError | None = None
-        while True:
-            self._stop_if_unloading()
-            sent = rt.scheduler.now()
-            try:
-                got = await rt.locks(self.key).aio.update(self.key, claim, expiration=cfg.lock_ttl)
-                last_error = None
-            except MemoryStoreError as exc:
-                rt.log("warn", f"lock request failed: {exc}", key=self.key)
-                got, last_error = None, exc
-            if got is not None:
-                self._holds_lock = True
-                self.lock_deadline = sent + int(cfg.lock_ttl * 1000)
-                rt.lock_event("acquired", self)
-                if stolen:
-                    rt.counters.lock_steals += 1
-                    rt.log("warn", f"took over the lock from job {stolen[-1]!r}, which stopped refreshing it",
-                           key=self.key)
-                return
-            attempt += 1
-            if attempt == 1:
-                rt.counters.lock_waits += 1
-            now = rt.scheduler.now()
-            if now >= give_up:
-                why = (f"the MemoryStore kept refusing ({last_error})" if last_error is not None
-                       else "another session held it")
-                raise LockTimeoutError(f"Failed to acquire lock for key {self.key!r} of store {cfg.name!r}: {why} "
-                                       f"for {cfg.lock_wait:g} s")
-            await rt.scheduler.sleep(min(2.0 ** (attempt - 1), 30.0, (give_up - now) / 1000))
-
     async def _claim(self) -> tuple[Any, tuple[str, ...]]:
         """Read the record, migrate and check it, and write it back naming this session (the fencing token)."""
         rt = self.rt
         for _ in range(_CLAIM_ATTEMPTS):
             value, info = await rt.retrying(lambda: rt.records.aio.get(self.key, False), "record read", self.key)
             if value is None:
-                data, applied = await self._new_data()
+                data, applied = initial_data(rt.config, self.key)
             else:
                 data = await rt.read_data(self.key, value, use_cache=False, settle=True)
                 applied = tuple(value["applied_migrations"])
                 stored = list(value.get("orphaned_files", ()))
                 self.orphans = stored + [f for f in self.orphans if f not in stored]  # keep our own strays
                 self.file = value["file"] if "shard" in value["file"] else None
-            data, applied = rt.migrate(self.key, data, applied)
+            data, applied = migrate(rt.config, self.key, data, applied)
             rt.check_schema(self.key, data)
             self.applied = applied
             if await self._write(data, current=(value, info)):
@@ -379,25 +265,10 @@ class Session:
             rt.log("info", "the record changed while loading; reading it again", key=self.key)
         raise RecordError(f"key {self.key!r}: the record kept changing while loading ({_CLAIM_ATTEMPTS} reads)")
 
-    async def _new_data(self) -> tuple[Any, tuple[str, ...]]:
-        cfg = self.rt.config
-        if cfg.import_legacy_data is not None:
-            try:
-                legacy = cfg.import_legacy_data(self.key)
-            except Exception as exc:
-                raise MigrationError(f"import_legacy_data raised for key {self.key!r}: "
-                                     f"{type(exc).__name__}: {exc}") from exc
-            if legacy is not None:
-                try:
-                    check_value(legacy, what="imported legacy data")
-                except DataStoreError as exc:
-                    raise MigrationError(f"import_legacy_data for key {self.key!r}: {exc.message}") from None
-                return copy_data(legacy), ()   # imported data has no migration applied yet
-        return copy_data(cfg.template), cfg.migration_names   # a new key counts as having every step applied
-
     # ---------------------------------------------------------------------------------------- reads, updates
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
+        """Raise unless the session is ACTIVE: LockLostError when its lock was lost, else KeyClosedError."""
         if self.state is SessionState.ACTIVE:
             return
         if self.state is SessionState.LOCK_LOST:
@@ -406,12 +277,12 @@ class Session:
 
     async def get(self) -> Any:
         async with self.mailbox:
-            self._check_usable()
+            self.check_usable()
             return copy_data(self.data)
 
     async def update(self, fn: Callable[[Any], Any]) -> bool:
         async with self.mailbox:
-            self._check_usable()
+            self.check_usable()
             draft = copy_data(self.data)
             try:
                 verdict = fn(draft)
@@ -427,7 +298,7 @@ class Session:
 
     async def update_immutable(self, fn: Callable[[Any], Any]) -> bool:
         async with self.mailbox:
-            self._check_usable()
+            self.check_usable()
             if self._frozen is None:
                 self._frozen = rec.freeze(self.data)
             try:
@@ -447,8 +318,24 @@ class Session:
         """Make `new` the session's data after checking it is storable and valid; raises and changes nothing."""
         check_value(new, what=f"data for key {self.key!r}")
         self.rt.check_schema(self.key, new)
-        old, self.data, self._frozen = self.data, new, None
+        old = self.replace_data(new)
         self.rt.notify_changed(self.key, new, old)
+
+    def replace_data(self, new: Any) -> Any:
+        """Make `new` (already checked) the session's data; returns the data it replaces."""
+        old, self.data, self._frozen = self.data, new, None
+        return old
+
+    # ------------------------------------------------------------------------------------- transactions
+
+    def enter_transaction(self) -> None:
+        """A transaction holds the session (its participant holds the mailbox and the save lane)."""
+        self.state = SessionState.IN_TRANSACTION
+
+    def leave_transaction(self) -> None:
+        """The transaction let go: the session is ACTIVE again, unless it ended meanwhile."""
+        if self.state is SessionState.IN_TRANSACTION:
+            self.state = SessionState.ACTIVE
 
     # -------------------------------------------------------------------------------------------- saving
 
@@ -457,7 +344,7 @@ class Session:
         data equals what was saved last. Returns whether a write happened."""
         async with self.save_lane:
             if self.state not in _LIVE:
-                self._check_usable()
+                self.check_usable()
             data = self.data
             blob = canonical(data)   # data in a session has passed check_value
             digest = rec.digest(blob)
@@ -467,17 +354,22 @@ class Session:
             try:
                 ok = await self._write(data, size_hint=len(blob))
             except LockLostError:
-                self._lose("the lock ran out before the write could start")
+                self.lose("the lock ran out before the write could start")
                 raise
             except BaseException:
                 self.rt.counters.save_failures += 1
                 raise
             if not ok:
-                self._lose("another session wrote the record: this session's lock was taken over")
+                self.lose("another session wrote the record: this session's lock was taken over")
                 raise LockLostError(f"Key is closed: the lock on key {self.key!r} was lost before the save")
             self.saved_checksum = digest
             self.rt.counters.saves += 1
             return True
+
+    async def write_record(self, data: Any, *, txinfo: dict | None = None) -> bool:
+        """A fenced write of the record holding `data` (or, for a transaction's phase one, the inline `txinfo`):
+        False when someone else's record was found (nothing written). Raises LockLostError past the deadline."""
+        return await self._write(data, txinfo=txinfo)
 
     async def _write(self, data: Any, current: tuple[Any, Any] | None = None, size_hint: int | None = None,
                      txinfo: dict | None = None) -> bool:
@@ -530,7 +422,7 @@ class Session:
         return True
 
     async def _guarded_update(self, guarded: Callable, current: tuple, first: list) -> tuple[Any, Any]:
-        if self._holds_lock and self.rt.scheduler.now() >= self.lock_deadline:
+        if self.lease.past_deadline():
             raise LockLostError(f"Key is closed: the lock on key {self.key!r} ran out before the write")
         first[0] = True  # every attempt starts from the expected entry again
         return await self.rt.records.aio.update(self.key, guarded, current=current)
@@ -577,7 +469,7 @@ class Session:
                     self.state = SessionState.ACTIVE  # keep the data and the lock; autosave keeps trying
                     self._arm_autosave(self.rt.config.autosave_interval)
                 raise
-            await self._release_lock()
+            await self.lease.release()
             self.rt.counters.unloads += 1
             self._end(SessionState.CLOSED)
 
@@ -587,36 +479,28 @@ class Session:
             raise LockLostError(f"Lock lost: key {self.key!r} of store {self.rt.config.name!r} lost its lock before "
                                 f"its final save; changes since its last save are gone")
 
-    async def _release_lock(self) -> None:
-        if not self._holds_lock:
-            return
-        self.rt.lock_event("released", self)
-        self._holds_lock = False
-        mine = self.lock_id
-        try:
-            await self.rt.locks(self.key).aio.update(
-                self.key, lambda old: old if isinstance(old, dict) and old.get("session") == mine else None,
-                expiration=0)
-        except MemoryStoreError as exc:
-            self.rt.log("warn", f"releasing the lock failed ({exc}); it expires by its TTL", key=self.key)
+    def crash(self) -> None:
+        """The server crashed: stop at once, with no save and no lock release (the lock expires by its TTL)."""
+        self.lease.abandon()
+        self._end(SessionState.CLOSED)
 
     def _end(self, state: SessionState) -> None:
         self.state = state
-        for timer in (self._refresh_timer, self._deadline_timer, self._autosave_timer,
-                      self.tx.timer if self.tx is not None else None):
-            _cancel(timer)   # an ended session does nothing more, a crashed server's least of all
+        _cancel(self._autosave_timer)   # an ended session does nothing more, a crashed server's least of all
+        self.participant.cancel_timer()  # (the lease keeps no timer once it stopped holding)
         if self.rt.sessions.get(self.key) is self:
             del self.rt.sessions[self.key]
         _resolve(self.closed)
 
-    def _lose(self, reason: str) -> None:
+    def lose(self, reason: str) -> None:
+        """The lock is lost (the lease found it gone, or a fenced write was refused): the session ends LOCK_LOST
+        without writing again, and `on_lock_lost(key)` hears of it (not for a session still loading: its load
+        fails instead). A no-op once the session ended."""
         if self.state in _ENDED:
             return
         was_loading = self.state is SessionState.LOADING  # then the load fails instead: no on_lock_lost
-        self._release_tx()
-        if self._holds_lock:
-            self.rt.lock_event("lost", self)
-        self._holds_lock = False
+        self.participant.release()
+        self.lease.lost()
         self.rt.counters.locks_lost += 1
         self._end(SessionState.LOCK_LOST)
         _resolve(self.loaded)
@@ -627,183 +511,11 @@ class Session:
             except Exception as exc:
                 self.rt.log("error", f"on_lock_lost raised {type(exc).__name__}: {exc}", key=self.key)
 
-    # ----------------------------------------------------------------------------------- transactions
-    #
-    # The participant's side of a two-phase commit (the coordinator package drives it). While a transaction holds
-    # the session, it holds the mailbox and the save lane: no update, save or unload runs until it finishes. Every
-    # message names its transaction and may arrive twice: a repeat is answered as the first was, or is a no-op.
-
-    async def tx_prepare(self, tx_id: str, timeout_s: float) -> Any:
-        """Join transaction `tx_id`: block other operations and answer a copy of the data."""
-        if self.tx is not None and self.tx.id == tx_id:
-            return copy_data(self.tx.before)
-        if tx_id in self._refused_txs:
-            raise KeyClosedError(f"Key is closed: key {self.key!r} already gave up transaction {tx_id!r}")
-        if self.tx is not None:
-            raise TxLockedError(f"Key is already locked by another transaction: key {self.key!r}")
-        self._check_usable()
-        await self.mailbox.acquire()
-        try:
-            await self.save_lane.acquire()
-        except BaseException:
-            self.mailbox.release()
-            raise
-        if self.tx is not None or self.state is not SessionState.ACTIVE:
-            busy = self.tx is not None
-            self.save_lane.release()
-            self.mailbox.release()
-            if busy:
-                raise TxLockedError(f"Key is already locked by another transaction: key {self.key!r}")
-            self._check_usable()
-        self.state = SessionState.IN_TRANSACTION
-        self.tx = _Tx(tx_id, self.data)
-        sched = self.rt.scheduler
-        self.tx.timer = sched.call_later(timeout_s, lambda: sched.spawn(self._tx_expire(tx_id)))
-        return copy_data(self.data)
-
-    def _current_tx(self, tx_id: str) -> _Tx:
-        if self.tx is None or self.tx.id != tx_id:
-            raise KeyClosedError(f"Key is closed: key {self.key!r} is not in transaction {tx_id!r} any more")
-        return self.tx
-
-    async def tx_write(self, tx_id: str, patch: list, after: Any) -> None:
-        """Phase one: write the record as {committed_data: before, tx_id, tx_patch} (fenced, as every write)."""
-        tx = self._current_tx(tx_id)
-        if tx.written:
-            return
-        check_value(after, what=f"data for key {self.key!r}")
-        self.rt.check_schema(self.key, after)
-        txinfo = {"committed_data": tx.before, "tx_id": tx_id, "tx_patch": patch}
-        tx.writing = True
-        try:
-            ok = await self._write(tx.before, txinfo=txinfo)
-        except LockLostError:
-            self._lose("the lock ran out before the transaction's write")
-            raise
-        finally:
-            tx.writing = False
-        if not ok:
-            self._lose("another session wrote the record: this session's lock was taken over")
-            raise LockLostError(f"Key is closed: the lock on key {self.key!r} was lost in a transaction")
-        tx.after, tx.written = after, True
-
-    async def tx_finish(self, tx_id: str, outcome: str, after: Any = None) -> None:
-        """Phase two. "commit": the data becomes the transaction's result (the record already holds it, resolved by
-        the marker). "apply": a one-key transaction: the data changes like an update, to be saved as usual.
-        "abort": the data stays; a record written in phase one is rewritten without the transaction."""
-        if self.tx is None or self.tx.id != tx_id:
-            return  # finished already, or never joined: a repeated or late message
-        tx = self.tx
-        try:
-            if outcome == "commit":
-                new = tx.after if tx.written else after
-                old, self.data, self._frozen = self.data, new, None
-                if tx.written:
-                    self.saved_checksum = rec.checksum(new)
-                self.rt.counters.tx_committed += 1
-                self.rt.notify_changed(self.key, new, old)
-            elif outcome == "apply":
-                self.rt.check_schema(self.key, after)
-                old, self.data, self._frozen = self.data, after, None
-                self.rt.counters.tx_committed += 1
-                self.rt.notify_changed(self.key, after, old)
-            elif outcome == "abort":
-                self.rt.counters.tx_aborted += 1
-                if tx.written:
-                    await self._write(tx.before)
-                    self.saved_checksum = rec.checksum(tx.before)
-            else:
-                raise ValueError(f"unknown transaction outcome {outcome!r}")
-        finally:
-            if self.tx is tx:
-                self._release_tx()
-
-    def _release_tx(self) -> None:
-        tx, self.tx = self.tx, None
-        if tx is None:
-            return
-        _cancel(tx.timer)
-        if self.state is SessionState.IN_TRANSACTION:
-            self.state = SessionState.ACTIVE
-        self.save_lane.release()
-        self.mailbox.release()
-
-    async def _tx_expire(self, tx_id: str) -> None:
-        """The coordinator went quiet: settle the transaction from what is stored, never by guessing."""
-        tx = self.tx
-        if tx is None or tx.id != tx_id:
-            return
-        rt = self.rt
-        sched = rt.scheduler
-        if tx.writing:  # the record may be landing right now: settle once the write has answered
-            tx.timer = sched.call_later(5.0, lambda: sched.spawn(self._tx_expire(tx_id)))
-            return
-        rt.counters.tx_timeouts += 1
-        self._refused_txs = (self._refused_txs + [tx_id])[-16:]
-        if not tx.written:  # without this record the commit point cannot have been reached
-            rt.log("warn", f"transaction {tx_id} timed out before its write; leaving it", key=self.key)
-            self._release_tx()
-            return
-        try:
-            outcome = await resolve_in_doubt(rt, tx_id, self.key)
-        except Exception as exc:
-            rt.log("warn", f"transaction {tx_id} in doubt ({exc}); asking again later", key=self.key)
-            tx.timer = sched.call_later(10.0, lambda: sched.spawn(self._tx_expire(tx_id)))
-            return
-        rt.log("warn", f"transaction {tx_id} timed out; the store says {outcome}", key=self.key)
-        await self.tx_finish(tx_id, "commit" if outcome == "committed" else "abort")
-
     # ------------------------------------------------------------------------------------------- timers
-
-    def _arm_refresh(self, seconds: float) -> None:
-        sched = self.rt.scheduler
-        self._refresh_timer = sched.call_later(seconds, lambda: sched.spawn(self._refresh()))
-
-    def _arm_deadline(self) -> None:
-        self._deadline_timer = self.rt.scheduler.call_at(self.lock_deadline, self._check_deadline)
 
     def _arm_autosave(self, seconds: float) -> None:
         sched = self.rt.scheduler
         self._autosave_timer = sched.call_later(seconds, lambda: sched.spawn(self._autosave()))
-
-    def _keeps_lock(self) -> bool:
-        return self._holds_lock and self.state not in _ENDED
-
-    async def _refresh(self) -> None:
-        if not self._keeps_lock():
-            return
-        rt, cfg = self.rt, self.rt.config
-        if rt.stalled(lambda: rt.scheduler.spawn(self._refresh())):
-            return
-        sent = rt.scheduler.now()
-        mine = self.lock_id
-        try:
-            got = await rt.locks(self.key).aio.update(
-                self.key, lambda old: self._lock_value() if isinstance(old, dict) and old.get("session") == mine
-                else None, expiration=cfg.lock_ttl)
-        except MemoryStoreError as exc:
-            rt.counters.refresh_failures += 1
-            rt.log("warn", f"lock refresh failed ({exc}); trying again in {REFRESH_RETRY_S:g} s", key=self.key)
-            if self._keeps_lock():
-                self._arm_refresh(min(REFRESH_RETRY_S, cfg.lock_refresh))
-            return
-        if not self._keeps_lock():
-            return
-        if got is None:
-            self._lose("the lock item is gone or names another session")
-            return
-        self.lock_deadline = max(self.lock_deadline, sent + int(cfg.lock_ttl * 1000))
-        rt.counters.refreshes += 1
-        rt.lock_event("refreshed", self)
-        self._arm_refresh(cfg.lock_refresh)
-
-    def _check_deadline(self) -> None:
-        if not self._keeps_lock() or self.rt.stalled(self._check_deadline):
-            return
-        if self.rt.scheduler.now() >= self.lock_deadline:
-            self._lose("no refresh landed before the lock's TTL ran out")
-        else:
-            self._arm_deadline()
 
     async def _autosave(self) -> None:
         if self.state not in (SessionState.ACTIVE, SessionState.IN_TRANSACTION):
@@ -816,44 +528,6 @@ class Session:
             self.rt.log("warn", f"autosave failed: {type(exc).__name__}: {exc}", key=self.key)
         if self.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION):
             self._arm_autosave(self.rt.config.autosave_interval)
-
-
-def abort_if_pending(marker: Any, _info: Any = None) -> Any:
-    """A marker transform: "pending" becomes "aborted"; any other marker stays as it is (the write is cancelled)."""
-    if isinstance(marker, dict) and marker.get("state") == "pending":
-        return {**marker, "state": "aborted"}
-    return None
-
-
-def commit_if_pending(marker: Any, _info: Any = None) -> Any:
-    """A marker transform: "pending" becomes "committed" (the commit point); otherwise cancelled."""
-    if isinstance(marker, dict) and marker.get("state") == "pending":
-        return {**marker, "state": "committed"}
-    return None
-
-
-async def resolve_in_doubt(rt: StoreRuntime, tx_id: str, key: str) -> str:
-    """"committed" or "aborted" for a transaction whose record (of `key`) was written: the marker decides, and a
-    pending marker is first turned to "aborted" (compare-and-set), so the coordinator can no longer commit it. A
-    missing marker means committed when the record still carries the transaction (an aborted transaction's records
-    are cleaned before its marker goes)."""
-    marker, _ = await rt.retrying(lambda: rt.txs.aio.update(tx_id, abort_if_pending), "marker update", key)
-    if marker is None:
-        marker, _ = await rt.retrying(lambda: rt.txs.aio.get(tx_id, False), "marker read", key)
-    if marker is not None:
-        return "committed" if marker.get("state") == "committed" else "aborted"
-    record, _ = await rt.retrying(lambda: rt.records.aio.get(key, False), "record read", key)
-    return "committed" if rec.is_record(record) and rec.tx_id_of(record) == tx_id else "aborted"
-
-
-@dataclass
-class _Tx:
-    id: str
-    before: Any
-    after: Any = None
-    written: bool = False
-    writing: bool = False   # a phase-one write is in flight: it may land, so the session cannot give up yet
-    timer: Timer | None = None
 
 
 def _cancel(timer: Timer | None) -> None:

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from lodestore.actors import _records as rec
-from lodestore.actors._host import ABSENT
-from lodestore.actors._session import TX_STORE, abort_if_pending, check_schema, commit_if_pending
+from lodestore.actors import (ABSENT, TX_STORE, TxFinish, TxPrepare, TxWrite, abort_if_pending, check_schema,
+                              commit_if_pending, records_store, without_tx)
+from lodestore.actors import records as rec
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
 from lodestore.storage import (Backoff, DataStoreError, Server, TransformError, canonical, check_value, retry,
                                sleep)
@@ -79,13 +79,14 @@ class _Peer:
         self.target = target
         self._batch: list | None = None
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def call(self, request: Any) -> Any:
+        """Send one `TxPrepare`, `TxWrite` or `TxFinish` with this loop turn's others; its reply."""
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
             loop.call_soon(self._flush)
         future = loop.create_future()
-        self._batch.append(((method, args), future))
+        self._batch.append((request, future))
         return await future
 
     def _flush(self) -> None:
@@ -177,18 +178,18 @@ class Coordinator:
             keys.append(key)
         groups = list(peers.values())
 
-        async def each(method: str, args_for: Callable[[list[str]], tuple]) -> dict:
-            """Call `method` on every participant; {key: reply} (a reply may be an exception)."""
-            calls = [(keys, peer.call(method, tx_id, req.store, *args_for(keys))) for peer, keys in groups]
+        async def each(request_for: Callable[[list[str]], Any]) -> dict:
+            """Send every participant `request_for(its keys)`; {key: reply} (a reply may be an exception)."""
+            calls = [(keys, peer.call(request_for(keys))) for peer, keys in groups]
             merged: dict = {}
             for keys, reply in zip([k for k, _ in calls], await asyncio.gather(*(c for _, c in calls))):
                 merged.update(reply if isinstance(reply, dict) else {k: reply for k in keys})
             return merged
 
         async def release(outcomes: dict) -> dict:
-            return await each("tx_finish", lambda keys: ({k: outcomes.get(k, ("abort",)) for k in keys},))
+            return await each(lambda keys: TxFinish(tx_id, req.store, {k: outcomes.get(k, ("abort",)) for k in keys}))
 
-        befores = await each("tx_prepare", lambda keys: (keys, req.timeout_s))
+        befores = await each(lambda keys: TxPrepare(tx_id, req.store, keys, req.timeout_s))
         failed = {k: v for k, v in befores.items() if isinstance(v, BaseException)}
         if failed:
             await release({})
@@ -238,7 +239,8 @@ class Coordinator:
         self._step(Step.MARKER_WRITTEN, tx_id)
 
         patches = {k: rec.make_patch(befores[k], afters[k]) for k in changed}
-        writes = await each("tx_write", lambda keys: ({k: (patches[k], afters[k]) for k in keys if k in patches},))
+        writes = await each(lambda keys: TxWrite(tx_id, req.store, {k: (patches[k], afters[k]) for k in keys
+                                                                     if k in patches}))
         failed = {k: v for k, v in writes.items() if isinstance(v, BaseException)}
         if failed:
             key, exc = next(iter(failed.items()))
@@ -302,9 +304,9 @@ class Coordinator:
             try:
                 # A key whose session is gone (its server crashed, its lock ran out) may still hold this
                 # transaction in its record; clean it here, or "marker gone" would read as committed.
-                records = self.server.datastores.get_data_store(f"lodestore/records/{marker['store']}")
+                records = self.server.datastores.get_data_store(records_store(marker["store"]))
                 for key in [k for k, r in replies.items() if r == ABSENT]:
-                    await self._retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
+                    await self._retrying(lambda key=key: records.aio.update(key, without_tx(tx_id)))
                 await self._retrying(lambda: self.markers.aio.remove(tx_id))
             except DataStoreError:
                 pass  # recovery cleans the records and removes the marker
@@ -339,20 +341,11 @@ class Coordinator:
         if not isinstance(marker, dict):
             return None
         if marker.get("state") != "committed":
-            records = self.server.datastores.get_data_store(f"lodestore/records/{marker['store']}")
+            records = self.server.datastores.get_data_store(records_store(marker["store"]))
             for key in marker.get("keys", ()):
-                await self._retrying(lambda key=key: records.aio.update(key, _without_tx(tx_id)))
+                await self._retrying(lambda key=key: records.aio.update(key, without_tx(tx_id)))
         await self._retrying(lambda: self.markers.aio.remove(tx_id))
         return "committed" if marker.get("state") == "committed" else "aborted"
-
-
-def _without_tx(tx_id: str) -> Callable:
-    """A record transform: the record as it was before transaction `tx_id` (kept: its session, its migrations)."""
-    def clean(record: Any, _info: Any) -> Any:
-        if not rec.is_record(record) or rec.tx_id_of(record) != tx_id:
-            return None  # already clean (rewritten by its session, or by an earlier recovery)
-        return {**record, "file": {"data": {"committed_data": record["file"]["data"]["committed_data"]}}}
-    return clean
 
 
 _STORAGE_BACKOFF = Backoff(base=1.0, cap=8.0)   # marker and record requests retried after 1, 2, 4 simulated s

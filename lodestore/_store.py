@@ -18,14 +18,27 @@ from typing import Any, Callable
 
 import ray
 
-from lodestore.actors import (KeyActor, KeyHost, KeyNotLoadedError, Placement, Request, StoreClosedError,
-                              StoreConfig, StoreStatistics, key_actor_options)
+from lodestore.actors import (Close, Get, HostRequest, IsLoaded, KeyActor, KeyHost, KeyNotLoadedError, KeyRequest,
+                              ListVersions, Load, LoadedKeys, Peek, Placement, ProbeLockActive, ReadVersion, Save,
+                              Statistics, StoreClosedError, StoreConfig, StoreStatistics, Unload, Update,
+                              UpdateImmutable, key_actor_options)
 from lodestore.coordinator import Coordinator, TxRequest, coordinator_handle, forget_handle, unknown_after_crash
 from lodestore.storage import ACTOR_FAILURES, ConfigError, Scheduler, World
 
 __all__ = ["GameServer", "Store", "AsyncStore", "advance", "tx_batcher"]
 
 _STORE_OPTIONS = tuple(f.name for f in dataclasses.fields(StoreConfig) if f.name not in ("name", "template"))
+
+_REQUESTS = {"load": Load, "get": Get, "update": Update, "update_immutable": UpdateImmutable, "save": Save,
+             "unload": Unload, "close": Close, "peek": Peek, "probe_lock_active": ProbeLockActive,
+             "list_versions": ListVersions, "read_version": ReadVersion, "is_loaded": IsLoaded,
+             "loaded_keys": LoadedKeys, "statistics": Statistics}
+
+
+def _request(op: str, store: str, key: Any = None, args: tuple = ()) -> HostRequest:
+    """The key host request of Store call `op` (a `KeyRequest` names the key; `args` are its other fields)."""
+    kind = _REQUESTS[op]
+    return kind(store, key, *args) if issubclass(kind, KeyRequest) else kind(store, *args)
 
 
 # ----------------------------------------------------------------------------------------- links to hosts
@@ -76,10 +89,10 @@ class _LocalLink:
         self.runtime = runtime
         self.host = host
 
-    def call(self, requests: list[Request]) -> list[Any]:
+    def call(self, requests: list[HostRequest]) -> list[Any]:
         return self.runtime.run(self.host.handle(requests))
 
-    async def acall(self, requests: list[Request]) -> list[Any]:
+    async def acall(self, requests: list[HostRequest]) -> list[Any]:
         return await self.runtime.arun(self.host.handle(requests))
 
     def open_store(self, config: StoreConfig) -> None:
@@ -150,13 +163,13 @@ class _RayLink:
         self.handle = handle
         self._batcher = _Coalescer(lambda requests: self.handle.handle.remote(requests), _actor_gone)
 
-    def call(self, requests: list[Request]) -> list[Any]:
+    def call(self, requests: list[HostRequest]) -> list[Any]:
         try:
             return ray.get(self.handle.handle.remote(requests))
         except ACTOR_FAILURES as exc:
             raise _actor_gone(exc) from exc
 
-    async def acall(self, requests: list[Request]) -> list[Any]:
+    async def acall(self, requests: list[HostRequest]) -> list[Any]:
         """Requests of one loop turn travel together: the first schedules the flush, the rest join it."""
         return list(await asyncio.gather(*(self._batcher.submit(r) for r in requests)))
 
@@ -346,10 +359,10 @@ class Store:
         """Unload every key (final saves at emergency priority); later calls raise "Store is closed"."""
         self._closed = True
         for key, link in list(self._key_links.items()):
-            _raise_or_return(link.call([Request("close", self.name)])[0])
+            _raise_or_return(link.call([Close(self.name)])[0])
             self._key_links.pop(key, None)
             link.crash()
-        return _raise_or_return(self.server._server_link().call([Request("close", self.name)])[0])
+        return _raise_or_return(self.server._server_link().call([Close(self.name)])[0])
 
     def tx(self, keys: Any, fn: Callable[[dict], bool]) -> bool:
         """A transaction over loaded keys: `fn({key: data})` changes the copies in place and returns True to commit
@@ -416,7 +429,7 @@ class Store:
         if self.config.placement is Placement.PER_KEY:
             self._route("loaded_keys", None)
             return sorted(key for key, link in list(self._key_links.items())
-                          if _raise_or_return(link.call([Request("is_loaded", self.name, key)])[0]))
+                          if _raise_or_return(link.call([IsLoaded(self.name, key)])[0]))
         return sorted(self._call("loaded_keys", None))
 
     def statistics(self) -> list[StoreStatistics]:
@@ -455,7 +468,7 @@ class Store:
         link, created = self._route(op, key)
         if link is None:
             return False
-        reply = link.call([Request(op, self.name, key, args)])[0]
+        reply = link.call([_request(op, self.name, key, args)])[0]
         self._after(op, key, link, created, reply)
         return _raise_or_return(reply)
 
@@ -463,14 +476,14 @@ class Store:
         link, created = self._route(op, key)
         if link is None:
             return False
-        reply = (await link.acall([Request(op, self.name, key, args)]))[0]
+        reply = (await link.acall([_request(op, self.name, key, args)]))[0]
         self._after(op, key, link, created, reply)
         return _raise_or_return(reply)
 
     def _gather(self, op: str) -> list:
         if self.config.placement is Placement.PER_SERVER:
-            return [_raise_or_return(self.server._server_link().call([Request(op, self.name)])[0])]
-        return [_raise_or_return(link.call([Request(op, self.name)])[0]) for link in list(self._key_links.values())]
+            return [_raise_or_return(self.server._server_link().call([_request(op, self.name)])[0])]
+        return [_raise_or_return(link.call([_request(op, self.name)])[0]) for link in list(self._key_links.values())]
 
 
 _SESSIONLESS = frozenset({"peek", "probe_lock_active", "list_versions", "read_version", "close", "loaded_keys"})

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import ray
 
-from lodestore.actors import KeyHost, Request, SessionState, StoreConfig, StoreCounters
+from lodestore.actors import KeyHost, Load, Peek, Save, SessionState, StoreConfig, StoreCounters, TxCall, Unload, Update
 from lodestore import tx_batcher
 from lodestore.coordinator import TxRequest, TxUnknownError
 from lodestore.sim._scenario import Scenario
@@ -319,7 +319,7 @@ class SimHost:
         self._sync_players(server)
         started = time.perf_counter()
         try:
-            await server.host.call(Request("load", self.config.name, ev.player))
+            await server.host.call(Load(self.config.name, ev.player))
         except Exception as exc:
             self._sample(ev.t, "load", started, exc)
             self._events.append((ev.t, "load_failed", ev.server))
@@ -345,7 +345,7 @@ class SimHost:
             return
         started = time.perf_counter()
         try:
-            unloaded = await server.host.call(Request("unload", self.config.name, key))
+            unloaded = await server.host.call(Unload(self.config.name, key))
         except Exception as exc:
             self._sample(t, "unload", started, exc)
             ended = "lost"
@@ -405,7 +405,7 @@ class SimHost:
         server = self.servers.get(ev.server)
         started = time.perf_counter()
         try:  # a receipt is granted only once the purchase is saved
-            await server.host.call(Request("save", self.config.name, ev.player))
+            await server.host.call(Save(self.config.name, ev.player))
         except Exception as exc:
             self._sample(ev.t, "purchase_save", started, exc)
             return  # stays pending: a later save (or the unload) decides
@@ -420,7 +420,7 @@ class SimHost:
         op = self._op(ev)
         started = time.perf_counter()
         try:
-            changed = await server.host.call(Request("update", self.config.name, ev.player, (fn,)))
+            changed = await server.host.call(Update(self.config.name, ev.player, fn))
         except Exception as exc:
             self._sample(ev.t, ev.kind, started, exc)
             self._resolve(op, "failed", error_code(exc))
@@ -561,7 +561,7 @@ class SimHost:
         the end of a run, outside every game server's budget."""
         host = KeyHost(self.world, f"sim-reader-{self.index}", self.scheduler, budgeted=False)
         host.open_store(self.config)
-        results = await host.handle([Request("peek", self.config.name, k) for k in keys])
+        results = await host.handle([Peek(self.config.name, k) for k in keys])
         out = {}
         for key, value in zip(keys, results):
             if isinstance(value, BaseException):
@@ -580,25 +580,22 @@ class SimHost:
 
     # --------------------------------------------------------------------------------- transaction routing
 
-    async def tx_calls(self, calls: list[tuple[str, tuple]]) -> list[Any]:
+    async def tx_calls(self, calls: list[TxCall]) -> list[Any]:
         """A coordinator's participant calls: each call's keys go to the server of this host that holds them."""
-        async def one(method: str, args: tuple) -> Any:
-            tx_id, store, keyed = args[0], args[1], args[2]
-            keys = list(keyed)
+        async def one(call: TxCall) -> Any:
             groups: dict[int, tuple[KeyHost, list[str]]] = {}
-            for key in keys:
-                host = self._holder(store, key)
+            for key in call.keys:
+                host = self._holder(call.store, key)
                 groups.setdefault(id(host), (host, []))[1].append(key)
             merged: dict = {}
             for host, group in groups.values():
-                part = ({k: keyed[k] for k in group} if isinstance(keyed, dict) else group)
-                reply = (await host.tx_calls([(method, (tx_id, store, part) + tuple(args[3:]))]))[0]
+                reply = (await host.tx_calls([call.only(group)]))[0]
                 if isinstance(reply, BaseException):
                     reply = {k: reply for k in group}
                 merged.update(reply)
             return merged
 
-        return await asyncio.gather(*(one(m, a) for m, a in calls))
+        return await asyncio.gather(*(one(c) for c in calls))
 
     def _holder(self, store: str, key: str) -> KeyHost:
         """The server of this host whose session of `key` is live (a teleport may leave a closing one behind)."""
@@ -664,7 +661,7 @@ class _SimHostActor:
     async def read_hot(self, names: list[str]) -> dict:
         return await self._ready().read_hot(names)
 
-    async def tx_calls(self, calls: list) -> list:
+    async def tx_calls(self, calls: list[TxCall]) -> list:
         return await self._ready().tx_calls(calls)
 
 

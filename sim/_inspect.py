@@ -8,7 +8,7 @@ carry the exit status (1 not found, 2 usage).
 The file is opened through the emulator itself (`World.in_process` on the file, no request budgets) with a manual
 clock standing at the file's last write, so reading never expires a backup the simulation could still see; every
 write goes through the DataStore client, with the emulator's version rules. Only the list of DataStore names and
-their live-key counts come from a read-only SQL query. Player records are read and written with `actors._records`.
+their live-key counts come from a read-only SQL query. Player records are read and written with `actors.records`.
 
 It must never create a file, run migrations (they are code, not stored in the file: data is shown as stored), or
 write anything a command did not ask for. A record it writes keeps Lyra's layout valid and names no session, so the
@@ -30,9 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from lodestore.actors import _records as rec
-from lodestore.actors._config import MAX_STORE_NAME
-from lodestore.actors._session import TX_STORE, marker_committed
+from lodestore.actors import MAX_STORE_NAME, RECORDS_PREFIX, SHARDS_PREFIX, TX_STORE, marker_committed
+from lodestore.actors import records as rec
 from lodestore.storage import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, DataStore, DataStoreError, KeyInfo,
                                LodestoreError, ManualClock, SortDirection, UpdateResult, VersionInfo, World, check_key,
                                check_store_name, check_value)
@@ -45,8 +44,6 @@ NOT_FOUND = 1
 USAGE = 2
 """Exit status for a bad argument: a missing or unreadable file, a bad name, a bad import file."""
 
-RECORDS_PREFIX = "lodestore/records/"   # a Store's records: DataStore f"lodestore/records/{store}"
-SHARDS_PREFIX = "lodestore/shards/"     # its shard chunks: DataStore f"lodestore/shards/{store}"
 KINDS = ("records", "shards", "transactions", "plain", "ordered")
 _INTERNAL = ("shards", "transactions")
 

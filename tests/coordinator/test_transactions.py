@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lodestore.actors import KeyHost, Request, SchemaError, StoreConfig
-from lodestore.actors._session import TX_STORE
+from lodestore.actors import (TX_STORE, Get, KeyHost, KeyRequest, Load, Peek, Save, SchemaError, StoreConfig,
+                              TxFinish, Unload, Update)
+from lodestore.actors import records as rec
 from lodestore.coordinator import (Coordinator, KeysChangedError, SimulatedCrash, Step, TxAbortedError, TxRequest,
                          TxUnknownError)
 from lodestore.storage import FaultConfig, LodestoreError, ManualClock, Scheduler, TransformError, World
@@ -36,14 +37,15 @@ class Rig:
     async def loaded_host(self, job: str = "a", keys=("ann", "bob")) -> KeyHost:
         host = self.host(job)
         for key in keys:
-            await self.call(host, "load", key)
+            await self.call(host, Load, key)
         return host
 
     def coordinator(self, hook=None) -> Coordinator:
         return Coordinator(self.world, hook=hook)
 
-    async def call(self, host: KeyHost, op: str, key=None, *args):
-        (reply,) = await host.handle([Request(op, "bank", key, args)])
+    async def call(self, host: KeyHost, kind: type, key=None, *args):
+        request = kind("bank", key, *args) if issubclass(kind, KeyRequest) else kind("bank", *args)
+        (reply,) = await host.handle([request])
         if isinstance(reply, BaseException):
             raise reply
         return reply
@@ -55,7 +57,7 @@ class Rig:
         """What a reader sees (peek through a fresh host: records resolved by their markers)."""
         reader = KeyHost(self.world, "reader", self.scheduler)
         reader.open_store(StoreConfig(name="bank", template=TEMPLATE))
-        return await self.call(reader, "peek", key)
+        return await self.call(reader, Peek, key)
 
     def markers_left(self) -> list[str]:
         return self.markers.list_keys(exclude_deleted=True).items
@@ -91,10 +93,10 @@ def test_a_two_key_transaction_commits_everywhere_and_leaves_no_marker():
         rig = Rig()
         a = await rig.loaded_host()
         assert await rig.coordinator().run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 30))) is True
-        assert (await rig.call(a, "get", "ann"))["coins"] == 70 and (await rig.call(a, "get", "bob"))["coins"] == 130
+        assert (await rig.call(a, Get, "ann"))["coins"] == 70 and (await rig.call(a, Get, "bob"))["coins"] == 130
         assert (await rig.stored("ann"))["coins"] == 70 and (await rig.stored("bob"))["coins"] == 130
         assert rig.markers_left() == []
-        await rig.call(a, "update", "ann", lambda d: d.update(coins=d["coins"] - 1) or True)   # released
+        await rig.call(a, Update, "ann", lambda d: d.update(coins=d["coins"] - 1) or True)   # released
     run(main())
 
 
@@ -141,7 +143,7 @@ def test_aborts_and_refusals_change_nothing_and_release_the_keys():
         with pytest.raises(TxAbortedError, match="Key not loaded"):
             await coord.run(rig.request(a, ["ann", "zed"], transfer("ann", "zed", 1)))
         for key in ("ann", "bob"):
-            assert (await rig.call(a, "get", key))["coins"] == 100
+            assert (await rig.call(a, Get, key))["coins"] == 100
             assert (await rig.stored(key))["coins"] == 100
         assert rig.markers_left() == []
     run(main())
@@ -152,10 +154,10 @@ def test_a_key_held_by_another_transaction_is_refused():
         rig = Rig()
         a = await rig.loaded_host(keys=("ann", "bob", "cy"))
         session = a.stores["bank"].sessions["bob"]
-        await session.tx_prepare("other-tx", 30)
+        await session.participant.prepare("other-tx", 30)
         with pytest.raises(TxAbortedError, match="already locked by another transaction"):
             await rig.coordinator().run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 1)))
-        await session.tx_finish("other-tx", "abort")
+        await session.participant.finish("other-tx", "abort")
         assert await rig.coordinator().run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 1)))
     run(main())
 
@@ -173,8 +175,8 @@ def test_nothing_changed_writes_nothing_and_one_change_is_an_ordinary_update():
 
         assert await rig.coordinator().run(rig.request(a, ["ann", "bob"], only_ann)) is True
         assert {k: rig.records.get(k, use_cache=False)[1].version for k in ("ann", "bob")} == versions
-        assert (await rig.call(a, "get", "ann"))["coins"] == 101   # in memory; the next save writes it
-        await rig.call(a, "save", "ann")
+        assert (await rig.call(a, Get, "ann"))["coins"] == 101   # in memory; the next save writes it
+        await rig.call(a, Save, "ann")
         assert (await rig.stored("ann"))["coins"] == 101
         assert rig.markers_left() == []
     run(main())
@@ -208,17 +210,17 @@ def test_a_coordinator_crash_at_each_step_resolves_all_or_nothing(step, settles_
         else:
             await rig.scheduler.advance(31)                   # the sessions settle it themselves first
             await rig.coordinator().recover()
-        assert ((await rig.call(a, "get", "ann"))["coins"], (await rig.call(a, "get", "bob"))["coins"]) == expected
+        assert ((await rig.call(a, Get, "ann"))["coins"], (await rig.call(a, Get, "bob"))["coins"]) == expected
         assert ((await rig.stored("ann"))["coins"], (await rig.stored("bob"))["coins"]) == expected
         assert rig.markers_left() == []
         # and the keys work again: unload, and another server loads exactly that
         for key in ("ann", "bob"):
-            await rig.call(a, "unload", key)
+            await rig.call(a, Unload, key)
         b = rig.host("b")
         got = []
         for key in ("ann", "bob"):
-            await rig.call(b, "load", key)
-            got.append((await rig.call(b, "get", key))["coins"])
+            await rig.call(b, Load, key)
+            got.append((await rig.call(b, Get, key))["coins"])
         assert tuple(got) == expected
     run(main())
 
@@ -245,8 +247,8 @@ def test_a_key_actor_crash_at_each_step_resolves_all_or_nothing(step):
         b = rig.host("b")
         got = []
         for key in ("ann", "bob"):
-            await drive(rig, rig.call(b, "load", key))
-            got.append((await rig.call(b, "get", key))["coins"])
+            await drive(rig, rig.call(b, Load, key))
+            got.append((await rig.call(b, Get, key))["coins"])
         assert tuple(got) == expected
         assert rig.markers_left() == []
     run(main())
@@ -275,10 +277,10 @@ def test_a_participant_does_not_give_up_while_its_write_is_still_in_flight():
         await rig.scheduler.advance(31)
         await rig.coordinator().recover()
         expected = (60, 140) if committed else (100, 100)
-        assert ((await rig.call(a, "get", "ann"))["coins"], (await rig.call(a, "get", "bob"))["coins"]) == expected
+        assert ((await rig.call(a, Get, "ann"))["coins"], (await rig.call(a, Get, "bob"))["coins"]) == expected
         assert ((await rig.stored("ann"))["coins"], (await rig.stored("bob"))["coins"]) == expected
         for key in ("ann", "bob"):
-            await rig.call(a, "unload", key)
+            await rig.call(a, Unload, key)
         assert ((await rig.stored("ann"))["coins"], (await rig.stored("bob"))["coins"]) == expected
     run(main())
 
@@ -290,16 +292,15 @@ def test_a_load_over_a_pending_transaction_aborts_it_so_it_can_never_commit_half
         rig = Rig()
         a = await rig.loaded_host()
         sessions = a.stores["bank"].sessions
-        before = {k: await sessions[k].tx_prepare("T1", 30) for k in ("ann", "bob")}
+        before = {k: await sessions[k].participant.prepare("T1", 30) for k in ("ann", "bob")}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
-        from lodestore.actors import _records as rec
         for key in ("ann", "bob"):
-            await sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+            await sessions[key].participant.write("T1", rec.make_patch(before[key], after[key]), after[key])
         a.crash()
         await rig.scheduler.advance(91)                       # the dead server's locks expire
         b = rig.host("b")
-        await rig.call(b, "load", "ann")                      # overwrites ann's record with its data before T1
+        await rig.call(b, Load, "ann")                      # overwrites ann's record with its data before T1
         coordinator = rig.coordinator()
         outcome = await coordinator._commit_point("T1", (None, None))
         assert outcome == "aborted"
@@ -326,7 +327,7 @@ def test_a_lost_commit_answer_becomes_unknown_and_still_resolves_all_or_nothing(
             await drive(rig, coord.run(rig.request(a, ["ann", "bob"], transfer("ann", "bob", 10))))
         await rig.scheduler.advance(31)
         await rig.coordinator().recover()
-        ann, bob = (await rig.call(a, "get", "ann"))["coins"], (await rig.call(a, "get", "bob"))["coins"]
+        ann, bob = (await rig.call(a, Get, "ann"))["coins"], (await rig.call(a, Get, "bob"))["coins"]
         assert ann + bob == 200 and (ann, bob) in ((100, 100), (90, 110))
         assert ((await rig.stored("ann"))["coins"], (await rig.stored("bob"))["coins"]) == (ann, bob)
         assert rig.markers_left() == []
@@ -356,7 +357,7 @@ def test_bank_transfers_with_crashes_and_faults_never_create_or_destroy_money(op
         where = {}
         for i, key in enumerate(ACCOUNTS):
             where[key] = hosts[i % 3]
-            await rig.call(where[key], "load", key)
+            await rig.call(where[key], Load, key)
         total = 100 * len(ACCOUNTS)
 
         async def stored_balances():
@@ -366,15 +367,15 @@ def test_bank_transfers_with_crashes_and_faults_never_create_or_destroy_money(op
             if where[key] is to:
                 return
             try:
-                await drive(rig, rig.call(where[key], "unload", key))
+                await drive(rig, rig.call(where[key], Unload, key))
             except LodestoreError:
                 return                       # a fault kept the final save from landing: the key stays
             where[key] = to
             try:
-                await drive(rig, rig.call(to, "load", key))
+                await drive(rig, rig.call(to, Load, key))
             except LodestoreError:
                 rig.world.set_faults(FaultConfig())
-                await drive(rig, rig.call(to, "load", key))
+                await drive(rig, rig.call(to, Load, key))
 
         for op in ops:
             if op[0] == "transfer":
@@ -417,7 +418,7 @@ def test_bank_transfers_with_crashes_and_faults_never_create_or_destroy_money(op
         await rig.scheduler.advance(31)             # in-doubt transactions settle
         await rig.coordinator().recover()
         assert rig.markers_left() == []
-        in_memory = [(await drive(rig, rig.call(where[k], "get", k)))["coins"] for k in ACCOUNTS]
+        in_memory = [(await drive(rig, rig.call(where[k], Get, k)))["coins"] for k in ACCOUNTS]
         assert sum(in_memory) == total and min(in_memory) >= 0
         assert in_memory == await stored_balances()
 
@@ -433,18 +434,18 @@ def test_an_abort_cleans_the_record_of_a_participant_whose_session_is_gone_befor
         a = await rig.loaded_host("a", keys=("ann",))
         b = await rig.loaded_host("b", keys=("bob",))
         hosts = {"ann": a, "bob": b}
-        before = {k: await hosts[k].stores["bank"].sessions[k].tx_prepare("T1", 30) for k in hosts}
+        before = {k: await hosts[k].stores["bank"].sessions[k].participant.prepare("T1", 30) for k in hosts}
         after = {"ann": {**before["ann"], "coins": 60}, "bob": {**before["bob"], "coins": 140}}
         rig.markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
-        from lodestore.actors import _records as rec
         for key, host in hosts.items():
-            await host.stores["bank"].sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+            await host.stores["bank"].sessions[key].participant.write("T1", rec.make_patch(before[key], after[key]),
+                                                                      after[key])
         a.crash()                                              # ann's session is gone, its record holds T1
 
         async def release(outcomes):
             replies = {}
             for key, host in hosts.items():
-                replies.update(await host.tx_finish("T1", "bank", {key: outcomes.get(key, ("abort",))}))
+                replies.update(await host.tx_call(TxFinish("T1", "bank", {key: outcomes.get(key, ("abort",))})))
             return replies
 
         with pytest.raises(TxAbortedError):

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from lodestore import GameServer
-from lodestore.actors import KeyHost, Request, StoreConfig
-from lodestore.actors import _records as rec
-from lodestore.actors._session import TX_STORE
+from lodestore.actors import TX_STORE, KeyHost, Load, StoreConfig
+from lodestore.actors import records as rec
 from lodestore.sim._inspect import (NOT_FOUND, USAGE, InspectError, add_parser, export_store, import_store, list_keys,
                           list_stores, list_versions, restore_version, show_key)
 from lodestore.storage import ManualClock, Scheduler, World
@@ -156,15 +155,15 @@ async def _leave_a_transaction(path: str, marker: str | None) -> None:
     host = KeyHost(world, "a", Scheduler(clock))
     host.open_store(StoreConfig(name="bank", template={"coins": 100}))
     for key in ("ann", "bob"):
-        (reply,) = await host.handle([Request("load", "bank", key)])
+        (reply,) = await host.handle([Load("bank", key)])
         assert reply is None
     sessions = host.stores["bank"].sessions
-    before = {key: await sessions[key].tx_prepare("T1", 30) for key in ("ann", "bob")}
+    before = {key: await sessions[key].participant.prepare("T1", 30) for key in ("ann", "bob")}
     after = {"ann": {"coins": 60}, "bob": {"coins": 140}}
     markers = world.server("coordinator").datastores.get_data_store(TX_STORE)
     markers.set("T1", {"state": "pending", "store": "bank", "keys": ["ann", "bob"], "created": 0})
     for key in ("ann", "bob"):
-        await sessions[key].tx_write("T1", rec.make_patch(before[key], after[key]), after[key])
+        await sessions[key].participant.write("T1", rec.make_patch(before[key], after[key]), after[key])
     host.crash()
     if marker is None:
         markers.remove("T1")
