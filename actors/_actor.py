@@ -1,40 +1,39 @@
-"""The key actor: a thin Ray actor around one `KeyHost`, and the one place that knows its Ray options.
+"""The key actor: a thin actor around one `KeyHost`, and the one place that knows its Ray options.
 
-It receives batches, hands them to the host, and replies; it runs the host's timer scheduler as a background task
-(one scheduler per actor, whatever the number of sessions). A crashed key actor is not restarted: it plays a crashed
+It receives batches, hands them to the host, and replies. Its host uses the scheduler of the loop it lives on (a Ray
+actor's own loop, driven in the background; a local runtime's loop, shared by every key actor there, so a manual
+clock's `advance` fires them all). A crashed key actor is not restarted: it plays a crashed
 game server, whose sessions are gone and whose locks expire by their TTL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
-
-import ray
 
 from lodestore.actors._config import StoreConfig
 from lodestore.actors._host import KeyHost
 from lodestore.actors._requests import HostRequest, TxCall
+from lodestore.storage import Scheduler, actor_options
 
 __all__ = ["KeyActor", "key_actor_options"]
 
 
-class _KeyActor:
+class KeyActor:
+    """A key host as an actor (a Ray actor, or an object on a local runtime's loop)."""
+
     def __init__(self, world: Any, job_id: str, configs: tuple[StoreConfig, ...] = ()) -> None:
         self._world = world
         self._job_id = job_id
         self._configs = configs
         self._host: KeyHost | None = None
-        self._driver: asyncio.Task | None = None
 
     def _ready(self) -> KeyHost:
         # asyncio objects must be made on the actor's event loop, so the host is built on the first call
         if self._host is None:
-            self._host = KeyHost(self._world, self._job_id)
+            self._host = KeyHost(self._world, self._job_id, Scheduler.for_loop(self._world.clock))
             for config in self._configs:
                 self._host.open_store(config)
-            self._driver = asyncio.get_running_loop().create_task(self._host.scheduler.drive())
         return self._host
 
     async def handle(self, requests: list[HostRequest]) -> list[Any]:
@@ -53,6 +52,11 @@ class _KeyActor:
         """A batch of a coordinator's `TxPrepare`, `TxWrite` and `TxFinish`; idempotent per transaction id."""
         return await self._ready().tx_calls(calls)
 
+    def crash(self) -> None:
+        """Die as a crashed server does (a local runtime's kill): nothing saved, no lock released."""
+        if self._host is not None:
+            self._host.crash()
+
     async def memory_bytes(self) -> int:
         """Resident memory of this actor's process (Linux), for benchmarks."""
         with open("/proc/self/statm") as f:
@@ -62,13 +66,10 @@ class _KeyActor:
         return list(self._ready().errors)
 
 
-KeyActor = ray.remote(_KeyActor)
-
 
 def key_actor_options(world: Any) -> dict:
-    """Ray options of a key actor: no CPU reserved (it mostly waits), never restarted, and enough concurrency for
-    thousands of waiting operations (loads waiting for locks, saves waiting for budget). It is not named: its owner
-    (a `GameServer`) holds the handle, and the actor ends with that owner, as a game server's process would.
-    Key actors spread over a cluster's nodes; a node's loss is a crash of the game servers it ran."""
-    return {"num_cpus": 0, "max_restarts": 0, "max_task_retries": 0, "max_concurrency": 100_000,
-            "scheduling_strategy": "SPREAD"}
+    """Ray options of a key actor: never restarted, and enough concurrency for thousands of waiting operations
+    (loads waiting for locks, saves waiting for budget). It is not named: its owner (a `GameServer`) holds the
+    handle, and the actor ends with that owner, as a game server's process would. Key actors spread over a
+    cluster's nodes; a node's loss is a crash of the game servers it ran."""
+    return actor_options(None, world.name, restart=False, max_concurrency=100_000, spread=True)

@@ -1,9 +1,10 @@
-"""The coordinator actor: one named, detached actor per world, restarted by Ray when it dies.
+"""The coordinator actor: one per world (on Ray a named, detached actor, restarted by Ray when it dies).
 
 A thin shell: it runs `Coordinator.run` for each request and answers the result or the typed error as a value. After
-every start (a restart included) it settles the markers a previous life left, and again every `RECOVER_EVERY_S`.
-Calls are not retried by Ray (`max_task_retries=0`): a transaction must not run twice, so a caller whose coordinator
-died hears `TxUnknownError` and the restarted coordinator settles the transaction from its marker.
+every start (a restart included) it settles the markers a previous life left, and again every `RECOVER_EVERY_S`
+simulated seconds. Calls are not retried by Ray (`max_task_retries=0`): a transaction must not run twice, so a
+caller whose coordinator died hears `TxUnknownError` and the restarted coordinator settles the transaction from its
+marker. `coordinator_ref(world)` reaches it through the world's runtime, in this process or on Ray alike.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import ray
-
 from lodestore.coordinator._coordinator import Coordinator, TxRequest
 from lodestore.coordinator._errors import TxUnknownError
-from lodestore.storage import namespace_of
+from lodestore.storage import actor_options, sleep
 
-__all__ = ["CoordinatorActor", "coordinator_handle", "forget_handle", "unknown_after_crash", "COORDINATOR_NAME"]
+__all__ = ["CoordinatorActor", "coordinator_ref", "forget_coordinator", "unknown_after_crash", "COORDINATOR_NAME"]
 
 COORDINATOR_NAME = "coordinator"
 RECOVER_EVERY_S = 30.0
 
 
-class _CoordinatorActor:
+class CoordinatorActor:
     def __init__(self, world: Any) -> None:
         self._world = world
         self._coordinator: Coordinator | None = None
@@ -40,7 +39,7 @@ class _CoordinatorActor:
                 await self._coordinator.recover()
             except Exception:
                 pass  # storage trouble: the next round tries again
-            await asyncio.sleep(RECOVER_EVERY_S)
+            await sleep(self._world.clock, RECOVER_EVERY_S)
 
     async def run(self, req: TxRequest) -> Any:
         """Not idempotent (a transform runs once per call): Ray never retries it."""
@@ -69,34 +68,20 @@ class _CoordinatorActor:
         return self._ready().statistics()
 
 
-CoordinatorActor = ray.remote(_CoordinatorActor)
-
-
-_handles: dict[str, Any] = {}
-
-
-def coordinator_handle(world: Any) -> Any:
-    """The world's coordinator actor, created on first use (detached: it outlives the process that made it).
-    The handle is kept per world: looking a named actor up costs a round trip to Ray's control store."""
-    handle = _handles.get(_world_key(world))
-    if handle is None:
-        handle = _handles[_world_key(world)] = _get_or_create(world)
-    return handle
-
-
-def forget_handle(world: Any) -> None:
-    _handles.pop(_world_key(world), None)
-
-
-def _world_key(world: Any) -> tuple:
+def _key(world: Any) -> tuple:
     # a world started again under the same name has a new clock (its start time): a new key, a fresh lookup
-    return (world.name, repr(world.clock))
+    return (COORDINATOR_NAME, world.name, repr(world.clock))
 
 
-def _get_or_create(world: Any) -> Any:
-    return CoordinatorActor.options(name=COORDINATOR_NAME, namespace=namespace_of(world.name), get_if_exists=True,
-                                    lifetime="detached", num_cpus=0, max_restarts=-1, max_task_retries=0,
-                                    max_concurrency=10_000).remote(world)
+def coordinator_ref(world: Any) -> Any:
+    """The world's coordinator actor, created on first use (on Ray detached: it outlives the process that made it)."""
+    return world.runtime.singleton(_key(world), CoordinatorActor, world,
+                                   **actor_options(COORDINATOR_NAME, world.name, max_concurrency=10_000))
+
+
+def forget_coordinator(world: Any) -> None:
+    """The coordinator did not answer (it died): look it up afresh next time."""
+    world.runtime.forget(_key(world))
 
 
 def unknown_after_crash(exc: BaseException) -> TxUnknownError:

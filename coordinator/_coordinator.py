@@ -14,7 +14,8 @@ marker goes. So a reader (load, peek, read_version) sees the patch applied exact
 gone, and never a mix. `recover()` (a restarted coordinator) finds every marker: committed ones are removed, pending
 ones aborted, aborted ones rolled back (records cleaned by compare-and-set) and removed.
 
-Plain asyncio, no Ray: participants are key hosts in this process or key actor handles (called as `.remote`).
+Plain asyncio, no Ray: participants are actor references of the world's runtime (key hosts in this process, or Ray
+handles of key actors and simulator hosts), each answering `tx_calls`.
 Calls to one participant in one loop turn travel as one message. `hook(step, tx_id)` runs at every protocol step;
 tests raise `SimulatedCrash` from it to stop the coordinator there.
 """
@@ -31,7 +32,7 @@ from lodestore.actors import (ABSENT, TX_STORE, TxFinish, TxPrepare, TxWrite, ab
                               commit_if_pending, records_store, without_tx)
 from lodestore.actors import records as rec
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
-from lodestore.storage import (Backoff, DataStoreError, Server, TransformError, canonical, check_value, retry,
+from lodestore.storage import (Backoff, Coalescer, DataStoreError, Server, TransformError, canonical, check_value, retry,
                                sleep)
 
 __all__ = ["Coordinator", "TxRequest", "Step", "CoordinatorStatistics"]
@@ -57,7 +58,7 @@ class TxRequest:
     fn: Callable[[dict], Any]
     immutable: bool
     schema: Callable[[Any], Any] | None
-    participants: dict            # key -> a KeyHost (in process) or a key actor handle
+    participants: dict            # key -> the actor reference (in the world's runtime) holding its session
     timeout_s: float = 60.0
 
 
@@ -70,44 +71,6 @@ class CoordinatorStatistics:
     single_key: int = 0
     recovered_committed: int = 0
     recovered_aborted: int = 0
-
-
-class _Peer:
-    """One participant; its calls of one loop turn go out together (`tx_calls`)."""
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        self._batch: list | None = None
-
-    async def call(self, request: Any) -> Any:
-        """Send one `TxPrepare`, `TxWrite` or `TxFinish` with this loop turn's others; its reply."""
-        loop = asyncio.get_running_loop()
-        if self._batch is None:
-            self._batch = []
-            loop.call_soon(self._flush)
-        future = loop.create_future()
-        self._batch.append((request, future))
-        return await future
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch or [], None
-        asyncio.get_running_loop().create_task(self._deliver(batch))
-
-    async def _deliver(self, batch: list) -> None:
-        calls = [c for c, _ in batch]
-        try:
-            send = self.target.tx_calls
-            replies = await (send.remote(calls) if hasattr(send, "remote") else send(calls))
-        except Exception as exc:  # the key actor died, or the message could not travel
-            replies = [exc] * len(batch)
-        for (_, future), reply in zip(batch, replies):
-            if not future.done():
-                future.set_result(reply)
-
-
-def _identity(target: Any) -> Any:
-    actor_id = getattr(target, "_actor_id", None)
-    return actor_id if actor_id is not None else id(target)
 
 
 def _check_transform_result(req: TxRequest, state: dict, verdict: Any) -> dict | None:
@@ -140,10 +103,20 @@ class Coordinator:
         self.hook = hook
         self.stats = CoordinatorStatistics()
         self._running: set[str] = set()
-        self._peers: dict[Any, _Peer] = {}
+        self._runtime = world.runtime
+        self._peers: dict[Any, Coalescer] = {}
 
     def statistics(self) -> CoordinatorStatistics:
         return CoordinatorStatistics(**vars(self.stats))
+
+    def _peer(self, target: Any) -> Coalescer:
+        """A participant's batcher: its `TxPrepare`, `TxWrite` and `TxFinish` of one loop turn travel in one
+        `tx_calls` message. Kept across transactions, so concurrent ones share messages; a reply is the result or
+        the exception (a dead key actor's failure included) as a value."""
+        peer = self._peers.get(target)
+        if peer is None:
+            peer = self._peers[target] = Coalescer(lambda calls: self._runtime.acall(target, "tx_calls", calls))
+        return peer
 
     async def _retrying(self, call: Callable) -> Any:
         """A marker or record request, retried on retryable DataStore errors, waiting on the world's clock."""
@@ -168,19 +141,15 @@ class Coordinator:
             self._running.discard(tx_id)
 
     async def _run(self, req: TxRequest, tx_id: str) -> bool:
-        peers: dict[Any, tuple[_Peer, list[str]]] = {}
+        peers: dict[Any, tuple[Coalescer, list[str]]] = {}
         for key in req.keys:
-            target = req.participants[key]
-            identity = _identity(target)
-            if identity not in self._peers:  # kept across transactions, so concurrent ones share messages
-                self._peers[identity] = _Peer(target)
-            peer, keys = peers.setdefault(identity, (self._peers[identity], []))
+            peer, keys = peers.setdefault(req.participants[key], (self._peer(req.participants[key]), []))
             keys.append(key)
         groups = list(peers.values())
 
         async def each(request_for: Callable[[list[str]], Any]) -> dict:
             """Send every participant `request_for(its keys)`; {key: reply} (a reply may be an exception)."""
-            calls = [(keys, peer.call(request_for(keys))) for peer, keys in groups]
+            calls = [(keys, peer.submit(request_for(keys))) for peer, keys in groups]
             merged: dict = {}
             for keys, reply in zip([k for k, _ in calls], await asyncio.gather(*(c for _, c in calls))):
                 merged.update(reply if isinstance(reply, dict) else {k: reply for k in keys})

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import uuid
 from typing import Any, Callable
 
-import ray
-
-from lodestore.actors import (Close, Get, HostRequest, IsLoaded, KeyActor, KeyHost, KeyNotLoadedError, KeyRequest,
+from lodestore.actors import (Close, Get, HostRequest, IsLoaded, KeyActor, KeyNotLoadedError, KeyRequest,
                               ListVersions, Load, LoadedKeys, Peek, Placement, ProbeLockActive, ReadVersion, Save,
                               Statistics, StoreClosedError, StoreConfig, StoreStatistics, Unload, Update,
                               UpdateImmutable, key_actor_options)
-from lodestore.coordinator import Coordinator, TxRequest, coordinator_handle, forget_handle, unknown_after_crash
-from lodestore.storage import ACTOR_FAILURES, ConfigError, Scheduler, World
+from lodestore.coordinator import TxRequest, coordinator_ref, forget_coordinator, unknown_after_crash
+from lodestore.storage import Coalescer, ConfigError, ManualClock, Runtime, Scheduler, World
 
 __all__ = ["GameServer", "Store", "AsyncStore", "advance", "tx_batcher"]
 
@@ -43,150 +40,77 @@ def _request(op: str, store: str, key: Any = None, args: tuple = ()) -> HostRequ
 
 # ----------------------------------------------------------------------------------------- links to hosts
 
-class _LocalRuntime:
-    """The background event loop and the one scheduler of every in-process key host of one world."""
+class _Link:
+    """One key actor as a GameServer reaches it, through the world's runtime. Coroutines' requests of one loop turn
+    travel in one message."""
 
-    _by_world: dict[int, "_LocalRuntime"] = {}
-    _guard = threading.Lock()
-
-    def __init__(self, world: World) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=f"lodestore-{world.name}", daemon=True)
-        self.thread.start()
-        self.scheduler = Scheduler(world.clock)
-        if not self.scheduler.manual:
-            self.run(self._start_driver())
-
-    def coordinator(self, world: World) -> Any:
-        """This world's in-process coordinator (built on the background loop on first use)."""
-        if getattr(self, "_coordinator", None) is None:
-            async def make() -> Any:
-                return Coordinator(world)
-
-            self._coordinator = self.run(make())
-        return self._coordinator
-
-    async def _start_driver(self) -> None:
-        asyncio.get_running_loop().create_task(self.scheduler.drive())
-
-    @classmethod
-    def of(cls, world: World) -> "_LocalRuntime":
-        with cls._guard:
-            runtime = cls._by_world.get(id(world))
-            if runtime is None:
-                runtime = cls._by_world[id(world)] = cls(world)
-            return runtime
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    async def arun(self, coro: Any) -> Any:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-
-class _LocalLink:
-    def __init__(self, runtime: _LocalRuntime, host: KeyHost) -> None:
+    def __init__(self, runtime: Runtime, ref: Any) -> None:
         self.runtime = runtime
-        self.host = host
+        self.ref = ref
+        self._batcher = Coalescer(lambda requests: runtime.acall(ref, "handle", requests), self._failed)
 
-    def call(self, requests: list[HostRequest]) -> list[Any]:
-        return self.runtime.run(self.host.handle(requests))
+    def _failed(self, exc: BaseException) -> BaseException:
+        return _actor_gone(exc) if isinstance(exc, self.runtime.failures) else exc
 
-    async def acall(self, requests: list[HostRequest]) -> list[Any]:
-        return await self.runtime.arun(self.host.handle(requests))
-
-    def open_store(self, config: StoreConfig) -> None:
-        self.host.open_store(config)
-
-    def shutdown(self) -> None:
-        self.runtime.run(self.host.shutdown())
-
-    def crash(self) -> None:
-        self.runtime.loop.call_soon_threadsafe(self.host.crash)
-
-
-class _Coalescer:
-    """Items submitted in one loop turn travel as one list: `send(items)` answers one reply per item (an exception
-    reply is handed back, not raised)."""
-
-    def __init__(self, send: Callable[[list], Any], gone: Callable[[BaseException], BaseException]) -> None:
-        self._send = send
-        self._gone = gone
-        self._pending: dict[int, list] = {}
-
-    async def submit(self, item: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        batch = self._pending.get(id(loop))
-        if batch is None:
-            batch = self._pending[id(loop)] = []
-            loop.call_soon(self._flush, loop)
-        future = loop.create_future()
-        batch.append((item, future))
-        return await future
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._pending.pop(id(loop), [])
-        if batch:
-            loop.create_task(self._deliver(batch))
-
-    async def _deliver(self, batch: list) -> None:
+    def _blocking(self, method: str, *args: Any) -> Any:
         try:
-            replies = await self._send([item for item, _ in batch])
-        except ACTOR_FAILURES as exc:
-            replies = [self._gone(exc)] * len(batch)
-        except Exception as exc:  # a request could not travel: every caller of the batch hears it
-            replies = [exc] * len(batch)
-        for (_, future), reply in zip(batch, replies):
-            if not future.done():
-                future.set_result(reply)
-
-
-_tx_batchers: dict[str, _Coalescer] = {}
-
-
-def tx_batcher(world: World) -> _Coalescer:
-    """One loop turn's transactions of this process go to the world's coordinator actor in one message."""
-    def gone(exc: BaseException) -> BaseException:
-        forget_handle(world)
-        return unknown_after_crash(exc)
-
-    key = (world.name, repr(world.clock))
-    batcher = _tx_batchers.get(key)
-    if batcher is None:
-        batcher = _tx_batchers[key] = _Coalescer(
-            lambda reqs: coordinator_handle(world).run_many.remote(reqs), gone)
-    return batcher
-
-
-class _RayLink:
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self._batcher = _Coalescer(lambda requests: self.handle.handle.remote(requests), _actor_gone)
-
-    def call(self, requests: list[HostRequest]) -> list[Any]:
-        try:
-            return ray.get(self.handle.handle.remote(requests))
-        except ACTOR_FAILURES as exc:
+            return self.runtime.call(self.ref, method, *args)
+        except self.runtime.failures as exc:
             raise _actor_gone(exc) from exc
+
+    def call(self, requests: list[HostRequest]) -> list[Any]:
+        return self._blocking("handle", requests)
 
     async def acall(self, requests: list[HostRequest]) -> list[Any]:
         """Requests of one loop turn travel together: the first schedules the flush, the rest join it."""
         return list(await asyncio.gather(*(self._batcher.submit(r) for r in requests)))
 
     def open_store(self, config: StoreConfig) -> None:
+        self._blocking("open_store", config)
+
+    async def aopen_store(self, config: StoreConfig) -> None:
         try:
-            ray.get(self.handle.open_store.remote(config))
-        except ACTOR_FAILURES as exc:
+            await self.runtime.acall(self.ref, "open_store", config)
+        except self.runtime.failures as exc:
             raise _actor_gone(exc) from exc
 
     def shutdown(self) -> None:
         try:
-            ray.get(self.handle.shutdown.remote())
+            self.runtime.call(self.ref, "shutdown")
         finally:
-            ray.kill(self.handle, no_restart=True)
+            self.runtime.kill(self.ref)
+
+    async def ashutdown(self) -> None:
+        try:
+            await self.runtime.acall(self.ref, "shutdown")
+        finally:
+            self.runtime.kill(self.ref)
 
     def crash(self) -> None:
-        ray.kill(self.handle, no_restart=True)
+        self.runtime.kill(self.ref)
+
+
+def _coordinator_gone(world: World) -> Callable[[BaseException], BaseException]:
+    def gone(exc: BaseException) -> BaseException:
+        if isinstance(exc, world.runtime.failures):
+            forget_coordinator(world)
+            return unknown_after_crash(exc)
+        return exc
+    return gone
+
+
+_tx_batchers: dict[tuple, Coalescer] = {}
+
+
+def tx_batcher(world: World) -> Coalescer:
+    """One loop turn's transactions of this process go to the world's coordinator in one message; `submit(req)`
+    answers the result or the error as a value."""
+    key = (world.name, repr(world.clock), id(world.runtime))
+    batcher = _tx_batchers.get(key)
+    if batcher is None:
+        batcher = _tx_batchers[key] = Coalescer(
+            lambda reqs: world.runtime.acall(coordinator_ref(world), "run_many", reqs), _coordinator_gone(world))
+    return batcher
 
 
 def _actor_gone(exc: BaseException) -> StoreClosedError:
@@ -213,13 +137,14 @@ class GameServer:
     >>> server.shutdown()              # BindToClose: final saves at emergency priority, locks released
     """
 
-    def __init__(self, world: World, job_id: str | None = None, players: int = 0) -> None:
+    def __init__(self, world: World, job_id: str | None = None, players: int = 0,
+                 runtime: Runtime | None = None) -> None:
         if not isinstance(world, World):
             raise ConfigError(f"world must be a storage.World, got {type(world).__name__}")
         self.world = world
         self.job_id = job_id if job_id is not None else uuid.uuid4().hex[:12]
         self._storage = world.server(self.job_id, players)
-        self._local = _LocalRuntime.of(world) if world._local is not None else None
+        self.runtime = runtime if runtime is not None else world.runtime
         self._host_link: Any = None
         self._stores: dict[str, Store] = {}
         self._down = False
@@ -286,14 +211,9 @@ class GameServer:
         if self._down:
             raise StoreClosedError(f"Store is closed: server {self.job_id!r} has shut down")
 
-    def _new_link(self, configs: tuple[StoreConfig, ...]) -> Any:
-        if self._local is not None:
-            host = self._local.run(_make_host(self.world, self.job_id, self._local.scheduler))
-            for config in configs:
-                host.open_store(config)
-            return _LocalLink(self._local, host)
-        handle = KeyActor.options(**key_actor_options(self.world)).remote(self.world, self.job_id, configs)
-        return _RayLink(handle)
+    def _new_link(self, configs: tuple[StoreConfig, ...]) -> _Link:
+        ref = self.runtime.spawn(KeyActor, self.world, self.job_id, configs, **key_actor_options(self.world))
+        return _Link(self.runtime, ref)
 
     def _server_link(self) -> Any:
         if self._host_link is None:
@@ -301,17 +221,15 @@ class GameServer:
         return self._host_link
 
 
-async def _make_host(world: World, job_id: str, scheduler: Scheduler) -> KeyHost:
-    return KeyHost(world, job_id, scheduler)
-
-
 def advance(world: World, seconds: float) -> None:
     """In-process world with a ManualClock: move simulated time `seconds` forward, firing every timer on the way
     (lock refreshes and deadlines, autosaves, backoff waits) and letting what they start finish."""
-    if world._local is None:
+    if not isinstance(world.clock, ManualClock):
         raise ConfigError("advance is for in-process worlds with a ManualClock; a Ray world's clock runs by itself")
-    runtime = _LocalRuntime.of(world)
-    runtime.run(runtime.scheduler.advance(seconds))
+
+    async def move() -> None:
+        await Scheduler.for_loop(world.clock).advance(seconds)
+    world.runtime.block(move())
 
 
 # ----------------------------------------------------------------------------------------------- store
@@ -384,26 +302,21 @@ class Store:
         participants = {}
         for key in keys:
             link, _ = self._route("get", key)
-            participants[key] = link.host if isinstance(link, _LocalLink) else link.handle
+            participants[key] = link.ref
         return TxRequest(self.name, tuple(keys), fn, immutable, self.config.schema, participants,
                          self.config.tx_timeout)
 
     def _run_tx(self, keys: Any, fn: Any, immutable: bool) -> bool:
         req = self._tx_request(keys, fn, immutable)
-        local = self.server._local
-        if local is not None:
-            return local.run(local.coordinator(self.server.world).run(req))
+        world = self.server.world
         try:
-            return _raise_or_return(ray.get(coordinator_handle(self.server.world).run.remote(req)))
-        except ACTOR_FAILURES as exc:
-            forget_handle(self.server.world)
-            raise unknown_after_crash(exc) from exc
+            reply = world.runtime.call(coordinator_ref(world), "run", req)
+        except world.runtime.failures as exc:
+            raise _coordinator_gone(world)(exc) from exc
+        return _raise_or_return(reply)
 
     async def _arun_tx(self, keys: Any, fn: Any, immutable: bool) -> bool:
         req = self._tx_request(keys, fn, immutable)
-        local = self.server._local
-        if local is not None:
-            return await local.arun(local.coordinator(self.server.world).run(req))
         return _raise_or_return(await tx_batcher(self.server.world).submit(req))
 
     def peek(self, key: str) -> Any:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from lodestore.coordinator import coordinator_ref
 from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
 from lodestore.sim._host import SimHost, SimHostActor, store_config
@@ -439,11 +440,10 @@ class _OnRay(_Engine):
 
     def _play(self, world: World, metrics: _Metrics) -> None:
         import ray
-        from lodestore.coordinator._actor import coordinator_handle
         from lodestore.storage import pinned, spread_nodes
         sc = self.scenario
         lead_ms = int(1.0 * sc.world.time_scale * 1000)   # a wall second for the hosts to take the first events
-        ray.get(coordinator_handle(world).recover.remote())   # the coordinator is up before any host needs it
+        world.runtime.call(coordinator_ref(world), "recover")   # the coordinator is up before any host needs it
         nodes = spread_nodes(self.host_count)               # round-robin over the cluster's nodes
         self.host_nodes = nodes
         hosts = self.hosts = [SimHostActor.options(num_cpus=0, max_concurrency=100_000, max_restarts=0,
@@ -493,7 +493,7 @@ class _OnRay(_Engine):
             self._take(i, drain, metrics)
         for i in self._live():   # planned for after the stop (Ctrl-C): never run, recorded as unknown to be safe
             self.collector.add_ops(self._unresolved_ops(i, "NotRun"))
-        ray.get(coordinator_handle(world).recover.remote())
+        world.runtime.call(coordinator_ref(world), "recover")
         self.collector.close_locks()
         keys = self.population()
         live = self._live()

@@ -21,11 +21,12 @@ from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
 from lodestore.storage._faults import FaultConfig, Latency, Outage
 from lodestore.storage._limits import DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS, RequestType
-from lodestore.storage._placement import pinned, spread_nodes
+from lodestore.storage._placement import actor_options, namespace_of, pinned, spread_nodes
 from lodestore.storage._scheduler import Scheduler, Timer, sleep
-from lodestore.storage._shards import ShardStatistics, namespace_of
+from lodestore.storage._shards import ShardStatistics
 from lodestore.storage._throttle import GateStatistics, emergency
-from lodestore.storage._transport import ACTOR_FAILURES, Permit
+from lodestore.storage._runtime import ACTOR_FAILURES, Coalescer, LocalRuntime, RayRuntime, Runtime
+from lodestore.storage._transport import Permit
 from lodestore.storage._types import SortDirection
 from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_metadata, check_store_name,
                                        check_user_ids, check_value, decode, encode)
@@ -40,7 +41,8 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
-    "FaultConfig", "Latency", "Outage", "namespace_of", "pinned", "spread_nodes",
+    "FaultConfig", "Latency", "Outage", "namespace_of", "actor_options", "pinned", "spread_nodes",
+    "Runtime", "LocalRuntime", "RayRuntime", "Coalescer",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
     # what a DataStore may hold, and the bytes kept for it (other layers check and encode values the same way)
     "check_key", "check_store_name", "check_value", "check_metadata", "check_user_ids", "MAX_DEPTH",

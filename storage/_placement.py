@@ -27,9 +27,35 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-__all__ = ["STORAGE_PLACEMENTS", "alive_nodes", "here", "pinned", "storage_nodes", "spread_nodes"]
+__all__ = ["STORAGE_PLACEMENTS", "actor_options", "alive_nodes", "here", "namespace_of", "pinned", "storage_nodes",
+           "spread_nodes"]
 
 STORAGE_PLACEMENTS = ("driver", "spread")
+
+
+def namespace_of(world: str) -> str:
+    """The Ray namespace of a world's named actors."""
+    return f"lodestore-{world}"
+
+
+def actor_options(name: str | None, world: str, *, restart: bool = True, node: str | None = None,
+                  max_concurrency: int = 1, spread: bool = False) -> dict[str, Any]:
+    """Ray options for every actor of lodestore, from one place. `num_cpus=0`: these actors mostly wait, and a 2-core
+    laptop must be able to place all of them; Ray never retries a call (`max_task_retries=0`: a batch or a
+    transaction must not run twice). A `name` makes a detached, named actor in the world's namespace (storage
+    shards, the MemoryStore, the budget actor, the coordinator); without one the actor belongs to its owner (a game
+    server's key actor, a simulator host). `restart`: Ray restarts it when it dies (singletons and storage), or not
+    (a game server plays its crash). `node` pins it and its restarts to one node; `spread` spreads such actors over
+    the nodes."""
+    options: dict[str, Any] = dict(num_cpus=0, max_restarts=-1 if restart else 0, max_task_retries=0,
+                                   max_concurrency=max_concurrency)
+    if name is not None:
+        options.update(name=name, namespace=namespace_of(world), lifetime="detached")
+    if node is not None:
+        options.update(pinned(node))
+    elif spread:
+        options["scheduling_strategy"] = "SPREAD"
+    return options
 
 
 def here() -> str:

@@ -73,6 +73,22 @@ class Scheduler:
         except RuntimeError:
             pass  # made outside a loop: bound when it first drives or advances one
 
+    @classmethod
+    def for_loop(cls, clock: Clock) -> "Scheduler":
+        """The scheduler of the running loop for `clock`: the one bound to it, or a new one bound now (and, on a
+        paced clock, driven by a background task). Everything on one loop shares one scheduler, so a manual
+        clock's `advance` fires every timer of that loop."""
+        loop = asyncio.get_running_loop()
+        scheduler = _bound.get(loop)
+        if scheduler is not None and (scheduler.clock is clock or
+                                      (not scheduler.manual and scheduler.clock == clock)):
+            return scheduler
+        scheduler = cls(clock)
+        _bound[loop] = scheduler
+        if not scheduler.manual:
+            scheduler.spawn(scheduler.drive())
+        return scheduler
+
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make this the scheduler that `sleep(clock, s)` uses on `loop` (the first one bound keeps it)."""
         _bound.setdefault(loop, self)

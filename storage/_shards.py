@@ -9,6 +9,7 @@ a batch twice, so these actors are created with `max_task_retries=0` and a calle
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -16,13 +17,14 @@ import ray
 from lodestore.storage._budget import BudgetLedger
 from lodestore.storage._clock import Clock
 from lodestore.storage._faults import FaultConfig
-from lodestore.storage._placement import pinned
+from lodestore.storage._placement import actor_options, namespace_of
 from lodestore.storage._types import BatchReply
 from lodestore.storage.datastore._backends import open_backend
 from lodestore.storage.datastore._engine import DataStoreEngine
 from lodestore.storage.memorystore._engine import MemoryStoreEngine
 
-__all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor",
+__all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShardActor", "MemoryStoreShardActor",
+           "BudgetServiceActor",
            "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME"]
 
 MEMORYSTORE_NAME = "memorystore"
@@ -31,10 +33,6 @@ BUDGET_NAME = "budget"
 
 def datastore_name(shard: int) -> str:
     return f"datastore-{shard}"
-
-
-def namespace_of(world: str) -> str:
-    return f"lodestore-{world}"
 
 
 @dataclass(frozen=True)
@@ -80,17 +78,7 @@ class ShardStatistics:
     ambiguous_writes: int    # writes the fault injector let apply and then reported as failed
 
 
-def actor_options(name: str, world: str, *, restart: bool = True, node: str | None = None) -> dict:
-    """Ray options for one of a world's named actors. `num_cpus=0`: these actors mostly wait, and a 2-core laptop
-    must be able to place all of them. `node` pins the actor (and its restarts) to one node."""
-    options = dict(name=name, namespace=namespace_of(world), lifetime="detached", num_cpus=0,
-                   max_restarts=-1 if restart else 0, max_task_retries=0, max_concurrency=1)
-    if node is not None:
-        options.update(pinned(node))
-    return options
-
-
-class _DataStoreShard:
+class DataStoreShardActor:
     """Serves one hash range of DataStore entries."""
 
     def __init__(self, info: WorldInfo, shard: int) -> None:
@@ -100,9 +88,13 @@ class _DataStoreShard:
         if path is not None:  # on a node other than the starting one, the directory may not exist yet
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.engine = DataStoreEngine(open_backend(info.backend, path), info.clock, info.faults)
+        # One batch at a time, as a Ray actor with max_concurrency=1 runs them: in process, clients on several
+        # threads share this object, and the engine is not thread-safe.
+        self._one_at_a_time = threading.Lock()
 
     def execute(self, ops: list):
-        return self.engine.execute(ops)
+        with self._one_at_a_time:
+            return self.engine.execute(ops)
 
     def set_faults(self, faults: FaultConfig) -> None:
         self.engine.set_faults(faults)
@@ -116,18 +108,21 @@ class _DataStoreShard:
                                ambiguous_writes=self.engine.faults.ambiguous_writes)
 
     def close(self) -> None:
-        self.engine.backend.close()
+        with self._one_at_a_time:   # never while a batch runs on another thread (closing under it crashes SQLite)
+            self.engine.backend.close()
 
 
-class _MemoryStoreShard:
+class MemoryStoreShardActor:
     """Serves every MemoryStore structure of the world, and counts the players its quotas grow with."""
 
     def __init__(self, info: WorldInfo) -> None:
         self.engine = MemoryStoreEngine(info.clock)
         self.players: dict[str, int] = {}
+        self._one_at_a_time = threading.Lock()   # see DataStoreShardActor
 
     def execute(self, ops: list) -> BatchReply:
-        return BatchReply(self.engine.execute(ops), None)
+        with self._one_at_a_time:
+            return BatchReply(self.engine.execute(ops), None)
 
     def set_players(self, job_id: str, players: int) -> None:
         if players:
@@ -141,7 +136,7 @@ class _MemoryStoreShard:
         return self.engine.statistics()
 
 
-class _BudgetService:
+class BudgetServiceActor:
     """The world's one budget actor: a thin shell over `BudgetLedger`.
 
     Delivered twice: `register_server`, `set_players`, `remove_server` and `release` are idempotent; a duplicated
@@ -193,7 +188,3 @@ def _restarted() -> bool:
     context = ray.get_runtime_context()
     return context.get_actor_id() is not None and context.was_current_actor_reconstructed
 
-
-DataStoreShard = ray.remote(_DataStoreShard)
-BudgetActor = ray.remote(_BudgetService)
-MemoryStoreShard = ray.remote(_MemoryStoreShard)

@@ -4,25 +4,24 @@ A client operation is a generator. It yields `Call(service, shard, ops)` to send
 that batch's results (or a list of Calls, sent at once, and receives a list of result lists); it may yield
 `Sleep(seconds)` to wait simulated time (through the world's clock: `storage.sleep`), or `Permit(...)` to wait for a request token from the server's budget gate.
 `run` drives such a generator with blocking calls, `arun` with `await`.
-A transport delivers a Call: `RayTransport` to the world's actors, `LocalTransport` to engines in this process (tests,
-scripts). The transport never retries: a batch that may have been applied must not be applied twice.
+A `Transport` delivers a Call to a shard actor through the world's runtime (Ray actors, or engines in this process).
+The transport never retries: a batch that may have been applied must not be applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import functools
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Generator, Protocol
 
-import ray
-
+from lodestore.storage._runtime import Coalescer, Runtime
 from lodestore.storage._scheduler import sleep
 from lodestore.storage._types import BatchReply
 
-__all__ = ["ACTOR_FAILURES", "Call", "Sleep", "Permit", "run", "arun", "Transport", "LocalTransport", "RayTransport"]
+__all__ = ["Call", "Sleep", "Permit", "run", "arun", "Transport", "TransportFailure", "shard_of"]
 
 DATASTORE = "datastore"
 MEMORYSTORE = "memorystore"
@@ -60,14 +59,6 @@ class TransportFailure(Exception):
 
     def __str__(self) -> str:
         return f"{self.service} shard {self.shard} failed during the request ({self.detail})"
-
-
-class Transport(Protocol):
-    def call_many(self, calls: list[Call]) -> list[BatchReply]: ...
-    async def acall_many(self, calls: list[Call]) -> list[BatchReply]: ...
-    def shard_count(self, service: str) -> int: ...
-    clock: Any
-    def real_seconds(self, simulated_ms: float) -> float: ...
 
 
 class Gate(Protocol):
@@ -129,121 +120,63 @@ async def arun(op: Operation, transport: Transport, gate: Gate) -> Any:
             reply = None
 
 
-class LocalTransport:
-    """Calls engines living in this process. Every result crosses no process boundary, so values stay msgpack
-    bytes exactly as through Ray, and the rest is immutable or rebuilt per call."""
+class Transport:
+    """Delivers Calls to the world's shard actors through its runtime (in this process or on Ray). A dead shard
+    becomes `TransportFailure`; the client turns that into its service's typed error.
 
-    def __init__(self, services: dict[str, list], clock) -> None:
-        self._services = services
+    Coroutines coalesce: every call made to one shard from one event loop in the same loop iteration travels in one
+    message (their requests concatenated, in order) and each caller gets its own slice of the reply. A thousand
+    sessions saving at once from one actor cost one message per shard, not a thousand."""
+
+    def __init__(self, runtime: Runtime, shards: dict[str, list], clock) -> None:
+        self.runtime = runtime
+        self.shards = shards          # service -> the actor reference of each shard
         self.clock = clock
-        # One batch at a time per shard, as a Ray actor with max_concurrency=1 runs them: the engines are not
-        # thread-safe, and clients on several threads share them.
-        self._locks = {service: [threading.Lock() for _ in shards] for service, shards in services.items()}
+        self._batchers = {(service, i): Coalescer(functools.partial(self._send_joined, service, i),
+                                                  functools.partial(self._failure, service, i))
+                          for service, refs in shards.items() for i in range(len(refs))}
+        self.messages_sent = 0
+
+    def __reduce__(self):
+        return (Transport, (self.runtime, self.shards, self.clock))
 
     def call_many(self, calls: list[Call]) -> list[BatchReply]:
         replies = []
         for c in calls:
-            with self._locks[c.service][c.shard]:
-                replies.append(self._services[c.service][c.shard].execute(c.ops))
+            self.messages_sent += 1
+            try:
+                replies.append(self.runtime.call(self.shards[c.service][c.shard], "execute", c.ops))
+            except self.runtime.failures as exc:
+                raise self._failure(c.service, c.shard, exc) from exc
         return replies
 
     async def acall_many(self, calls: list[Call]) -> list[BatchReply]:
-        return self.call_many(calls)
+        replies = await asyncio.gather(*(self._batchers[c.service, c.shard].submit(c.ops) for c in calls))
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return list(replies)
 
-    def shard_count(self, service: str) -> int:
-        return len(self._services[service])
-
-    def real_seconds(self, simulated_ms: float) -> float:
-        return self.clock.real_seconds(simulated_ms / 1000.0)
-
-
-class RayTransport:
-    """Calls the world's Ray actors. Ray errors become `TransportFailure`; the client turns that into its
-    service's typed error.
-
-    Coroutines coalesce: every call made to one shard from one event loop in the same loop iteration travels in one
-    Ray call (their requests concatenated, in order) and each caller gets its own slice of the reply. A thousand
-    sessions saving at once from one actor cost one message per shard, not a thousand."""
-
-    def __init__(self, handles: dict[str, list], clock) -> None:
-        self._handles = handles
-        self.clock = clock
-        self._pending: dict[tuple, list[tuple[list, asyncio.Future]]] = {}
-        self.messages_sent = 0
-
-    def __reduce__(self):
-        return (RayTransport, (self._handles, self.clock))
-
-    def _submit(self, calls: list[Call]) -> list:
-        self.messages_sent += len(calls)
-        return [self._handles[c.service][c.shard].execute.remote(c.ops) for c in calls]
-
-    def call_many(self, calls: list[Call]) -> list[BatchReply]:
-        refs = self._submit(calls)
-        return [_unwrap(ref, call, ray.get) for ref, call in zip(refs, calls)]
-
-    async def acall_many(self, calls: list[Call]) -> list[BatchReply]:
-        return list(await asyncio.gather(*(self._enqueue(c) for c in calls)))
-
-    def _enqueue(self, call: Call) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        key = (loop, call.service, call.shard)
-        future = loop.create_future()
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = []
-            loop.call_soon(self._flush, key)  # after every coroutine that is ready now has had its turn
-        pending.append((call.ops, future))
-        return future
-
-    def _flush(self, key: tuple) -> None:
-        loop, service, shard = key
-        batch = self._pending.pop(key)
-        call = Call(service, shard, [op for ops, _ in batch for op in ops])
-        [ref] = self._submit([call])
-        loop.create_task(self._deliver(ref, call, batch))
-
-    @staticmethod
-    async def _deliver(ref, call: Call, batch: list[tuple[list, asyncio.Future]]) -> None:
-        try:
-            reply = await _aunwrap(ref, call)
-        except TransportFailure as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(TransportFailure(exc.service, exc.shard, exc.detail))
-            return
-        start = 0
-        for ops, future in batch:
+    async def _send_joined(self, service: str, shard: int, batches: list[list]) -> list[BatchReply]:
+        self.messages_sent += 1
+        reply = await self.runtime.acall(self.shards[service][shard], "execute", [op for ops in batches for op in ops])
+        out, start = [], 0
+        for ops in batches:
             end = start + len(ops)
-            delays = reply.delays_ms[start:end] if reply.delays_ms else None
-            if not future.done():
-                future.set_result(BatchReply(reply.results[start:end], delays))
+            out.append(BatchReply(reply.results[start:end], reply.delays_ms[start:end] if reply.delays_ms else None))
             start = end
+        return out
+
+    def _failure(self, service: str, shard: int, exc: BaseException) -> BaseException:
+        if isinstance(exc, self.runtime.failures):
+            return TransportFailure(service, shard, type(exc).__name__)
+        return exc
 
     def shard_count(self, service: str) -> int:
-        return len(self._handles[service])
+        return len(self.shards[service])
 
     def real_seconds(self, simulated_ms: float) -> float:
         return self.clock.real_seconds(simulated_ms / 1000.0)
-
-
-ACTOR_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                  ray.exceptions.ActorUnschedulableError)
-"""What a call to an actor raises when the actor died, is restarting, or cannot be placed (its pinned node is gone)."""
-
-
-def _unwrap(ref, call: Call, get) -> BatchReply:
-    try:
-        return get(ref)
-    except ACTOR_FAILURES as exc:
-        raise TransportFailure(call.service, call.shard, type(exc).__name__) from exc
-
-
-async def _aunwrap(ref, call: Call) -> BatchReply:
-    try:
-        return await ref
-    except ACTOR_FAILURES as exc:
-        raise TransportFailure(call.service, call.shard, type(exc).__name__) from exc
 
 
 def shard_of(parts: tuple[str, ...], shards: int) -> int:

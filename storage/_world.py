@@ -20,11 +20,12 @@ from lodestore.storage._clock import Clock, SimClock
 from lodestore.storage._errors import ConfigError, DataStoreError
 from lodestore.storage._faults import FaultConfig
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
-from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetActor, DataStoreShard, MemoryStoreShard,
-                                      ShardStatistics, WorldInfo, _BudgetService, _DataStoreShard, _MemoryStoreShard,
-                                      actor_options, datastore_name, namespace_of)
+from lodestore.storage._runtime import ACTOR_FAILURES, LocalRuntime, RayRuntime, Runtime
+from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetServiceActor, DataStoreShardActor,
+                                      MemoryStoreShardActor, ShardStatistics, WorldInfo, actor_options, datastore_name,
+                                      namespace_of)
 from lodestore.storage._throttle import BudgetGate, OpenGate
-from lodestore.storage._transport import ACTOR_FAILURES, DATASTORE, MEMORYSTORE, LocalTransport, RayTransport
+from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport
 from lodestore.storage.datastore._client import DataStoreService
 from lodestore.storage.memorystore._client import MemoryStoreService
 
@@ -75,13 +76,13 @@ class World:
     >>> world.shutdown()
     """
 
-    def __init__(self, info: WorldInfo, transport, budget: Any, owned_handles: list | None,
-                 local_shards: dict | None) -> None:
+    def __init__(self, info: WorldInfo, runtime: Runtime, shards: dict[str, list], budget: Any,
+                 owned_handles: list | None) -> None:
         self.info = info
-        self._transport = transport
-        self._budget = budget  # the budget actor's handle, the in-process service, or None (no budgets)
+        self.runtime = runtime  # how this world's actors are reached: in this process, or on Ray
+        self._transport = Transport(runtime, shards, info.clock)
+        self._budget = budget  # the budget actor (a reference in the runtime), or None (no budgets)
         self._handles = owned_handles
-        self._local = local_shards
 
     # ----------------------------------------------------------------------------------------------- creation
 
@@ -107,18 +108,19 @@ class World:
             raise ConfigError(f"world {name!r} is already running; use World.connect({name!r}) or shut it down")
         nodes = storage_nodes(storage, shards)
         info = WorldInfo(name, backend, path, shards, clock, faults, budget, storage, nodes)
-        datastores = [DataStoreShard.options(**actor_options(datastore_name(i), name, node=nodes[i])).remote(info, i)
+        runtime = RayRuntime()
+        datastores = [runtime.spawn(DataStoreShardActor, info, i, **actor_options(datastore_name(i), name,
+                                                                                  node=nodes[i]))
                       for i in range(shards)]
-        memorystore = MemoryStoreShard.options(**actor_options(MEMORYSTORE_NAME, name, node=nodes[0])).remote(info)
+        memorystore = runtime.spawn(MemoryStoreShardActor, info, **actor_options(MEMORYSTORE_NAME, name, node=nodes[0]))
         owned = datastores + [memorystore]
         budget_actor = None
         if budget is not None:
-            budget_actor = BudgetActor.options(**actor_options(BUDGET_NAME, name)).remote(info)
+            budget_actor = runtime.spawn(BudgetServiceActor, info, **actor_options(BUDGET_NAME, name))
             owned.append(budget_actor)
         ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
                 + ([budget_actor.statistics.remote()] if budget_actor else []))
-        transport = RayTransport({DATASTORE: datastores, MEMORYSTORE: [memorystore]}, clock)
-        return cls(info, transport, budget_actor, owned, None)
+        return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget_actor, owned)
 
     @classmethod
     def connect(cls, name: str, address: str | None = None) -> "World":
@@ -134,8 +136,7 @@ class World:
         datastores = [first] + [ray.get_actor(datastore_name(i), namespace=namespace) for i in range(1, info.shards)]
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace)
         budget = ray.get_actor(BUDGET_NAME, namespace=namespace) if info.budget is not None else None
-        transport = RayTransport({DATASTORE: datastores, MEMORYSTORE: [memorystore]}, info.clock)
-        return cls(info, transport, budget, None, None)
+        return cls(info, RayRuntime(), {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget, None)
 
     @classmethod
     def in_process(cls, name: str = "local", backend: str = "memory", path: str | None = None,
@@ -146,13 +147,17 @@ class World:
         faults = _check_config(name, backend, shards, faults, budget)
         path = _default_path(name, backend, path)
         info = WorldInfo(name, backend, path, shards, clock or SimClock.starting_now(), faults, budget)
-        local = {DATASTORE: [_DataStoreShard(info, i) for i in range(shards)],
-                 MEMORYSTORE: [_MemoryStoreShard(info)]}
-        budget_service = _BudgetService(info) if budget is not None else None
-        return cls(info, LocalTransport(local, info.clock), budget_service, None, local)
+        try:   # made inside a running event loop, its key hosts and coordinator live on that loop
+            runtime = LocalRuntime.here(name)
+        except RuntimeError:
+            runtime = LocalRuntime(name)
+        local = {DATASTORE: [DataStoreShardActor(info, i) for i in range(shards)],
+                 MEMORYSTORE: [MemoryStoreShardActor(info)]}
+        budget_service = BudgetServiceActor(info) if budget is not None else None
+        return cls(info, runtime, local, budget_service, None)
 
     def __reduce__(self):
-        if self._local is not None:
+        if isinstance(self.runtime, LocalRuntime):
             raise TypeError("an in-process world cannot leave its process; use World.start for Ray")
         return (World.connect, (self.info.name,))
 
@@ -196,8 +201,8 @@ class World:
 
     def shutdown(self) -> None:
         """Stop the world's actors. The SQLite file stays; `World.start` on the same path sees all of it."""
-        if self._local is not None:
-            for shard in self._local[DATASTORE]:
+        if isinstance(self.runtime, LocalRuntime):
+            for shard in self._shards(DATASTORE):
                 shard.close()
             return
         handles = self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
@@ -215,21 +220,14 @@ class World:
     # ---------------------------------------------------------------------------------------------- plumbing
 
     def _shards(self, service: str) -> list:
-        if self._local is not None:
-            return self._local[service]
-        return self._transport._handles[service]
+        return self._transport.shards[service]
 
     def _call(self, target, method: str, *args):
-        if self._local is not None:
-            return getattr(target, method)(*args)
-        return ray.get(getattr(target, method).remote(*args))
+        return self.runtime.call(target, method, *args)
 
     def _send(self, target, method: str, *args) -> None:
         """Like `_call`, without waiting for the answer."""
-        if self._local is not None:
-            getattr(target, method)(*args)
-        else:
-            getattr(target, method).remote(*args)
+        self.runtime.send(target, method, *args)
 
 
 class _BudgetLink:
@@ -243,7 +241,7 @@ class _BudgetLink:
         try:
             return self._world._call(self._world._budget, "lease", server_id, request_type, want,
                                      self._server.players)
-        except ACTOR_FAILURES as exc:
+        except self._world.runtime.failures as exc:
             raise DataStoreError(500, "InternalServerError", f"the budget actor did not answer "
                                  f"({type(exc).__name__}); the request was not sent") from exc
 
