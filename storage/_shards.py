@@ -3,7 +3,7 @@
 Each actor is a thin shell: it builds a plain-Python engine at start-up and answers batches with it. Options for
 every actor come from one factory. Delivered twice (Ray retried a call that had in fact run), `execute` would apply
 a batch twice, so these actors are created with `max_task_retries=0` and a caller sees a failed call as ambiguous;
-`set_faults` and `set_players` are idempotent.
+`set_faults`, `set_players` and a DataStore shard's `close` are idempotent.
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ class _DataStoreShard:
                                ambiguous_writes=self.engine.faults.ambiguous_writes)
 
     def close(self) -> None:
-        self.engine.backend.close()
+        """Close the engine and its file (see `DataStoreEngine.close`); later batches are refused. Delivered twice:
+        the second close does nothing."""
+        self.engine.close()
 
 
 class _MemoryStoreShard:
