@@ -23,17 +23,24 @@ from lodestore.storage.datastore._engine import DataStoreEngine
 from lodestore.storage.memorystore._engine import MemoryStoreEngine
 
 __all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShard", "MemoryStoreShard", "BudgetActor",
-           "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME"]
+           "datastore_name", "namespace_of", "MEMORYSTORE_NAME", "BUDGET_NAME"]
 
 MEMORYSTORE_NAME = "memorystore"
+"""The Ray name of a world's MemoryStore actor, in the world's namespace (`namespace_of`)."""
 BUDGET_NAME = "budget"
+"""The Ray name of a world's budget actor (absent when the world has no request budgets)."""
 
 
 def datastore_name(shard: int) -> str:
+    """The Ray name of a world's DataStore shard `shard`, in the world's namespace.
+
+    >>> ray.get_actor(datastore_name(0), namespace=namespace_of("demo"))
+    """
     return f"datastore-{shard}"
 
 
 def namespace_of(world: str) -> str:
+    """The Ray namespace of world `world`: its storage actors and its coordinator live there, by name."""
     return f"lodestore-{world}"
 
 

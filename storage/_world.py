@@ -298,12 +298,12 @@ class Server:
         """The server is closing (BindToClose): its budgets get Roblox's shutdown boost, once. Leased tokens go
         back first, so the boost lifts the server's whole budget to max(current, 150 x rate / 60)."""
         if self.world._budget is not None:
-            self.datastores._gate.release_all()
+            self.datastores.release_leases()
             self.world._call(self.world._budget, "begin_shutdown", self.job_id)
 
     def close(self) -> None:
         """The server is gone: unused leased tokens go back, its players leave the world's CCU."""
-        self.datastores._gate.release_all()
+        self.datastores.release_leases()
         self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
         if self.world._budget is not None:
             self.world._call(self.world._budget, "remove_server", self.job_id)

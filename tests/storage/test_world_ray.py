@@ -136,6 +136,24 @@ def test_after_shutdown_the_world_file_copied_alone_holds_every_acknowledged_wri
         reopened.shutdown()
 
 
+def test_a_world_with_a_dead_shard_still_shuts_down_at_once_and_the_others_close(ray_session, tmp_path):
+    ray = ray_session
+    path = tmp_path / "world.db"
+    world = World.start("t-dead-shard", backend="sqlite", path=str(path), shards=2, budget=None)
+    store = world.server("job-y").datastores.get_data_store("players")
+    for i in range(20):
+        store.set(f"user_{i}", i)
+    ray.kill(world._shards("datastore")[0], no_restart=True)
+    started = time.monotonic()
+    world.shutdown()
+    assert time.monotonic() - started < 10
+    with pytest.raises(ValueError):
+        ray.get_actor("datastore-1", namespace=f"lodestore-{world.name}")   # killed after it closed
+    # the shards share the file: the one alive checkpointed the WAL, the dead one's writes included
+    wal = path.with_name("world.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
 def test_shutting_a_world_down_twice_is_harmless(ray_world):
     ray_world.server("job-x").datastores.get_data_store("players").set("k", 1)
     ray_world.shutdown()
@@ -205,7 +223,7 @@ def test_a_restarted_budget_actor_serves_again(ray_session):
         server = w.server("r1", players=5)
         store = server.datastores.get_data_store("players")
         store.set("before", 1)
-        server.datastores._gate.release_all()  # hold no tokens: the next request must lease
+        server.datastores.release_leases()  # hold no tokens: the next request must lease
         ray.kill(w._budget, no_restart=False)  # asynchronous: the next requests may meet it dying or restarting
 
         def eventually(call):
