@@ -262,7 +262,7 @@ class KeyHost:
                 await self._close(rt)
             except LodestoreError as exc:
                 errors.append(exc)
-        self.server.datastores._gate.release_all()
+        self.server.datastores.release_leases()
         if errors:
             raise errors[0]
 

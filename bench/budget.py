@@ -14,7 +14,7 @@ import time
 import ray
 
 from lodestore.bench._common import ensure_ray
-from lodestore.storage import Permit, RequestType, World
+from lodestore.storage import BUDGET_NAME, Permit, RequestType, World, namespace_of
 
 TARGET = 20.0
 SERVERS = 20
@@ -45,7 +45,7 @@ def run(quick: bool = False) -> dict:
     world = World.start("bench-budget", backend="memory", time_scale=1000)
     try:
         servers = [world.server(f"bench-{i}", players=1000) for i in range(SERVERS)]
-        budget = world._budget
+        budget = ray.get_actor(BUDGET_NAME, namespace=namespace_of(world.name))   # one Ray call per token
 
         def per_call(i: int, stop: threading.Event) -> int:
             n = 0
@@ -55,17 +55,17 @@ def run(quick: bool = False) -> dict:
             return n
 
         def leased(i: int, stop: threading.Event) -> int:
-            gate, permit, n = servers[i].datastores._gate, Permit(W, "k", 0, "set"), 0
+            datastores, permit, n = servers[i].datastores, Permit(W, "k", 0, "set"), 0
             while not stop.is_set():
                 for _ in range(100):
-                    gate.acquire(permit)
+                    datastores.wait_for_budget(permit)
                 n += 100
             return n
 
         per_call_rates = [_race(seconds, per_call) / seconds for _ in range(rounds)]
         leased_rates = [_race(seconds, leased) / seconds for _ in range(rounds)]
-        leases = sum(s.datastores._gate.statistics().leases for s in servers)
-        granted = sum(s.datastores._gate.statistics().granted for s in servers)
+        leases = sum(s.datastores.gate_statistics().leases for s in servers)
+        granted = sum(s.datastores.gate_statistics().granted for s in servers)
     finally:
         world.shutdown()
     per_call_rate, leased_rate = statistics.median(per_call_rates), statistics.median(leased_rates)

@@ -17,7 +17,6 @@ import statistics
 import tempfile
 import time
 
-import ray
 
 from lodestore import GameServer
 from lodestore.bench._common import ensure_ray, raw_call_rate
@@ -33,7 +32,7 @@ async def _in_chunks(calls, chunk: int) -> None:
 
 
 def _memory(servers: list[GameServer]) -> int:
-    return sum(ray.get([s._host_link.handle.memory_bytes.remote() for s in servers]))
+    return sum(s.memory_bytes() for s in servers)
 
 
 def run(quick: bool = False) -> dict:

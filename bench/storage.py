@@ -16,7 +16,7 @@ import tempfile
 import ray
 
 from lodestore.bench._common import ensure_ray, median_rate, raw_call_rate
-from lodestore.storage import DataStoreEngine, SimClock, SqliteBackend, World, encode
+from lodestore.storage import DataStoreEngine, SimClock, SqliteBackend, World, datastore_name, encode, namespace_of
 from lodestore.storage import datastore as m
 
 TARGET = 10.0
@@ -36,7 +36,7 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         world = World.start("bench-storage", backend="sqlite", path=os.path.join(tmp, "ray.db"), budget=None)
         try:
-            shard = world._shards("datastore")[0]
+            shard = ray.get_actor(datastore_name(0), namespace=namespace_of(world.name))   # raw calls, no client
 
             def through_ray(r: int) -> None:
                 refs = [shard.execute.remote(b) for b in _batches(count, batch, r)]

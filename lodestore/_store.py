@@ -205,6 +205,10 @@ class GameServer:
         if self._host_link is not None:
             self._host_link.crash()
 
+    def memory_bytes(self) -> int:
+        """Resident memory of the process holding this server's per-server key actor (Linux), for benchmarks."""
+        return self._server_link()._blocking("memory_bytes")
+
     # --------------------------------------------------------------------------------------- plumbing
 
     def _check_up(self) -> None:

@@ -12,8 +12,10 @@ Each service has the same shape: `lodestore.storage.datastore` and `lodestore.st
 client, an engine and the messages between them, with their own public face. What both use (`SortDirection`, the
 `ANY` write condition, argument checks) is defined once in `_types`; the world, its actors, budgets and transport
 live beside them. Everything a game server, another lodestore layer or a tool needs is exported here: the clients,
-the value rules (`check_value`, `canonical`, `encode`, ...) and Roblox's limits other layers enforce too. The
-`_`-prefixed modules are private.
+the value rules (`check_value`, `canonical`, `encode`, ...) and Roblox's limits other layers enforce too. A world's
+actors are named in its Ray namespace (`namespace_of(world)`: `datastore_name(i)`, `MEMORYSTORE_NAME`,
+`BUDGET_NAME`), and `shard_of` says which DataStore shard owns a key, for tools that reach them directly (benchmarks,
+cluster tests). The `_`-prefixed modules are private.
 """
 
 from lodestore.storage._backoff import Backoff, retry
@@ -23,10 +25,10 @@ from lodestore.storage._faults import FaultConfig, Latency, Outage
 from lodestore.storage._limits import DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS, RequestType
 from lodestore.storage._placement import actor_options, namespace_of, pinned, spread_nodes
 from lodestore.storage._scheduler import Scheduler, Timer, sleep
-from lodestore.storage._shards import ShardStatistics
-from lodestore.storage._throttle import GateStatistics, emergency
 from lodestore.storage._runtime import ACTOR_FAILURES, Coalescer, LocalRuntime, RayRuntime, Runtime
-from lodestore.storage._transport import Permit
+from lodestore.storage._shards import BUDGET_NAME, MEMORYSTORE_NAME, ShardStatistics, datastore_name
+from lodestore.storage._throttle import GateStatistics, emergency
+from lodestore.storage._transport import Permit, shard_of
 from lodestore.storage._types import SortDirection
 from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_metadata, check_store_name,
                                        check_user_ids, check_value, decode, encode)
@@ -41,8 +43,10 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
-    "FaultConfig", "Latency", "Outage", "namespace_of", "actor_options", "pinned", "spread_nodes",
+    "FaultConfig", "Latency", "Outage", "actor_options", "pinned", "spread_nodes",
     "Runtime", "LocalRuntime", "RayRuntime", "Coalescer",
+    # a world's actors by name, and which DataStore shard owns a key, for tools that reach the actors directly
+    "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
     # what a DataStore may hold, and the bytes kept for it (other layers check and encode values the same way)
     "check_key", "check_store_name", "check_value", "check_metadata", "check_user_ids", "MAX_DEPTH",

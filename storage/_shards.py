@@ -3,7 +3,7 @@
 Each actor is a thin shell: it builds a plain-Python engine at start-up and answers batches with it. Options for
 every actor come from one factory. Delivered twice (Ray retried a call that had in fact run), `execute` would apply
 a batch twice, so these actors are created with `max_task_retries=0` and a caller sees a failed call as ambiguous;
-`set_faults` and `set_players` are idempotent.
+`set_faults`, `set_players` and a DataStore shard's `close` are idempotent.
 """
 
 from __future__ import annotations
@@ -25,13 +25,19 @@ from lodestore.storage.memorystore._engine import MemoryStoreEngine
 
 __all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShardActor", "MemoryStoreShardActor",
            "BudgetServiceActor",
-           "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME"]
+           "datastore_name", "namespace_of", "MEMORYSTORE_NAME", "BUDGET_NAME"]
 
 MEMORYSTORE_NAME = "memorystore"
+"""The Ray name of a world's MemoryStore actor, in the world's namespace (`namespace_of`)."""
 BUDGET_NAME = "budget"
+"""The Ray name of a world's budget actor (absent when the world has no request budgets)."""
 
 
 def datastore_name(shard: int) -> str:
+    """The Ray name of a world's DataStore shard `shard`, in the world's namespace.
+
+    >>> ray.get_actor(datastore_name(0), namespace=namespace_of("demo"))
+    """
     return f"datastore-{shard}"
 
 
@@ -108,8 +114,11 @@ class DataStoreShardActor:
                                ambiguous_writes=self.engine.faults.ambiguous_writes)
 
     def close(self) -> None:
-        with self._one_at_a_time:   # never while a batch runs on another thread (closing under it crashes SQLite)
-            self.engine.backend.close()
+        """Close the engine and its file (see `DataStoreEngine.close`); later batches are refused. Delivered twice:
+        the second close does nothing. Never while a batch runs on another thread (closing under it crashes
+        SQLite)."""
+        with self._one_at_a_time:
+            self.engine.close()
 
 
 class MemoryStoreShardActor:

@@ -200,13 +200,23 @@ class World:
         return None if self._budget is None else self._call(self._budget, "statistics")
 
     def shutdown(self) -> None:
-        """Stop the world's actors. The SQLite file stays; `World.start` on the same path sees all of it."""
+        """Stop the world's actors. Each DataStore shard first closes its SQLite file (the WAL checkpointed into
+        it), so the file alone holds every acknowledged write: a copy of `world.db` without its `-wal` loses
+        nothing, and `World.start` on the same path sees all of it. A shard that is dead or does not answer within
+        `CLOSE_TIMEOUT_S` is killed unclosed (its writes are in the `-wal` beside the file, which the next open
+        reads). Shutting down twice is harmless."""
         if isinstance(self.runtime, LocalRuntime):
             for shard in self._shards(DATASTORE):
                 shard.close()
             return
-        handles = self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
-                                    + ([self._budget] if self._budget is not None else []))
+        try:
+            _close_on_ray(self._shards(DATASTORE))
+        finally:
+            self._kill_actors()
+
+    def _kill_actors(self) -> None:
+        handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
+                                         + ([self._budget] if self._budget is not None else [])))
         namespace = namespace_of(self.name)
         for entry in ray.util.list_named_actors(all_namespaces=True):  # others of the world: its coordinator
             if entry["namespace"] == namespace:
@@ -286,15 +296,37 @@ class Server:
         """The server is closing (BindToClose): its budgets get Roblox's shutdown boost, once. Leased tokens go
         back first, so the boost lifts the server's whole budget to max(current, 150 x rate / 60)."""
         if self.world._budget is not None:
-            self.datastores._gate.release_all()
+            self.datastores.release_leases()
             self.world._call(self.world._budget, "begin_shutdown", self.job_id)
 
     def close(self) -> None:
         """The server is gone: unused leased tokens go back, its players leave the world's CCU."""
-        self.datastores._gate.release_all()
+        self.datastores.release_leases()
         self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
         if self.world._budget is not None:
             self.world._call(self.world._budget, "remove_server", self.job_id)
+
+
+CLOSE_TIMEOUT_S = 30.0
+"""How long `World.shutdown` waits for the DataStore shards to close their files before it kills them anyway."""
+
+
+def _close_on_ray(shards: list) -> None:
+    """Ask every DataStore shard actor to close (each after the batches queued before it) and wait for them, at
+    most `CLOSE_TIMEOUT_S` in all. A dead or unreachable shard is skipped; a shard whose close raised (its
+    checkpoint failed: the writes stay in the `-wal`) raises here, once every other shard had its chance."""
+    refs = [shard.close.remote() for shard in shards]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CLOSE_TIMEOUT_S)
+    failed: BaseException | None = None
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ACTOR_FAILURES:
+            pass  # dead: nothing of it to close
+        except ray.exceptions.RayTaskError as exc:  # the others still close; the first failure is raised after
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 def _ensure_ray(address: str | None) -> None:

@@ -3,7 +3,9 @@
 A backend stores version records and ordered entries and answers indexed questions about them; it knows nothing of
 Roblox's rules (those live in `_engine`). It must never unpickle: values are msgpack bytes it stores and returns
 unread, user ids and metadata are msgpack too. SQLite runs in WAL mode with synchronous=FULL, and a batch is one
-transaction: once `transaction()` exits, every write in it survives the process being killed.
+transaction: once `transaction()` exits, every write in it survives the process being killed. Until `close()` the
+latest writes may live only in the `-wal` file beside the database; `close()` moves them into the database file, so
+that file alone (a user's copy of `world.db`) holds every committed batch.
 """
 
 from __future__ import annotations
@@ -240,6 +242,7 @@ class SqliteBackend:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._depth = 0
+        self._closed = False
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -337,7 +340,16 @@ class SqliteBackend:
         return [(row[0], row[1]) for row in self._db.execute(sql, args)]
 
     def close(self) -> None:
-        self._db.close()
+        """Checkpoint the WAL into the database file (and truncate it), then close the connection: afterwards the
+        file alone holds every committed batch. The last connection to the file to close also deletes `-wal` and
+        `-shm`. Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
 
 
 def open_backend(kind: str, path: str | None = None) -> Backend:

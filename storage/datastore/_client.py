@@ -208,6 +208,33 @@ class DataStoreService:
         """Drop every request waiting for budget, emergencies included."""
         return self._gate.emergency_flush_queue()
 
+    def gate_statistics(self) -> GateStatistics:
+        """A snapshot of this server's request-budget gate: tokens held per request type, queue depths, requests
+        granted and throttled, requests dropped, leases taken (what `statistics().budget` holds, without the
+        client's counters).
+
+        >>> server.datastores.gate_statistics().throttled
+        0
+        """
+        return self._gate.statistics()
+
+    def release_leases(self) -> None:
+        """Give back to the world's budget every request token this server holds in leases and has not spent (a
+        server that stops, or begins its shutdown); the next request leases afresh. Calling it again gives back
+        only what was leased since; without request budgets it does nothing."""
+        self._gate.release_all()
+
+    def wait_for_budget(self, permit: Permit) -> None:
+        """Wait, as every request does before it is sent, until this server's budget grants `permit`, and spend
+        its token without sending anything: for tools that measure the budget protocol (`bench.budget`). A full
+        throttle queue raises its DataStoreError (301-306), as it would for a request.
+
+        >>> server.datastores.wait_for_budget(Permit(RequestType.STANDARD_WRITE, "user_1", 0, "set"))
+        """
+        if not isinstance(permit, Permit):
+            raise ConfigError(f"permit must be a storage.Permit, got {type(permit).__name__}")
+        self._gate.acquire(permit)
+
     def statistics(self) -> DataStoreStatistics:
         c = self._counters
         budget = self._gate.statistics()

@@ -114,6 +114,7 @@ class DataStoreEngine:
         self.requests = 0
         self.conflicts = 0
         self._next_sweep_ms = 0
+        self._closed = False
         self._handlers = {
             m.Get: self._get, m.Set: self._set, m.Increment: self._increment, m.Remove: self._remove,
             m.ListKeys: self._list_keys, m.ListVersions: self._list_versions, m.GetVersion: self._get_version,
@@ -126,10 +127,20 @@ class DataStoreEngine:
     def set_faults(self, faults: FaultConfig) -> None:
         self.faults.reconfigure(faults)
 
+    def close(self) -> None:
+        """Close the backend (SQLite: its WAL checkpointed into the file, see `SqliteBackend.close`); from now on
+        every request is refused with a 500 that says it was not applied. Closing again does nothing."""
+        self._closed = True
+        self.backend.close()
+
     def execute(self, ops: list) -> m.BatchReply:
         """Run every request of the batch in order, in one backend transaction. A request that fails yields its
         DataStoreError in its slot; the others still run. Replaying a batch is not idempotent (like Roblox,
         every write makes a new version), so callers must not retry blindly; see `storage._transport`."""
+        if self._closed:
+            return m.BatchReply([DataStoreError(500, "InternalServerError",
+                                                f"this DataStore shard is closed (its world was shut down); "
+                                                f"{type(op).__name__} was not applied") for op in ops], None)
         now = self.clock.now()
         results: list = []
         delays: list[float] | None = None

@@ -22,8 +22,13 @@ def _node_of(handle) -> str:
     return actor_context(handle)[0]
 
 
+def _datastore_shards(world) -> list:
+    from lodestore.storage import datastore_name, namespace_of
+    return [ray.get_actor(datastore_name(i), namespace=namespace_of(world.name)) for i in range(world.info.shards)]
+
+
 def _shard_keys(shards: int, per_shard: int) -> dict[int, list[str]]:
-    from lodestore.storage._transport import shard_of
+    from lodestore.storage import shard_of
     out: dict[int, list[str]] = {i: [] for i in range(shards)}
     n = 0
     while any(len(v) < per_shard for v in out.values()):
@@ -36,8 +41,7 @@ def _shard_keys(shards: int, per_shard: int) -> dict[int, list[str]]:
 
 
 def main(tmp: Path) -> dict:
-    from lodestore.storage import DataStoreError, World, namespace_of
-    from lodestore.storage._shards import MEMORYSTORE_NAME
+    from lodestore.storage import MEMORYSTORE_NAME, DataStoreError, World, namespace_of
 
     cluster, workers = start_cluster()
     out: dict = {}
@@ -46,14 +50,14 @@ def main(tmp: Path) -> dict:
 
         world = World.start("driver-placed", path=str(tmp / "driver.db"), shards=3, budget=None)
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace_of(world.name))
-        out["driver"] = {"shards_here": [_node_of(h) == me for h in world._shards("datastore")],
+        out["driver"] = {"shards_here": [_node_of(h) == me for h in _datastore_shards(world)],
                          "memorystore_here": _node_of(memorystore) == me,
                          "files": sorted(p.name for p in tmp.glob("driver*.db"))}
         world.shutdown()
 
         path = tmp / "spread.db"
         world = World.start("spread-placed", path=str(path), shards=3, budget=None, storage="spread")
-        nodes = [_node_of(h) for h in world._shards("datastore")]
+        nodes = [_node_of(h) for h in _datastore_shards(world)]
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace_of(world.name))
         keys = _shard_keys(3, 5)
         store = world.server("writer").datastores.get_data_store("players")

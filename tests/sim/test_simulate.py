@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -231,6 +232,37 @@ def test_a_run_on_ray_passes_and_writes_its_report(ray_session, tmp_path):
     assert len(report["series"]["t"]) == len(report["series"]["players_online"]) > 10
     assert max(report["series"]["players_online"]) > 5
     assert "PASS" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("engine", ["in-process", pytest.param("ray", marks=pytest.mark.ray)])
+def test_the_world_file_copied_alone_after_a_run_holds_what_the_verifier_read(engine, tmp_path, monkeypatch, request):
+    from lodestore.sim import _runner
+    from lodestore.sim._inspect import export_store
+    if engine == "ray":
+        request.getfixturevalue("ray_session")
+    verified: dict = {}
+    finish_data = _runner._Engine.finish_data
+
+    def keep_what_the_verifier_read(self, final, hot):
+        finish_data(self, final, hot)
+        verified.update(self.final)
+
+    monkeypatch.setattr(_runner._Engine, "finish_data", keep_what_the_verifier_read)
+    path = tmp_path / "run" / "world.db"
+    scenario = parse_scenario(QUICK.replace('backend = "memory"', f'backend = "sqlite"\npath = "{path}"')
+                              .replace("duration = 600", "duration = 120"))
+    scenario = replace(scenario, world=replace(scenario.world, time_scale=60))
+    result = simulate(scenario, RunOptions(engine=engine, write_files=False, progress=False, stream=io.StringIO()))
+    assert result.ok, [(c.name, c.counterexample) for c in result.checks if not c.ok]
+    assert sum(len(data["ledger"]) for data in verified.values()) > 20   # the run really wrote player data
+    wal = path.with_name("world.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, f"{wal} left with {wal.stat().st_size} bytes"
+
+    copy = tmp_path / "copy" / "world.db"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)   # the .db alone, as a user copies it
+    stored = json.loads(json.dumps(export_store(copy, scenario.store.name)))
+    assert {key: stored.get(key, {}) for key in verified} == json.loads(json.dumps(verified))
 
 
 # ------------------------------------------------------------------------------------------------ the CLI

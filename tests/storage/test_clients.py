@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 import sys
 import threading
 
@@ -1245,6 +1246,37 @@ def test_a_sqlite_world_reopened_on_the_same_file_sees_everything(clock, tmp_pat
         assert version not in {v.version for v in before_versions["user_2"]}
     finally:
         again.shutdown()
+
+
+def test_after_shutdown_the_world_file_copied_alone_holds_every_acknowledged_write(clock, tmp_path):
+    world = make_world(clock, tmp_path, "sqlite", shards=3, name="alone")
+    store = world.server("a").datastores.get_data_store("players")
+    acknowledged = {f"user_{i}": (store.set(f"user_{i}", {"n": i}), {"n": i}) for i in range(100)}
+    world.shutdown()
+    wal = tmp_path / "alone.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, f"{wal} left with {wal.stat().st_size} bytes"
+    (tmp_path / "copy").mkdir()
+    shutil.copyfile(tmp_path / "alone.db", tmp_path / "copy" / "alone.db")   # the .db alone, no -wal, no -shm
+
+    copy = make_world(clock, tmp_path / "copy", "sqlite", name="alone")
+    try:
+        players = copy.server("b").datastores.get_data_store("players")
+        found = {key: (info.version, value) for key in acknowledged for value, info in [fresh(players, key)]
+                 if info is not None}
+        assert found == acknowledged
+    finally:
+        copy.shutdown()
+
+
+def test_a_world_shut_down_answers_with_a_typed_error_and_shuts_down_again_harmlessly(clock, tmp_path, backend):
+    world = make_world(clock, tmp_path, backend, name="closed")
+    store = world.server("a").datastores.get_data_store("players")
+    store.set("k", 1)
+    world.shutdown()
+    world.shutdown()
+    err = refused(500, store.set, "k", 2)
+    assert "shut down" in err.message and "not applied" in err.message
+    refused(500, fresh, store, "k")
 
 
 # ------------------------------------------------------------------------------------------------- public face

@@ -291,3 +291,27 @@ def test_per_key_throughput_rounds_each_request_up_to_a_kilobyte(engine):
     for i in range(4096):  # 4096 tiny writes = 4 MB charged
         assert isinstance(engine.execute([m.Set("s", "global", "tiny", b"\x01", 1)]).results[0], m.Written)
     assert isinstance(engine.execute([m.Set("s", "global", "tiny", b"\x01", 1)]).results[0], DataStoreError)
+
+
+def test_a_closed_engine_refuses_every_request_saying_it_was_not_applied_and_closes_again_harmlessly(engine):
+    put(engine, "k", 1)
+    engine.close()
+    engine.close()
+    reply = engine.execute([m.Get("s", "global", "k"), m.Set("s", "global", "k", msgpack.packb(2), 1)])
+    assert [(e.code, e.name) for e in reply.results] == [(500, "InternalServerError")] * 2
+    assert "closed" in reply.results[1].message and "Set was not applied" in reply.results[1].message
+
+
+def test_closing_a_sqlite_backend_moves_its_wal_into_the_file(tmp_path):
+    path = tmp_path / "w.db"
+    engine = DataStoreEngine(SqliteBackend(str(path)), ManualClock(START))
+    for i in range(50):
+        put(engine, f"k{i}", i)
+    assert path.with_name("w.db-wal").stat().st_size > 0   # committed, but only in the WAL so far
+    engine.close()
+    assert not path.with_name("w.db-wal").exists()
+    again = DataStoreEngine(SqliteBackend(str(path)), ManualClock(START))
+    try:
+        assert [get(again, f"k{i}")[0] for i in range(50)] == list(range(50))
+    finally:
+        again.close()

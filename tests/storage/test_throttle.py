@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from lodestore.storage import DataStoreError, FaultConfig, ManualClock, RequestType, RetryPolicy, World, emergency
+from lodestore.storage import (ConfigError, DataStoreError, FaultConfig, ManualClock, Permit, RequestType, RetryPolicy,
+                               World, emergency)
 from lodestore.storage._throttle import KeyLanes
 
 W = RequestType.STANDARD_WRITE
@@ -165,6 +166,32 @@ def test_tokens_are_leased_in_batches(world):
     stats = server.datastores.statistics().budget
     assert stats.granted == 500 and stats.throttled == 0
     assert stats.leases <= 500 // 20 + 5
+
+
+def test_released_leases_go_back_to_the_world_and_the_next_request_leases_afresh(world):
+    server = world.server("s1", players=0)
+    store = server.datastores.get_data_store("d")
+    store.set("k", 1)                                  # leases a batch, spends one token of it
+    held = server.datastores.gate_statistics().tokens[W.value]
+    assert held > 0 and server.datastores.gate_statistics() == server.datastores.statistics().budget
+    budget = server.datastores.get_request_budget(W)
+    server.datastores.release_leases()
+    server.datastores.release_leases()                 # nothing left to give back
+    assert server.datastores.gate_statistics().tokens[W.value] == 0
+    assert server.datastores.get_request_budget(W) == budget   # the tokens are the world's again, none lost
+    store.set("k", 2)
+    assert server.datastores.gate_statistics().leases == 2
+
+
+def test_waiting_for_budget_spends_a_token_and_sends_nothing(world):
+    server = world.server("s1", players=0)
+    before = server.datastores.get_request_budget(W)
+    for _ in range(3):
+        server.datastores.wait_for_budget(Permit(W, "k", 0, "set"))
+    assert server.datastores.get_request_budget(W) == before - 3
+    assert server.datastores.gate_statistics().granted == 3 and world.statistics()[0].requests == 0
+    with pytest.raises(ConfigError, match="permit must be a storage.Permit, got str"):
+        server.datastores.wait_for_budget("StandardWrite")
 
 
 def test_a_refused_call_spends_no_budget(world):

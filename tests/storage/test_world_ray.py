@@ -1,9 +1,10 @@
 """The world through Ray: named actors per world, connect from other processes, SQLite durability across a killed
-storage actor and across a world restart."""
+storage actor and across a world restart, and a world file that holds everything alone once the world is shut down."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import pytest
@@ -105,6 +106,60 @@ def test_a_world_restarted_on_its_file_sees_everything(ray_session, tmp_path):
         second.shutdown()
 
 
+@pytest.mark.parametrize("shards", [1, 3])
+def test_after_shutdown_the_world_file_copied_alone_holds_every_acknowledged_write(ray_session, tmp_path, shards):
+    # 3 shards on one node share the file: each closes its own connection, the file must still end up whole
+    path = tmp_path / "run" / "world.db"
+    world = World.start(f"t-copy-alone-{shards}", backend="sqlite", path=str(path), shards=shards, budget=None)
+    try:
+        datastores = world.server("job-w").datastores
+        store = datastores.get_data_store("players")
+        acknowledged = {f"user_{i}": (store.set(f"user_{i}", {"n": i}), {"n": i}) for i in range(200)}
+        datastores.get_ordered_data_store("wins").set("ana", 7)
+    finally:
+        world.shutdown()
+    wal = path.with_name("world.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, f"{wal} left with {wal.stat().st_size} bytes"
+
+    copy = tmp_path / "copy" / "world.db"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)  # what a user does: the .db file, without its -wal and -shm
+    reopened = World.in_process("copy", backend="sqlite", path=str(copy), budget=None)
+    try:
+        reader = reopened.server("reader").datastores
+        players = reader.get_data_store("players")
+        found = {key: (info.version, value) for key in acknowledged for value, info in [players.get(key)]
+                 if info is not None}
+        assert found == acknowledged
+        assert reader.get_ordered_data_store("wins").get("ana") == 7
+    finally:
+        reopened.shutdown()
+
+
+def test_a_world_with_a_dead_shard_still_shuts_down_at_once_and_the_others_close(ray_session, tmp_path):
+    ray = ray_session
+    path = tmp_path / "world.db"
+    world = World.start("t-dead-shard", backend="sqlite", path=str(path), shards=2, budget=None)
+    store = world.server("job-y").datastores.get_data_store("players")
+    for i in range(20):
+        store.set(f"user_{i}", i)
+    ray.kill(world._shards("datastore")[0], no_restart=True)
+    started = time.monotonic()
+    world.shutdown()
+    assert time.monotonic() - started < 10
+    with pytest.raises(ValueError):
+        ray.get_actor("datastore-1", namespace=f"lodestore-{world.name}")   # killed after it closed
+    # the shards share the file: the one alive checkpointed the WAL, the dead one's writes included
+    wal = path.with_name("world.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_shutting_a_world_down_twice_is_harmless(ray_world):
+    ray_world.server("job-x").datastores.get_data_store("players").set("k", 1)
+    ray_world.shutdown()
+    ray_world.shutdown()   # the fixture shuts it down a third time
+
+
 def test_async_flavour_and_memorystore_through_ray(world):
     server = world.server("job-f", players=1)
     store = server.datastores.get_data_store("players")
@@ -168,7 +223,7 @@ def test_a_restarted_budget_actor_serves_again(ray_session):
         server = w.server("r1", players=5)
         store = server.datastores.get_data_store("players")
         store.set("before", 1)
-        server.datastores._gate.release_all()  # hold no tokens: the next request must lease
+        server.datastores.release_leases()  # hold no tokens: the next request must lease
         ray.kill(w._budget, no_restart=False)  # asynchronous: the next requests may meet it dying or restarting
 
         def eventually(call):
