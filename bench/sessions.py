@@ -17,7 +17,6 @@ import statistics
 import tempfile
 import time
 
-
 from lodestore import GameServer
 from lodestore.bench._common import ensure_ray, raw_call_rate
 from lodestore.storage import World
