@@ -77,6 +77,8 @@ class KeyHost:
 
     async def handle(self, requests: list[HostRequest]) -> list[Any]:
         """Answer a batch: each entry is the call's result, or the LodestoreError (or other exception) it raised."""
+        if len(requests) == 1:
+            return [await self._answer(requests[0])]
         return await asyncio.gather(*(self._answer(r) for r in requests))
 
     async def _answer(self, request: HostRequest) -> Any:

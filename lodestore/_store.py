@@ -63,6 +63,8 @@ class _Link:
 
     async def acall(self, requests: list[HostRequest]) -> list[Any]:
         """Requests of one loop turn travel together: the first schedules the flush, the rest join it."""
+        if len(requests) == 1:
+            return [await self._batcher.submit(requests[0])]
         return list(await asyncio.gather(*(self._batcher.submit(r) for r in requests)))
 
     def open_store(self, config: StoreConfig) -> None:

@@ -44,6 +44,16 @@ class Runtime(Protocol):
     def block(self, coro: Awaitable) -> Any: ...
 
 
+_BLOCKING_ON_LOOP = ("a blocking lodestore call from inside the event loop it needs; use its coroutine (the `.aio` "
+                     "methods) there")
+
+
+def _refuse(coro: Awaitable) -> None:
+    if asyncio.iscoroutine(coro):
+        coro.close()   # it will never run: no "never awaited" warning
+    raise RuntimeError(_BLOCKING_ON_LOOP)
+
+
 class _BackgroundLoop:
     """An event loop on a daemon thread, started on first use."""
 
@@ -68,9 +78,13 @@ class _BackgroundLoop:
         except RuntimeError:
             running = None
         if running is loop:
-            raise RuntimeError("a blocking lodestore call from inside the event loop it needs; use its coroutine "
-                               "(the `.aio` methods) there")
+            _refuse(coro)
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+async def _invoke(ref: Any, method: str, args: tuple) -> Any:
+    result = getattr(ref, method)(*args)
+    return await result if asyncio.iscoroutine(result) else result
 
 
 class LocalRuntime:
@@ -103,8 +117,7 @@ class LocalRuntime:
         if self._own_loop is None:
             return self._background.block(coro)
         if self._on_loop():
-            raise RuntimeError("a blocking lodestore call from inside the event loop it needs; use its coroutine "
-                               "(the `.aio` methods) there")
+            _refuse(coro)
         return asyncio.run_coroutine_threadsafe(coro, self._own_loop).result()
 
     def spawn(self, cls: type, *args: Any, **options: Any) -> Any:
@@ -133,13 +146,8 @@ class LocalRuntime:
 
     async def acall(self, ref: Any, method: str, *args: Any) -> Any:
         if self._on_loop():
-            result = getattr(ref, method)(*args)
-            return await result if asyncio.iscoroutine(result) else result
-
-        async def invoke() -> Any:
-            result = getattr(ref, method)(*args)
-            return await result if asyncio.iscoroutine(result) else result
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(invoke(), self.loop))
+            return await _invoke(ref, method, args)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_invoke(ref, method, args), self.loop))
 
     def send(self, ref: Any, method: str, *args: Any) -> None:
         """A plain method runs now, in this thread; a coroutine method is started on the loop, not waited for."""

@@ -151,7 +151,10 @@ class Transport:
         return replies
 
     async def acall_many(self, calls: list[Call]) -> list[BatchReply]:
-        replies = await asyncio.gather(*(self._batchers[c.service, c.shard].submit(c.ops) for c in calls))
+        if len(calls) == 1:   # the common case, without gather's task per call
+            replies = [await self._batchers[calls[0].service, calls[0].shard].submit(calls[0].ops)]
+        else:
+            replies = await asyncio.gather(*(self._batchers[c.service, c.shard].submit(c.ops) for c in calls))
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise reply
