@@ -102,8 +102,8 @@ class Scheduler:
 
     def call_at(self, due_ms: int, fn: Callable[[], Any]) -> Timer:
         timer = Timer(int(due_ms), fn)
-        if self._heap and due_ms < self._heap[0][0] and self._wake is not None:
-            self._wake.set()
+        if self._wake is not None and (not self._heap or due_ms < self._heap[0][0]):
+            self._wake.set()   # the driver naps until the earliest timer: this one is earlier (or the only one)
         heapq.heappush(self._heap, (timer.due, next(self._seq), timer))
         return timer
 
