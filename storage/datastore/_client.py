@@ -208,6 +208,10 @@ class DataStoreService:
         """Drop every request waiting for budget, emergencies included."""
         return self._gate.emergency_flush_queue()
 
+    def gate_statistics(self) -> GateStatistics:
+        """A snapshot of this server's budget gate alone (tokens on hand, queues, throttled so far)."""
+        return self._gate.statistics()
+
     def statistics(self) -> DataStoreStatistics:
         c = self._counters
         budget = self._gate.statistics()
