@@ -142,6 +142,9 @@ class GameServer:
     >>> players.update("user_1", lambda data: data.__setitem__("coins", data["coins"] + 5) or True)
     True
     >>> server.shutdown()              # BindToClose: final saves at emergency priority, locks released
+
+    `players=None` leaves the server unregistered with the world's services until its first request or
+    `set_players` (what `GameServer.create`, the coroutine twin, builds on). Coroutines are on `server.aio`.
     """
 
     def __init__(self, world: World, job_id: str | None = None, players: int | None = 0,
