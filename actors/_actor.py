@@ -52,6 +52,10 @@ class KeyActor:
         """A batch of a coordinator's `TxPrepare`, `TxWrite` and `TxFinish`; idempotent per transaction id."""
         return await self._ready().tx_calls(calls)
 
+    def stall_locks(self, seconds: float) -> None:
+        """Fault injection (see `KeyHost.stall_locks`). Delivered twice: the stall ends at the later deadline."""
+        self._ready().stall_locks(seconds)
+
     def crash(self) -> None:
         """Die as a crashed server does (a local runtime's kill): nothing saved, no lock released."""
         if self._host is not None:

@@ -25,7 +25,8 @@ from lodestore.actors._requests import (Close, Get, HostRequest, IsLoaded, ListV
                                         TxWrite, Unload, Update, UpdateImmutable)
 from lodestore.actors._session import Session, SessionState, StoreCounters, StoreRuntime
 from lodestore.actors._txn import ABSENT
-from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, check_key, check_user_ids, emergency
+from lodestore.storage import (ConfigError, GateStatistics, LodestoreError, Scheduler, Server, check_key, check_user_ids,
+                               emergency)
 
 __all__ = ["KeyHost", "StoreStatistics"]
 
@@ -50,6 +51,8 @@ class StoreStatistics:
     counters: StoreCounters = field(default_factory=StoreCounters)
     timers: int = 0
     closed: bool = False
+    gate: GateStatistics | None = None   # the key actor's DataStore budget gate (shared by its stores)
+    errors: tuple[str, ...] = ()         # the key actor's latest background failures (no caller to tell)
 
 
 class KeyHost:
@@ -202,7 +205,8 @@ class KeyHost:
         for session in rt.sessions.values():
             states[session.state.value] = states.get(session.state.value, 0) + 1
         return StoreStatistics(rt.config.name, states, StoreCounters(**vars(rt.counters)),
-                               self.scheduler.pending(), rt.closed)
+                               self.scheduler.pending(), rt.closed, self.server.datastores.gate_statistics(),
+                               tuple(self.errors[-5:]))
 
     # ------------------------------------------------------------------------- transaction participant
     #

@@ -18,13 +18,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lodestore._store import AsyncStore, GameServer, Store, advance, tx_batcher
+from lodestore._store import (AsyncGameServer, AsyncStore, GameServer, Store, StoreTotals, advance, store_options,
+                             tx_batcher)
 from lodestore.actors import Migration
 from lodestore.storage import (ConfigError, DataStoreError, FaultConfig, LodestoreError, ManualClock, MemoryStoreError,
                                World)
 
 __all__ = [
-    "World", "GameServer", "Store", "AsyncStore", "Migration", "advance", "tx_batcher", "ManualClock", "FaultConfig",
+    "World", "GameServer", "AsyncGameServer", "Store", "AsyncStore", "StoreTotals", "store_options", "Migration",
+    "advance", "tx_batcher", "ManualClock", "FaultConfig",
     "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError",
     "simulate", "load_scenario", "RunOptions",
 ]

@@ -17,12 +17,13 @@ from typing import Any, Callable
 
 from lodestore.actors import (Close, Get, HostRequest, IsLoaded, KeyActor, KeyNotLoadedError, KeyRequest,
                               ListVersions, Load, LoadedKeys, Peek, Placement, ProbeLockActive, ReadVersion, Save,
-                              Statistics, StoreClosedError, StoreConfig, StoreStatistics, Unload, Update,
-                              UpdateImmutable, key_actor_options)
+                              Statistics, StoreClosedError, StoreConfig, StoreCounters, StoreStatistics, TxCall, Unload,
+                              Update, UpdateImmutable, key_actor_options)
 from lodestore.coordinator import TxRequest, coordinator_ref, forget_coordinator, unknown_after_crash
-from lodestore.storage import Coalescer, ConfigError, ManualClock, Runtime, Scheduler, World
+from lodestore.storage import Coalescer, ConfigError, ManualClock, Runtime, Scheduler, Server, World
 
-__all__ = ["GameServer", "Store", "AsyncStore", "advance", "tx_batcher"]
+__all__ = ["GameServer", "AsyncGameServer", "Store", "AsyncStore", "StoreTotals", "advance", "store_options",
+           "tx_batcher"]
 
 _STORE_OPTIONS = tuple(f.name for f in dataclasses.fields(StoreConfig) if f.name not in ("name", "template"))
 
@@ -88,6 +89,12 @@ class _Link:
         finally:
             self.runtime.kill(self.ref)
 
+    async def acall_method(self, method: str, *args: Any) -> Any:
+        try:
+            return await self.runtime.acall(self.ref, method, *args)
+        except self.runtime.failures as exc:
+            raise _actor_gone(exc) from exc
+
     def crash(self) -> None:
         self.runtime.kill(self.ref)
 
@@ -137,19 +144,33 @@ class GameServer:
     >>> players.update("user_1", lambda data: data.__setitem__("coins", data["coins"] + 5) or True)
     True
     >>> server.shutdown()              # BindToClose: final saves at emergency priority, locks released
+
+    `players=None` leaves the server unregistered with the world's services until its first request or
+    `set_players` (what `GameServer.create`, the coroutine twin, builds on). Coroutines are on `server.aio`.
     """
 
-    def __init__(self, world: World, job_id: str | None = None, players: int = 0,
+    def __init__(self, world: World, job_id: str | None = None, players: int | None = 0,
                  runtime: Runtime | None = None) -> None:
         if not isinstance(world, World):
             raise ConfigError(f"world must be a storage.World, got {type(world).__name__}")
         self.world = world
         self.job_id = job_id if job_id is not None else uuid.uuid4().hex[:12]
-        self._storage = world.server(self.job_id, players)
+        self._storage = world.server(self.job_id, players) if players is not None else Server(world, self.job_id)
         self.runtime = runtime if runtime is not None else world.runtime
         self._host_link: Any = None
         self._stores: dict[str, Store] = {}
         self._down = False
+        self._shutting_down = False
+        self.aio = AsyncGameServer(self)
+
+    @classmethod
+    async def create(cls, world: World, job_id: str | None = None, players: int = 0,
+                     runtime: Runtime | None = None) -> "GameServer":
+        """`GameServer(...)` from a coroutine: the server registers its players with the world's services without
+        blocking the event loop."""
+        server = cls(world, job_id, None, runtime)
+        await server._storage.aio.set_players(players)
+        return server
 
     def __repr__(self) -> str:
         return f"GameServer({self.job_id!r}, world={self.world.name!r})"
@@ -158,14 +179,26 @@ class GameServer:
     def players(self) -> int:
         return self._storage.players
 
+    @property
+    def storage(self) -> Server:
+        """This server's storage identity: its raw `datastores` and `memorystores` clients (budgeted as this server),
+        for data kept outside session-locked stores (a guild's counter written with plain `update`)."""
+        return self._storage
+
     def set_players(self, players: int) -> None:
         """Change the player count; budgets and MemoryStore quotas follow."""
         self._storage.set_players(players)
 
     def create_store(self, name: str, template: Any, **options: Any) -> "Store":
         """A store on this server. Options (all keyword): schema, migrations, import_legacy_data, changed_callbacks,
-        log_callback, on_lock_lost, metadata_template, autosave_interval, lock_ttl, lock_refresh, lock_wait,
-        lock_steal_after, retry_attempts, placement ("per-server", the default, or "per-key"). See `StoreConfig`."""
+        log_callback, lock_callback, on_lock_lost, metadata_template, autosave_interval, lock_ttl, lock_refresh,
+        lock_wait, lock_steal_after, retry_attempts, placement ("per-server", the default, or "per-key"). See
+        `StoreConfig`; `store_options(config)` gives a config's options back."""
+        config = self._new_config(name, template, options)
+        self._server_link().open_store(config)
+        return self._add_store(config)
+
+    def _new_config(self, name: str, template: Any, options: dict) -> StoreConfig:
         self._check_up()
         unknown = sorted(set(options) - set(_STORE_OPTIONS))
         if unknown:
@@ -174,9 +207,17 @@ class GameServer:
         existing = self._stores.get(config.name)
         if existing is not None and not existing._closed:
             raise ConfigError(f"store {config.name!r} is already open on server {self.job_id!r}")
-        self._server_link().open_store(config)
+        return config
+
+    def _add_store(self, config: StoreConfig) -> "Store":
         store = self._stores[config.name] = Store(self, config)
         return store
+
+    def stall_locks(self, seconds: float) -> None:
+        """Fault injection: for `seconds` of simulated time this server's key actors neither refresh their locks
+        nor notice them running out (a long pause of the server's process); see `KeyHost.stall_locks`."""
+        for link in self._links():
+            link._blocking("stall_locks", seconds)
 
     def shutdown(self) -> None:
         """BindToClose: the shutdown budget boost, then every store closes (final saves at emergency priority,
@@ -184,15 +225,25 @@ class GameServer:
         if self._down:
             return
         self._down = True
-        self._storage.begin_shutdown()
+        if not self._shutting_down:
+            self._shutting_down = True
+            self._storage.begin_shutdown()
         try:
             for store in self._stores.values():
-                for link in store._key_links.values():
-                    link.shutdown()
+                for link in list(store._key_links.values()):
+                    try:
+                        link._blocking("shutdown")
+                    finally:
+                        store._end_link(link)
                 store._key_links.clear()
                 store._closed = True
             if self._host_link is not None:
-                self._host_link.shutdown()
+                try:
+                    self._host_link.runtime.call(self._host_link.ref, "shutdown")
+                    for store in self._stores.values():
+                        store._keep_final(self._host_link.call([Statistics(store.name)])[0])
+                finally:
+                    self._host_link.crash()
         finally:
             self._storage.close()
 
@@ -217,6 +268,18 @@ class GameServer:
         if self._down:
             raise StoreClosedError(f"Store is closed: server {self.job_id!r} has shut down")
 
+    def _links(self) -> list[_Link]:
+        """Every key actor of this server that is up: the server's own, and per-key placement's."""
+        links = [self._host_link] if self._host_link is not None else []
+        return links + [link for store in self._stores.values() for link in store._key_links.values()]
+
+    def _tx_link(self, store_name: str, key: str) -> _Link:
+        """The key actor a coordinator's call for `key` goes to: the one holding its session, else the server's
+        own (which answers "not loaded", or ABSENT to a finish)."""
+        store = self._stores.get(store_name)
+        link = store._key_links.get(key) if store is not None else None
+        return link if link is not None else self._server_link()
+
     def _new_link(self, configs: tuple[StoreConfig, ...]) -> _Link:
         ref = self.runtime.spawn(KeyActor, self.world, self.job_id, configs, **key_actor_options(self.world))
         return _Link(self.runtime, ref)
@@ -225,6 +288,105 @@ class GameServer:
         if self._host_link is None:
             self._host_link = self._new_link(())
         return self._host_link
+
+
+class AsyncGameServer:
+    """`GameServer`'s coroutines (`server.aio`), for game code on an event loop: natively async (no thread), so an
+    in-process world's manual clock only moves when nothing on the loop can run."""
+
+    def __init__(self, server: GameServer) -> None:
+        self._server = server
+
+    async def create_store(self, name: str, template: Any, **options: Any) -> "Store":
+        """Like `GameServer.create_store`."""
+        server = self._server
+        config = server._new_config(name, template, options)
+        await server._server_link().aopen_store(config)
+        return server._add_store(config)
+
+    async def set_players(self, players: int) -> None:
+        """Like `GameServer.set_players`."""
+        await self._server._storage.aio.set_players(players)
+
+    async def begin_shutdown(self) -> None:
+        """BindToClose begins: the server's budgets get the shutdown boost (once). Game code then saves what it must;
+        `shutdown()` ends the server. Delivered twice: the second does nothing."""
+        server = self._server
+        if server._shutting_down or server._down:
+            return
+        server._shutting_down = True
+        await server._storage.aio.begin_shutdown()
+
+    async def shutdown(self) -> None:
+        """Like `GameServer.shutdown`: the boost (unless `begin_shutdown` gave it), every store closes (final saves
+        at emergency priority, locks released), the key actors end, the server leaves the world's budgets."""
+        server = self._server
+        if server._down:
+            return
+        await self.begin_shutdown()
+        server._down = True
+        try:
+            for store in server._stores.values():
+                for link in list(store._key_links.values()):
+                    try:
+                        await link.acall_method("shutdown")
+                    finally:
+                        await store._aend_link(link)
+                store._key_links.clear()
+                store._closed = True
+            link = server._host_link
+            if link is not None:
+                try:
+                    await link.acall_method("shutdown")
+                    for store in server._stores.values():
+                        store._keep_final((await link.acall([Statistics(store.name)]))[0])
+                finally:
+                    link.crash()
+        finally:
+            await server._storage.aio.close()
+
+    async def stall_locks(self, seconds: float) -> None:
+        """Like `GameServer.stall_locks`."""
+        await asyncio.gather(*(link.acall_method("stall_locks", seconds) for link in self._server._links()))
+
+    async def tx_calls(self, calls: list[TxCall]) -> list[Any]:
+        """A coordinator's participant calls for this server: each call's keys go to the key actor holding them
+        (per-key placement splits a call by key). Each answer is {key: result or exception}, as `KeyHost.tx_calls`
+        answers; a key actor that is gone answers StoreClosedError for its keys. Idempotent per transaction id."""
+        server = self._server
+
+        async def one(call: TxCall) -> Any:
+            groups: dict[int, tuple[_Link, list[str]]] = {}
+            for key in call.keys:
+                link = server._tx_link(call.store, key)
+                groups.setdefault(id(link), (link, []))[1].append(key)
+            merged: dict = {}
+            for link, keys in groups.values():
+                try:
+                    reply = (await link.acall_method("tx_calls", [call.only(keys)]))[0]
+                except Exception as exc:
+                    reply = exc
+                if isinstance(reply, BaseException):
+                    reply = {k: reply for k in keys}
+                merged.update(reply)
+            return merged
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
+def store_options(config: StoreConfig) -> dict[str, Any]:
+    """The `create_store` options that make `config` again: `create_store(config.name, config.template,
+    **store_options(config))`."""
+    return {name: getattr(config, name) for name in _STORE_OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreTotals:
+    """One store's figures over its whole life on one server, the key actors that have ended included."""
+
+    counters: StoreCounters        # what its sessions did (loads, saves, lock waits, ...), summed over key actors
+    throttled: int                 # requests its key actors' budget gates throttled
+    key_actors: int                # key actors that have held its sessions (per-key: one per load)
 
 
 def advance(world: World, seconds: float) -> None:
@@ -249,6 +411,9 @@ class Store:
         self.name = config.name
         self._closed = False
         self._key_links: dict[str, Any] = {}   # per-key placement: the actor holding each loaded key
+        self._ended_counters: dict[str, int] = {}   # final counters of the key actors that have ended
+        self._ended_throttled = 0
+        self._key_actors = 0 if config.placement is Placement.PER_KEY else 1
         self.aio = AsyncStore(self)
 
     def __repr__(self) -> str:
@@ -285,8 +450,56 @@ class Store:
         for key, link in list(self._key_links.items()):
             _raise_or_return(link.call([Close(self.name)])[0])
             self._key_links.pop(key, None)
-            link.crash()
+            self._end_link(link)
         return _raise_or_return(self.server._server_link().call([Close(self.name)])[0])
+
+    async def _aclose(self) -> None:
+        self._closed = True
+        for key, link in list(self._key_links.items()):
+            _raise_or_return((await link.acall([Close(self.name)]))[0])
+            self._key_links.pop(key, None)
+            await self._aend_link(link)
+        return _raise_or_return((await self.server._server_link().acall([Close(self.name)]))[0])
+
+    def totals(self) -> StoreTotals:
+        """This store's figures over its life on this server: the live key actors' and the ended ones'."""
+        live = self.statistics() if not self._gone() else []
+        return self._totals(live)
+
+    def _gone(self) -> bool:
+        return self.server._down or (self._closed and self.config.placement is Placement.PER_KEY)
+
+    def _totals(self, live: list[StoreStatistics]) -> StoreTotals:
+        counters = dict(self._ended_counters)
+        throttled = self._ended_throttled
+        for stats in live:
+            for name, value in vars(stats.counters).items():
+                counters[name] = counters.get(name, 0) + value
+            throttled += stats.gate.throttled if stats.gate is not None else 0
+        return StoreTotals(StoreCounters(**counters), throttled, self._key_actors)
+
+    def _keep_final(self, stats: Any) -> None:
+        """Add an ending key actor's last snapshot to the ended ones' figures."""
+        if not isinstance(stats, StoreStatistics):
+            return   # it could not answer: what it counted since is lost with it
+        for name, value in vars(stats.counters).items():
+            self._ended_counters[name] = self._ended_counters.get(name, 0) + value
+        self._ended_throttled += stats.gate.throttled if stats.gate is not None else 0
+
+    def _end_link(self, link: _Link) -> None:
+        """A per-key actor's only session has ended: keep its figures, then end it (nothing is left to save)."""
+        try:
+            self._keep_final(link.call([Statistics(self.name)])[0])
+        except StoreClosedError:
+            pass
+        link.crash()
+
+    async def _aend_link(self, link: _Link) -> None:
+        try:
+            self._keep_final((await link.acall([Statistics(self.name)]))[0])
+        except StoreClosedError:
+            pass
+        link.crash()
 
     def tx(self, keys: Any, fn: Callable[[dict], bool]) -> bool:
         """A transaction over loaded keys: `fn({key: data})` changes the copies in place and returns True to commit
@@ -368,27 +581,31 @@ class Store:
             return link, False
         if op == "load":
             link = self._key_links[key] = self.server._new_link((self.config,))
+            self._key_actors += 1
             return link, True
         if op in ("unload", "is_loaded"):
             return None, False  # no actor holds it: the answer is False
         raise KeyNotLoadedError(f"Key not loaded: key {key!r} of store {self.name!r}")
 
-    def _after(self, op: str, key: Any, link: Any, created: bool, reply: Any) -> None:
-        """Per-key placement: a key actor ends with its session (unloaded, or a load that failed)."""
+    def _after(self, op: str, key: Any, link: Any, created: bool, reply: Any) -> bool:
+        """Per-key placement: a key actor ends with its session (unloaded, or a load that failed). True when the
+        caller must end `link`."""
         if self.config.placement is not Placement.PER_KEY or op not in ("load", "unload"):
-            return
+            return False
         if (op == "unload" and not isinstance(reply, BaseException)) or \
                 (op == "load" and created and isinstance(reply, BaseException)):
             if self._key_links.get(key) is link:
                 del self._key_links[key]
-            link.crash()  # its only session is closed: nothing is left to save
+            return True
+        return False
 
     def _call(self, op: str, key: Any, args: tuple = ()) -> Any:
         link, created = self._route(op, key)
         if link is None:
             return False
         reply = link.call([_request(op, self.name, key, args)])[0]
-        self._after(op, key, link, created, reply)
+        if self._after(op, key, link, created, reply):
+            self._end_link(link)
         return _raise_or_return(reply)
 
     async def _acall(self, op: str, key: Any, args: tuple = ()) -> Any:
@@ -396,13 +613,29 @@ class Store:
         if link is None:
             return False
         reply = (await link.acall([_request(op, self.name, key, args)]))[0]
-        self._after(op, key, link, created, reply)
+        if self._after(op, key, link, created, reply):
+            await self._aend_link(link)
         return _raise_or_return(reply)
 
     def _gather(self, op: str) -> list:
         if self.config.placement is Placement.PER_SERVER:
             return [_raise_or_return(self.server._server_link().call([_request(op, self.name)])[0])]
         return [_raise_or_return(link.call([_request(op, self.name)])[0]) for link in list(self._key_links.values())]
+
+    async def _agather(self, op: str) -> list:
+        if self.config.placement is Placement.PER_SERVER:
+            return [_raise_or_return((await self.server._server_link().acall([_request(op, self.name)]))[0])]
+        links = list(self._key_links.values())
+        replies = await asyncio.gather(*(link.acall([_request(op, self.name)]) for link in links))
+        return [_raise_or_return(reply[0]) for reply in replies]
+
+    async def _aloaded_keys(self) -> list[str]:
+        if self.config.placement is Placement.PER_KEY:
+            self._route("loaded_keys", None)
+            items = list(self._key_links.items())
+            replies = await asyncio.gather(*(link.acall([IsLoaded(self.name, key)]) for key, link in items))
+            return sorted(key for (key, _), reply in zip(items, replies) if _raise_or_return(reply[0]))
+        return sorted(await self._acall("loaded_keys", None))
 
 
 _SESSIONLESS = frozenset({"peek", "probe_lock_active", "list_versions", "read_version", "close", "loaded_keys"})
@@ -433,7 +666,7 @@ class AsyncStore:
         return await self._store._acall("unload", key)
 
     async def close(self) -> None:
-        return await asyncio.to_thread(self._store.close)
+        return await self._store._aclose()
 
     async def tx(self, keys: Any, fn: Callable[[dict], bool]) -> bool:
         return await self._store._arun_tx(keys, fn, immutable=False)
@@ -457,7 +690,11 @@ class AsyncStore:
         return await self._store._acall("is_loaded", key)
 
     async def loaded_keys(self) -> list[str]:
-        return await asyncio.to_thread(self._store.loaded_keys)
+        return await self._store._aloaded_keys()
 
     async def statistics(self) -> list[StoreStatistics]:
-        return await asyncio.to_thread(self._store.statistics)
+        return await self._store._agather("statistics")
+
+    async def totals(self) -> StoreTotals:
+        store = self._store
+        return store._totals(await store._agather("statistics") if not store._gone() else [])

@@ -211,7 +211,7 @@ class Collector:
                 "throttled": sum(self._throttled.values()),
                 "servers": {"started": events["start"], "stopped": events["stop"], "crashed": events["crash"],
                             "stalled": events["stall"], "lost_with_node": events["lost_with_node"],
-                            "peak": self.peak_servers},
+                            "peak": self.peak_servers, "key_actors": counters["key_actors"]},
                 "players": {"joins": self.latency_count("load"), "leaves": self.latency_count("unload"),
                             "teleports": events["teleport"], "peak_online": self.peak_players,
                             "load_failures": events["load_failed"]},

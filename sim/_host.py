@@ -12,8 +12,10 @@ a mint or grant when a later save of its session returns (the unload when the pl
 "failed" when it is known not to have happened (refused, not loaded, aborted) and "unknown" when its session ended
 without a final save (a crash, a lost lock): it may or may not have been autosaved.
 
-Each simulated server is one `actors.KeyHost` with its own JobId, budget and players; all of a host's servers share
-its one timer scheduler. Transactions reach a host through `tx_calls`, which routes each key to the server holding it.
+Each simulated server is a `lodestore.GameServer` with its own JobId, budget and players, whose key actors (one per
+server, or one per loaded key: the scenario's placement) live on this host's event loop through a `LocalRuntime`;
+the events call its Store API exactly as game code would, and all of a host's servers share its one timer
+scheduler. Transactions reach a host through `tx_calls`, which routes each key to the server holding it live.
 
 Never does: decide what happens (that is the planner's) or judge the outcome (that is the checkers').
 """
@@ -30,12 +32,13 @@ from typing import Any, Callable
 
 import ray
 
-from lodestore.actors import KeyHost, Load, Peek, Save, SessionState, StoreConfig, StoreCounters, TxCall, Unload, Update
-from lodestore import tx_batcher
+from lodestore import GameServer, Store, StoreTotals, store_options, tx_batcher
+from lodestore.actors import KeyHost, Peek, StoreConfig, TxCall
 from lodestore.coordinator import TxRequest, TxUnknownError
 from lodestore.sim._scenario import Scenario
 from lodestore.sim._workload import Planned
-from lodestore.storage import DataStoreError, GateStatistics, LodestoreError, MemoryStoreError, Scheduler, emergency
+from lodestore.storage import (DataStoreError, LocalRuntime, LodestoreError, MemoryStoreError, Scheduler, Server,
+                               emergency)
 
 __all__ = ["SimHost", "SimHostActor", "Trade", "store_config", "HOT_STORE", "error_code"]
 
@@ -160,7 +163,8 @@ class _Presence:
 @dataclass
 class _Server:
     sid: str
-    host: KeyHost
+    game: GameServer
+    store: Store
     players: dict[str, _Presence] = field(default_factory=dict)
     closing: bool = False
     synced_players: int = -1
@@ -186,9 +190,12 @@ class SimHost:
         self._host_of = host_of
         self._in_process = in_process
         self.config = store_config(scenario, log_callback=self._on_log)
+        self.runtime = LocalRuntime.here(f"sim-host-{index}")   # the servers' key actors live on this loop
         self._log_counts: dict[str, int] = {}
         self.servers: dict[str, _Server] = {}
-        self._gone: dict[str, KeyHost] = {}        # ended servers, kept for their final counters
+        self._starting: dict[str, asyncio.Future] = {}   # servers whose GameServer is being made (on Ray)
+        self._gone: dict[str, StoreTotals] = {}    # ended servers' final figures
+        self._live_totals: dict[str, StoreTotals] = {}   # each live server's figures at the last drain
         self._lock_owner: dict[str, str] = {}      # lock (session) id -> server id
         self._ops: list[tuple] = []
         self._locks: list[tuple] = []
@@ -196,7 +203,6 @@ class SimHost:
         self._events: list[tuple] = []             # (t_ms, what, server): server lifecycle, loads, throttling
         self._inflight: dict[str, set[asyncio.Task]] = {}   # server -> its running events
         self._open: dict[str, _Op] = {}                      # actions without an outcome yet
-        self._counted: dict[str, StoreCounters] = {}
         self._throttled: dict[str, int] = {}
         self.stopped = False
 
@@ -233,19 +239,35 @@ class SimHost:
     # ------------------------------------------------------------------------------------ server lifecycle
 
     async def _ev_start(self, ev: Planned) -> None:
-        host = KeyHost(self.world, ev.server, self.scheduler)
-        host.open_store(dataclasses.replace(self.config, lock_callback=functools.partial(self._on_lock, ev.server)))
-        self.servers[ev.server] = _Server(ev.server, host)
+        config = dataclasses.replace(self.config, lock_callback=functools.partial(self._on_lock, ev.server))
+        if self._in_process:   # registers inline: nothing else runs meanwhile, as before
+            game = GameServer(self.world, ev.server, runtime=self.runtime)
+        else:                  # the events planned meanwhile for this server wait for it (`_server`)
+            starting = self._starting[ev.server] = asyncio.get_running_loop().create_future()
+            try:
+                game = await GameServer.create(self.world, ev.server, runtime=self.runtime)
+            finally:
+                del self._starting[ev.server]
+                starting.set_result(None)
+        store = await game.aio.create_store(config.name, config.template, **store_options(config))
+        self.servers[ev.server] = _Server(ev.server, game, store)
         self._events.append((ev.t, "start", ev.server))
+
+    async def _server(self, sid: str) -> _Server | None:
+        """The live server `sid`, once it has started."""
+        starting = self._starting.get(sid)
+        if starting is not None:
+            await starting
+        return self.servers.get(sid)
 
     async def _ev_stop(self, ev: Planned) -> None:
         """BindToClose: the budget boost, then every player's final save, within the shutdown window."""
-        server = self.servers.get(ev.server)
+        server = await self._server(ev.server)
         if server is None or server.closing:
             return
         server.closing = True
         self._events.append((ev.t, "stop", ev.server))
-        await self._blocking(server.host.server.begin_shutdown)
+        await server.game.aio.begin_shutdown()
         window = self.scenario.servers.shutdown_window
         with emergency():
             tasks = [self.scheduler.spawn(self._leave(server, key, ev.t)) for key in list(server.players)]
@@ -256,27 +278,38 @@ class SimHost:
                 sleeper.cancel()
         if any(not t.done() for t in tasks):
             self._events.append((self.now_rel(), "shutdown_window_exceeded", ev.server))
-            self._drop(server, ev.t, "crash")
+            await self._drop(server, ev.t, "crash")
             return
-        await server.host.shutdown()
-        self._retire(server)
+        try:
+            await server.game.aio.shutdown()
+        except LodestoreError:
+            pass   # a final save that failed: its presence is already settled (every player left first)
+        totals = await self._totals(server)
+        self._sample_budget(server)
+        self._retire(server, totals)
 
     async def _ev_crash(self, ev: Planned) -> None:
-        server = self.servers.get(ev.server)
+        server = await self._server(ev.server)
         if server is None:
             return
         self._events.append((ev.t, "crash", ev.server))
-        self._drop(server, ev.t, "crash")
+        await self._drop(server, ev.t, "crash")
 
     async def _ev_stall(self, ev: Planned) -> None:
-        server = self.servers.get(ev.server)
+        server = await self._server(ev.server)
         if server is not None:
             self._events.append((ev.t, "stall", ev.server))
-            server.host.stall_locks(ev.amount / 1000)
+            await server.game.aio.stall_locks(ev.amount / 1000)
 
-    def _drop(self, server: _Server, t: int, why: str) -> None:
-        """The server dies: its sessions end unsaved, the game code it was running stops mid-call."""
-        server.host.crash()
+    async def _drop(self, server: _Server, t: int, why: str) -> None:
+        """The server dies: its sessions end unsaved, the game code it was running stops mid-call. Its figures are
+        read just before (a crashed key actor answers nothing)."""
+        if self.servers.get(server.sid) is not server:
+            return
+        self.servers.pop(server.sid, None)   # no event finds it from now on
+        totals = await self._totals(server)
+        self._sample_budget(server)
+        server.game.crash()
         for presence in server.players.values():
             self._end_presence(presence, "lost")
         server.players.clear()
@@ -286,28 +319,31 @@ class SimHost:
                 task.cancel()
         for op in [op for op in self._open.values() if op.ev.server == server.sid]:
             self._resolve(op, "unknown", "ServerGone")
-        self._retire(server)
-
-    def _retire(self, server: _Server) -> None:
-        self.servers.pop(server.sid, None)
-        self._gone[server.sid] = server.host
-        self._sample_budget(server)
-        try:
-            server.host.server.close() if self._in_process else self.scheduler.spawn(
-                self._blocking(server.host.server.close))
+        self._retire(server, totals)
+        try:   # a crashed server's players leave the world's CCU, its budget goes
+            await server.game.storage.aio.close()
         except LodestoreError:
             pass
 
-    async def _blocking(self, fn: Callable[[], Any]) -> Any:
-        """A blocking call into storage (one Ray round trip): off the event loop on Ray, inline in process."""
-        if self._in_process:
-            return fn()
-        return await asyncio.to_thread(fn)
+    def _retire(self, server: _Server, totals: StoreTotals | None) -> None:
+        self.servers.pop(server.sid, None)
+        self._live_totals.pop(server.sid, None)
+        if totals is not None:
+            self._gone[server.sid] = totals
+
+    async def _totals(self, server: _Server) -> StoreTotals | None:
+        """The server's store figures now (the last ones read when it cannot answer)."""
+        try:
+            totals = await server.store.aio.totals()
+        except LodestoreError:
+            return self._live_totals.get(server.sid)
+        self._live_totals[server.sid] = totals
+        return totals
 
     # ------------------------------------------------------------------------------------- players
 
     async def _ev_join(self, ev: Planned) -> None:
-        server = self.servers.get(ev.server)
+        server = await self._server(ev.server)
         if server is None or server.closing:
             self._events.append((ev.t, "join_refused", ev.server))
             return
@@ -319,7 +355,7 @@ class SimHost:
         self._sync_players(server)
         started = time.perf_counter()
         try:
-            await server.host.call(Load(self.config.name, ev.player))
+            await server.store.aio.load(ev.player)
         except Exception as exc:
             self._sample(ev.t, "load", started, exc)
             self._events.append((ev.t, "load_failed", ev.server))
@@ -333,7 +369,7 @@ class SimHost:
         presence.loaded.set_result(True)
 
     async def _ev_leave(self, ev: Planned) -> None:
-        server = self.servers.get(ev.server)
+        server = await self._server(ev.server)
         if server is not None and not server.closing:
             await self._leave(server, ev.player, ev.t)
 
@@ -345,7 +381,7 @@ class SimHost:
             return
         started = time.perf_counter()
         try:
-            unloaded = await server.host.call(Unload(self.config.name, key))
+            unloaded = await server.store.aio.unload(key)
         except Exception as exc:
             self._sample(t, "unload", started, exc)
             ended = "lost"
@@ -377,7 +413,7 @@ class SimHost:
             count = len(server.players)
             server.synced_players = count
             try:
-                await self._blocking(lambda: server.host.server.set_players(count))
+                await server.game.aio.set_players(count)
             except Exception:
                 pass  # a world shutting down
         self.scheduler.spawn(sync())
@@ -385,7 +421,7 @@ class SimHost:
     # ---------------------------------------------------------------------------------------------- actions
 
     async def _present(self, ev: Planned) -> tuple[_Server, _Presence] | None:
-        server = self.servers.get(ev.server)
+        server = await self._server(ev.server)
         presence = server.players.get(ev.player) if server is not None else None
         if presence is None or not await presence.loaded or presence.ended is not None:
             self._resolve(self._op(ev), "failed", "NotLoaded")
@@ -405,7 +441,9 @@ class SimHost:
         server = self.servers.get(ev.server)
         started = time.perf_counter()
         try:  # a receipt is granted only once the purchase is saved
-            await server.host.call(Save(self.config.name, ev.player))
+            if server is None:
+                raise LodestoreError(f"server {ev.server!r} is gone")
+            await server.store.aio.save(ev.player)
         except Exception as exc:
             self._sample(ev.t, "purchase_save", started, exc)
             return  # stays pending: a later save (or the unload) decides
@@ -420,7 +458,7 @@ class SimHost:
         op = self._op(ev)
         started = time.perf_counter()
         try:
-            changed = await server.host.call(Update(self.config.name, ev.player, fn))
+            changed = await server.store.aio.update(ev.player, fn)
         except Exception as exc:
             self._sample(ev.t, ev.kind, started, exc)
             self._resolve(op, "failed", error_code(exc))
@@ -460,14 +498,14 @@ class SimHost:
             self._resolve(op, "failed", error_code(error), tx="aborted")
 
     async def _ev_hot(self, ev: Planned) -> None:
-        server = self.servers.get(ev.server)
+        server = await self._server(ev.server)
         op = self._op(ev)
         if server is None or ev.target is None:
             self._resolve(op, "failed", "NotLoaded")
             return
         started = time.perf_counter()
         try:
-            await server.host.server.datastores.get_data_store(HOT_STORE).aio.update(ev.target, _bump_hot)
+            await server.game.storage.datastores.get_data_store(HOT_STORE).aio.update(ev.target, _bump_hot)
         except DataStoreError as exc:
             self._sample(ev.t, "hot", started, exc)
             # a refusal before sending (throttle queue full, a bad request) never lands; a server error may have
@@ -503,26 +541,35 @@ class SimHost:
     def _on_lock(self, server: str, kind: str, key: str, session: str, at: int, until: int) -> None:
         self._locks.append((at - self.t0, key, session, kind, until - self.t0, server))
 
-    def _sample_budget(self, server: _Server) -> GateStatistics:
-        stats = server.host.server.datastores._gate.statistics()
-        self._throttled[server.sid] = stats.throttled
-        return stats
+    def _sample_budget(self, server: _Server) -> int:
+        """Requests the server's budget gates throttled so far (its key actors' and its own raw client's); answers
+        the tokens its own client holds now."""
+        stats = server.game.storage.datastores.gate_statistics()
+        totals = self._live_totals.get(server.sid)
+        self._throttled[server.sid] = stats.throttled + (totals.throttled if totals is not None else 0)
+        return sum(stats.tokens.values())
 
     # ------------------------------------------------------------------------------------------------ output
 
-    def drain(self) -> dict:
+    async def drain(self) -> dict:
         """Everything recorded since the last drain, plus current figures. Plain data (tuples, dicts, numbers)."""
         out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events}
         self._ops, self._locks, self._samples, self._events = [], [], [], []
+        live = list(self.servers.values())
+        stats = await asyncio.gather(*(self._statistics(server) for server in live))
         counters: dict[str, int] = {}
-        for keyhost in [server.host for server in self.servers.values()] + list(self._gone.values()):
-            rt = keyhost.stores.get(self.config.name)
-            if rt is not None:
-                for name, value in vars(rt.counters).items():
+        for totals in [self._live_totals.get(s.sid) for s in live] + list(self._gone.values()):
+            if totals is not None:
+                for name, value in vars(totals.counters).items():
                     counters[name] = counters.get(name, 0) + value
+                counters["key_actors"] = counters.get("key_actors", 0) + totals.key_actors
         tokens = []
-        for server in self.servers.values():
-            tokens.append(sum(self._sample_budget(server).tokens.values()))
+        errors: list[str] = []
+        for server, snapshots in zip(live, stats):
+            held = self._sample_budget(server)
+            held += sum(sum(s.gate.tokens.values()) for s in snapshots if s.gate is not None)
+            tokens.append(held)
+            errors += [e for s in snapshots for e in s.errors]
         out["counters"] = counters
         out["log"] = dict(self._log_counts)
         out["throttled"] = dict(self._throttled)
@@ -530,8 +577,17 @@ class SimHost:
         out["servers"] = len(self.servers)
         out["players"] = sum(len(s.players) for s in self.servers.values())
         out["time"] = self.now_rel()
-        out["errors"] = [e for s in self.servers.values() for e in s.host.errors][-5:]
+        out["errors"] = errors[-5:]
         return out
+
+    async def _statistics(self, server: _Server) -> list:
+        """The live key actors' snapshots of the server's store; its figures over its life are kept too."""
+        try:
+            snapshots = await server.store.aio.statistics()
+        except LodestoreError:
+            return []
+        await self._totals(server)
+        return snapshots
 
     async def finish(self) -> dict:
         """End of the run: no new events; let what is running end (a lock wait at most), then BindToClose on every
@@ -550,11 +606,11 @@ class SimHost:
                 task.cancel()
             await asyncio.sleep(0)
         for server in [s for s in self.servers.values() if s.closing]:  # a BindToClose cut short by the end
-            self._drop(server, self.now_rel(), "crash")
+            await self._drop(server, self.now_rel(), "crash")
         await asyncio.gather(*(self._ev_stop(Planned(self.now_rel(), "stop", sid)) for sid in list(self.servers)))
         for op in list(self._open.values()):
             self._resolve(op, "unknown", "RunEnded")
-        return self.drain()
+        return await self.drain()
 
     async def peek(self, keys: list[str]) -> dict:
         """The stored data of `keys` (transactions resolved), or None where there is none: the verifier's read at
@@ -570,8 +626,8 @@ class SimHost:
         return out
 
     async def read_hot(self, names: list[str]) -> dict:
-        reader = KeyHost(self.world, f"sim-hot-reader-{self.index}", self.scheduler, budgeted=False)
-        store = reader.server.datastores.get_data_store(HOT_STORE)
+        reader = Server(self.world, f"sim-hot-reader-{self.index}", budgeted=False)
+        store = reader.datastores.get_data_store(HOT_STORE)
         out = {}
         for name in names:
             value, _ = await store.aio.get(name, False)
@@ -581,42 +637,45 @@ class SimHost:
     # --------------------------------------------------------------------------------- transaction routing
 
     async def tx_calls(self, calls: list[TxCall]) -> list[Any]:
-        """A coordinator's participant calls: each call's keys go to the server of this host that holds them."""
+        """A coordinator's participant calls: each call's keys go to the server of this host that holds them live
+        (its `GameServer` forwards them to the key actor holding each)."""
         async def one(call: TxCall) -> Any:
-            groups: dict[int, tuple[KeyHost, list[str]]] = {}
+            groups: dict[str, tuple[GameServer, list[str]]] = {}
             for key in call.keys:
-                host = self._holder(call.store, key)
-                groups.setdefault(id(host), (host, []))[1].append(key)
+                game = await self._holder(key)
+                groups.setdefault(game.job_id, (game, []))[1].append(key)
             merged: dict = {}
-            for host, group in groups.values():
-                reply = (await host.tx_calls([call.only(group)]))[0]
-                if isinstance(reply, BaseException):
-                    reply = {k: reply for k in group}
-                merged.update(reply)
+            for game, group in groups.values():
+                merged.update((await game.aio.tx_calls([call.only(group)]))[0])
             return merged
 
         return await asyncio.gather(*(one(c) for c in calls))
 
-    def _holder(self, store: str, key: str) -> KeyHost:
-        """The server of this host whose session of `key` is live (a teleport may leave a closing one behind)."""
-        fallback = None
-        for server in self.servers.values():
-            rt = server.host.stores.get(store)
-            session = rt.sessions.get(key) if rt is not None else None
-            if session is None:
-                continue
-            if session.state in (SessionState.ACTIVE, SessionState.IN_TRANSACTION):
-                return server.host
-            fallback = server.host
-        if fallback is not None:
-            return fallback
-        return next(iter(self.servers.values())).host if self.servers else self._orphan_host()
+    async def _holder(self, key: str) -> GameServer:
+        """The server of this host whose session of `key` is live (a teleport may leave a closing one behind on
+        another); with none, any server (its answer: not loaded, or ABSENT to a finish)."""
+        servers = list(self.servers.values())
+        loaded = await asyncio.gather(*(self._is_loaded(server, key) for server in servers))
+        for server, live in zip(servers, loaded):
+            if live:
+                return server.game
+        if servers:
+            return servers[0].game
+        return await self._orphan_server()
 
-    def _orphan_host(self) -> KeyHost:
-        host = getattr(self, "_orphan", None)
-        if host is None:
-            host = self._orphan = KeyHost(self.world, f"sim-none-{self.index}", self.scheduler)
-        return host
+    @staticmethod
+    async def _is_loaded(server: _Server, key: str) -> bool:
+        try:
+            return await server.store.aio.is_loaded(key)
+        except LodestoreError:
+            return False   # a server going down holds nothing a transaction can use
+
+    async def _orphan_server(self) -> GameServer:
+        game = getattr(self, "_orphan", None)
+        if game is None:
+            game = self._orphan = await GameServer.create(self.world, f"sim-none-{self.index}", runtime=self.runtime)
+            await game.aio.create_store(self.config.name, self.config.template, **store_options(self.config))
+        return game
 
 
 class _SimHostActor:
@@ -650,7 +709,7 @@ class _SimHostActor:
         self._ready().apply(events)
 
     async def drain(self) -> dict:
-        return self._ready().drain()
+        return await self._ready().drain()
 
     async def finish(self) -> dict:
         return await self._ready().finish()

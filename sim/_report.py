@@ -21,7 +21,7 @@ The report dict (the contract of report.json, ``"format": 1``) is plain JSON-com
         "locks": {"acquired": int, "waits": int, "steals": int, "lost": int},
         "throttled": int,
         "servers": {"started": int, "stopped": int, "crashed": int, "stalled": int, "lost_with_node": int,
-                    "peak": int},
+                    "peak": int, "key_actors": int},   # key_actors: started (per-key placement: one per load)
         "players": {"joins": int, "leaves": int, "teleports": int, "peak_online": int, "load_failures": int},
      },
      "latency_ms": {op: {"count": int, "p50": float, "p90": float, "p99": float, "max": float}},  # op incl. load

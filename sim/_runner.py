@@ -395,7 +395,7 @@ class _InProcess(_Engine):
                 t = nxt
                 self.sim_time_s = t / 1000
                 for i, host in enumerate(hosts):
-                    self.collector.add(i, host.drain())
+                    self.collector.add(i, await host.drain())
                 self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0)
         except KeyboardInterrupt:
             self.interrupted = True

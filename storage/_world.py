@@ -29,7 +29,7 @@ from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport
 from lodestore.storage.datastore._client import DataStoreService
 from lodestore.storage.memorystore._client import MemoryStoreService
 
-__all__ = ["World", "Server"]
+__all__ = ["World", "Server", "AsyncServer"]
 
 _WORLD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BACKENDS = ("sqlite", "memory")
@@ -235,6 +235,9 @@ class World:
     def _call(self, target, method: str, *args):
         return self.runtime.call(target, method, *args)
 
+    async def _acall(self, target, method: str, *args):
+        return await self.runtime.acall(target, method, *args)
+
     def _send(self, target, method: str, *args) -> None:
         """Like `_call`, without waiting for the answer."""
         self.runtime.send(target, method, *args)
@@ -278,6 +281,7 @@ class Server:
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
                                            shared_storage=world.info.shared_file)
         self.memorystores = MemoryStoreService(world._transport, world.clock, OpenGate(), job_id)
+        self.aio = AsyncServer(self)
 
     def __repr__(self) -> str:
         return f"Server({self.job_id!r}, players={self.players}, world={self.world.name!r})"
@@ -305,6 +309,37 @@ class Server:
         self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
         if self.world._budget is not None:
             self.world._call(self.world._budget, "remove_server", self.job_id)
+
+
+class AsyncServer:
+    """`Server`'s lifecycle calls as coroutines (`server.aio`), for code on an event loop (an async actor, the
+    in-process simulator): they await the world's actors instead of blocking the loop. Same effects as the blocking
+    twins, and the same answer to a repeated delivery."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    async def set_players(self, players: int) -> None:
+        s = self._server
+        if isinstance(players, bool) or not isinstance(players, int) or players < 0:
+            raise ConfigError(f"players must be an int >= 0, got {players!r}")
+        s.players = players
+        await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, players)
+        if s.world._budget is not None:
+            await s.world._acall(s.world._budget, "set_players", s.job_id, players)
+
+    async def begin_shutdown(self) -> None:
+        s = self._server
+        if s.world._budget is not None:
+            s.datastores.release_leases()
+            await s.world._acall(s.world._budget, "begin_shutdown", s.job_id)
+
+    async def close(self) -> None:
+        s = self._server
+        s.datastores.release_leases()
+        await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, 0)
+        if s.world._budget is not None:
+            await s.world._acall(s.world._budget, "remove_server", s.job_id)
 
 
 CLOSE_TIMEOUT_S = 30.0

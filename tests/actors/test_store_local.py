@@ -108,3 +108,43 @@ def test_a_lost_lock_fires_on_lock_lost_and_later_calls_fail(world):
     assert lost == ["u1"]
     with pytest.raises((KeyNotLoadedError, LockLostError)):
         store.update("u1", give(1))
+
+
+@pytest.mark.parametrize("placement", ["per-server", "per-key"])
+def test_the_async_game_server_api_on_the_running_loop(placement):
+    import asyncio
+    from lodestore import store_options
+    from lodestore.actors import StoreConfig
+    from lodestore.storage import LocalRuntime, Scheduler
+
+    async def main():
+        clock = ManualClock()
+        world = World.in_process("aio", clock=clock, budget=None)
+        scheduler = Scheduler(clock)
+        runtime = LocalRuntime.here("aio-test")
+        locks = []
+        config = StoreConfig("players", TEMPLATE, placement=placement,
+                             lock_callback=lambda *event: locks.append(event[0]))
+        server = await GameServer.create(world, "job-a", players=2, runtime=runtime)
+        store = await server.aio.create_store(config.name, config.template, **store_options(config))
+        await store.aio.load("u1")
+        await store.aio.load("u2")
+        assert await store.aio.update("u1", give(4)) is True
+        assert await store.aio.loaded_keys() == ["u1", "u2"]
+        assert len(await store.aio.statistics()) == (2 if placement == "per-key" else 1)
+        await server.aio.stall_locks(1)
+        assert await store.aio.unload("u2") is True
+        totals = await store.aio.totals()
+        assert totals.counters.loads == 2 and totals.counters.unloads == 1   # the ended actor's count is kept
+        assert totals.key_actors == (2 if placement == "per-key" else 1)
+        assert locks                                                      # the lock_callback option arrived
+        await server.aio.begin_shutdown()
+        await server.aio.shutdown()
+        assert (await store.aio.totals()).counters.unloads == 2          # figures outlive the key actors
+        other = GameServer(world, "job-b", runtime=runtime)
+        reader = await other.aio.create_store("players", TEMPLATE)
+        assert await reader.aio.peek("u1") == {"coins": 4, "items": []}
+        assert not await reader.aio.probe_lock_active("u1")
+        del scheduler
+
+    asyncio.run(main())

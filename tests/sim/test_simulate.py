@@ -135,6 +135,18 @@ def normalized(history) -> list:
     return out
 
 
+def test_placement_decides_how_many_key_actors_the_game_servers_create():
+    per_key = run_in_process(QUICK, placement="per-key")
+    assert per_key.ok, [(c.name, c.counterexample) for c in per_key.checks if not c.ok]
+    totals = per_key.report["totals"]
+    # one key actor per load (a quiet run: every load and unload succeeds, so none is reused)
+    assert totals["players"]["joins"] > 100 and totals["players"]["load_failures"] == 0
+    assert totals["servers"]["key_actors"] == totals["players"]["joins"]
+    per_server = run_in_process(QUICK, placement="per-server")
+    assert per_server.ok, [(c.name, c.counterexample) for c in per_server.checks if not c.ok]
+    assert per_server.report["totals"]["servers"]["key_actors"] == per_server.report["totals"]["servers"]["started"]
+
+
 # ---------------------------------------------------------------------------------- the checkers catch bugs
 
 def test_a_chaos_run_passes_every_checker():
