@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+import weakref
 from typing import Any, Callable
 
 from lodestore.actors import (Close, Get, HostRequest, IsLoaded, KeyActor, KeyNotLoadedError, KeyRequest,
@@ -108,16 +109,18 @@ def _coordinator_gone(world: World) -> Callable[[BaseException], BaseException]:
     return gone
 
 
-_tx_batchers: dict[tuple, Coalescer] = {}
+_tx_batchers: "weakref.WeakKeyDictionary[Runtime, dict[tuple, Coalescer]]" = weakref.WeakKeyDictionary()
 
 
 def tx_batcher(world: World) -> Coalescer:
     """One loop turn's transactions of this process go to the world's coordinator in one message; `submit(req)`
-    answers the result or the error as a value."""
-    key = (world.name, repr(world.clock), id(world.runtime))
-    batcher = _tx_batchers.get(key)
+    answers the result or the error as a value. Kept per runtime (a world's lifetime in process: a later world of
+    the same name and clock must never reach this one's coordinator)."""
+    kept = _tx_batchers.setdefault(world.runtime, {})
+    key = (world.name, repr(world.clock))
+    batcher = kept.get(key)
     if batcher is None:
-        batcher = _tx_batchers[key] = Coalescer(
+        batcher = kept[key] = Coalescer(
             lambda reqs: world.runtime.acall(coordinator_ref(world), "run_many", reqs), _coordinator_gone(world))
     return batcher
 

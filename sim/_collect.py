@@ -69,7 +69,7 @@ class Collector:
         self._counters: dict[int, dict[str, int]] = {}
         self._throttled: dict[str, int] = {}
         self._logs: dict[int, dict[str, int]] = {}
-        self._host_live: dict[int, tuple[int, int]] = {}
+        self._host_live: dict[int, tuple[int, frozenset]] = {}   # host -> (servers up, players online)
         self.peak_servers = 0
         self.peak_players = 0
         b = self.buckets
@@ -89,6 +89,12 @@ class Collector:
         return min(self.buckets - 1, max(0, int(t_ms / 1000 / self.bucket_s)))
 
     # ------------------------------------------------------------------------------------------------ intake
+
+    def live(self) -> tuple[int, int]:
+        """Servers up and players online as the hosts last reported them; a player on two servers at once (a
+        teleport between its leave and its join) counts once."""
+        servers = sum(s for s, _ in self._host_live.values())
+        return servers, len(frozenset().union(*(online for _, online in self._host_live.values())))
 
     def add(self, host: int, drain: dict) -> None:
         """One host's drain (see `SimHost.drain`)."""
@@ -114,10 +120,9 @@ class Collector:
         throttled_before = sum(self._throttled.values())
         self._throttled.update(drain["throttled"])
         self.s_throttled[now_b] += max(0, sum(self._throttled.values()) - throttled_before)
-        self._host_live[host] = (drain["servers"], drain["players"])
+        self._host_live[host] = (drain["servers"], frozenset(drain["online"]))
         self._host_tokens[host] = list(drain["tokens"])
-        servers = sum(s for s, _ in self._host_live.values())
-        players = sum(p for _, p in self._host_live.values())
+        servers, players = self.live()
         self.peak_servers = max(self.peak_servers, servers)
         self.peak_players = max(self.peak_players, players)
         self.s_servers[now_b] = servers

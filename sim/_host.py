@@ -575,7 +575,8 @@ class SimHost:
         out["throttled"] = dict(self._throttled)
         out["tokens"] = tokens
         out["servers"] = len(self.servers)
-        out["players"] = sum(len(s.players) for s in self.servers.values())
+        # a teleporting player is on two servers for a moment (leaving one, joining the other): online once
+        out["online"] = sorted({key for s in self.servers.values() for key in s.players})
         out["time"] = self.now_rel()
         out["errors"] = errors[-5:]
         return out

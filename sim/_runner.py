@@ -125,8 +125,7 @@ class _Display:
         last_wall, last_ops = self._last_ops
         rate = (ops - last_ops) / (wall - last_wall) if wall > last_wall else 0.0
         self._last_ops = (wall, ops)
-        servers = sum(s for s, _ in collector._host_live.values())
-        players = sum(p for _, p in collector._host_live.values())
+        servers, players = collector.live()
         errors = sum(collector.errors.values())
         line = (f"t={_clock(t_s)}/{_clock(self.duration_s)}  servers {servers:>3}  players {players:>5}  "
                 f"ops/s {rate:>7.0f}  throttled {sum(collector._throttled.values()):>5}  errors {errors:>5}")
@@ -175,8 +174,9 @@ class _Metrics:
                     self._errors.inc(1, {**self._tags, "code": code})
             for op, n in counts.items():
                 self._ops.inc(n, {**self._tags, "op": op})
-            self._players.set(sum(p for _, p in collector._host_live.values()), self._tags)
-            self._servers.set(sum(s for s, _ in collector._host_live.values()), self._tags)
+            servers, players = collector.live()
+            self._players.set(players, self._tags)
+            self._servers.set(servers, self._tags)
             self._throttled.set(sum(collector._throttled.values()), self._tags)
         except Exception:
             self._ok = False

@@ -13,9 +13,6 @@ much as one at the top):
   attribute, method or module-level name defined in another package and nowhere in the package that uses it;
 - every name in an `__all__` resolves, and every public name a package's `__init__` imports is in its `__all__`.
 Tests may reach into private modules (they test packages from inside); packages may not.
-
-`PENDING` lists the violations left in files being rewritten elsewhere, each with what to use instead; an entry that
-no longer occurs fails `test_every_pending_violation_still_occurs`, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -147,15 +144,6 @@ def imports_of(module: Module) -> list[Import]:
 
 IMPORTS = [i for m in MODULES for i in imports_of(m)]
 
-# Violations in files being rewritten on another branch: (file, what it uses) -> what to use instead. Remove an entry
-# when its file is fixed (the last test says so).
-PENDING: dict[tuple[str, str], str] = {}
-
-
-def _pending(where: str, what: str) -> bool:
-    return (where, what) in PENDING
-
-
 def test_the_modules_are_found():
     names = set(BY_NAME)
     assert {"lodestore", "lodestore._store", "lodestore.storage", "lodestore.storage._world",
@@ -170,8 +158,7 @@ def private_imports() -> list[Import]:
 
 
 def test_no_package_imports_another_packages_private_module():
-    offenders = [f"{i}, a private module of {package_of(i.target)}" for i in private_imports()
-                 if not _pending(i.importer.where, i.target)]
+    offenders = [f"{i}, a private module of {package_of(i.target)}" for i in private_imports()]
     assert offenders == [], "\n".join(["use the package's public face instead:"] + offenders)
 
 
@@ -237,18 +224,8 @@ def private_reaches() -> list[tuple[Module, int, str, set[str]]]:
 
 def test_no_package_reaches_into_another_packages_private_attributes():
     offenders = [f"{m.where}:{line} ({m.name}) uses {expr}, private to {', '.join(sorted(owners))}"
-                 for m, line, expr, owners in private_reaches() if not _pending(m.where, expr)]
+                 for m, line, expr, owners in private_reaches()]
     assert offenders == [], "\n".join(["use a public method of the owning package instead:"] + offenders)
-
-
-def test_every_pending_violation_still_occurs():
-    """PENDING only shrinks: an entry whose file was fixed must be removed (and the fix is then kept by the tests
-    above)."""
-    occurring = {(i.importer.where, i.target) for i in private_imports()}
-    occurring |= {(m.where, expr) for m, _, expr, _ in private_reaches()}
-    fixed = [f"{where}: {what} (now: {instead})" for (where, what), instead in PENDING.items()
-             if (where, what) not in occurring]
-    assert fixed == [], "\n".join(["fixed, remove from PENDING:"] + fixed)
 
 
 def _declared_all(module: Module) -> list[str] | None:

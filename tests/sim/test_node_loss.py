@@ -58,7 +58,7 @@ def test_the_router_gives_no_new_server_and_no_event_to_a_lost_host():
 
 def _drain(ops=(), locks=()):
     return {"ops": list(ops), "locks": list(locks), "samples": [], "events": [], "time": 0, "counters": {},
-            "throttled": {}, "servers": 1, "players": 1, "tokens": []}
+            "throttled": {}, "servers": 1, "online": ["p1"], "tokens": []}
 
 
 def test_a_lost_hold_ends_at_its_last_report_and_its_open_actions_are_unknown():

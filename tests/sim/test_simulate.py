@@ -320,3 +320,14 @@ def test_a_fault_window_between_two_steps_still_takes_effect_in_process():
     result = run_in_process(QUICK + "\n[[faults]]\nstart = 302\nend = 398\nerror_rate = { StandardWrite = 1.0 }\n")
     assert result.ok
     assert result.report["totals"]["store_warnings"].get("warn: record write failed", 0) > 0
+
+
+def test_a_teleporting_player_is_online_once():
+    """During a teleport a player is on two servers (leaving one, loading on the other): still one player online
+    (teleport_storm counted 137 online at once out of a population of 120)."""
+    text = (Path(__file__).resolve().parents[2] / "examples" / "scenarios" / "teleport_storm.toml").read_text()
+    result = run_in_process(text, duration=600)
+    players = result.report["totals"]["players"]
+    assert players["teleports"] > 50
+    assert 0 < players["peak_online"] <= 120
+    assert max(p for p in result.report["series"]["players_online"] if p is not None) <= 120
