@@ -250,8 +250,11 @@ class KeyHost:
 
         async def finish(key: str) -> str | None:
             session = rt.sessions.get(key) if rt is not None else None
-            if session is None:
-                return ABSENT   # nobody here can clean this key's record: the coordinator must
+            if session is None or not session.participant.holds(call.tx_id):
+                # Only the session in this transaction can vouch for the key's record. Any other (none, or a later
+                # session of the key, loaded after the one in the transaction lost its lock) cannot: the record may
+                # still carry the transaction, and only the coordinator can clean it.
+                return ABSENT
             await session.participant.finish(call.tx_id, *call.outcomes[key])
             return None
 

@@ -143,6 +143,10 @@ class TxParticipant:
             if self.tx is tx:
                 self.release()
 
+    def holds(self, tx_id: str) -> bool:
+        """Whether transaction `tx_id` holds this session now."""
+        return self.tx is not None and self.tx.id == tx_id
+
     def release(self) -> None:
         """The transaction lets go of the session (finished, or the session lost its lock)."""
         tx, self.tx = self.tx, None

@@ -142,3 +142,20 @@ def test_a_host_routes_typed_participant_calls_and_answers_absent_for_a_key_it_d
         (refused,) = await host.tx_calls(["tx_prepare"])               # not a typed call: a clear error, as a value
         assert isinstance(refused, ConfigError) and "got a str" in str(refused)
     run(main())
+
+
+def test_a_session_not_in_the_transaction_answers_absent_so_the_coordinator_cleans_the_record():
+    """A later session of a key (loaded after the one in the transaction lost its lock) cannot vouch for the record
+    the transaction wrote: it answers ABSENT, and the coordinator cleans the record before removing the marker (a
+    marker removed first would make a reader apply the aborted patch)."""
+    async def main():
+        rig = Rig()
+        a, _ = await loaded(rig)
+        host = a.host
+        assert await host.tx_call(TxPrepare("T1", "players", ["u1"], 30)) == {"u1": BEFORE}
+        replies = await host.tx_call(TxFinish("T2", "players", {"u1": ("abort",)}))   # never joined T2
+        assert replies == {"u1": ABSENT}
+        assert await host.tx_call(TxFinish("T1", "players", {"u1": ("abort",)})) == {"u1": None}
+        assert await host.tx_call(TxFinish("T1", "players", {"u1": ("abort",)})) == {"u1": ABSENT}   # repeated
+        assert await a(Get, "u1") == BEFORE
+    run(main())
