@@ -11,7 +11,6 @@ compare-and-set): it asks the shard.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import random
