@@ -179,7 +179,7 @@ class SimHost:
 
     def __init__(self, world: Any, scenario: Scenario, index: int, t0: int, *, scheduler: Scheduler,
                  run_tx: Callable[[TxRequest], Any], peer: Callable[[int], Any],
-                 host_of: Callable[[str], int], in_process: bool = False) -> None:
+                 host_of: Callable[[str], int]) -> None:
         self.world = world
         self.scenario = scenario
         self.index = index
@@ -188,7 +188,6 @@ class SimHost:
         self._run_tx = run_tx
         self._peer = peer
         self._host_of = host_of
-        self._in_process = in_process
         self.config = store_config(scenario, log_callback=self._on_log)
         self.runtime = LocalRuntime.here(f"sim-host-{index}")   # the servers' key actors live on this loop
         self._log_counts: dict[str, int] = {}
@@ -240,15 +239,13 @@ class SimHost:
 
     async def _ev_start(self, ev: Planned) -> None:
         config = dataclasses.replace(self.config, lock_callback=functools.partial(self._on_lock, ev.server))
-        if self._in_process:   # registers inline: nothing else runs meanwhile, as before
-            game = GameServer(self.world, ev.server, runtime=self.runtime)
-        else:                  # the events planned meanwhile for this server wait for it (`_server`)
-            starting = self._starting[ev.server] = asyncio.get_running_loop().create_future()
-            try:
-                game = await GameServer.create(self.world, ev.server, runtime=self.runtime)
-            finally:
-                del self._starting[ev.server]
-                starting.set_result(None)
+        # the events planned meanwhile for this server wait for it (`_server`); in process nothing waits at all
+        starting = self._starting[ev.server] = asyncio.get_running_loop().create_future()
+        try:
+            game = await GameServer.create(self.world, ev.server, runtime=self.runtime)
+        finally:
+            del self._starting[ev.server]
+            starting.set_result(None)
         store = await game.aio.create_store(config.name, config.template, **store_options(config))
         self.servers[ev.server] = _Server(ev.server, game, store)
         self._events.append((ev.t, "start", ev.server))

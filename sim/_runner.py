@@ -375,7 +375,7 @@ class _InProcess(_Engine):
         hosts: list[SimHost] = []
         for i in range(self.host_count):
             hosts.append(SimHost(world, sc, i, t0, scheduler=scheduler, run_tx=run_tx, peer=lambda j: hosts[j],
-                                 host_of=lambda sid: self.router.placement[sid], in_process=True))
+                                 host_of=lambda sid: self.router.placement[sid]))
         step_ms = int(sc.servers.step * 1000)
         end_ms = int(sc.world.duration * 1000)
         boundaries = [0.0] + _fault_boundaries(sc)
