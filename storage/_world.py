@@ -294,7 +294,10 @@ class Server:
         memorystore = self.world._shards(MEMORYSTORE)[0]
         self.world._call(memorystore, "set_players", self.job_id, players)
         if self.world._budget is not None:
-            self.world._call(self.world._budget, "set_players", self.job_id, players)
+            try:
+                self.world._call(self.world._budget, "set_players", self.job_id, players)
+            except self.world.runtime.failures:
+                pass   # restarting: every lease carries the count and registers a server the new ledger does not know
 
     def begin_shutdown(self) -> None:
         """The server is closing (BindToClose): its budgets get Roblox's shutdown boost, once. Leased tokens go
@@ -326,7 +329,10 @@ class AsyncServer:
         s.players = players
         await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, players)
         if s.world._budget is not None:
-            await s.world._acall(s.world._budget, "set_players", s.job_id, players)
+            try:
+                await s.world._acall(s.world._budget, "set_players", s.job_id, players)
+            except s.world.runtime.failures:
+                pass   # restarting: every lease carries the count and registers a server the new ledger does not know
 
     async def begin_shutdown(self) -> None:
         s = self._server

@@ -45,8 +45,11 @@ def test_a_restarted_budget_actor_grants_no_fresh_burst(ray_session, tmp_path):
         ray.kill(budget, no_restart=False)                             # the process dies; Ray restarts it
         deadline = time.monotonic() + 60
         stats = None
+        started = 0
         while stats is None or not stats.restarted:                    # the kill takes effect a moment later
             assert time.monotonic() < deadline, "the budget actor never came back as a restarted ledger"
+            world.server(f"new-{started}", players=2)                  # a server starts while it restarts
+            started += 1
             try:
                 stats = ray.get(budget.statistics.remote())
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):
