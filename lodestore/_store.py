@@ -224,31 +224,10 @@ class GameServer:
 
     def shutdown(self) -> None:
         """BindToClose: the shutdown budget boost, then every store closes (final saves at emergency priority,
-        locks released), then the key actors end."""
-        if self._down:
-            return
-        self._down = True
-        if not self._shutting_down:
-            self._shutting_down = True
-            self._storage.begin_shutdown()
-        try:
-            for store in self._stores.values():
-                for link in list(store._key_links.values()):
-                    try:
-                        link._blocking("shutdown")
-                    finally:
-                        store._end_link(link)
-                store._key_links.clear()
-                store._closed = True
-            if self._host_link is not None:
-                try:
-                    self._host_link.runtime.call(self._host_link.ref, "shutdown")
-                    for store in self._stores.values():
-                        store._keep_final(self._host_link.call([Statistics(store.name)])[0])
-                finally:
-                    self._host_link.crash()
-        finally:
-            self._storage.close()
+        locks released), then the key actors end. The same steps as `await server.aio.shutdown()`, run to their
+        end on the server's runtime."""
+        if not self._down:
+            self.runtime.block(self.aio.shutdown())
 
     def crash(self) -> None:
         """Die now, like a crashed server: nothing is saved, no lock is released (they expire by TTL)."""
@@ -449,12 +428,7 @@ class Store:
 
     def close(self) -> None:
         """Unload every key (final saves at emergency priority); later calls raise "Store is closed"."""
-        self._closed = True
-        for key, link in list(self._key_links.items()):
-            _raise_or_return(link.call([Close(self.name)])[0])
-            self._key_links.pop(key, None)
-            self._end_link(link)
-        return _raise_or_return(self.server._server_link().call([Close(self.name)])[0])
+        return self.server.runtime.block(self._aclose())
 
     async def _aclose(self) -> None:
         self._closed = True
@@ -489,15 +463,8 @@ class Store:
             self._ended_counters[name] = self._ended_counters.get(name, 0) + value
         self._ended_throttled += stats.gate.throttled if stats.gate is not None else 0
 
-    def _end_link(self, link: _Link) -> None:
-        """A per-key actor's only session has ended: keep its figures, then end it (nothing is left to save)."""
-        try:
-            self._keep_final(link.call([Statistics(self.name)])[0])
-        except StoreClosedError:
-            pass
-        link.crash()
-
     async def _aend_link(self, link: _Link) -> None:
+        """A per-key actor's only session has ended: keep its figures, then end it (nothing is left to save)."""
         try:
             self._keep_final((await link.acall([Statistics(self.name)]))[0])
         except StoreClosedError:
@@ -608,7 +575,7 @@ class Store:
             return False
         reply = link.call([_request(op, self.name, key, args)])[0]
         if self._after(op, key, link, created, reply):
-            self._end_link(link)
+            self.server.runtime.block(self._aend_link(link))
         return _raise_or_return(reply)
 
     async def _acall(self, op: str, key: Any, args: tuple = ()) -> Any:
