@@ -54,12 +54,12 @@ def _refuse(coro: Awaitable) -> None:
     raise RuntimeError(_BLOCKING_ON_LOOP)
 
 
-class _BackgroundLoop:
-    """An event loop on a daemon thread, started on first use."""
+class _Loop:
+    """The event loop a runtime's actors live on: the one given, or one on a daemon thread started on first use."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = loop
         self._guard = threading.Lock()
 
     @property
@@ -93,8 +93,7 @@ class LocalRuntime:
     failures: tuple[type[BaseException], ...] = ()   # a local actor never dies on its own
 
     def __init__(self, name: str = "lodestore", loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._background = _BackgroundLoop(f"lodestore-{name}")
-        self._own_loop = loop
+        self._loop = _Loop(f"lodestore-{name}", loop)
         self._singletons: dict[Any, Any] = {}
         self._guard = threading.Lock()
 
@@ -105,7 +104,7 @@ class LocalRuntime:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        return self._own_loop if self._own_loop is not None else self._background.loop
+        return self._loop.loop
 
     def _on_loop(self) -> bool:
         try:
@@ -114,11 +113,7 @@ class LocalRuntime:
             return False
 
     def block(self, coro: Awaitable) -> Any:
-        if self._own_loop is None:
-            return self._background.block(coro)
-        if self._on_loop():
-            _refuse(coro)
-        return asyncio.run_coroutine_threadsafe(coro, self._own_loop).result()
+        return self._loop.block(coro)
 
     def spawn(self, cls: type, *args: Any, **options: Any) -> Any:
         """Build `cls(*args)` on the runtime's loop (it may make asyncio objects); Ray `options` do not apply."""
@@ -180,7 +175,7 @@ class RayRuntime:
     failures = ACTOR_FAILURES
 
     def __init__(self) -> None:
-        self._background = _BackgroundLoop("lodestore-ray")
+        self._loop = _Loop("lodestore-ray")
 
     def __reduce__(self):
         return (RayRuntime, ())
@@ -221,7 +216,7 @@ class RayRuntime:
         ray.kill(ref, no_restart=True)
 
     def block(self, coro: Awaitable) -> Any:
-        return self._background.block(coro)
+        return self._loop.block(coro)
 
 
 class Coalescer:

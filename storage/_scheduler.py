@@ -52,7 +52,7 @@ async def sleep(clock: Clock, seconds: float) -> None:
     """Wait `seconds` of simulated time on `clock`: through the scheduler bound to the running loop when it keeps
     that clock (a manual clock's waits then end when time is moved past them), else at the clock's pace."""
     scheduler = _bound.get(asyncio.get_running_loop())
-    if scheduler is not None and (scheduler.clock is clock or (not scheduler.manual and scheduler.clock == clock)):
+    if scheduler is not None and scheduler.keeps(clock):
         await scheduler.sleep(seconds)
     else:
         await asyncio.sleep(clock.real_seconds(seconds))
@@ -80,14 +80,18 @@ class Scheduler:
         clock's `advance` fires every timer of that loop."""
         loop = asyncio.get_running_loop()
         scheduler = _bound.get(loop)
-        if scheduler is not None and (scheduler.clock is clock or
-                                      (not scheduler.manual and scheduler.clock == clock)):
+        if scheduler is not None and scheduler.keeps(clock):
             return scheduler
         scheduler = cls(clock)
         _bound[loop] = scheduler
         if not scheduler.manual:
             scheduler.spawn(scheduler.drive())
         return scheduler
+
+    def keeps(self, clock: Clock) -> bool:
+        """Whether this scheduler's timers run on `clock`: the same manual clock, or a paced clock equal to it
+        (paced clocks are values, copied into every process of a world)."""
+        return self.clock is clock or (not self.manual and self.clock == clock)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make this the scheduler that `sleep(clock, s)` uses on `loop` (the first one bound keeps it)."""

@@ -243,6 +243,11 @@ class World:
         self.runtime.send(target, method, *args)
 
 
+def _check_players(players: Any) -> None:
+    if isinstance(players, bool) or not isinstance(players, int) or players < 0:
+        raise ConfigError(f"players must be an int >= 0, got {players!r}")
+
+
 class _BudgetLink:
     """How one server's gate reaches the world's budget ledger."""
 
@@ -288,8 +293,7 @@ class Server:
 
     def set_players(self, players: int) -> None:
         """Change how many players this server has; quotas and budgets follow from now on."""
-        if isinstance(players, bool) or not isinstance(players, int) or players < 0:
-            raise ConfigError(f"players must be an int >= 0, got {players!r}")
+        _check_players(players)
         self.players = players
         memorystore = self.world._shards(MEMORYSTORE)[0]
         self.world._call(memorystore, "set_players", self.job_id, players)
@@ -324,8 +328,7 @@ class AsyncServer:
 
     async def set_players(self, players: int) -> None:
         s = self._server
-        if isinstance(players, bool) or not isinstance(players, int) or players < 0:
-            raise ConfigError(f"players must be an int >= 0, got {players!r}")
+        _check_players(players)
         s.players = players
         await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, players)
         if s.world._budget is not None:
