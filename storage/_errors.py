@@ -14,7 +14,21 @@ class LodestoreError(Exception):
 
 
 class ConfigError(LodestoreError, ValueError):
-    """A configuration value is unknown, of the wrong type or out of range; the message names it."""
+    """A configuration value is unknown, of the wrong type or out of range; the message names it.
+
+    `field` is the name of the bad setting when the raiser knows it (a `StoreConfig` field such as "lock_ttl"),
+    so a caller that took the value from elsewhere (a scenario file) can say where it came from.
+
+    >>> ConfigError("lock_ttl must be at most 3888000 s", field="lock_ttl").field
+    'lock_ttl'
+    """
+
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.field))
 
 
 class DataStoreError(LodestoreError):
