@@ -1,8 +1,9 @@
 """The `lodestore` command: `lodestore simulate SCENARIO.toml` (the main job) and `lodestore inspect DB ...`.
 
 Owns: argument parsing and exit statuses. `simulate` exits 0 when every checker passed, 1 when one failed (the
-counterexample is printed), 2 on a bad scenario or option, 130 when stopped early by Ctrl-C (the report is still
-written).
+counterexample is printed), 2 on a bad scenario, option or path (a message, no traceback), 3 when the checks passed
+but the run is inconclusive (the harness could not keep up; the report's health says why), 130 when stopped early by
+Ctrl-C (BindToClose, the checks and the report still ran; a second Ctrl-C abandons the run, with no report).
 
 Never does: anything a library call could not do as well (it calls `sim.simulate` and `sim._inspect`).
 """
@@ -62,9 +63,14 @@ def _simulate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"lodestore simulate: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nlodestore simulate: abandoned (no report)", file=sys.stderr)
+        return 130
     for check in result.checks:
         if not check.ok:
             print(f"counterexample ({check.name}): {check.counterexample}", file=sys.stderr)
+    for problem in result.report["health"]["problems"]:
+        print(f"inconclusive: {problem}", file=sys.stderr)
     return result.exit_status
 
 

@@ -21,6 +21,9 @@ __all__ = ["Collector", "check_hot_counters", "percentiles"]
 
 _HISTORY_KINDS = ("mint", "grant", "purchase", "trade")
 
+HARNESS_TOLERANCE = 0.01
+"""The share of events a run may start late (or never) and of locks it may lose unexplained, and still be a test."""
+
 
 def percentiles(values: list[float]) -> dict[str, float]:
     """count, p50, p90, p99 and max of `values` (nearest rank), in ms rounded to 0.01."""
@@ -51,8 +54,11 @@ def check_hot_counters(finals: dict[str, int], ok: Counter, unknown: Counter) ->
 class Collector:
     """Drains in, history and report out. `bucket_s` is the width of a series bucket in simulated seconds."""
 
-    def __init__(self, duration_s: float, bucket_s: float, time_scale: float) -> None:
+    def __init__(self, duration_s: float, bucket_s: float, time_scale: float, slack_s: float) -> None:
         self.history = History()
+        self.slack_s = slack_s   # lock_ttl - lock_refresh: how late a lock refresh (or any event) may be
+        self._lag: dict[int, tuple[int, int, int]] = {}   # host -> (events started, started late, latest ms)
+        self._stalled: set[str] = set()    # servers a fault stalled (their lost locks are explained)
         self.bucket_s = bucket_s
         self.time_scale = time_scale
         self.buckets = max(1, math.ceil(duration_s / bucket_s))
@@ -99,8 +105,10 @@ class Collector:
     def add(self, host: int, drain: dict) -> None:
         """One host's drain (see `SimHost.drain`)."""
         self.add_ops(drain["ops"])
+        self._stalled.update(server for _, what, server in drain["events"] if what == "stall")
         for at, key, session, kind, until, server in drain["locks"]:
             self._lock(at, key, session, kind, until, server)
+        self._lag[host] = tuple(drain.get("lag", (0, 0, 0)))
         for t, op, latency, code in drain["samples"]:
             b = self._bucket(t)
             self.latency[op].append(latency)
@@ -167,6 +175,8 @@ class Collector:
             self.history.record(last)
         if kind == "lost":
             self.locks["lost"] += 1
+            if server not in self._stalled:
+                self.locks["lost_unexplained"] += 1
         self.history.record(LockEvent(at, key, server, session, kind))
 
     def lose_host(self, host: int, servers: set[str], live: int, ops: list[tuple]) -> None:
@@ -195,6 +205,35 @@ class Collector:
         if hot_finals or self.hot_ok or self.hot_unknown:
             results.append(check_hot_counters(hot_finals, self.hot_ok, self.hot_unknown))
         return results
+
+    def health(self, stopped_early: bool) -> dict:
+        """Whether the harness kept up, so that the checkers' verdict says something about the store.
+
+        It did not when more than `HARNESS_TOLERANCE` of the events started more than `slack_s` late or never ran
+        (a lock refresh then misses its TTL), or when more than that share of the session locks were lost on
+        servers no fault stalled (for want of a refresh). Most actions failing is noted, not held against it: a
+        storm of teleports or an outage fails most actions by design.
+        """
+        started = sum(lag[0] for lag in self._lag.values())
+        late = sum(lag[1] for lag in self._lag.values())
+        worst_s = max((lag[2] for lag in self._lag.values()), default=0) / 1000
+        not_run = 0 if stopped_early else self.errors["NotRun"]
+        acquired, unexplained = self.locks["acquired"], self.locks["lost_unexplained"]
+        problems, notes = [], []
+        if late + not_run > HARNESS_TOLERANCE * max(1, started + not_run):
+            problems.append(f"the harness fell behind: {late:,} of {started:,} events started more than "
+                            f"{self.slack_s:g} s (lock_ttl - lock_refresh) late, the latest {worst_s:,.1f} s, and "
+                            f"{not_run:,} actions never ran; run at a lower time_scale or with fewer players")
+        if unexplained > HARNESS_TOLERANCE * max(1, acquired):
+            problems.append(f"{unexplained:,} of {acquired:,} session locks were lost on servers no fault stalled: "
+                            f"their refreshes did not land in time (the machine could not keep up)")
+        actions = sum(sum(outcomes.values()) for outcomes in self.ops.values())
+        ok = sum(outcomes["ok"] for outcomes in self.ops.values())
+        if actions and ok < actions / 2:
+            notes.append(f"most actions did not succeed ({actions - ok:,} of {actions:,}); see errors by code")
+        return {"ok": not problems, "problems": problems, "notes": notes, "events_started": started,
+                "events_late": late, "latest_s": worst_s, "slack_s": self.slack_s, "actions_not_run": not_run,
+                "locks_lost_unexplained": unexplained}
 
     def report(self, *, scenario: dict, run: dict, checks: list[CheckResult]) -> dict:
         wall_per_bucket = self.bucket_s / self.time_scale
@@ -244,7 +283,8 @@ class Collector:
             },
             "checks": [{"name": c.name, "ok": c.ok, "counterexample": c.counterexample,
                         "details": _jsonable(c.details)} for c in checks],
-            "verdict": "pass" if all(c.ok for c in checks) else "fail",
+            "health": (health := self.health(bool(run.get("stopped_early")))),
+            "verdict": "fail" if not all(c.ok for c in checks) else "pass" if health["ok"] else "inconclusive",
         }
 
     def latency_count(self, op: str) -> int:

@@ -33,14 +33,14 @@ from typing import Any, Callable
 import ray
 
 from lodestore import GameServer, Store, StoreTotals, store_options, tx_batcher
-from lodestore.actors import KeyHost, Peek, StoreConfig, TxCall
+from lodestore.actors import KeyHost, Peek, TxCall
 from lodestore.coordinator import TxRequest, TxUnknownError
-from lodestore.sim._scenario import Scenario
+from lodestore.sim._scenario import Scenario, store_config
 from lodestore.sim._workload import Planned
 from lodestore.storage import (DataStoreError, LocalRuntime, LodestoreError, MemoryStoreError, Scheduler, Server,
                                emergency)
 
-__all__ = ["SimHost", "SimHostActor", "Trade", "store_config", "HOT_STORE", "error_code"]
+__all__ = ["SimHost", "SimHostActor", "Trade", "HOT_STORE", "error_code"]
 
 _IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'")
 
@@ -55,25 +55,6 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, MemoryStoreError):
         return f"MemoryStore {exc.name}"
     return type(exc).__name__
-
-
-def store_config(scenario: Scenario, **extra: Any) -> StoreConfig:
-    """The player store's configuration from the scenario's `[store]` section. Migrations named in the scenario are
-    steps that mark the data with their name (they prove migrations run under load; TOML carries no code)."""
-    st = scenario.store
-    template = {"coins": 0, "items": [], "ledger": [], **st.template}
-    migrations = tuple((name, _MarkMigrated(name)) for name in st.migrations)
-    return StoreConfig(st.name, template, migrations=migrations, autosave_interval=st.autosave_interval,
-                       lock_ttl=st.lock_ttl, lock_refresh=st.lock_refresh, lock_wait=st.lock_ttl + st.lock_refresh,
-                       placement=scenario.world.placement, **extra)
-
-
-@dataclass(frozen=True)
-class _MarkMigrated:
-    name: str
-
-    def __call__(self, data: Any) -> Any:
-        return {**data, "migrated": sorted(set(data.get("migrated", [])) | {self.name})}
 
 
 @dataclass(frozen=True)
@@ -203,6 +184,9 @@ class SimHost:
         self._inflight: dict[str, set[asyncio.Task]] = {}   # server -> its running events
         self._open: dict[str, _Op] = {}                      # actions without an outcome yet
         self._throttled: dict[str, int] = {}
+        st = scenario.store
+        self._slack_ms = round((st.lock_ttl - st.lock_refresh) * 1000)   # how late a lock refresh may land
+        self._lag = [0, 0, 0]   # events started, of them started later than the slack, the latest (ms late)
         self.stopped = False
 
     # ----------------------------------------------------------------------------------------------- intake
@@ -218,6 +202,11 @@ class SimHost:
     def _start(self, ev: Planned) -> None:
         if self.stopped:
             return
+        late = self.now_rel() - ev.t   # a harness that keeps up starts every event on time
+        self._lag[0] += 1
+        if late > self._slack_ms:
+            self._lag[1] += 1
+        self._lag[2] = max(self._lag[2], late)
         task = self.scheduler.spawn(self._run(ev))
         running = self._inflight.setdefault(ev.server, set())
         running.add(task)
@@ -230,6 +219,15 @@ class SimHost:
             op = self._open.get(ev.op_id) if ev.op_id is not None else None
             if op is not None and not op.durable_later:
                 self._resolve(op, "unknown", "ServerGone")
+        except Exception as exc:   # one event's failure is recorded; it never stops the others
+            self._event_failed(ev, exc)
+
+    def _event_failed(self, ev: Planned, exc: BaseException) -> None:
+        """An event raised where none should: counted among the run's errors; its action's outcome is unknown."""
+        self._note("error", f"{ev.kind} on {ev.server} failed: {error_code(exc)}")
+        op = self._open.get(ev.op_id) if ev.op_id is not None else None
+        if op is not None:
+            self._resolve(op, "unknown", error_code(exc))
 
     def _op(self, ev: Planned) -> _Op:
         op = self._open[ev.op_id] = _Op(ev)
@@ -264,7 +262,10 @@ class SimHost:
             return
         server.closing = True
         self._events.append((ev.t, "stop", ev.server))
-        await server.game.aio.begin_shutdown()
+        try:
+            await server.game.aio.begin_shutdown()
+        except LodestoreError as exc:   # no shutdown boost: the players are saved all the same
+            self._note("error", f"BindToClose budget boost failed: {error_code(exc)}")
         window = self.scenario.servers.shutdown_window
         with emergency():
             tasks = [self.scheduler.spawn(self._leave(server, key, ev.t)) for key in list(server.players)]
@@ -532,8 +533,11 @@ class SimHost:
     def _on_log(self, message: Any) -> None:
         """Count the store's warnings and errors by their gist (the text before any detail in brackets)."""
         if message.level in ("warn", "error"):
-            gist = f"{message.level}: " + _IDS.sub("<id>", message.message.split(" (")[0])[:100]
-            self._log_counts[gist] = self._log_counts.get(gist, 0) + 1
+            self._note(message.level, message.message.split(" (")[0])
+
+    def _note(self, level: str, text: str) -> None:
+        gist = f"{level}: " + _IDS.sub("<id>", text)[:100]
+        self._log_counts[gist] = self._log_counts.get(gist, 0) + 1
 
     def _on_lock(self, server: str, kind: str, key: str, session: str, at: int, until: int) -> None:
         self._locks.append((at - self.t0, key, session, kind, until - self.t0, server))
@@ -575,6 +579,7 @@ class SimHost:
         # a teleporting player is on two servers for a moment (leaving one, joining the other): online once
         out["online"] = sorted({key for s in self.servers.values() for key in s.players})
         out["time"] = self.now_rel()
+        out["lag"] = tuple(self._lag)
         out["errors"] = errors[-5:]
         return out
 
@@ -605,7 +610,13 @@ class SimHost:
             await asyncio.sleep(0)
         for server in [s for s in self.servers.values() if s.closing]:  # a BindToClose cut short by the end
             await self._drop(server, self.now_rel(), "crash")
-        await asyncio.gather(*(self._ev_stop(Planned(self.now_rel(), "stop", sid)) for sid in list(self.servers)))
+        ending = list(self.servers.values())
+        stops = await asyncio.gather(*(self._ev_stop(Planned(self.now_rel(), "stop", s.sid)) for s in ending),
+                                     return_exceptions=True)
+        for server, result in zip(ending, stops):   # one server's failed BindToClose never ends the others'
+            if isinstance(result, Exception):
+                self._event_failed(Planned(self.now_rel(), "stop", server.sid), result)
+                await self._drop(server, self.now_rel(), "crash")
         for op in list(self._open.values()):
             self._resolve(op, "unknown", "RunEnded")
         return await self.drain()

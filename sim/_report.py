@@ -38,7 +38,8 @@ The report dict (the contract of report.json, ``"format": 1``) is plain JSON-com
         "servers_online": [int], "players_online": [int],
      },
      "checks": [{"name": str, "ok": bool, "counterexample": str | None, "details": dict}],
-     "verdict": "pass" | "fail",
+     "health": {"ok": bool, "problems": [str], "notes": [str], ...figures},   # did the harness keep up?
+     "verdict": "pass" | "fail" | "inconclusive",   # inconclusive: the checks passed, the health did not
     }
 
 Every key but "format" and "verdict" may be missing (a run stopped at once, a partial report): what exists is
@@ -106,9 +107,20 @@ def _duration(seconds: Any) -> str:
 
 
 def _verdict(report: Mapping[str, Any]) -> str:
-    """``"PASS"``, ``"FAIL"`` or ``"UNKNOWN"`` (a missing or unexpected verdict is shown, never guessed)."""
+    """``"PASS"``, ``"FAIL"``, ``"INCONCLUSIVE"`` or ``"UNKNOWN"`` (a missing or unexpected verdict is shown, never
+    guessed)."""
     verdict = report.get("verdict")
-    return verdict.upper() if verdict in ("pass", "fail") else "UNKNOWN"
+    return verdict.upper() if verdict in ("pass", "fail", "inconclusive") else "UNKNOWN"
+
+
+def _health_lines(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The health section's problems (why a run is inconclusive) and notes, as one-line texts."""
+    health = _section(report, "health")
+
+    def texts(key: str) -> list[str]:
+        values = health.get(key)
+        return [_one_line(str(v)) for v in values] if isinstance(values, list) else []
+    return texts("problems"), texts("notes")
 
 
 def _checks(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -210,6 +222,9 @@ def summary_table(report: dict) -> str:
     checks = _checks(report)
     if checks:
         lines += ["", "checks"] + [f"  {_check_line(check)}" for check in checks]
+    problems, notes = _health_lines(report)
+    if problems or notes:
+        lines += ["", "health"] + [f"  PROBLEM {p}" for p in problems] + [f"  note {n}" for n in notes]
     lines += ["", f"VERDICT: {_verdict(report)}"]
     return "\n".join(lines)
 
@@ -388,7 +403,7 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.2em; }
 .verdict { font-size: 4em; font-weight: bold; margin: 0.1em 0 0.3em; }
-.pass { color: #1a7f37; } .fail { color: #cf222e; } .unknown { color: #777; }
+.pass { color: #1a7f37; } .fail { color: #cf222e; } .unknown { color: #777; } .inconclusive { color: #9a6700; }
 .warning { background: #fff3cd; border: 1px solid #e0c36a; padding: 0.5em 1em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
@@ -438,6 +453,9 @@ def _html_page(report: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
              f'<div class="verdict {verdict.lower()}">{verdict}</div>']
     if _section(report, "run").get("stopped_early") is True:
         parts.append('<p class="warning">The run stopped early: figures cover only the part that ran.</p>')
+    problems, notes = _health_lines(report)
+    parts += [f'<p class="warning">Inconclusive: {_esc(p)}</p>' for p in problems]
+    parts += [f"<p>Note: {_esc(n)}</p>" for n in notes]
     parts += ["<h2>Summary</h2>",
               _html_table(("figure", "value"), [[_esc(k), _esc(v)] for k, v in _headline_rows(report)], 2)]
     sections = [

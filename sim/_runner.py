@@ -24,6 +24,8 @@ import datetime as dt
 import json
 import math
 import os
+import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -33,9 +35,9 @@ from typing import Any, TextIO
 from lodestore.coordinator import coordinator_ref
 from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
-from lodestore.sim._host import SimHost, SimHostActor, store_config
+from lodestore.sim._host import SimHost, SimHostActor
 from lodestore.sim._report import summary_table, write_report
-from lodestore.sim._scenario import Scenario
+from lodestore.sim._scenario import Scenario, store_config
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, Scheduler, World
 
@@ -81,10 +83,13 @@ class RunResult:
 
     @property
     def exit_status(self) -> int:
-        """0: every checker passed; 1: one failed; 130: stopped early by Ctrl-C (checks passed)."""
+        """0: every checker passed; 1: one failed; 3: inconclusive (the checks passed, but the harness could not
+        keep up: see `report["health"]`); 130: stopped early by Ctrl-C (and no checker failed)."""
         if not self.ok:
             return 1
-        return 130 if self.report["run"]["stopped_early"] else 0
+        if self.report["run"]["stopped_early"]:
+            return 130
+        return 0 if self.report["verdict"] == "pass" else 3
 
 
 def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
@@ -117,7 +122,7 @@ class _Display:
         self.stream = stream
         self.tty = stream.isatty() if live is None else live
         self.duration_s = duration_s
-        self._last_plain = 0.0
+        self._last_plain = -math.inf   # the first update prints at once
         self._last_ops = (0.0, 0)
 
     def update(self, t_s: float, collector: Collector, wall: float, final: bool = False) -> None:
@@ -231,8 +236,36 @@ def _scenario_summary(scenario: Scenario) -> dict:
 
 
 def _default_out(scenario: Scenario) -> Path:
+    """lodestore-runs/<timestamp>-<world.name>, with -2, -3, ... when a run of the same second has it."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("lodestore-runs") / f"{stamp}-{scenario.world.name}"
+    base = Path("lodestore-runs") / f"{stamp}-{scenario.world.name}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def _out_dir(out: Path) -> bool:
+    """Make the report directory `out`, which must be new or empty (a run never overwrites files it did not write).
+    Answers whether it was made here."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    try:
+        if out.is_dir():
+            if any(out.iterdir()):
+                raise ConfigError(f"--out {out}: the directory is not empty; a run writes its report and world "
+                                  f"there, so give a new or empty directory")
+            made = False
+        else:
+            out.mkdir(parents=True)
+            made = True
+        probe = out / ".lodestore-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+    return made
 
 
 def _world_path(scenario: Scenario, out: Path | None) -> str | None:
@@ -247,24 +280,49 @@ def _world_path(scenario: Scenario, out: Path | None) -> str | None:
     if path.exists():
         raise ConfigError(f"{scenario.source}: world.path: {path} exists; a simulation needs a fresh world file "
                           f"(delete it, or choose another path)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:   # SQLite must be able to create the file (and its -wal and -shm beside it)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=False)
+        path.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{scenario.source}: world.path: cannot create {path}: {exc.strerror or exc}") from None
     return str(path)
+
+
+def _check_address(address: str | None) -> None:
+    """A `host:port` Ray address must accept a connection (Ray itself waits about two minutes, then exits)."""
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT of a Ray cluster's head (or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResult:
     """Run `scenario` and return its report; write the report files into `options.out` (when `write_files`)."""
-    out = None
+    out, made = None, False
+    if options.engine == "ray":
+        _check_address(options.address)
     if options.write_files:
         out = options.out if options.out is not None else _default_out(scenario)
-        out.mkdir(parents=True, exist_ok=True)
+        made = _out_dir(out)
     stream = options.stream or sys.stdout
-    path = _world_path(scenario, out if options.write_files else None)
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    runner = _InProcess if options.engine == "in-process" else _OnRay
-    engine = runner(scenario, options, path, stream)
-    wall0 = time.monotonic()
-    engine.run()
-    wall = time.monotonic() - wall0
+    try:
+        path = _world_path(scenario, out if options.write_files else None)
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        runner = _InProcess if options.engine == "in-process" else _OnRay
+        engine = runner(scenario, options, path, stream)
+        wall0 = time.monotonic()
+        engine.run()
+        wall = time.monotonic() - wall0
+    except ConfigError:
+        if made and not any(out.iterdir()):   # bad input leaves nothing behind
+            out.rmdir()
+        raise
     collector = engine.collector
     simulated_s = min(engine.sim_time_s, scenario.world.duration)
     checks = collector.checks(engine.initial, engine.final, engine.hot_finals)
@@ -303,7 +361,8 @@ class _Engine:
         self.host_count = options.hosts or max(1, min(2, scenario.servers.count))
         self.router = _Router(self.host_count)
         bucket = max(scenario.servers.step, world.duration / 60)
-        self.collector = Collector(world.duration, bucket, world.time_scale)
+        store = scenario.store
+        self.collector = Collector(world.duration, bucket, world.time_scale, slack_s=store.lock_ttl - store.lock_refresh)
         self.display = _Display(stream, options.progress, world.duration)
         self.interrupted = False
         self.sim_time_s = 0.0
@@ -317,6 +376,13 @@ class _Engine:
         self._unresolved: dict[int, dict[str, Planned]] = {i: {} for i in range(self.host_count)}
         self.lost_hosts: list[dict] = []
         self.host_nodes: list[str] = []
+
+    def stop_requested(self) -> None:
+        """Ctrl-C: the first stops the play (BindToClose, checks and report follow); a second abandons the run."""
+        self.interrupted = True
+        self.display.stream.write("\nstopping: BindToClose on every server, then the checks (Ctrl-C again to "
+                                  "abandon)\n")
+        self.display.stream.flush()
 
     @property
     def world_name(self) -> str:
@@ -341,8 +407,9 @@ class _Engine:
         # a key with no record never had data, unless an action on it may have happened (then it must have one)
         acknowledged = {k for e in self.collector.history.op_events() if e.outcome != "failed" for k in e.keys}
         self.final = {k: v for k, v in final.items() if v is not None or k in acknowledged}
-        self.final = {k: ({} if v is None else v) for k, v in self.final.items()}
+        # a key with no record holds what a load would give it: the template
         self.initial = {k: json.loads(json.dumps(template)) for k in self.final}
+        self.final = {k: (self.initial[k] if v is None else v) for k, v in self.final.items()}
         self.hot_finals = hot
 
     def population(self) -> list[str]:
@@ -353,9 +420,35 @@ class _InProcess(_Engine):
     """One event loop, a manual clock, every host in this process: deterministic."""
 
     def run(self) -> None:
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        except asyncio.CancelledError:   # the second Ctrl-C
+            raise KeyboardInterrupt from None
+
+    def _catch_ctrl_c(self) -> bool:
+        """Ctrl-C sets `interrupted` (the play loop then stops) instead of raising; the second cancels the run."""
+        loop, main = asyncio.get_running_loop(), asyncio.current_task()
+
+        def on_sigint() -> None:
+            if self.interrupted:
+                main.cancel()
+            else:
+                self.stop_requested()
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        except (ValueError, RuntimeError, NotImplementedError):   # not the main thread: Ctrl-C is not ours
+            return False
+        return True
 
     async def _main(self) -> None:
+        caught = self._catch_ctrl_c()
+        try:
+            await self._play()
+        finally:
+            if caught:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+    async def _play(self) -> None:
         from lodestore.coordinator import Coordinator
         sc = self.scenario
         budget = None if sc.world.budget == "none" else sc.world.budget
@@ -380,25 +473,22 @@ class _InProcess(_Engine):
         end_ms = int(sc.world.duration * 1000)
         boundaries = [0.0] + _fault_boundaries(sc)
         wall0 = time.monotonic()
-        try:
-            t = 0
-            while t < end_ms:
-                # a window edge between two steps takes effect at the step after it (not only on a step's edge)
-                while boundaries and boundaries[0] * 1000 <= t:
-                    world.set_faults(fault_config_at(sc, t / 1000, t0))
-                    boundaries.pop(0)
-                nxt = min(end_ms, t + step_ms)
-                for index, batch in self.plan_until(nxt).items():
-                    hosts[index].apply(batch)
-                await scheduler.advance((nxt - t) / 1000)
-                self.account(nxt)
-                t = nxt
-                self.sim_time_s = t / 1000
-                for i, host in enumerate(hosts):
-                    self.collector.add(i, await host.drain())
-                self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0)
-        except KeyboardInterrupt:
-            self.interrupted = True
+        t = 0
+        while t < end_ms and not self.interrupted:
+            # a window edge between two steps takes effect at the step after it (not only on a step's edge)
+            while boundaries and boundaries[0] * 1000 <= t:
+                world.set_faults(fault_config_at(sc, t / 1000, t0))
+                boundaries.pop(0)
+            nxt = min(end_ms, t + step_ms)
+            for index, batch in self.plan_until(nxt).items():
+                hosts[index].apply(batch)
+            await scheduler.advance((nxt - t) / 1000)
+            self.account(nxt)
+            t = nxt
+            self.sim_time_s = t / 1000
+            for i, host in enumerate(hosts):
+                self.collector.add(i, await host.drain())
+            self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0)
         self.play_wall_s = time.monotonic() - wall0
         world.set_faults(FaultConfig())
 
@@ -427,9 +517,12 @@ class _OnRay(_Engine):
         sc = self.scenario
         started_ray = not ray.is_initialized()
         budget = None if sc.world.budget == "none" else sc.world.budget
-        world = World.start(self.world_name, backend=sc.world.backend, path=self.path,
-                            time_scale=sc.world.time_scale, shards=sc.world.shards, budget=budget,
-                            address=self.options.address, storage=sc.world.storage)
+        try:
+            world = World.start(self.world_name, backend=sc.world.backend, path=self.path,
+                                time_scale=sc.world.time_scale, shards=sc.world.shards, budget=budget,
+                                address=self.options.address, storage=sc.world.storage)
+        except ConnectionError as exc:   # 'auto' with no cluster to join
+            raise ConfigError(f"--address {self.options.address}: {exc}") from None
         metrics = _Metrics(sc.world.name)
         try:
             self._play(world, metrics)
@@ -482,9 +575,7 @@ class _OnRay(_Engine):
                     self.display.update(self.sim_time_s, self.collector, wall)
                 time.sleep(max(0.0, self.options.tick_s - (time.monotonic() - wall0 - wall)))
         except KeyboardInterrupt:
-            self.interrupted = True
-            self.display.stream.write("\nstopping: BindToClose on every server, then the checks (Ctrl-C again to "
-                                      "abandon)\n")
+            self.stop_requested()
         self.account(min(world.now() - t0, end_ms))
         self.sim_time_s = max(0.0, (world.now() - t0) / 1000)
         self.play_wall_s = time.monotonic() - wall0

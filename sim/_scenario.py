@@ -4,7 +4,12 @@ Owns: the shape of a scenario file (its sections, keys, types, ranges and defaul
 Every bad input raises `storage.ConfigError` whose message starts with the source, then the dotted TOML path of
 the bad field, then what was expected and what was received, e.g.
 ``quickstart.toml: players.actions_per_minute.trade: must be a number >= 0, got -1``.
-Unknown sections and keys are refused and the message lists the known ones.
+Unknown sections and keys are refused and the message lists the known ones. The `[store]` section is checked by
+building the player store's `StoreConfig` (`store_config`), so a scenario is refused for exactly what
+`GameServer.create_store` would refuse, under the field's dotted path, before anything starts.
+
+Bounds (`LIMITS`) keep a run within what one machine can hold: a scenario beyond them is refused, naming the field,
+the bound and why, rather than started and left to hang or eat memory.
 
 Never does: start Ray, touch a store, read any file but the scenario itself, or resolve `world.path`
 (it is kept exactly as written; the runner decides what it is relative to).
@@ -12,29 +17,34 @@ Never does: start Ray, touch a store, read any file but the scenario itself, or 
 Sections and defaults (every key is optional; an empty file is a valid scenario):
 
 ``[world]``
-    name = "sim"; backend = "sqlite" ("sqlite" | "memory"); path = absent (None);
-    time_scale = 60 (simulated seconds per wall second, > 0); duration = 600 (simulated seconds, > 0);
+    name = "sim" (1-40 letters, digits, '_', '.', '-'; not starting with '.'; it names the world and the run's
+    directory, never a path); backend = "sqlite" ("sqlite" | "memory"); path = absent (None);
+    time_scale = 60 (simulated seconds per wall second, > 0); duration = 600 (simulated seconds, > 0, at most
+    30 days);
     seed = 1 (int); budget = "current" ("current" | "legacy" | "none");
     placement = "per-server" ("per-server" | "per-key"); shards = 1 (int 1..64);
     storage = "driver" ("driver": every shard on the driver's node, one file | "spread": shard i on the i-th node).
 ``[servers]``
-    count = 4; max_players = 50 (ints >= 1); start_rate = 0, stop_rate = 0, crash_rate = 0 (per-step
-    probabilities); shutdown_window = 30 (seconds >= 0); step = 1 (simulated seconds per step, > 0).
+    count = 4 (1..10,000); max_players = 50 (1..700, Roblox's largest server); start_rate = 0, stop_rate = 0,
+    crash_rate = 0 (per-step probabilities); shutdown_window = 30 (seconds 0..30, Roblox's BindToClose limit);
+    step = 1 (simulated seconds per step, >= 0.1; at most 2,000,000 steps in a run).
 ``[players]``
-    population = 100 (int >= 1); join_rate = 0.1, leave_rate = 0.01, teleport_rate = 0 (per-step probabilities).
+    population = 100 (1..1,000,000); join_rate = 0.1, leave_rate = 0.01, teleport_rate = 0 (per-step probabilities).
 ``[players.actions_per_minute]``
-    coins = 6, grant_item = 1, purchase = 0.2, trade = 0.5, hot_key = 0 (numbers >= 0, per player per
-    simulated minute). hot_key > 0 needs hot_keys.count > 0.
+    coins = 6, grant_item = 1, purchase = 0.2, trade = 0.5, hot_key = 0 (numbers 0..600, per player per
+    simulated minute). hot_key > 0 needs hot_keys.count > 0. population x their sum x duration (the most actions
+    the run can plan) is at most 10,000,000: the history keeps every action for the checkers.
 ``[store]``
-    name = "players"; template = {coins = 100, items = []} (a table of JSON-like values);
-    migrations = [] (unique names); autosave_interval = 300, lock_ttl = 90, lock_refresh = 60 (seconds > 0,
-    lock_refresh < lock_ttl).
+    name = "players" (1-32 characters, no '/'); template = {coins = 100, items = []} (a table of
+    JSON-like values, storable as a record; `coins` an integer >= 0, `items` and `ledger` arrays, when given);
+    migrations = [] (unique names); autosave_interval = 300, lock_ttl = 90, lock_refresh = 60 (seconds,
+    lock_refresh < lock_ttl, within `StoreConfig`'s bounds).
 ``[hot_keys]``
-    count = 0 (int >= 0); kinds = ["counter"] (non-empty, unique, each "guild" | "counter").
-``[[faults]]`` (zero or more windows, each must set at least one fault)
+    count = 0 (0..10,000); kinds = ["counter"] (non-empty, unique, each "guild" | "counter").
+``[[faults]]`` (zero to 1,000 windows, each must set at least one fault)
     start, end (required; simulated seconds, 0 <= start < end, start < world.duration);
     error_rate = {} (request type -> probability; types in `REQUEST_TYPES`); latency_ms = absent
-    ({min, max}, 0 <= min <= max); outage = false; ambiguous_write_rate = 0, server_crash_rate = 0,
+    ({min, max}, 0 <= min <= max <= 600,000); outage = false; ambiguous_write_rate = 0, server_crash_rate = 0,
     lock_stall_rate = 0 (probabilities).
 """
 
@@ -43,11 +53,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lodestore.actors import StoreConfig
 from lodestore.storage import ConfigError
 
 __all__ = [
@@ -63,6 +75,8 @@ __all__ = [
     "Scenario",
     "load_scenario",
     "parse_scenario",
+    "store_config",
+    "LIMITS",
 ]
 
 REQUEST_TYPES: tuple[str, ...] = (
@@ -70,6 +84,26 @@ REQUEST_TYPES: tuple[str, ...] = (
     "OrderedRead", "OrderedWrite", "OrderedRemove", "OrderedList",
 )
 """DataStore request types a fault window's `error_rate` may name."""
+
+LIMITS: dict[str, tuple[float, str]] = {
+    "world.duration": (30 * 86_400, "30 days of simulated time; longer is a typo, not a study"),
+    "servers.count": (10_000, "each server is a GameServer with its own store and budget in a host's memory"),
+    "servers.max_players": (700, "Roblox's largest server size"),
+    "servers.shutdown_window": (30, "Roblox gives BindToClose 30 seconds"),
+    "players.population": (1_000_000, "every player is planned, and read back from storage for the checks"),
+    "players.actions_per_minute": (600, "ten actions a second per player, per kind"),
+    "hot_keys.count": (10_000, "every hot key is read back from storage for the checks"),
+    "faults": (1_000, "fault windows are looked up on every step"),
+    "latency_ms": (600_000, "ten minutes added to one request"),
+    "steps": (2_000_000, "each step is a turn of the planner and of every host, even when nothing happens"),
+    "actions": (10_000_000, "the history keeps every action for the checkers, about 200 bytes each"),
+}
+"""Upper bounds of a scenario, by what they bound: (bound, why)."""
+
+MIN_STEP_S = 0.1
+"""The shortest `servers.step`: timers run in whole milliseconds, and at 100 ms rounding moves a step by at most 1%."""
+
+_WORLD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,39}$")
 
 
 def _default_template() -> dict[str, Any]:
@@ -246,6 +280,19 @@ def _number(table: dict[str, Any], path: str, key: str, default: Any, *, low: fl
     return float(v)
 
 
+def _bound(what: str) -> tuple[str, str]:
+    """The bound of `what` in `LIMITS` as text ("10,000"), and why it is there."""
+    bound, why = LIMITS[what]
+    return f"{int(bound):,}" if float(bound).is_integer() else f"{bound:g}", why
+
+
+def _over(path: str, value: Any, what: str | None = None) -> None:
+    """Refuse `value` above the bound of `what` (default `path`) in `LIMITS`, saying the bound and why."""
+    if value > LIMITS[what or path][0]:
+        bound, why = _bound(what or path)
+        raise _Bad(path, f"must be at most {bound} ({why}), got {value!r}")
+
+
 def _prob(table: dict[str, Any], path: str, key: str, default: float) -> float:
     return _number(table, path, key, default, low=0.0, high=1.0)
 
@@ -315,11 +362,19 @@ def _json_like(value: Any, path: str) -> None:
         raise _Bad(path, f"must be a string, number, boolean, array or table, {_got(value)}")
 
 
+def _world_name(t: dict[str, Any]) -> str:
+    name = _str(t, "world", "name", WorldSection.name)
+    if not _WORLD_NAME.match(name):
+        raise _Bad("world.name", f"must be 1-40 letters, digits, '_', '.' or '-', not starting with '.' (it names the "
+                                 f"world and the run's directory), got {name!r}")
+    return name
+
+
 def _world(t: dict[str, Any]) -> WorldSection:
     _known(t, "world", WorldSection)
     d = WorldSection()
-    return WorldSection(
-        name=_str(t, "world", "name", d.name),
+    world = WorldSection(
+        name=_world_name(t),
         backend=_str(t, "world", "backend", d.backend, ("sqlite", "memory")),
         path=_str(t, "world", "path", d.path),
         time_scale=_number(t, "world", "time_scale", d.time_scale, low=0, low_open=True),
@@ -330,20 +385,25 @@ def _world(t: dict[str, Any]) -> WorldSection:
         shards=_int(t, "world", "shards", d.shards, low=1, high=64),
         storage=_str(t, "world", "storage", d.storage, ("driver", "spread")),
     )
+    _over("world.duration", world.duration)
+    return world
 
 
 def _servers(t: dict[str, Any]) -> Servers:
     _known(t, "servers", Servers)
     d = Servers()
-    return Servers(
+    servers = Servers(
         count=_int(t, "servers", "count", d.count, low=1),
         max_players=_int(t, "servers", "max_players", d.max_players, low=1),
         start_rate=_prob(t, "servers", "start_rate", d.start_rate),
         stop_rate=_prob(t, "servers", "stop_rate", d.stop_rate),
         crash_rate=_prob(t, "servers", "crash_rate", d.crash_rate),
         shutdown_window=_number(t, "servers", "shutdown_window", d.shutdown_window, low=0),
-        step=_number(t, "servers", "step", d.step, low=0, low_open=True),
+        step=_number(t, "servers", "step", d.step, low=MIN_STEP_S),
     )
+    for key in ("count", "max_players", "shutdown_window"):
+        _over(f"servers.{key}", getattr(servers, key))
+    return servers
 
 
 def _players(t: dict[str, Any]) -> Players:
@@ -356,6 +416,9 @@ def _players(t: dict[str, Any]) -> Players:
         _known(a, p, ActionRates)
         apm = ActionRates(**{f.name: _number(a, p, f.name, getattr(apm, f.name), low=0)
                              for f in dataclasses.fields(ActionRates)})
+        for f in dataclasses.fields(ActionRates):
+            _over(f"{p}.{f.name}", getattr(apm, f.name), "players.actions_per_minute")
+    _over("players.population", _int(t, "players", "population", d.population, low=1))
     return Players(
         population=_int(t, "players", "population", d.population, low=1),
         join_rate=_prob(t, "players", "join_rate", d.join_rate),
@@ -365,20 +428,33 @@ def _players(t: dict[str, Any]) -> Players:
     )
 
 
+_GAME_FIELDS = {"coins": int, "items": list, "ledger": list}   # what the simulated game reads in a profile
+
+
+def _template(t: dict[str, Any]) -> dict[str, Any]:
+    if "template" not in t:
+        return _default_template()
+    template = copy.deepcopy(_table(t["template"], "store.template"))
+    _json_like(template, "store.template")
+    for key, kind in _GAME_FIELDS.items():
+        if key in template and (isinstance(template[key], bool) or not isinstance(template[key], kind)
+                                or (kind is int and template[key] < 0)):
+            what = "an integer >= 0" if kind is int else "an array"
+            raise _Bad(f"store.template.{key}", f"must be {what} (the simulated game plays with it), "
+                                                f"{_got(template[key])}")
+    return template
+
+
 def _store(t: dict[str, Any]) -> StoreSection:
     _known(t, "store", StoreSection)
     d = StoreSection()
-    template = d.template
-    if "template" in t:
-        template = copy.deepcopy(_table(t["template"], "store.template"))
-        _json_like(template, "store.template")
     lock_ttl = _number(t, "store", "lock_ttl", d.lock_ttl, low=0, low_open=True)
     lock_refresh = _number(t, "store", "lock_refresh", d.lock_refresh, low=0, low_open=True)
     if lock_refresh >= lock_ttl:
         raise _Bad("store.lock_refresh", f"must be < store.lock_ttl ({lock_ttl:g}), got {lock_refresh:g}")
     return StoreSection(
         name=_str(t, "store", "name", d.name),
-        template=template,
+        template=_template(t),
         migrations=_str_list(t, "store", "migrations", d.migrations),
         autosave_interval=_number(t, "store", "autosave_interval", d.autosave_interval, low=0, low_open=True),
         lock_ttl=lock_ttl,
@@ -386,13 +462,48 @@ def _store(t: dict[str, Any]) -> StoreSection:
     )
 
 
+# StoreConfig's field -> where the scenario sets it
+_STORE_PATHS = {"name": "store.name", "template": "store.template", "migrations": "store.migrations",
+                "autosave_interval": "store.autosave_interval", "lock_ttl": "store.lock_ttl",
+                "lock_refresh": "store.lock_refresh", "lock_wait": "store.lock_ttl", "placement": "world.placement"}
+
+
+def store_config(scenario: "Scenario", **extra: Any) -> StoreConfig:
+    """The player store's configuration from the scenario's `[store]` section. Migrations named in the scenario are
+    steps that mark the data with their name (they prove migrations run under load; TOML carries no code)."""
+    st = scenario.store
+    template = {"coins": 0, "items": [], "ledger": [], **st.template}
+    migrations = tuple((name, _MarkMigrated(name)) for name in st.migrations)
+    return StoreConfig(st.name, template, migrations=migrations, autosave_interval=st.autosave_interval,
+                       lock_ttl=st.lock_ttl, lock_refresh=st.lock_refresh, lock_wait=st.lock_ttl + st.lock_refresh,
+                       placement=scenario.world.placement, **extra)
+
+
+@dataclass(frozen=True)
+class _MarkMigrated:
+    name: str
+
+    def __call__(self, data: Any) -> Any:
+        return {**data, "migrated": sorted(set(data.get("migrated", [])) | {self.name})}
+
+
+def _check_store(scenario: "Scenario") -> None:
+    """Refuse what `create_store` would refuse, under the scenario's own name for the field."""
+    try:
+        store_config(scenario)
+    except ConfigError as exc:
+        raise _Bad(_STORE_PATHS.get(exc.field or "", "store"), str(exc)) from None
+
+
 def _hot_keys(t: dict[str, Any]) -> HotKeys:
     _known(t, "hot_keys", HotKeys)
     d = HotKeys()
-    return HotKeys(
+    hot_keys = HotKeys(
         count=_int(t, "hot_keys", "count", d.count, low=0),
         kinds=_str_list(t, "hot_keys", "kinds", d.kinds, ("guild", "counter"), non_empty=True),
     )
+    _over("hot_keys.count", hot_keys.count)
+    return hot_keys
 
 
 def _fault(t: dict[str, Any], path: str, duration: float) -> FaultWindow:
@@ -426,6 +537,7 @@ def _fault(t: dict[str, Any], path: str, duration: float) -> FaultWindow:
         hi = _number(lt, lp, "max", 0.0, low=0)
         if lo > hi:
             raise _Bad(f"{lp}.min", f"must be <= {lp}.max ({hi:g}), got {lo:g}")
+        _over(f"{lp}.max", hi, "latency_ms")
         latency = LatencyRange(lo, hi)
     outage = t.get("outage", False)
     if not isinstance(outage, bool):
@@ -460,10 +572,31 @@ def _scenario(data: dict[str, Any], source: str) -> Scenario:
         raw = data["faults"]
         if not isinstance(raw, list):
             raise _Bad("faults", f"must be an array of tables ([[faults]]), {_got(raw)}")
+        _over("faults", len(raw))
         for i, item in enumerate(raw):
             faults.append(_fault(_table(item, f"faults[{i}]"), f"faults[{i}]", world.duration))
-    return Scenario(world=world, servers=servers, players=players, store=store, hot_keys=hot_keys,
-                    faults=tuple(faults), source=source)
+    scenario = Scenario(world=world, servers=servers, players=players, store=store, hot_keys=hot_keys,
+                        faults=tuple(faults), source=source)
+    _check_store(scenario)
+    _check_size(scenario)
+    return scenario
+
+
+def _check_size(scenario: Scenario) -> None:
+    """The bounds that come from several fields at once: steps in the run, and the most actions it can plan."""
+    world, players = scenario.world, scenario.players
+    steps = world.duration / scenario.servers.step
+    if steps > LIMITS["steps"][0]:
+        bound, why = _bound("steps")
+        raise _Bad("servers.step", f"world.duration / servers.step is {steps:,.0f} steps, at most {bound} "
+                                   f"({why}): make the step longer or the run shorter")
+    per_minute = sum(getattr(players.actions_per_minute, f.name) for f in dataclasses.fields(ActionRates))
+    actions = players.population * per_minute * world.duration / 60
+    if actions > LIMITS["actions"][0]:
+        bound, why = _bound("actions")
+        raise _Bad("players.actions_per_minute", f"players.population x actions per minute x world.duration allows "
+                                                 f"{actions:,.0f} actions, at most {bound} ({why}): fewer players, "
+                                                 f"fewer actions or a shorter run")
 
 
 def parse_scenario(text: str, source: str = "<string>") -> Scenario:

@@ -148,6 +148,25 @@ BAD = [
      ["faults[1].lock_stall_rate", "got 7"]),
     ("empty-fault", FAULT, ["faults[0]", "sets no fault"]),
     ("syntax-error", "[world]\nname = 'ok'\nduration = = 3\n", ["<string>", "invalid TOML", "line 3"]),
+    # issue 18: what passed the validator and failed later, after Ray had started (or never ended)
+    ("world-name-path", "[world]\nname = 'x/../../../../escaped'", ["world.name", "letters, digits", "escaped"]),
+    ("world-name-dots", "[world]\nname = '..'", ["world.name", "not starting with '.'"]),
+    ("world-name-long", f"[world]\nname = '{'w' * 41}'", ["world.name", "1-40"]),
+    ("template-coins-not-int", "[store]\ntemplate = { coins = 'many' }", ["store.template.coins", "integer"]),
+    ("template-items-not-list", "[store]\ntemplate = { items = 3 }", ["store.template.items", "array"]),
+    ("step-sub-ms", "[servers]\nstep = 1e-9", ["servers.step", ">= 0.1", "1e-09"]),
+    ("population-huge", "[players]\npopulation = 1000000000", ["players.population", "at most 1,000,000"]),
+    ("servers-huge", "[servers]\ncount = 1000000", ["servers.count", "at most 10,000"]),
+    ("server-size-huge", "[servers]\nmax_players = 701", ["servers.max_players", "700"]),
+    ("bind-to-close-long", "[servers]\nshutdown_window = 31", ["servers.shutdown_window", "at most 30"]),
+    ("hot-keys-huge", "[hot_keys]\ncount = 10000000", ["hot_keys.count", "at most 10,000"]),
+    ("action-rate-huge", "[players.actions_per_minute]\ncoins = 1e9", ["players.actions_per_minute.coins", "600"]),
+    ("actions-in-total-huge", "[players]\npopulation = 1000000\n[players.actions_per_minute]\ncoins = 100",
+     ["players.actions_per_minute", "10,000,000", "actions"]),
+    ("duration-huge", "[world]\nduration = 1e12", ["world.duration", "at most 2,592,000"]),
+    ("steps-too-many", "[world]\nduration = 2592000\n[servers]\nstep = 0.5", ["servers.step", "at most 2,000,000", "steps"]),
+    ("latency-huge", FAULT + "latency_ms = { min = 0, max = 1e9 }", ["faults[0].latency_ms.max", "600,000"]),
+    ("faults-too-many", FAULT * 1001 + "outage = true", ["faults", "at most 1,000"]),
 ]
 
 
