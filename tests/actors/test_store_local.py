@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lodestore import GameServer, advance
@@ -148,3 +150,97 @@ def test_the_async_game_server_api_on_the_running_loop(placement):
         del scheduler
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------------- issue 18 "Hardening"
+
+def nested(depth: int):
+    """A value `depth` containers deep: [[...[0]...]]."""
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_data_storable_alone_but_not_inside_its_record_is_refused_at_update(world):
+    # issue 18 (2): update took data 253-256 deep; its record nests it deeper still, so every save, autosave and
+    # unload then failed with 104, the session kept its lock forever and shutdown raised
+    from lodestore.actors import records
+    from lodestore.storage import DataStoreError, check_value
+
+    server = GameServer(world, "job-deep")
+    store = server.create_store("players", TEMPLATE)
+    store.load("u1")
+    store.update("u1", give(2))
+    too_deep = nested(254)
+    check_value(too_deep)                                       # within Roblox's 256 as a value of its own
+    attempts = {"update": lambda: store.update("u1", lambda d: d.__setitem__("items", too_deep) or True),
+                "update_immutable": lambda: store.update_immutable("u1", lambda d: {**d, "items": too_deep}),
+                "tx": lambda: store.tx(["u1"], lambda s: s["u1"].__setitem__("items", too_deep) or True),
+                "tx_immutable": lambda: store.tx_immutable(["u1"], lambda s: {"u1": {**s["u1"], "items": too_deep}})}
+    for name, attempt in attempts.items():
+        with pytest.raises(DataStoreError, match="data for key 'u1'") as caught:
+            attempt()
+        assert caught.value.code == 104, name
+        assert store.get("u1") == {"coins": 2, "items": []}, name      # nothing changed
+    deepest = nested(records.MAX_DATA_DEPTH - 1)                         # {"items": ...} adds one level
+    assert store.update("u1", lambda d: d.__setitem__("items", deepest) or True) is True
+    assert store.save("u1") is True                                      # the deepest data accepted is saved
+    server.shutdown()                                                    # final save and lock release work
+    reader = GameServer(world, "job-reader").create_store("players", TEMPLATE)
+    assert not reader.probe_lock_active("u1")
+    assert reader.peek("u1")["items"] == deepest
+
+
+def test_migrations_and_legacy_data_too_deep_for_the_record_fail_the_load(world):
+    from lodestore.actors import MigrationError
+
+    server = GameServer(world, "job-mig")
+    migrated = server.create_store("migrated", TEMPLATE, migrations=[("deepen", lambda d: nested(254))],
+                                   import_legacy_data=lambda key: {"coins": 1} if key == "old" else None)
+    with pytest.raises(MigrationError, match="deepen"):
+        migrated.load("old")
+    imported = server.create_store("imported", TEMPLATE, import_legacy_data=lambda key: nested(254))
+    with pytest.raises(MigrationError, match="import_legacy_data"):
+        imported.load("u1")
+    assert not migrated.probe_lock_active("old") and not imported.probe_lock_active("u1")   # nothing kept locked
+    server.shutdown()
+
+
+class _Opaque:
+    pass
+
+
+BAD_VALUES = [math.nan, math.inf, {1, 2}, b"raw", _Opaque()]
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=["nan", "inf", "set", "bytes", "object"])
+@pytest.mark.parametrize("immutable", [False, True], ids=["tx", "tx_immutable"])
+def test_a_transaction_with_unstorable_data_raises_what_update_raises(world, bad, immutable):
+    # issue 18 (13): the coordinator compared the results' encodings before checking them, so these raised a bare
+    # ValueError or TypeError instead of the DataStoreError 103/104 naming the key
+    from lodestore.storage import DataStoreError
+
+    server = GameServer(world, "job-tx")
+    store = server.create_store("players", TEMPLATE)
+    for key in ("u1", "u2"):
+        store.load(key)
+    with pytest.raises(DataStoreError) as by_update:
+        store.update("u2", lambda d: d.__setitem__("coins", bad) or True)
+
+    def fn(state):
+        state["u1"]["coins"] = 5
+        state["u2"]["coins"] = bad
+        return True
+
+    def fn_immutable(state):
+        return {"u1": {**state["u1"], "coins": 5}, "u2": {**state["u2"], "coins": bad}}
+
+    with pytest.raises(DataStoreError) as by_tx:
+        store.tx_immutable(["u1", "u2"], fn_immutable) if immutable else store.tx(["u1", "u2"], fn)
+    assert (by_tx.value.code, by_tx.value.message) == (by_update.value.code, by_update.value.message)
+    assert "key 'u2'" in by_tx.value.message
+    assert [store.get(k) for k in ("u1", "u2")] == [TEMPLATE, TEMPLATE]        # no key changed
+    assert store.tx(["u1", "u2"], lambda s: s["u1"].update(coins=3) or s["u2"].update(coins=4) or True) is True
+    assert [store.get(k)["coins"] for k in ("u1", "u2")] == [3, 4]            # sessions and locks are fine
+    server.shutdown()
