@@ -244,3 +244,58 @@ def test_a_transaction_with_unstorable_data_raises_what_update_raises(world, bad
     assert store.tx(["u1", "u2"], lambda s: s["u1"].update(coins=3) or s["u2"].update(coins=4) or True) is True
     assert [store.get(k)["coins"] for k in ("u1", "u2")] == [3, 4]            # sessions and locks are fine
     server.shutdown()
+
+
+@pytest.mark.parametrize("players", [0, None])
+def test_a_server_that_never_loaded_anything_shuts_down_with_budgets_on(players):
+    # issue 18 (4): a server the budget ledger never saw (no players, no lease) failed its final BindToClose with
+    # "unknown game server ...: register_server first"
+    world = World.in_process("budgeted", clock=ManualClock())              # budgets on ("current")
+    server = GameServer(world, "server_0002", players=players)
+    server.create_store("players", TEMPLATE)
+    server.shutdown()
+    assert "server_0002" not in world.budget_statistics().servers
+
+    import asyncio
+
+    async def main():
+        other = GameServer(world, "server_0003", players=players)
+        await other.aio.begin_shutdown()
+        await other.aio.shutdown()
+    asyncio.run(main())
+    assert world.budget_statistics().servers == {}
+
+
+def test_after_shutdown_a_server_refuses_everything_and_the_budget_ledger_is_unchanged():
+    # issue 18 (15): set_players after shutdown put the dead server back into the ledger (CCU from 0 to 1000)
+    import asyncio
+
+    world = World.in_process("budgeted", clock=ManualClock())
+    server = GameServer(world, "job-1", players=5)
+    store = server.create_store("players", TEMPLATE)
+    store.load("u1")
+    server.shutdown()
+    before = world.budget_statistics()
+    assert before.ccu == 0 and "job-1" not in before.servers
+    refused = [lambda: server.set_players(1000), lambda: server.create_store("other", TEMPLATE),
+               lambda: server.stall_locks(5), lambda: store.get("u1"), lambda: store.load("u2"),
+               lambda: asyncio.run(server.aio.set_players(1000)), lambda: asyncio.run(server.aio.stall_locks(5)),
+               lambda: asyncio.run(server.aio.create_store("other", TEMPLATE))]
+    for call in refused:
+        with pytest.raises(StoreClosedError, match="Store is closed"):
+            call()
+    after = world.budget_statistics()
+    assert after.ccu == 0 and after.servers == before.servers
+    server.shutdown()                                                       # shutting down again does nothing
+
+
+def test_stall_locks_refuses_a_length_that_is_not_a_bounded_number(world):
+    from lodestore.actors import MAX_LOCK_TTL_S
+
+    server = GameServer(world, "job-stall")
+    server.create_store("players", TEMPLATE)
+    for seconds in (math.nan, math.inf, -1, MAX_LOCK_TTL_S + 1, "5"):
+        with pytest.raises(ConfigError, match="seconds"):
+            server.stall_locks(seconds)
+    server.stall_locks(0)
+    server.shutdown()
