@@ -10,16 +10,9 @@ import pytest
 from lodestore import GameServer
 from lodestore.actors import MAX_LOCK_TTL_S, MIN_PERIOD_S, SchemaError, StoreConfig, check_schema, records
 from lodestore.storage import MS_MAX_EXPIRATION_S, ConfigError, ManualClock, World, check_value
+from tests.actors._rig import nested
 
 TEMPLATE = {"coins": 0, "items": []}
-
-
-def nested(depth: int):
-    """A value `depth` containers deep: [[...[0]...]]."""
-    value = 0
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 def test_the_exported_bounds():

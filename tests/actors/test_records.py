@@ -36,8 +36,9 @@ from lodestore.actors._records import (
     thaw,
     tx_id_of,
 )
-from lodestore.storage import (MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, LodestoreError, canonical, check_key,
-                               check_value, decode, encode)
+from lodestore.storage import (MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, LodestoreError, canonical,
+                               check_key, check_value, decode, encode)
+from tests.actors._rig import nested
 
 
 def compact_len(value) -> int:
@@ -645,14 +646,7 @@ def test_freeze_thaw_round_trip_for_any_value(value):
     assert checksum(frozen) == checksum(value)
 
 
-# --- how deep data may nest (issue 18: data Roblox stores alone, but not inside its record) ----------------------
-
-
-def nested(depth: int):
-    value = 0
-    for _ in range(depth):
-        value = [value]
-    return value
+# --- how deep data may nest (issue 18: data Roblox stores alone, but not inside its record) ---------------------
 
 
 def test_every_record_holding_the_deepest_accepted_data_is_storable():

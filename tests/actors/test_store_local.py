@@ -9,6 +9,7 @@ import pytest
 from lodestore import GameServer, advance
 from lodestore.actors import KeyNotLoadedError, LockLostError, StoreClosedError, StoreStatistics
 from lodestore.storage import ConfigError, ManualClock, TransformError, World
+from tests.actors._rig import nested
 
 TEMPLATE = {"coins": 0, "items": []}
 
@@ -153,13 +154,6 @@ def test_the_async_game_server_api_on_the_running_loop(placement):
 
 
 # ------------------------------------------------------------------------------------------- issue 18 "Hardening"
-
-def nested(depth: int):
-    """A value `depth` containers deep: [[...[0]...]]."""
-    value = 0
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 def test_data_storable_alone_but_not_inside_its_record_is_refused_at_update(world):
