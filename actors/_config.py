@@ -59,7 +59,7 @@ def check_seconds(name: str, value: Any, minimum: float = MIN_PERIOD_S, maximum:
     """`value` as float seconds when it is a real number from `minimum` to `maximum`; else ConfigError naming
     `name` (as its `field`), the bounds and what was received."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:  # NaN too
-        raise ConfigError(f"{name} must be a number of seconds from {minimum:g} to {maximum:g}, got {value!r}",
+        raise ConfigError(f"{name} must be a number of seconds from {minimum:.15g} to {maximum:.15g}, got {value!r}",
                           field=name)
     return float(value)
 
