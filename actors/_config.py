@@ -1,22 +1,34 @@
 """A store's configuration: template, schema, migrations, callbacks, timings and placement, checked once.
 
 `StoreConfig` is frozen and travels to key actors with Ray's serializer (it holds user callables); stored values
-never do. Every bad field is refused with a `storage.ConfigError` that names it and says what was received.
-`check_schema` says what a `schema` verdict means, for sessions and the coordinator alike.
+never do. Every bad field is refused with a `storage.ConfigError` whose `field` is the field's name and whose message
+says what was received. Timings lie between `MIN_PERIOD_S` and `MAX_LOCK_TTL_S` (`check_seconds`, also for
+`KeyHost.stall_locks`). `check_schema` says what a `schema` verdict means, for sessions and the coordinator alike.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
 from lodestore.actors._errors import SchemaError
+from lodestore.actors._records import _show, check_data
 from lodestore.actors._txn import MAX_STORE_NAME
-from lodestore.storage import ConfigError, DataStoreError, check_metadata, check_value
+from lodestore.storage import MS_MAX_EXPIRATION_S, ConfigError, DataStoreError, check_metadata
 
-__all__ = ["StoreConfig", "Migration", "Placement", "LogMessage", "check_schema"]
+__all__ = ["StoreConfig", "Migration", "Placement", "LogMessage", "check_schema", "check_seconds", "MIN_PERIOD_S",
+           "MAX_LOCK_TTL_S"]
+
+MIN_PERIOD_S = 0.1
+"""The shortest period a store runs anything at (autosave, lock refresh, lock TTL, transaction timeout, steal time),
+in simulated seconds. Timers run in whole milliseconds: at 100 ms that rounding moves a period by at most 1%, where a
+period under 1 ms would round to a 0 ms timer firing without end. Nothing in Roblox runs a data cadence faster than
+a few frames anyway."""
+
+MAX_LOCK_TTL_S = MS_MAX_EXPIRATION_S
+"""The longest lock TTL, in seconds: the lock is a MemoryStore item, whose expiration is at most 45 days
+(3,888,000 s). It bounds every other timing of a store too: nothing a store does waits longer than its lock can live."""
 
 
 class Placement(str, Enum):
@@ -43,31 +55,38 @@ class LogMessage:
     context: dict = field(default_factory=dict)
 
 
-def _seconds(name: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= minimum:
-        raise ConfigError(f"{name} must be a finite number of seconds > {minimum:g}, got {value!r}")
+def check_seconds(name: str, value: Any, minimum: float = MIN_PERIOD_S, maximum: float = MAX_LOCK_TTL_S) -> float:
+    """`value` as float seconds when it is a real number from `minimum` to `maximum`; else ConfigError naming
+    `name` (as its `field`), the bounds and what was received."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:  # NaN too
+        raise ConfigError(f"{name} must be a number of seconds from {minimum:.15g} to {maximum:.15g}, got {value!r}",
+                          field=name)
     return float(value)
 
 
 def _callable_or_none(name: str, value: Any) -> None:
     if value is not None and not callable(value):
-        raise ConfigError(f"{name} must be callable or None, got {type(value).__name__}")
+        raise ConfigError(f"{name} must be callable or None, got {type(value).__name__}", field=name)
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     """Everything `GameServer.create_store` takes. Times are simulated seconds.
 
-    - `template`: the data a new key starts with (JSON-compatible).
-    - `schema(data)`: returns True (or None) when data is valid; False or an exception means invalid.
+    - `template`: the data a new key starts with (JSON-compatible, and storable inside its record: see
+      `records.check_data`).
+    - `schema(data)`: answers exactly True, None or `(True, ...)` when data is valid; False, `(False, message...)`
+      or an exception means invalid, and so does any other answer (0, "", "no", an object that is merely falsy or
+      truthy): the answer is read strictly, as an update transform's is (`check_schema`).
     - `migrations`: `Migration`s or `(name, apply)` pairs, applied once each, in order.
     - `import_legacy_data(key)`: data for a key with no record yet (all migrations then run on it), or None.
     - `changed_callbacks`: each `fn(key, new_data, old_data)` after a change (on load, old_data is None).
     - `log_callback(LogMessage)`, `on_lock_lost(key)`: called where the session lives (the key actor).
     - `lock_callback(kind, key, session_id, at_ms, until_ms)`: an observer of the session lock, called where the
-      session lives with kind "acquired", "refreshed", "released", "lost" or "crashed" (`KeyHost.crash`). `until_ms` is the time up to which the
-      session counts itself the holder (the send time of its last landed lock write + `lock_ttl`); "released" and
-      "lost" are reported at `min(now, until_ms)`. A simulator records lock history with it.
+      session lives with kind "acquired", "refreshed", "released", "lost" or "crashed" (`KeyHost.crash`).
+      `until_ms` is the time up to which the session counts itself the holder (the send time of its last landed
+      lock write + `lock_ttl`); "released" and "lost" are reported at `min(now, until_ms)`. A simulator records
+      lock history with it.
     - `metadata_template`: KeyInfo metadata written with every record; user ids come from `load(key, user_ids)`.
     - `lock_ttl`, `lock_refresh`, `lock_wait`: the lock's TTL, how often it is refreshed, and how long `load` waits
       for another holder before giving up. `lock_steal_after`: take over a lock whose holder has not refreshed it
@@ -76,6 +95,10 @@ class StoreConfig:
     - `lock_partitions`: how many MemoryStore hash maps share the locks (1 is Lyra's single map). One structure
       serves 100,000 request units a minute, about 33,000 lock updates: 16 maps carry ~500,000 sessions.
     - `tx_timeout`: how long a session waits in a transaction for its coordinator before settling it itself.
+
+    Every timing is from `MIN_PERIOD_S` (0.1 s) to `MAX_LOCK_TTL_S` (45 days, MemoryStore's longest expiration),
+    except `lock_wait`, which may be 0 (try the lock once, never wait). A bad field raises ConfigError with
+    `field` set to the field's name.
     """
 
     name: str
@@ -100,44 +123,41 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 1 <= len(self.name) <= MAX_STORE_NAME or "/" in self.name:
-            raise ConfigError(f"store name must be 1-{MAX_STORE_NAME} characters without '/', got {self.name!r}")
+            raise ConfigError(f"store name must be 1-{MAX_STORE_NAME} characters without '/', got {self.name!r}",
+                              field="name")
         try:
-            check_value(self.template, what="template")
+            check_data(self.template, what="template")
         except DataStoreError as exc:
-            raise ConfigError(f"template is not storable: {exc.message}") from None
-        _callable_or_none("schema", self.schema)
-        _callable_or_none("import_legacy_data", self.import_legacy_data)
-        _callable_or_none("log_callback", self.log_callback)
-        _callable_or_none("on_lock_lost", self.on_lock_lost)
-        _callable_or_none("lock_callback", self.lock_callback)
+            raise ConfigError(f"template is not storable: {exc.message}", field="template") from None
+        for name in ("schema", "import_legacy_data", "log_callback", "on_lock_lost", "lock_callback"):
+            _callable_or_none(name, getattr(self, name))
         object.__setattr__(self, "migrations", _migrations(self.migrations))
         if callable(self.changed_callbacks):
             object.__setattr__(self, "changed_callbacks", (self.changed_callbacks,))
         if not isinstance(self.changed_callbacks, (tuple, list)) or not all(map(callable, self.changed_callbacks)):
-            raise ConfigError(f"changed_callbacks must be a sequence of callables, got {self.changed_callbacks!r:.80}")
+            raise ConfigError(f"changed_callbacks must be a sequence of callables, got {self.changed_callbacks!r:.80}",
+                              field="changed_callbacks")
         object.__setattr__(self, "changed_callbacks", tuple(self.changed_callbacks))
         if self.metadata_template is not None:
             try:
                 check_metadata(self.metadata_template)
             except DataStoreError as exc:
-                raise ConfigError(f"metadata_template: {exc.message}") from None
-        for name in ("autosave_interval", "lock_ttl", "lock_refresh", "lock_wait", "tx_timeout"):
-            object.__setattr__(self, name, _seconds(name, getattr(self, name)))
+                raise ConfigError(f"metadata_template: {exc.message}", field="metadata_template") from None
+        for name in ("autosave_interval", "lock_ttl", "lock_refresh", "tx_timeout"):
+            object.__setattr__(self, name, check_seconds(name, getattr(self, name)))
+        object.__setattr__(self, "lock_wait", check_seconds("lock_wait", self.lock_wait, minimum=0))
         if self.lock_refresh >= self.lock_ttl:
             raise ConfigError(f"lock_refresh ({self.lock_refresh:g} s) must be shorter than lock_ttl "
-                              f"({self.lock_ttl:g} s), or the lock expires between refreshes")
+                              f"({self.lock_ttl:g} s), or the lock expires between refreshes", field="lock_refresh")
         if self.lock_steal_after is not None:
-            object.__setattr__(self, "lock_steal_after", _seconds("lock_steal_after", self.lock_steal_after))
-        if isinstance(self.retry_attempts, bool) or not isinstance(self.retry_attempts, int) \
-                or not 1 <= self.retry_attempts <= 20:
-            raise ConfigError(f"retry_attempts must be an int from 1 to 20, got {self.retry_attempts!r}")
-        if isinstance(self.lock_partitions, bool) or not isinstance(self.lock_partitions, int) \
-                or not 1 <= self.lock_partitions <= 1024:
-            raise ConfigError(f"lock_partitions must be an int from 1 to 1024, got {self.lock_partitions!r}")
+            object.__setattr__(self, "lock_steal_after", check_seconds("lock_steal_after", self.lock_steal_after))
+        _check_int("retry_attempts", self.retry_attempts, 1, 20)
+        _check_int("lock_partitions", self.lock_partitions, 1, 1024)
         try:
             object.__setattr__(self, "placement", Placement(self.placement))
         except ValueError:
-            raise ConfigError(f"placement must be 'per-server' or 'per-key', got {self.placement!r}") from None
+            raise ConfigError(f"placement must be 'per-server' or 'per-key', got {self.placement!r}",
+                              field="placement") from None
 
     @property
     def migration_names(self) -> tuple[str, ...]:
@@ -145,36 +165,49 @@ class StoreConfig:
 
 
 def check_schema(schema: Callable[[Any], Any] | None, key: str, data: Any) -> None:
-    """Raise SchemaError unless `schema(data)` accepts: True or None; False, (False, message...) or an exception
-    mean invalid."""
+    """Raise SchemaError unless `schema(data)` accepts. Accepting is exactly True, None or a tuple starting with
+    True; False, `(False, message...)` or an exception mean invalid, and any other answer is refused as invalid too
+    (a schema answering 0, "" or a merely falsy object must not pass data that breaks it)."""
     if schema is None:
         return
     try:
         verdict = schema(data)
     except Exception as exc:
         raise SchemaError(f"Schema validation failed for key {key!r}: {type(exc).__name__}: {exc}") from None
-    detail = ""
-    if isinstance(verdict, tuple) and verdict:
-        verdict, detail = verdict[0], ": " + " ".join(str(x) for x in verdict[1:])
-    if verdict is False:
+    told = isinstance(verdict, tuple) and len(verdict) > 0 and isinstance(verdict[0], bool)  # (bool, message...)
+    answer = verdict[0] if told else verdict
+    if answer is True or answer is None:
+        return
+    if answer is False:
+        detail = ": " + " ".join(str(x) for x in verdict[1:]) if told else ""
         raise SchemaError(f"Schema validation failed for key {key!r}{detail}")
+    raise SchemaError(f"Schema validation failed for key {key!r}: the schema returned a non-boolean, "
+                      f"{_show(verdict)} ({type(verdict).__name__}); it must answer True, None, False or "
+                      f"(True or False, message...)")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an int from {low} to {high}, got {value!r}", field=name)
 
 
 def _migrations(steps: Any) -> tuple[Migration, ...]:
+    def bad(message: str) -> ConfigError:
+        return ConfigError(message, field="migrations")
+
     if not isinstance(steps, (tuple, list)):
-        raise ConfigError(f"migrations must be a sequence of Migration or (name, apply) pairs, got "
-                          f"{type(steps).__name__}")
+        raise bad(f"migrations must be a sequence of Migration or (name, apply) pairs, got {type(steps).__name__}")
     out: list[Migration] = []
     for i, step in enumerate(steps):
         if isinstance(step, (tuple, list)) and len(step) == 2:
             step = Migration(*step)
         if not isinstance(step, Migration):
-            raise ConfigError(f"migrations[{i}] must be a Migration or a (name, apply) pair, got {step!r:.80}")
+            raise bad(f"migrations[{i}] must be a Migration or a (name, apply) pair, got {step!r:.80}")
         if not isinstance(step.name, str) or not step.name:
-            raise ConfigError(f"migrations[{i}] needs a non-empty string name, got {step.name!r}")
+            raise bad(f"migrations[{i}] needs a non-empty string name, got {step.name!r}")
         if not callable(step.apply):
-            raise ConfigError(f"migration {step.name!r}: apply must be callable, got {type(step.apply).__name__}")
+            raise bad(f"migration {step.name!r}: apply must be callable, got {type(step.apply).__name__}")
         if any(s.name == step.name for s in out):
-            raise ConfigError(f"migration name {step.name!r} appears twice; each step needs its own name")
+            raise bad(f"migration name {step.name!r} appears twice; each step needs its own name")
         out.append(step)
     return tuple(out)

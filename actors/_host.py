@@ -17,7 +17,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from lodestore.actors._config import StoreConfig
+from lodestore.actors._config import StoreConfig, check_seconds
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
 from lodestore.actors._migrations import migrate
 from lodestore.actors._requests import (Close, Get, HostRequest, IsLoaded, ListVersions, Load, LoadedKeys, Peek,
@@ -278,8 +278,9 @@ class KeyHost:
     def stall_locks(self, seconds: float) -> None:
         """Fault injection: for `seconds` of simulated time this host neither refreshes its locks nor notices them
         running out, while everything else goes on (a lock holder stalled by a long pause). Afterwards each session
-        checks its lock as usual: one whose lock ran out meanwhile is lost."""
-        until = self.scheduler.now() + int(seconds * 1000)
+        checks its lock as usual: one whose lock ran out meanwhile is lost. `seconds` is from 0 to
+        `MAX_LOCK_TTL_S` (longer than any lock lives), else ConfigError."""
+        until = self.scheduler.now() + int(check_seconds("seconds", seconds, minimum=0) * 1000)
         for rt in self.stores.values():
             rt.stalled_until = max(rt.stalled_until, until)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from lodestore.actors._config import StoreConfig
 from lodestore.actors._errors import MigrationError
-from lodestore.actors._records import copy_data
-from lodestore.storage import DataStoreError, check_value
+from lodestore.actors._records import check_data, copy_data
+from lodestore.storage import DataStoreError
 
 __all__ = ["initial_data", "migrate"]
 
@@ -33,7 +33,7 @@ def initial_data(config: StoreConfig, key: str) -> tuple[Any, tuple[str, ...]]:
                                  f"{type(exc).__name__}: {exc}") from exc
         if legacy is not None:
             try:
-                check_value(legacy, what="imported legacy data")
+                check_data(legacy, what="imported legacy data")
             except DataStoreError as exc:
                 raise MigrationError(f"import_legacy_data for key {key!r}: {exc.message}") from None
             return copy_data(legacy), ()   # imported data has no migration applied yet
@@ -59,7 +59,7 @@ def migrate(config: StoreConfig, key: str, data: Any, applied: tuple[str, ...]) 
             raise MigrationError(f"migration {step.name!r} returned None for key {key!r}; a step returns the "
                                  f"migrated data")
         try:
-            check_value(out, what=f"data after migration {step.name!r}")
+            check_data(out, what=f"data after migration {step.name!r}")
         except DataStoreError as exc:
             raise MigrationError(f"migration {step.name!r} for key {key!r}: {exc.message}") from None
         data, applied = out, applied + (step.name,)

@@ -22,7 +22,7 @@ from lodestore.actors import _records as rec
 from lodestore.actors._errors import KeyClosedError, LockLostError, TxLockedError
 from lodestore.actors._records import copy_data
 from lodestore.actors._txn import resolve_in_doubt
-from lodestore.storage import Timer, check_value
+from lodestore.storage import Timer
 
 if TYPE_CHECKING:
     from lodestore.actors._session import Session
@@ -96,9 +96,9 @@ class TxParticipant:
         if tx.written:
             return
         s = self.session
-        check_value(after, what=f"data for key {s.key!r}")
+        rec.check_data(after, what=f"data for key {s.key!r}")
         s.rt.check_schema(s.key, after)
-        txinfo = {"committed_data": tx.before, "tx_id": tx_id, "tx_patch": patch}
+        txinfo = rec.pending_txinfo(tx.before, tx_id, patch)
         tx.writing = True
         try:
             ok = await s.write_record(tx.before, txinfo=txinfo)

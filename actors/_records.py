@@ -19,6 +19,10 @@ A patch is a list of ops, each `{"op": "add" | "replace", "path": [key, ...], "v
 may target it). Diffs recurse into dicts only: lists and scalars that differ are replaced whole. "add" needs the key
 absent, "replace" and "remove" need it present, so a patch applied to a value it was not made from is refused.
 
+A record nests its data `RECORD_NESTING` containers deep at most (a transaction's phase-one record, whose patch
+replaces the whole data, is the deepest), so data a session accepts may nest `MAX_DATA_DEPTH` deep, not Roblox's
+`MAX_DEPTH`: `check_data` is the check for every value that becomes a session's data.
+
 Plain Python: no Ray, no I/O, no clock, no randomness except the injectable `new_id`. It must never mutate its
 inputs, never return data that aliases a patch, and never run code found in stored bytes (JSON and zlib only).
 Malformed records, files, chunks and patches raise `RecordError`; data that Roblox cannot store raises
@@ -44,12 +48,16 @@ from lodestore.storage import MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStor
 
 __all__ = [
     "SHARD_LIMIT_CHARS",
+    "RECORD_NESTING",
+    "MAX_DATA_DEPTH",
+    "check_data",
     "RecordError",
     "TxInfo",
     "InlineFile",
     "ShardedFile",
     "Record",
     "new_record",
+    "pending_txinfo",
     "digest",
     "inline_file",
     "is_record",
@@ -136,6 +144,11 @@ def new_record(data: Any, applied_migrations: Iterable[str], session: str | None
         "file": {"data": {"committed_data": data}} if file is None else file,
         "orphaned_files": list(orphaned_files),
     }
+
+
+def pending_txinfo(before: Any, tx_id: str, patch: list[dict[str, Any]]) -> TxInfo:
+    """The TXINFO of a transaction's phase one: the data before it, and the patch that applies once it commits."""
+    return {"committed_data": before, "tx_id": tx_id, "tx_patch": patch}
 
 
 def is_record(value: Any) -> bool:
@@ -585,6 +598,37 @@ def thaw(value: Any) -> Any:
 def copy_data(data: Any) -> Any:
     """A deep copy of JSON-compatible data (msgpack round trip: several times faster than copy.deepcopy)."""
     return msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False)
+
+
+# --- how deep data may nest -------------------------------------------------------------------------------------
+
+
+def _nesting(value: Any, target: object) -> int:
+    """How many containers deep `target` (by identity) sits in `value` at its deepest; -1 when it is absent."""
+    if value is target:
+        return 0
+    children = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+    deepest = max((_nesting(child, target) for child in children), default=-1)
+    return deepest + 1 if deepest >= 0 else -1
+
+
+_DATA = object()   # stands for a session's data in the records below
+RECORD_NESTING = max(
+    _nesting(new_record(_DATA, (), None), _DATA),      # a saved record
+    _nesting(new_record(None, (), None, file={"data": pending_txinfo(_DATA, "", make_patch([], _DATA))}), _DATA),
+)
+"""How many containers deep the deepest record a session writes holds its data: a transaction's phase-one record,
+whose patch replaces the whole data (dict data's patches sit at least one level lower)."""
+
+MAX_DATA_DEPTH = MAX_DEPTH - RECORD_NESTING
+"""How deep a session's data may nest so that every record holding it stays within Roblox's `MAX_DEPTH`."""
+
+
+def check_data(data: Any, *, what: str = "data") -> int:
+    """`check_value` for a value that becomes a session's data (an update's result, a transaction's, a template, a
+    migration's, imported legacy data): also refused with 104 when it nests deeper than `MAX_DATA_DEPTH`, because
+    the record holding it would nest deeper than Roblox allows and every save of it would fail. Returns its size."""
+    return check_value(data, what=what, max_depth=MAX_DATA_DEPTH)
 
 
 def _show(value: Any) -> str:

@@ -40,7 +40,7 @@ from lodestore.actors._records import copy_data
 from lodestore.actors._txn import (TX_STORE, abort_if_pending, lock_map_name, marker_committed, records_store,
                                    shards_store)
 from lodestore.storage import (Backoff, DataStoreError, MemoryStoreError, RequestType, Scheduler, Timer,
-                               TransformError, UpdateResult, canonical, check_value, retry)
+                               TransformError, UpdateResult, canonical, retry)
 
 __all__ = ["SessionState", "Session", "StoreRuntime", "StoreCounters"]
 
@@ -316,7 +316,7 @@ class Session:
 
     def _commit(self, new: Any) -> None:
         """Make `new` the session's data after checking it is storable and valid; raises and changes nothing."""
-        check_value(new, what=f"data for key {self.key!r}")
+        rec.check_data(new, what=f"data for key {self.key!r}")
         self.rt.check_schema(self.key, new)
         old = self.replace_data(new)
         self.rt.notify_changed(self.key, new, old)
@@ -346,7 +346,7 @@ class Session:
             if self.state not in _LIVE:
                 self.check_usable()
             data = self.data
-            blob = canonical(data)   # data in a session has passed check_value
+            blob = canonical(data)   # data in a session has passed check_data
             digest = rec.digest(blob)
             if not force and digest == self.saved_checksum:
                 self.rt.counters.saves_skipped += 1

@@ -11,11 +11,13 @@ The names are those of `actors._records`, which documents the layout; this modul
 nothing in it can be delivered twice.
 """
 
-from lodestore.actors._records import (SHARD_LIMIT_CHARS, FrozenDict, InlineFile, Record, RecordError, ShardedFile,
-                                       TxInfo, apply_patch, check_record, checksum, committed, copy_data, digest,
-                                       freeze, inline_file, is_record, make_file, make_patch, new_record, read_file,
-                                       shard_key, shard_keys, thaw, tx_id_of)
+from lodestore.actors._records import (MAX_DATA_DEPTH, RECORD_NESTING, SHARD_LIMIT_CHARS, FrozenDict, InlineFile,
+                                       Record, RecordError, ShardedFile, TxInfo, apply_patch, check_data, check_record,
+                                       checksum, committed, copy_data, digest, freeze, inline_file, is_record,
+                                       make_file, make_patch, new_record, pending_txinfo, read_file, shard_key,
+                                       shard_keys, thaw, tx_id_of)
 
-__all__ = ["SHARD_LIMIT_CHARS", "RecordError", "TxInfo", "InlineFile", "ShardedFile", "Record", "new_record", "digest",
-           "inline_file", "is_record", "check_record", "tx_id_of", "checksum", "shard_key", "shard_keys", "make_file",
-           "read_file", "make_patch", "apply_patch", "committed", "FrozenDict", "freeze", "thaw", "copy_data"]
+__all__ = ["SHARD_LIMIT_CHARS", "RECORD_NESTING", "MAX_DATA_DEPTH", "check_data", "RecordError", "TxInfo",
+           "InlineFile", "ShardedFile", "Record", "new_record", "pending_txinfo", "digest", "inline_file", "is_record",
+           "check_record", "tx_id_of", "checksum", "shard_key", "shard_keys", "make_file", "read_file", "make_patch",
+           "apply_patch", "committed", "FrozenDict", "freeze", "thaw", "copy_data"]

@@ -2,7 +2,8 @@
 
 One transaction over keys loaded by one server (in one or many key actors):
   1. prepare: every involved session joins (it blocks its other operations) and answers a copy of its data;
-  2. the transform runs once, on copies (or frozen data); every changed key's data is checked (storable, schema);
+  2. the transform runs once, on copies (or frozen data); every key's new data is checked storable (as `update`
+     checks it, so it raises the same DataStoreError), each changed key's against the schema;
      0 keys changed: nothing is written; 1: an ordinary in-memory update, saved as any update is;
   3. marker: {"state": "pending", "store", "keys", "created"} under the transaction id in `lodestore/tx`;
   4. each session writes its record as {committed_data: before, tx_id, tx_patch} (fenced like every write);
@@ -32,8 +33,7 @@ from lodestore.actors import (ABSENT, TX_STORE, TxFinish, TxPrepare, TxWrite, ab
                               commit_if_pending, records_store, without_tx)
 from lodestore.actors import records as rec
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
-from lodestore.storage import (Backoff, Coalescer, DataStoreError, Server, TransformError, canonical, check_value, retry,
-                               sleep)
+from lodestore.storage import Backoff, Coalescer, DataStoreError, Server, TransformError, canonical, retry, sleep
 
 __all__ = ["Coordinator", "TxRequest", "Step", "CoordinatorStatistics"]
 
@@ -174,10 +174,11 @@ class Coordinator:
             except Exception as exc:
                 raise TransformError(f"tx transform raised {type(exc).__name__}: {exc}") from exc
             afters = _check_transform_result(req, state, verdict)
+            for key in afters or ():   # before comparing: only storable data has canonical bytes
+                rec.check_data(afters[key], what=f"data for key {key!r}")
             changed = [] if afters is None else \
                 [k for k in req.keys if canonical(afters[k]) != canonical(befores[k])]
             for key in changed:
-                check_value(afters[key], what=f"data for key {key!r}")
                 check_schema(req.schema, key, afters[key])
         except BaseException:
             await release({})

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from lodestore.actors import (Close, Get, HostRequest, IsLoaded, KeyActor, KeyNotLoadedError, KeyRequest,
                               ListVersions, Load, LoadedKeys, Peek, Placement, ProbeLockActive, ReadVersion, Save,
                               Statistics, StoreClosedError, StoreConfig, StoreCounters, StoreStatistics, TxCall, Unload,
-                              Update, UpdateImmutable, key_actor_options)
+                              Update, UpdateImmutable, check_seconds, key_actor_options)
 from lodestore.coordinator import TxRequest, coordinator_ref, forget_coordinator, unknown_after_crash
 from lodestore.storage import Coalescer, ConfigError, ManualClock, Runtime, Scheduler, Server, World
 
@@ -189,7 +189,9 @@ class GameServer:
         return self._storage
 
     def set_players(self, players: int) -> None:
-        """Change the player count; budgets and MemoryStore quotas follow."""
+        """Change the player count; budgets and MemoryStore quotas follow. After `shutdown` (or `crash`) it raises
+        StoreClosedError and changes nothing: a server that has left the world's budgets never joins them again."""
+        self._check_up()
         self._storage.set_players(players)
 
     def create_store(self, name: str, template: Any, **options: Any) -> "Store":
@@ -217,10 +219,10 @@ class GameServer:
         return store
 
     def stall_locks(self, seconds: float) -> None:
-        """Fault injection: for `seconds` of simulated time this server's key actors neither refresh their locks
-        nor notice them running out (a long pause of the server's process); see `KeyHost.stall_locks`."""
-        for link in self._links():
-            link._blocking("stall_locks", seconds)
+        """Fault injection: for `seconds` (0 to `actors.MAX_LOCK_TTL_S`) of simulated time this server's key actors
+        neither refresh their locks nor notice them running out (a long pause of the server's process); see
+        `KeyHost.stall_locks`. Same steps as `await server.aio.stall_locks(seconds)`."""
+        self.runtime.block(self.aio.stall_locks(seconds))
 
     def shutdown(self) -> None:
         """BindToClose: the shutdown budget boost, then every store closes (final saves at emergency priority,
@@ -242,11 +244,13 @@ class GameServer:
 
     def memory_bytes(self) -> int:
         """Resident memory of the process holding this server's per-server key actor (Linux), for benchmarks."""
+        self._check_up()
         return self._server_link()._blocking("memory_bytes")
 
     # --------------------------------------------------------------------------------------- plumbing
 
     def _check_up(self) -> None:
+        """Refuse anything but reading figures once the server has shut down or crashed."""
         if self._down:
             raise StoreClosedError(f"Store is closed: server {self.job_id!r} has shut down")
 
@@ -288,6 +292,7 @@ class AsyncGameServer:
 
     async def set_players(self, players: int) -> None:
         """Like `GameServer.set_players`."""
+        self._server._check_up()
         await self._server._storage.aio.set_players(players)
 
     async def begin_shutdown(self) -> None:
@@ -329,6 +334,8 @@ class AsyncGameServer:
 
     async def stall_locks(self, seconds: float) -> None:
         """Like `GameServer.stall_locks`."""
+        self._server._check_up()
+        check_seconds("seconds", seconds, minimum=0)
         await asyncio.gather(*(link.acall_method("stall_locks", seconds) for link in self._server._links()))
 
     async def tx_calls(self, calls: list[TxCall]) -> list[Any]:

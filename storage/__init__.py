@@ -22,7 +22,8 @@ from lodestore.storage._backoff import Backoff, retry
 from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
 from lodestore.storage._faults import FaultConfig, Latency, Outage
-from lodestore.storage._limits import DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS, RequestType
+from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS,
+                                       MS_MAX_EXPIRATION_S, RequestType)
 from lodestore.storage._placement import actor_options, namespace_of, pinned, spread_nodes
 from lodestore.storage._scheduler import Scheduler, Timer, sleep
 from lodestore.storage._runtime import ACTOR_FAILURES, Coalescer, LocalRuntime, RayRuntime, Runtime
@@ -52,7 +53,7 @@ __all__ = [
     "check_key", "check_store_name", "check_value", "check_metadata", "check_user_ids", "MAX_DEPTH",
     "canonical", "encode", "decode",
     # Roblox's documented limits other layers enforce too
-    "MAX_KEY_NAME", "MAX_VALUE_CHARS", "MAX_LIST_PAGE", "DEFAULT_SCOPE", "HOUR_MS",
+    "MAX_KEY_NAME", "MAX_VALUE_CHARS", "MAX_LIST_PAGE", "DEFAULT_SCOPE", "HOUR_MS", "MS_MAX_EXPIRATION_S",
     # the engine and backend of one shard, for tools that drive it directly (bench)
     "DataStoreEngine", "SqliteBackend",
 ]

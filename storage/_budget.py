@@ -469,10 +469,12 @@ class BudgetLedger:
 
         The boost (2.5 minutes' worth) is always below the 3-minute cap, so the cap never cuts it. The experience
         buckets get no boost. Returns True the first time; delivered twice (or called again) it changes nothing and
-        returns False, also after `set_players` has changed the rates.
+        returns False, also after `set_players` has changed the rates. A server the ledger does not know (it never
+        had players nor leased anything, or it was removed) has no budget to boost: nothing changes and it returns
+        False, as `remove_server` does for it; a lease it takes later registers it, unboosted.
         """
-        server = self._server(server_id)
-        if server.shutting_down:
+        server = self._servers.get(_check_server_id(server_id))
+        if server is None or server.shutting_down:
             return False
         self._settle_server(server, self._clock.now())
         for bucket in server.buckets.values():

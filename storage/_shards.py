@@ -150,7 +150,9 @@ class BudgetServiceActor:
 
     Delivered twice: `register_server`, `set_players`, `remove_server` and `release` are idempotent; a duplicated
     `lease` takes tokens twice and the caller learns of one lease only, so the extra tokens are lost to it (never
-    spent twice); a duplicated `begin_shutdown` is a no-op (the boost applies once)."""
+    spent twice); a duplicated `begin_shutdown` is a no-op (the boost applies once). `begin_shutdown` and
+    `remove_server` of a server the ledger does not know (it never had players nor leased) change nothing and
+    answer False, so a server that never used its budget still shuts down."""
 
     HOUSEKEEPING_EVERY = 256
 

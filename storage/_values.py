@@ -88,13 +88,14 @@ _repr.maxlevel = 2
 # --- values -------------------------------------------------------------------------------------------------------
 
 
-def check_value(value: Any, *, what: str = "value") -> int:
+def check_value(value: Any, *, what: str = "value", max_depth: int = MAX_DEPTH) -> int:
     """Refuse what Roblox cannot store; return the value's size in characters as Roblox counts it.
 
     The size is `len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))`. Refusals: 103 ValueNotAllowed for
     NaN/infinity, strings with lone surrogates and non-str dict keys; 104 CantStoreValue for other types, ints outside
-    64 bits, cycles and nesting deeper than `MAX_DEPTH`; 105 ValueTooLarge over `MAX_VALUE_CHARS`. Messages name the
-    bad part as a path from `what`.
+    64 bits, cycles and nesting deeper than `max_depth`; 105 ValueTooLarge over `MAX_VALUE_CHARS`. Messages name the
+    bad part as a path from `what`. `max_depth` (at most `MAX_DEPTH`) is for a value that will be stored inside
+    `MAX_DEPTH - max_depth` containers of the caller's (a record wrapping a player's data).
 
     >>> check_value({"coins": 10, "items": ["sword"]})
     30
@@ -103,7 +104,7 @@ def check_value(value: Any, *, what: str = "value") -> int:
     ...
     storage._errors.DataStoreError: 103 ValueNotAllowed: value["inventory"][1] has key 1 (int); dict keys must be str
     """
-    at_least = _validate(value, what)
+    at_least = _validate(value, what, max_depth)
     if at_least > MAX_VALUE_CHARS:  # certain without encoding (and a value sharing one list 2**30 times never is)
         raise _too_large(what, f"at least {at_least}")
     try:
@@ -117,13 +118,19 @@ def check_value(value: Any, *, what: str = "value") -> int:
     return size
 
 
+def _too_deep(what: str, max_depth: int, where: str) -> DataStoreError:
+    held = f" (it is stored inside {MAX_DEPTH - max_depth} more; Roblox allows {MAX_DEPTH} in all)" \
+        if max_depth < MAX_DEPTH else ""
+    return DataStoreError(104, "CantStoreValue", f"{what} nests containers more than {max_depth} deep{held}, {where}")
+
+
 def _too_large(what: str, size: str) -> DataStoreError:
     return DataStoreError(
         105, "ValueTooLarge", f"{what} is {size} characters as JSON, over the limit of {MAX_VALUE_CHARS}"
     )
 
 
-def _validate(value: Any, what: str) -> int:
+def _validate(value: Any, what: str, max_depth: int) -> int:
     """One walk over `value`, depth first, without recursion; return a lower bound of its JSON length.
 
     No path is built on the success path: the path of the element being checked is the keys of the open containers
@@ -173,13 +180,8 @@ def _validate(value: Any, what: str) -> int:
                 f"{_path(what, keys, k)} is a cycle: it is the same {type(v).__name__} as "
                 f"{_path(what, keys[: outer + 1])}, which contains it",
             )
-        if len(containers) >= MAX_DEPTH:
-            raise DataStoreError(
-                104,
-                "CantStoreValue",
-                f"{what} nests containers more than {MAX_DEPTH} deep, at {_path(what, keys, k)} "
-                f"({len(containers) + 1} deep)",
-            )
+        if len(containers) >= max_depth:
+            raise _too_deep(what, max_depth, f"at {_path(what, keys, k)} ({len(containers) + 1} deep)")
         if isinstance(v, dict):
             try:
                 all_keys = "".join(v)  # checks every key is a str, at C speed

@@ -59,6 +59,14 @@ class Server:
         return self.host.stores["players"]
 
 
+def nested(depth: int):
+    """A value `depth` containers deep: [[...[0]...]]."""
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def run(coro):
     return asyncio.run(coro)
 

@@ -14,10 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lodestore.actors._records import (
+    MAX_DATA_DEPTH,
+    RECORD_NESTING,
     SHARD_LIMIT_CHARS,
     FrozenDict,
     RecordError,
     apply_patch,
+    check_data,
     check_record,
     checksum,
     committed,
@@ -26,14 +29,16 @@ from lodestore.actors._records import (
     make_file,
     make_patch,
     new_record,
+    pending_txinfo,
     read_file,
     shard_key,
     shard_keys,
     thaw,
     tx_id_of,
 )
-from lodestore.storage import (MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, LodestoreError, canonical, check_key,
-                               check_value, decode, encode)
+from lodestore.storage import (MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, LodestoreError, canonical,
+                               check_key, check_value, decode, encode)
+from tests.actors._rig import nested
 
 
 def compact_len(value) -> int:
@@ -639,3 +644,27 @@ def test_freeze_thaw_round_trip_for_any_value(value):
     assert _plain_all_the_way(plain)
     assert canonical(plain) == canonical(value)
     assert checksum(frozen) == checksum(value)
+
+
+# --- how deep data may nest (issue 18: data Roblox stores alone, but not inside its record) ---------------------
+
+
+def test_every_record_holding_the_deepest_accepted_data_is_storable():
+    deepest = nested(MAX_DATA_DEPTH)
+    assert check_data(deepest) > 0
+    saved = new_record(deepest, [], "s")
+    in_tx = new_record(None, [], "s", file={"data": pending_txinfo(deepest, "t", make_patch([], deepest))})
+    for record in (saved, in_tx):                # the phase-one record, its patch replacing all of it, is the deepest
+        check_value(record)
+    with pytest.raises(DataStoreError, match=f"more than {MAX_DEPTH} deep"):
+        check_value(new_record(None, [], "s", file={"data": pending_txinfo([], "t", make_patch([], [deepest]))}))
+    assert RECORD_NESTING == 5 and MAX_DATA_DEPTH == MAX_DEPTH - 5
+
+
+def test_data_deeper_than_its_records_allow_is_refused_with_104_saying_why():
+    too_deep = nested(MAX_DATA_DEPTH + 1)
+    check_value(too_deep)                        # Roblox stores it as a value of its own
+    with pytest.raises(DataStoreError, match=f"data for key 'u1' nests containers more than {MAX_DATA_DEPTH} deep "
+                                             f"\\(it is stored inside {RECORD_NESTING} more") as caught:
+        check_data(too_deep, what="data for key 'u1'")
+    assert caught.value.code == 104

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lodestore import GameServer, advance
 from lodestore.actors import KeyNotLoadedError, LockLostError, StoreClosedError, StoreStatistics
 from lodestore.storage import ConfigError, ManualClock, TransformError, World
+from tests.actors._rig import nested
 
 TEMPLATE = {"coins": 0, "items": []}
 
@@ -148,3 +151,145 @@ def test_the_async_game_server_api_on_the_running_loop(placement):
         del scheduler
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------------- issue 18 "Hardening"
+
+
+def test_data_storable_alone_but_not_inside_its_record_is_refused_at_update(world):
+    # issue 18 (2): update took data 253-256 deep; its record nests it deeper still, so every save, autosave and
+    # unload then failed with 104, the session kept its lock forever and shutdown raised
+    from lodestore.actors import records
+    from lodestore.storage import DataStoreError, check_value
+
+    server = GameServer(world, "job-deep")
+    store = server.create_store("players", TEMPLATE)
+    store.load("u1")
+    store.update("u1", give(2))
+    too_deep = nested(254)
+    check_value(too_deep)                                       # within Roblox's 256 as a value of its own
+    attempts = {"update": lambda: store.update("u1", lambda d: d.__setitem__("items", too_deep) or True),
+                "update_immutable": lambda: store.update_immutable("u1", lambda d: {**d, "items": too_deep}),
+                "tx": lambda: store.tx(["u1"], lambda s: s["u1"].__setitem__("items", too_deep) or True),
+                "tx_immutable": lambda: store.tx_immutable(["u1"], lambda s: {"u1": {**s["u1"], "items": too_deep}})}
+    for name, attempt in attempts.items():
+        with pytest.raises(DataStoreError, match="data for key 'u1'") as caught:
+            attempt()
+        assert caught.value.code == 104, name
+        assert store.get("u1") == {"coins": 2, "items": []}, name      # nothing changed
+    deepest = nested(records.MAX_DATA_DEPTH - 1)                         # {"items": ...} adds one level
+    assert store.update("u1", lambda d: d.__setitem__("items", deepest) or True) is True
+    assert store.save("u1") is True                                      # the deepest data accepted is saved
+    server.shutdown()                                                    # final save and lock release work
+    reader = GameServer(world, "job-reader").create_store("players", TEMPLATE)
+    assert not reader.probe_lock_active("u1")
+    assert reader.peek("u1")["items"] == deepest
+
+
+def test_migrations_and_legacy_data_too_deep_for_the_record_fail_the_load(world):
+    from lodestore.actors import MigrationError
+
+    server = GameServer(world, "job-mig")
+    migrated = server.create_store("migrated", TEMPLATE, migrations=[("deepen", lambda d: nested(254))],
+                                   import_legacy_data=lambda key: {"coins": 1} if key == "old" else None)
+    with pytest.raises(MigrationError, match="deepen"):
+        migrated.load("old")
+    imported = server.create_store("imported", TEMPLATE, import_legacy_data=lambda key: nested(254))
+    with pytest.raises(MigrationError, match="import_legacy_data"):
+        imported.load("u1")
+    assert not migrated.probe_lock_active("old") and not imported.probe_lock_active("u1")   # nothing kept locked
+    server.shutdown()
+
+
+class _Opaque:
+    pass
+
+
+BAD_VALUES = [math.nan, math.inf, {1, 2}, b"raw", _Opaque()]
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=["nan", "inf", "set", "bytes", "object"])
+@pytest.mark.parametrize("immutable", [False, True], ids=["tx", "tx_immutable"])
+def test_a_transaction_with_unstorable_data_raises_what_update_raises(world, bad, immutable):
+    # issue 18 (13): the coordinator compared the results' encodings before checking them, so these raised a bare
+    # ValueError or TypeError instead of the DataStoreError 103/104 naming the key
+    from lodestore.storage import DataStoreError
+
+    server = GameServer(world, "job-tx")
+    store = server.create_store("players", TEMPLATE)
+    for key in ("u1", "u2"):
+        store.load(key)
+    with pytest.raises(DataStoreError) as by_update:
+        store.update("u2", lambda d: d.__setitem__("coins", bad) or True)
+
+    def fn(state):
+        state["u1"]["coins"] = 5
+        state["u2"]["coins"] = bad
+        return True
+
+    def fn_immutable(state):
+        return {"u1": {**state["u1"], "coins": 5}, "u2": {**state["u2"], "coins": bad}}
+
+    with pytest.raises(DataStoreError) as by_tx:
+        store.tx_immutable(["u1", "u2"], fn_immutable) if immutable else store.tx(["u1", "u2"], fn)
+    assert (by_tx.value.code, by_tx.value.message) == (by_update.value.code, by_update.value.message)
+    assert "key 'u2'" in by_tx.value.message
+    assert [store.get(k) for k in ("u1", "u2")] == [TEMPLATE, TEMPLATE]        # no key changed
+    assert store.tx(["u1", "u2"], lambda s: s["u1"].update(coins=3) or s["u2"].update(coins=4) or True) is True
+    assert [store.get(k)["coins"] for k in ("u1", "u2")] == [3, 4]            # sessions and locks are fine
+    server.shutdown()
+
+
+@pytest.mark.parametrize("players", [0, None])
+def test_a_server_that_never_loaded_anything_shuts_down_with_budgets_on(players):
+    # issue 18 (4): a server the budget ledger never saw (no players, no lease) failed its final BindToClose with
+    # "unknown game server ...: register_server first"
+    world = World.in_process("budgeted", clock=ManualClock())              # budgets on ("current")
+    server = GameServer(world, "server_0002", players=players)
+    server.create_store("players", TEMPLATE)
+    server.shutdown()
+    assert "server_0002" not in world.budget_statistics().servers
+
+    import asyncio
+
+    async def main():
+        other = GameServer(world, "server_0003", players=players)
+        await other.aio.begin_shutdown()
+        await other.aio.shutdown()
+    asyncio.run(main())
+    assert world.budget_statistics().servers == {}
+
+
+def test_after_shutdown_a_server_refuses_everything_and_the_budget_ledger_is_unchanged():
+    # issue 18 (15): set_players after shutdown put the dead server back into the ledger (CCU from 0 to 1000)
+    import asyncio
+
+    world = World.in_process("budgeted", clock=ManualClock())
+    server = GameServer(world, "job-1", players=5)
+    store = server.create_store("players", TEMPLATE)
+    store.load("u1")
+    server.shutdown()
+    before = world.budget_statistics()
+    assert before.ccu == 0 and "job-1" not in before.servers
+    refused = [lambda: server.set_players(1000), lambda: server.create_store("other", TEMPLATE),
+               lambda: server.stall_locks(5), lambda: store.get("u1"), lambda: store.load("u2"),
+               lambda: asyncio.run(server.aio.set_players(1000)), lambda: asyncio.run(server.aio.stall_locks(5)),
+               lambda: asyncio.run(server.aio.create_store("other", TEMPLATE))]
+    for call in refused:
+        with pytest.raises(StoreClosedError, match="Store is closed"):
+            call()
+    after = world.budget_statistics()
+    assert after.ccu == 0 and after.servers == before.servers
+    server.shutdown()                                                       # shutting down again does nothing
+
+
+def test_stall_locks_refuses_a_length_that_is_not_a_bounded_number(world):
+    from lodestore.actors import MAX_LOCK_TTL_S
+
+    server = GameServer(world, "job-stall")
+    server.create_store("players", TEMPLATE)
+    for seconds in (math.nan, math.inf, -1, MAX_LOCK_TTL_S + 1, "5"):
+        with pytest.raises(ConfigError, match="seconds"):
+            server.stall_locks(seconds)
+    server.stall_locks(0)
+    server.shutdown()

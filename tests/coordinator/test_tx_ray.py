@@ -97,3 +97,21 @@ def _catch(fn):
     except Exception as exc:
         return exc
     return None
+
+
+def test_a_transaction_with_unstorable_data_raises_what_update_raises_on_ray(world):
+    # issue 18 (13): on Ray too, the coordinator's error is the DataStoreError update gives, and nothing changes
+    from lodestore.storage import DataStoreError
+
+    server = GameServer(world, "job-bad-tx", players=2)
+    bank = server.create_store("bank", TEMPLATE)
+    for key in ("p0", "p1"):
+        bank.load(key)
+    with pytest.raises(DataStoreError) as by_update:
+        bank.update("p1", lambda d: d.__setitem__("coins", float("nan")) or True)
+    with pytest.raises(DataStoreError) as by_tx:
+        bank.tx(["p0", "p1"], lambda s: s["p0"].update(coins=0) or s["p1"].update(coins=float("nan")) or True)
+    assert (by_tx.value.code, by_tx.value.message) == (by_update.value.code, by_update.value.message)
+    assert [bank.get(k)["coins"] for k in ("p0", "p1")] == [100, 100]
+    assert bank.tx(["p0", "p1"], transfer("p0", "p1", 10)) is True
+    server.shutdown()

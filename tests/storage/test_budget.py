@@ -191,6 +191,19 @@ def test_shutdown_boost_never_lowers_a_bucket(clock) -> None:
     assert ledger.available("s", RT.ORDERED_WRITE) == 90
 
 
+def test_a_server_the_ledger_never_saw_shuts_down_and_leaves_without_error(clock) -> None:
+    # issue 18: a simulated server that never got a player nor leased anything failed its final BindToClose with
+    # "unknown game server ...: register_server first"
+    ledger = BudgetLedger(clock)
+    ledger.register_server("s", 2)
+    before = ledger.statistics()
+    assert ledger.begin_shutdown("never-seen") is False       # nothing to boost ...
+    assert ledger.remove_server("never-seen") is False        # ... and nothing to forget
+    assert ledger.statistics() == before
+    with pytest.raises(ConfigError, match="server_id must be a non-empty str"):
+        ledger.begin_shutdown("")                              # a bad id is still refused
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Experience-wide limits
 
@@ -419,7 +432,6 @@ def test_unknown_profile() -> None:
     (lambda l: l.lease("s", "GetAsync", 1), "unknown request type 'GetAsync'"),
     (lambda l: l.lease("nope", RT.STANDARD_READ, 1), "unknown game server 'nope'"),
     (lambda l: l.available("s", 3), "unknown request type 3"),
-    (lambda l: l.begin_shutdown("nope"), "unknown game server 'nope'"),
     (lambda l: l.release("x", -1), "unused must be an int >= 0, got -1"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(clock, call, message) -> None:

@@ -54,7 +54,8 @@ def test_a_restarted_budget_actor_grants_no_fresh_burst(ray_session, tmp_path):
                 stats = ray.get(budget.statistics.remote())
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.ActorDiedError):
                 time.sleep(0.2)
-        assert stats.servers == {}                                     # it knows nothing of its previous life
+        # It knows nothing of its previous life; a server that started just now may have registered already.
+        assert set(stats.servers) <= {f"new-{i}" for i in range(started)}
         server.set_players(10)                                         # the server shows up again
         after = world._call(world._budget, "available", "job-1", RequestType.STANDARD_WRITE)
         assert after < 10                                              # only what refilled since: no new burst
