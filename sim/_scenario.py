@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lodestore.actors import StoreConfig
+from lodestore.actors import MAX_LOCK_TTL_S, MIN_PERIOD_S, StoreConfig
 from lodestore.storage import ConfigError
 
 __all__ = [
@@ -100,8 +100,9 @@ LIMITS: dict[str, tuple[float, str]] = {
 }
 """Upper bounds of a scenario, by what they bound: (bound, why)."""
 
-MIN_STEP_S = 0.1
-"""The shortest `servers.step`: timers run in whole milliseconds, and at 100 ms rounding moves a step by at most 1%."""
+MIN_STEP_S = MIN_PERIOD_S
+"""The shortest `servers.step`, the store's shortest period (0.1 s): timers run in whole milliseconds, and at 100 ms
+rounding moves a step by at most 1%."""
 
 _WORLD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,39}$")
 
@@ -475,7 +476,8 @@ def store_config(scenario: "Scenario", **extra: Any) -> StoreConfig:
     template = {"coins": 0, "items": [], "ledger": [], **st.template}
     migrations = tuple((name, _MarkMigrated(name)) for name in st.migrations)
     return StoreConfig(st.name, template, migrations=migrations, autosave_interval=st.autosave_interval,
-                       lock_ttl=st.lock_ttl, lock_refresh=st.lock_refresh, lock_wait=st.lock_ttl + st.lock_refresh,
+                       lock_ttl=st.lock_ttl, lock_refresh=st.lock_refresh,
+                       lock_wait=min(st.lock_ttl + st.lock_refresh, MAX_LOCK_TTL_S),
                        placement=scenario.world.placement, **extra)
 
 

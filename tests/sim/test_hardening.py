@@ -241,7 +241,8 @@ def test_an_unreachable_address_is_bad_input_at_once(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize("text, field", [
-    ('[store]\nname = "' + "s" * 40 + '"', "store"),
+    ('[store]\nname = "' + "s" * 40 + '"', "store.name"),
+    ("[store]\nlock_ttl = 4000000", "store.lock_ttl"),
     ('[world]\nname = "x/../../../../escaped"', "world.name"),
     ("[servers]\nstep = 1e-9", "servers.step"),
     ("[players]\npopulation = 1000000000", "players.population"),
