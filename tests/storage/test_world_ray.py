@@ -77,7 +77,10 @@ def test_acknowledged_writes_survive_a_killed_storage_actor(world, ray_session):
             break
         except DataStoreError as exc:
             assert exc.code == 500 and "may or may not" in exc.message
-            ray.get(world._shards("datastore")[0].describe.remote())  # blocks until it is back
+            try:
+                ray.get(world._shards("datastore")[0].describe.remote())  # blocks until it is back
+            except ray.exceptions.ActorUnavailableError:  # or says, at once, that it is restarting
+                time.sleep(0.1)   # waits for Ray to bring the actor's process back, not for a timer
     assert [reader.get(f"user_{i}", use_cache=False)[0] for i in range(1, 50)] == [{"n": i} for i in range(1, 50)]
     assert reader.get("user_0", use_cache=False) == (None, None)
     assert [v.is_deleted for v in reader.list_versions("user_0").items] == [True]
