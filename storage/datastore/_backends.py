@@ -243,7 +243,8 @@ def _record(row: tuple) -> VersionRecord:
 
 
 LOCK_SUFFIX = ".lock"
-"""The lock file beside a world's SQLite file (`world.db.lock`): empty of data, held while a world has the file open."""
+"""The lock file beside a world's SQLite file (`world.db.lock`), held while a world has the file open; it holds no
+data, only a line naming the process that took it last."""
 
 
 def _hold(path: str) -> int | None:
