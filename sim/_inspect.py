@@ -651,7 +651,8 @@ Migrations are code, not stored in the file: show and export print data as store
 migrations applied to it, never migrated; the next load by a game server runs the missing steps."""
 
 _EPILOG = """\
-WARNING: run inspect only while no simulation uses the file. Locks live in MemoryStore, which is not in the
+WARNING: run inspect only while no simulation uses the file (every command but `stores`, which only reads,
+refuses a file that a running world holds by its DB.lock). Locks live in MemoryStore, which is not in the
 file, so inspect cannot see which game server holds a key. A server holding a key that you restore or import
 keeps its own copy in memory; at its next save it finds a record it did not write, so it loses the key (its
 on_lock_lost fires) and drops what it had not saved. Your write stays, but that player's latest progress is lost.
