@@ -10,8 +10,11 @@ clock standing at the file's last write, so reading never expires a backup the s
 write goes through the DataStore client, with the emulator's version rules. Only the list of DataStore names and
 their live-key counts come from a read-only SQL query. Player records are read and written with `actors.records`.
 
-It must never create a file, run migrations (they are code, not stored in the file: data is shown as stored), or
-write anything a command did not ask for. A record it writes keeps Lyra's layout valid and names no session, so the
+It must never create a world file, run migrations (they are code, not stored in the file: data is shown as stored),
+or write anything a command did not ask for. The checks of the file (`file_warnings`) read its headers as bytes and
+the summary opens it read-only (immutable when it has no `-wal`, so that not even an empty `-wal` or `-shm` appears);
+the commands open it through the emulator, which takes the world file's lock (`<db>.lock`, created when missing: a
+file in use by a running world is refused) and, closing it, checkpoints its `-wal` into it. A record it writes keeps Lyra's layout valid and names no session, so the
 next load by a game server takes it normally. It cannot see locks (they live in MemoryStore, not in the file): run it
 only while no simulation uses the file.
 """
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import sqlite3
+import struct
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,7 +40,7 @@ from lodestore.storage import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PA
                                LodestoreError, ManualClock, SortDirection, UpdateResult, VersionInfo, World, check_key,
                                check_store_name, check_value)
 
-__all__ = ["InspectError", "add_parser", "run", "list_stores", "list_keys", "show_key", "list_versions",
+__all__ = ["InspectError", "add_parser", "run", "file_warnings", "list_stores", "list_keys", "show_key", "list_versions",
            "restore_version", "export_store", "import_store", "read_import_file", "NOT_FOUND", "USAGE"]
 
 NOT_FOUND = 1
@@ -73,8 +77,105 @@ class _FileSummary:
     last_ms: int | None         # the latest created or superseded time of any version
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_WAL_MAGIC = {0x377F0682: "<", 0x377F0683: ">"}   # a WAL header's magic -> the byte order of its checksums
+_WAL_HEADER = 32
+_WAL_FRAME_HEADER = 24
+
+
+@dataclass(frozen=True)
+class _Headers:
+    """What the first bytes of a database file and of the `-wal` beside it say (nothing opened with SQLite)."""
+
+    path: str
+    page_size: int               # of the database
+    wal_mode: bool               # the database's header says WAL journal (a rollback journal: False)
+    wal: str                     # the path of the -wal beside it
+    wal_size: int | None         # None: no -wal
+    wal_page_size: int | None    # None: the -wal's header is not a valid WAL header (or it is shorter than one)
+
+    @property
+    def wal_frames(self) -> bool:
+        """The -wal holds at least one page: SQLite applies it when it opens the database."""
+        return self.wal_size is not None and self.wal_size >= _WAL_HEADER + _WAL_FRAME_HEADER + self.page_size
+
+
+def _read_headers(path: str) -> _Headers | None:
+    """The headers of the SQLite database `path` and its -wal; None when `path` is not a SQLite database file."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    wal = path + "-wal"
+    try:
+        with open(wal, "rb") as f:
+            wal_header = f.read(_WAL_HEADER)
+            wal_size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        wal_header, wal_size = b"", None
+    return _Headers(path, page_size, header[18] == 2 and header[19] == 2, wal, wal_size, _wal_page_size(wal_header))
+
+
+def _wal_page_size(header: bytes) -> int | None:
+    """The page size a WAL header gives, when its magic and its checksum are right; else None."""
+    if len(header) < _WAL_HEADER:
+        return None
+    order = _WAL_MAGIC.get(int.from_bytes(header[:4], "big"))
+    if order is None:
+        return None
+    s0 = s1 = 0
+    for x0, x1 in struct.iter_unpack(f"{order}II", header[:24]):   # SQLite's WAL checksum of the first 24 bytes
+        s0 = (s0 + x0 + s1) & 0xFFFFFFFF
+        s1 = (s1 + x1 + s0) & 0xFFFFFFFF
+    if struct.unpack(">II", header[24:32]) != (s0, s1):
+        return None
+    page_size = int.from_bytes(header[8:12], "big")
+    return 65536 if page_size == 1 else page_size
+
+
+def file_warnings(db: str | os.PathLike) -> list[str]:
+    """What may make `db` read stale or wrong: its -wal missing, or a -wal beside it that is not its own. Read from
+    the files' headers only (nothing is opened with SQLite, nothing is written); [] when all is well or `db` is no
+    SQLite file (the commands say so).
+
+    A world closed cleanly leaves its file alone in rollback-journal mode; while it runs, and after it was killed,
+    the file is in WAL mode and its latest writes are in `<db>-wal`. So: a file in WAL mode without a -wal was
+    separated from it (copied alone, or the -wal lost); a -wal holding pages beside a file in rollback mode, or
+    whose header is not a WAL header, or gives another page size than the file's, is not the file's own (SQLite
+    would still apply its pages on open). A -wal of another world of the same page size cannot be told apart.
+    """
+    headers = _read_headers(os.path.abspath(os.fspath(db)))
+    if headers is None:
+        return []
+    path, wal = headers.path, headers.wal
+    if headers.wal_size is None:
+        if headers.wal_mode:
+            return [f"{path} was not closed cleanly (its header says WAL mode: its world was running or was "
+                    f"killed) and {os.path.basename(wal)} is not beside it: writes after its last checkpoint are "
+                    f"missing, if there were any (a file with no tables at all lost every one). Copy the -wal "
+                    f"(and -shm) from beside the original with it, or inspect the original"]
+        return []
+    if headers.wal_frames and not headers.wal_mode:
+        return [f"{wal} is not {os.path.basename(path)}'s own: the database was closed cleanly (rollback journal), "
+                f"which leaves no -wal, yet this one holds pages, and SQLite would apply them to it on open. Move "
+                f"it away unless you know it belongs to this file"]
+    if headers.wal_size and headers.wal_page_size is None:
+        return [f"{wal} is not a SQLite WAL file (its header does not check out): SQLite ignores it, so writes of "
+                f"{os.path.basename(path)} that were in its real -wal are missing"]
+    if headers.wal_page_size is not None and headers.wal_page_size != headers.page_size:
+        return [f"{wal} is not {os.path.basename(path)}'s own: its pages are {headers.wal_page_size} bytes, the "
+                f"database's {headers.page_size}. Move it away and find the database's own -wal"]
+    return []
+
+
 def _read_summary(db: Any) -> _FileSummary:
-    """Check that `db` names an existing lodestore world file, and summarise it without writing anything."""
+    """Check that `db` names an existing lodestore world file, and summarise it without writing anything: read-only,
+    and immutable when there is no -wal (SQLite would otherwise create an empty -wal and -shm to read it)."""
     if not isinstance(db, (str, os.PathLike)) or not os.fspath(db):
         raise InspectError(f"DB must be a file path, got {db!r}", USAGE)
     path = os.path.abspath(os.fspath(db))
@@ -82,12 +183,14 @@ def _read_summary(db: Any) -> _FileSummary:
         raise InspectError(f"no such file: {path} (inspect never creates one)", USAGE)
     if not os.path.isfile(path):
         raise InspectError(f"{path} is not a file", USAGE)
+    mode = "mode=ro" if os.path.exists(path + "-wal") else "immutable=1"
     try:
-        db_conn = sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True)
+        db_conn = sqlite3.connect(f"{Path(path).as_uri()}?{mode}", uri=True)
         try:
             tables = {row[0] for row in db_conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "entry_versions" not in tables:
-                raise InspectError(f"{path} is not a lodestore world file (it has no entry_versions table)", USAGE)
+                raise InspectError(f"{path} is not a lodestore world, or an unfinished one: it has no lodestore "
+                                   f"tables (no entry_versions table)", USAGE)
             live = "superseded_ms IS NULL AND deleted = 0 AND substr(name, 1, ?) = ?"
             scope = f"{DEFAULT_SCOPE}/"
             stores = {row[0]: int(row[1] or 0) for row in db_conn.execute(
@@ -548,7 +651,8 @@ Migrations are code, not stored in the file: show and export print data as store
 migrations applied to it, never migrated; the next load by a game server runs the missing steps."""
 
 _EPILOG = """\
-WARNING: run inspect only while no simulation uses the file. Locks live in MemoryStore, which is not in the
+WARNING: run inspect only while no simulation uses the file (every command but `stores`, which only reads,
+refuses a file that a running world holds by its DB.lock). Locks live in MemoryStore, which is not in the
 file, so inspect cannot see which game server holds a key. A server holding a key that you restore or import
 keeps its own copy in memory; at its next save it finds a record it did not write, so it loses the key (its
 on_lock_lost fires) and drops what it had not saved. Your write stays, but that player's latest progress is lost.
@@ -618,7 +722,10 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed `inspect` command: output on stdout, one line on stderr for a problem. Returns the exit
-    status; never raises for a problem with the file, the names or the data."""
+    status; never raises for a problem with the file, the names or the data. Warnings about the file
+    (`file_warnings`) go to stderr first; the command still runs."""
+    for warning in file_warnings(args.db):
+        print(f"lodestore inspect: warning: {warning}", file=sys.stderr)
     try:
         args.inspect_handler(args, sys.stdout)
         return 0

@@ -4,6 +4,10 @@ Each actor is a thin shell: it builds a plain-Python engine at start-up and answ
 every actor come from one factory. Delivered twice (Ray retried a call that had in fact run), `execute` would apply
 a batch twice, so these actors are created with `max_task_retries=0` and a caller sees a failed call as ambiguous;
 `set_faults`, `set_players` and a DataStore shard's `close` are idempotent.
+
+A DataStore shard that opens a SQLite file another world holds (see `storage.datastore._backends`) raises
+ConfigError: in process from its constructor, on Ray from every call (a constructor that raises would only read
+as a dead actor), so that `World.start` can report it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import ray
 
 from lodestore.storage._budget import BudgetLedger
 from lodestore.storage._clock import Clock
+from lodestore.storage._errors import ConfigError
 from lodestore.storage._faults import FaultConfig
 from lodestore.storage._placement import actor_options, namespace_of
 from lodestore.storage._types import BatchReply
@@ -63,6 +68,11 @@ class WorldInfo:
         stem, ext = os.path.splitext(self.path)
         return f"{stem}-shard{shard}{ext or '.db'}"
 
+    def holds_file(self, shard: int) -> bool:
+        """Whether `shard` holds its SQLite file's lock: the first shard of a shared file (the others join it and
+        close before it), every shard of its own file."""
+        return shard == 0 or not self.shared_file
+
     @property
     def shared_file(self) -> bool:
         """Every shard reads one SQLite file (so one shard can answer a listing for all)."""
@@ -93,10 +103,26 @@ class DataStoreShardActor:
         path = info.shard_path(shard)
         if path is not None:  # on a node other than the starting one, the directory may not exist yet
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.engine = DataStoreEngine(open_backend(info.backend, path), info.clock, info.faults)
+        self._engine: DataStoreEngine | None = None
+        self._refusal: ConfigError | None = None   # on Ray: the file is another world's
+        try:
+            backend = open_backend(info.backend, path, hold=info.holds_file(shard))
+        except ConfigError as exc:
+            if not _in_actor():
+                raise
+            self._refusal = exc
+        else:
+            self._engine = DataStoreEngine(backend, info.clock, info.faults)
         # One batch at a time, as a Ray actor with max_concurrency=1 runs them: in process, clients on several
         # threads share this object, and the engine is not thread-safe.
         self._one_at_a_time = threading.Lock()
+
+    @property
+    def engine(self) -> DataStoreEngine:
+        """The shard's engine; ConfigError when the shard could not have its file (another world holds it)."""
+        if self._refusal is not None:
+            raise self._refusal
+        return self._engine
 
     def execute(self, ops: list):
         with self._one_at_a_time:
@@ -106,6 +132,9 @@ class DataStoreShardActor:
         self.engine.set_faults(faults)
 
     def describe(self) -> WorldInfo:
+        """The world's info; ConfigError when this shard could not have its file (another world holds it)."""
+        if self._refusal is not None:
+            raise self._refusal
         return self.info
 
     def statistics(self) -> ShardStatistics:
@@ -115,10 +144,11 @@ class DataStoreShardActor:
 
     def close(self) -> None:
         """Close the engine and its file (see `DataStoreEngine.close`); later batches are refused. Delivered twice:
-        the second close does nothing. Never while a batch runs on another thread (closing under it crashes
-        SQLite)."""
+        the second close does nothing; a shard that never had its file has nothing to close. Never while a batch
+        runs on another thread (closing under it crashes SQLite)."""
         with self._one_at_a_time:
-            self.engine.close()
+            if self._engine is not None:
+                self._engine.close()
 
 
 class MemoryStoreShardActor:
@@ -192,10 +222,12 @@ class BudgetServiceActor:
         return self.ledger.statistics()
 
 
+def _in_actor() -> bool:
+    """True in a Ray actor; False in a driver, a task, or without Ray."""
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 def _restarted() -> bool:
     """True in a Ray actor that Ray restarted after it died; False in its first life and outside Ray."""
-    if not ray.is_initialized():
-        return False
-    context = ray.get_runtime_context()
-    return context.get_actor_id() is not None and context.was_current_actor_reconstructed
+    return _in_actor() and ray.get_runtime_context().was_current_actor_reconstructed
 

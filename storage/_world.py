@@ -8,8 +8,10 @@ simulated game server's identity and its clients. This module wires things toget
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import time
 import uuid
 from typing import Any
 
@@ -118,8 +120,15 @@ class World:
         if budget is not None:
             budget_actor = runtime.spawn(BudgetServiceActor, info, **actor_options(BUDGET_NAME, name))
             owned.append(budget_actor)
-        ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
-                + ([budget_actor.statistics.remote()] if budget_actor else []))
+        try:
+            ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
+                    + ([budget_actor.statistics.remote()] if budget_actor else []))
+        except BaseException as exc:   # nothing of a world that did not start stays (its names would block a retry)
+            for h in owned:
+                ray.kill(h, no_restart=True)
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, ConfigError):
+                raise exc.cause from None   # a shard's file is another world's
+            raise
         return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget_actor, owned)
 
     @classmethod
@@ -201,16 +210,20 @@ class World:
 
     def shutdown(self) -> None:
         """Stop the world's actors. Each DataStore shard first closes its SQLite file (the WAL checkpointed into
-        it), so the file alone holds every acknowledged write: a copy of `world.db` without its `-wal` loses
-        nothing, and `World.start` on the same path sees all of it. A shard that is dead or does not answer within
+        it), the shard that holds a shared file last, so the file alone holds every acknowledged write and no
+        `-wal` or `-shm` is left: a copy of `world.db` loses nothing, `World.start` on the same path sees all of
+        it, and the file's lock is free for the next world. A shard that is dead or does not answer within
         `CLOSE_TIMEOUT_S` is killed unclosed (its writes are in the `-wal` beside the file, which the next open
         reads). Shutting down twice is harmless."""
+        shards = self._shards(DATASTORE)
+        holders = [s for i, s in enumerate(shards) if self.info.holds_file(i)]
+        joiners = [s for i, s in enumerate(shards) if not self.info.holds_file(i)]
         if isinstance(self.runtime, LocalRuntime):
-            for shard in self._shards(DATASTORE):
+            for shard in joiners + holders:
                 shard.close()
             return
         try:
-            _close_on_ray(self._shards(DATASTORE))
+            _close_on_ray([joiners, holders])
         finally:
             self._kill_actors()
 
@@ -355,29 +368,70 @@ CLOSE_TIMEOUT_S = 30.0
 """How long `World.shutdown` waits for the DataStore shards to close their files before it kills them anyway."""
 
 
-def _close_on_ray(shards: list) -> None:
-    """Ask every DataStore shard actor to close (each after the batches queued before it) and wait for them, at
-    most `CLOSE_TIMEOUT_S` in all. A dead or unreachable shard is skipped; a shard whose close raised (its
-    checkpoint failed: the writes stay in the `-wal`) raises here, once every other shard had its chance."""
-    refs = [shard.close.remote() for shard in shards]
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CLOSE_TIMEOUT_S)
+def _close_on_ray(waves: list[list]) -> None:
+    """Ask every DataStore shard actor to close (each after the batches queued before it), wave after wave, and wait
+    for them, at most `CLOSE_TIMEOUT_S` in all. A dead or unreachable shard is skipped; a shard whose close raised
+    (its checkpoint failed: the writes stay in the `-wal`) raises here, once every other shard had its chance."""
+    deadline = time.monotonic() + CLOSE_TIMEOUT_S
     failed: BaseException | None = None
-    for ref in ready:
-        try:
-            ray.get(ref)
-        except ACTOR_FAILURES:
-            pass  # dead: nothing of it to close
-        except ray.exceptions.RayTaskError as exc:  # the others still close; the first failure is raised after
-            failed = failed or exc
+    for shards in filter(None, waves):
+        refs = [shard.close.remote() for shard in shards]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.monotonic()))
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ACTOR_FAILURES:
+                pass  # dead: nothing of it to close
+            except ray.exceptions.RayTaskError as exc:  # the others still close; the first failure is raised after
+                failed = failed or exc
     if failed is not None:
         raise failed
 
 
 def _ensure_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address`, or with no address start a Ray of this process's own (`_start_local_ray`);
+    nothing when Ray is up already. Without token auth (RAY_AUTH_MODE=disabled, unless set): a local Ray is
+    reachable from this machine only, and a cluster's token is the cluster's business (cluster.yaml)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # No address: a Ray of our own ("local"), never a cluster that happens to run on this machine (plain
-    # `ray.init()` would join the last one started here).
-    ray.init(address=address or "local", include_dashboard=False if address is None else None,
-             log_to_driver=False, logging_level="WARNING", configure_logging=True)
+    if address is None:
+        _start_local_ray()
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
+
+
+_LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _start_local_ray() -> None:
+    """Start a Ray of our own ("local": never a cluster that happens to run on this machine, which plain
+    `ray.init()` would join), every socket of it (GCS, raylet, object manager, workers, agents) listening on
+    127.0.0.1 only, so no other machine can reach it; no dashboard.
+
+    Ray binds its servers to loopback when its node address is 127.0.0.1, and takes 127.0.0.1 as the node address
+    when its switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is off (its default on macOS and Windows, where Ray runs
+    single-machine; `ray._private.services.get_node_ip_address`). `ray.init(_node_ip_address="127.0.0.1")` does not
+    do it: Ray replaces a loopback address with the machine's outward one. The switch is read when ray is imported,
+    so it is turned off in this process's copy too while Ray starts; Ray's processes inherit the variable. The
+    run's Ray ends with this process however it ends (Ray's fate sharing: PR_SET_PDEATHSIG on Linux)."""
+    from ray._private import ray_constants  # Ray's own switch; no public option binds a local Ray to loopback
+
+    saved_env, saved_switch = os.environ.get(_LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                 configure_logging=True)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_SWITCH, None)
+        else:
+            os.environ[_LOOPBACK_SWITCH] = saved_env
+    node_ip = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_ip).is_loopback:   # a Ray that changed how it picks the address: fail closed
+        ray.shutdown()
+        raise ConfigError(f"the local Ray started on {node_ip}, not on loopback (127.0.0.1), so other machines "
+                          f"could reach it without a token; this Ray version ignores {_LOOPBACK_SWITCH}=0. "
+                          f"Start Ray with token auth yourself and pass its address")

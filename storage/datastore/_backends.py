@@ -4,14 +4,22 @@ A backend stores version records and ordered entries and answers indexed questio
 Roblox's rules (those live in `_engine`). It must never unpickle: values are msgpack bytes it stores and returns
 unread, user ids and metadata are msgpack too. SQLite runs in WAL mode with synchronous=FULL, and a batch is one
 transaction: once `transaction()` exits, every write in it survives the process being killed. Until `close()` the
-latest writes may live only in the `-wal` file beside the database; `close()` moves them into the database file, so
-that file alone (a user's copy of `world.db`) holds every committed batch.
+latest writes may live only in the `-wal` file beside the database; `close()` moves them into the database file and,
+as the file's last connection, switches it back to a rollback journal, so that file alone (a user's copy of
+`world.db`) holds every committed batch and no `-wal` or `-shm` is left (`lodestore inspect` reads the journal mode
+in the file's header to tell a cleanly closed file from one whose `-wal` is missing).
+
+One world at a time per file: the process that opens a file for a world holds an exclusive advisory lock (`flock`)
+on `<file>.lock` beside it until it closes it or dies, and opening a file that another live process holds raises
+`ConfigError`. The lock is on a file of its own, never on the database: closing any descriptor of the database
+would drop SQLite's own POSIX locks of the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sqlite3
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -19,7 +27,14 @@ from typing import Iterator, Protocol
 import msgpack
 from sortedcontainers import SortedList
 
-__all__ = ["Backend", "MemoryBackend", "SqliteBackend", "VersionRecord", "open_backend"]
+from lodestore.storage._errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, nothing keeps two worlds off one file
+    fcntl = None
+
+__all__ = ["Backend", "MemoryBackend", "SqliteBackend", "VersionRecord", "open_backend", "LOCK_SUFFIX"]
 
 EntryKey = tuple[str, str, str]  # (store, scope, key)
 
@@ -227,20 +242,56 @@ def _record(row: tuple) -> VersionRecord:
     return VersionRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], tuple(user_ids), metadata)
 
 
+LOCK_SUFFIX = ".lock"
+"""The lock file beside a world's SQLite file (`world.db.lock`), held while a world has the file open; it holds no
+data, only a line naming the process that took it last."""
+
+
+def _hold(path: str) -> int | None:
+    """This process's exclusive advisory lock on `path`'s lock file (its descriptor), or ConfigError when another live
+    process holds it. The kernel releases the lock when the holder closes the descriptor or dies, however it ends."""
+    if fcntl is None:
+        return None
+    lock_path = path + LOCK_SUFFIX
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "a process"
+        os.close(fd)
+        raise ConfigError(
+            f"{path} is in use by another world ({holder} holds {lock_path}): shut that world down, or let its run "
+            f"finish (a killed run's Ray processes end within seconds), then start again; or give this world "
+            f"another path", field="path") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
 class SqliteBackend:
     """One SQLite file, WAL journal, synchronous=FULL: a committed batch survives a killed process.
 
-    Several shards of one world may open the same file; SQLite serialises their writers (busy timeout 30 s).
+    Several shards of one world may open the same file; SQLite serialises their writers (busy timeout 30 s). One of
+    them `holds` the file (see the module docstring): the others join it, and must be closed before it, so that the
+    holder's close is the last and leaves the file complete on its own.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, hold: bool = True) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._lock = _hold(path) if hold else None
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._release()
+            raise
         self._depth = 0
         self._closed = False
 
@@ -341,22 +392,37 @@ class SqliteBackend:
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file (and truncate it), then close the connection: afterwards the
-        file alone holds every committed batch. The last connection to the file to close also deletes `-wal` and
-        `-shm`. Closing again does nothing."""
+        file alone holds every committed batch. The last connection to the file also switches it to a rollback
+        journal (which deletes `-wal` and `-shm`, and says in the file's header that it needs neither); a connection
+        that is not the last leaves that to the last. Then the lock, if this backend holds it, is released. Closing
+        again does nothing."""
         if self._closed:
             return
         self._closed = True
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA busy_timeout=0")   # another connection still open: it is not the last, at once
+            try:
+                self._db.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass   # "database is locked": the file's other connection closes last and switches it
         finally:
             self._db.close()
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
-def open_backend(kind: str, path: str | None = None) -> Backend:
+def open_backend(kind: str, path: str | None = None, hold: bool = True) -> Backend:
+    """A backend of `kind`; a SQLite one on `path`, holding the file's lock unless `hold` is False (a shard that
+    shares the file of a shard that holds it)."""
     if kind == "memory":
         return MemoryBackend()
     if kind == "sqlite":
         if not path:
             raise ValueError("the sqlite backend needs a path")
-        return SqliteBackend(path)
+        return SqliteBackend(path, hold=hold)
     raise ValueError(f"unknown backend {kind!r}: expected 'sqlite' or 'memory'")

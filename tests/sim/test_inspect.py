@@ -346,3 +346,80 @@ def test_a_file_that_is_not_a_world_is_refused(tmp_path, capsys):
     status, _, err = cli([path, "stores"], capsys)
     assert status == USAGE and "lodestore world file" in err
     assert path.read_text(encoding="utf-8") == "not sqlite at all"
+
+
+# ----------------------------------------------------------------------------------- which files make a world
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture
+def running(tmp_path):
+    """The files of a world still running (as a killed one leaves them): world.db, -wal, -shm, in `running/`."""
+    path = tmp_path / "running" / "world.db"
+    world = World.in_process("running", backend="sqlite", path=str(path), clock=ManualClock(), budget=None)
+    settings = world.server("admin").datastores.get_data_store("settings")
+    for i in range(30):
+        settings.set(f"k{i}", i)
+    copy = tmp_path / "killed"
+    shutil.copytree(path.parent, copy, ignore=shutil.ignore_patterns("*.lock"))
+    world.shutdown()
+    return copy
+
+
+def test_a_cleanly_closed_world_file_gives_no_warning_and_inspect_changes_nothing(built, capsys):
+    before = _files(built.parent)
+    status, out, err = cli([built, "stores"], capsys)
+    assert (status, err) == (0, "") and "settings" in out
+    assert _files(built.parent) == before
+
+
+def test_a_killed_worlds_files_read_whole_without_warning_or_change(running, capsys):
+    assert sorted(_files(running)) == ["world.db", "world.db-shm", "world.db-wal"]
+    before = _files(running)
+    status, out, err = cli([running / "world.db", "stores"], capsys)
+    assert (status, err) == (0, "") and "settings" in out
+    after = _files(running)
+    assert after.keys() == before.keys()
+    assert [after[n] == before[n] for n in ("world.db", "world.db-wal")] == [True, True]   # -shm: SQLite's index
+
+
+def test_a_killed_worlds_file_copied_without_its_wal_is_flagged_as_not_a_world_or_unfinished(running, capsys):
+    (running / "world.db-wal").unlink()
+    (running / "world.db-shm").unlink()
+    before = _files(running)
+    status, out, err = cli([running / "world.db", "stores"], capsys)
+    warning, error = err.splitlines()
+    assert "warning:" in warning and "was not closed cleanly" in warning and "world.db-wal is not beside it" in warning
+    assert status == USAGE and "not a lodestore world, or an unfinished one" in error
+    assert _files(running) == before               # read immutable: not even an empty -wal appeared
+
+
+def test_a_wal_beside_a_cleanly_closed_file_is_flagged_as_not_its_own(built, running, tmp_path, capsys):
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    shutil.copyfile(built, stranger / "world.db")
+    shutil.copyfile(running / "world.db-wal", stranger / "world.db-wal")   # another world's WAL, moved in by hand
+    status, _, err = cli([stranger / "world.db", "stores"], capsys)
+    assert "warning:" in err and "world.db-wal is not world.db's own" in err and "would apply them" in err
+
+
+def test_a_wal_that_is_no_wal_is_flagged(running, capsys):
+    (running / "world.db-wal").write_bytes(b"\0" * 4096)
+    _, _, err = cli([running / "world.db", "stores"], capsys)
+    assert "warning:" in err and "is not a SQLite WAL file" in err
+
+
+def test_a_file_in_use_by_a_running_world_is_refused_by_the_commands(tmp_path, capsys):
+    path = tmp_path / "world.db"
+    world = World.in_process("busy", backend="sqlite", path=str(path), clock=ManualClock(), budget=None)
+    try:
+        world.server("admin").datastores.get_data_store("settings").set("motd", "hi")
+        status, out, err = cli([path, "keys", "settings"], capsys)
+        assert (status, out) == (NOT_FOUND, "") and "is in use by another world" in err
+    finally:
+        world.shutdown()
+    status, out, _ = cli([path, "keys", "settings"], capsys)
+    assert (status, out) == (0, "motd\n")
