@@ -44,6 +44,8 @@ from lodestore.storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency,
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at"]
 
 _DRAIN_EVERY_S = 0.5
+_LEAD_S = 2.0   # wall seconds: the hosts hold every event that long before it is due, so that a driver busy with a
+                # drain never makes one late (at 0.2 s, an outage run at 60x started half of its events late)
 
 
 @dataclass(frozen=True)
@@ -512,6 +514,8 @@ class _InProcess(_Engine):
 class _OnRay(_Engine):
     """Storage, coordinator and hosts as Ray actors; the clock runs at `time_scale`."""
 
+    _inflight: list[tuple[int, str, Any]]   # (host, method, ref) of calls sent and not yet collected
+
     def run(self) -> None:
         import ray
         sc = self.scenario
@@ -535,7 +539,7 @@ class _OnRay(_Engine):
         import ray
         from lodestore.storage import pinned, spread_nodes
         sc = self.scenario
-        lead_ms = int(1.0 * sc.world.time_scale * 1000)   # a wall second for the hosts to take the first events
+        lead_ms = int(_LEAD_S * sc.world.time_scale * 1000)
         world.runtime.call(coordinator_ref(world), "recover")   # the coordinator is up before any host needs it
         nodes = spread_nodes(self.host_count)               # round-robin over the cluster's nodes
         self.host_nodes = nodes
@@ -546,11 +550,11 @@ class _OnRay(_Engine):
         t0 = world.now() + lead_ms
         ray.get([h.setup.remote(hosts, t0) for h in hosts])
         end_ms = int(sc.world.duration * 1000)
-        tick_ms = int(self.options.tick_s * sc.world.time_scale * 1000)
         boundaries = _fault_boundaries(sc)
         world.set_faults(fault_config_at(sc, 0, t0))
         wall0 = time.monotonic()
         last_drain = 0.0
+        self._inflight = []
         try:
             while True:
                 now = world.now() - t0
@@ -558,24 +562,24 @@ class _OnRay(_Engine):
                     break
                 while boundaries and boundaries[0] * 1000 <= now:
                     world.set_faults(fault_config_at(sc, boundaries.pop(0), t0))
-                horizon = min(end_ms, max(now, 0) + 2 * tick_ms)
+                horizon = min(end_ms, max(now, 0) + lead_ms)
                 batches = self.plan_until(horizon)
                 new = self._new_placement
                 for index, batch in batches.items():
                     self._unresolved[index].update((ev.op_id, ev) for ev in batch if ev.op_id is not None)
-                self._each_host("apply", {i: (batches.get(i, []), new) for i in self._live()
-                                          if i in batches or new})
+                self._send("apply", {i: (batches.get(i, []), new) for i in self._live() if i in batches or new})
                 self.account(max(0, min(now, end_ms)))
                 self.sim_time_s = max(0.0, now / 1000)
                 wall = time.monotonic() - wall0
                 if wall - last_drain >= _DRAIN_EVERY_S:
                     last_drain = wall
-                    for i, drain in self._each_host("drain", {i: () for i in self._live()}).items():
-                        self._take(i, drain, metrics)
+                    self._send("drain", {i: () for i in self._live() if not self._draining(i)})
                     self.display.update(self.sim_time_s, self.collector, wall)
+                self._collect(metrics)
                 time.sleep(max(0.0, self.options.tick_s - (time.monotonic() - wall0 - wall)))
         except KeyboardInterrupt:
             self.stop_requested()
+        self._collect(metrics, wait=True)
         self.account(min(world.now() - t0, end_ms))
         self.sim_time_s = max(0.0, (world.now() - t0) / 1000)
         self.play_wall_s = time.monotonic() - wall0
@@ -599,6 +603,41 @@ class _OnRay(_Engine):
         self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0, final=True)
         for h in hosts:
             ray.kill(h)
+
+    # ------------------------------------------------------------------------- calls the play does not wait for
+
+    def _send(self, method: str, args: dict[int, tuple]) -> None:
+        """Call `method` on each host of `args` without waiting: `_collect` takes the answers as they come, so a
+        host slow to drain (its statistics wait behind a load that waits for a lock) never holds up the events of
+        the next moments for every host."""
+        for i, a in args.items():
+            self._inflight.append((i, method, getattr(self.hosts[i], method).remote(*a)))
+
+    def _draining(self, index: int) -> bool:
+        return any(i == index and method == "drain" for i, method, _ in self._inflight)
+
+    def _collect(self, metrics: _Metrics, wait: bool = False) -> None:
+        """Take the answers of `_send`'s calls that came back (with `wait`, of all of them): drains go to the
+        collector; a host whose call failed because its actor died is lost."""
+        import ray
+        if not self._inflight:
+            return
+        refs = [ref for _, _, ref in self._inflight]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)[0])
+        calls, self._inflight = self._inflight, []
+        for i, method, ref in calls:
+            if ref not in ready:
+                self._inflight.append((i, method, ref))
+                continue
+            if i in self.router.lost:
+                continue
+            try:
+                answer = ray.get(ref)
+            except ACTOR_FAILURES as exc:
+                self._lose_host(i, exc)
+                continue
+            if method == "drain":
+                self._take(i, answer, metrics)
 
     # ----------------------------------------------------------------------------------------- lost hosts
 

@@ -20,7 +20,8 @@ cluster tests). The `_`-prefixed modules are private.
 
 from lodestore.storage._backoff import Backoff, retry
 from lodestore.storage._clock import Clock, ManualClock, SimClock
-from lodestore.storage._errors import ConfigError, DataStoreError, LodestoreError, MemoryStoreError, TransformError
+from lodestore.storage._errors import (ConfigError, DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
+                                       TransformError)
 from lodestore.storage._faults import FaultConfig, Latency, Outage
 from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS,
                                        MS_MAX_EXPIRATION_S, RequestType)
@@ -49,6 +50,7 @@ __all__ = [
     # a world's actors by name, and which DataStore shard owns a key, for tools that reach the actors directly
     "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
+    "ServerClosedError",
     # what a DataStore may hold, and the bytes kept for it (other layers check and encode values the same way)
     "check_key", "check_store_name", "check_value", "check_metadata", "check_user_ids", "MAX_DEPTH",
     "canonical", "encode", "decode",

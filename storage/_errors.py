@@ -6,7 +6,8 @@ re-raised in the caller), so every class keeps plain constructor arguments and p
 
 from __future__ import annotations
 
-__all__ = ["LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError"]
+__all__ = ["LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
+           "ServerClosedError"]
 
 
 class LodestoreError(Exception):
@@ -71,3 +72,8 @@ class TransformError(LodestoreError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ServerClosedError(LodestoreError):
+    """The game server was closed (`Server.close`): it has no players, budget or quota any more, and nothing more can
+    be done through it."""

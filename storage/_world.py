@@ -19,7 +19,7 @@ import ray
 
 from lodestore.storage._budget import bucket_map
 from lodestore.storage._clock import Clock, SimClock
-from lodestore.storage._errors import ConfigError, DataStoreError
+from lodestore.storage._errors import ConfigError, DataStoreError, ServerClosedError
 from lodestore.storage._faults import FaultConfig
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
 from lodestore.storage._runtime import ACTOR_FAILURES, LocalRuntime, RayRuntime, Runtime
@@ -293,6 +293,7 @@ class Server:
         self.world = world
         self.job_id = job_id
         self.players = 0
+        self.closed = False
         link = _BudgetLink(world, self) if world._budget is not None and budgeted else None
         gate = (BudgetGate(link, world.clock, job_id, buckets=bucket_map(world.info.budget)) if link is not None
                 else OpenGate())
@@ -304,8 +305,14 @@ class Server:
     def __repr__(self) -> str:
         return f"Server({self.job_id!r}, players={self.players}, world={self.world.name!r})"
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ServerClosedError(f"game server {self.job_id!r} is closed")
+
     def set_players(self, players: int) -> None:
-        """Change how many players this server has; quotas and budgets follow from now on."""
+        """Change how many players this server has; quotas and budgets follow from now on. ServerClosedError after
+        `close()`: a closed server never comes back into the world's CCU."""
+        self._check_open()
         _check_players(players)
         self.players = players
         memorystore = self.world._shards(MEMORYSTORE)[0]
@@ -319,12 +326,15 @@ class Server:
     def begin_shutdown(self) -> None:
         """The server is closing (BindToClose): its budgets get Roblox's shutdown boost, once. Leased tokens go
         back first, so the boost lifts the server's whole budget to max(current, 150 x rate / 60)."""
+        self._check_open()
         if self.world._budget is not None:
             self.datastores.release_leases()
             self.world._call(self.world._budget, "begin_shutdown", self.job_id)
 
     def close(self) -> None:
-        """The server is gone: unused leased tokens go back, its players leave the world's CCU."""
+        """The server is gone: unused leased tokens go back, its players leave the world's CCU. Closing again does
+        the same again (each step is idempotent)."""
+        self.closed = True
         self.datastores.release_leases()
         self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
         if self.world._budget is not None:
@@ -341,6 +351,7 @@ class AsyncServer:
 
     async def set_players(self, players: int) -> None:
         s = self._server
+        s._check_open()
         _check_players(players)
         s.players = players
         await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, players)
@@ -352,12 +363,14 @@ class AsyncServer:
 
     async def begin_shutdown(self) -> None:
         s = self._server
+        s._check_open()
         if s.world._budget is not None:
             s.datastores.release_leases()
             await s.world._acall(s.world._budget, "begin_shutdown", s.job_id)
 
     async def close(self) -> None:
         s = self._server
+        s.closed = True
         s.datastores.release_leases()
         await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, 0)
         if s.world._budget is not None:

@@ -258,3 +258,25 @@ def test_a_restart_never_grants_more_than_one_uninterrupted_ledger(players, hist
         else:
             per_minute = experience_rate(key[1], ccu)
             _check_net(timeline, 300, per_minute, per_minute, key)
+
+
+def test_a_closed_server_never_comes_back_into_the_ledger():
+    # issue 18 (15), the storage layer: set_players after close() put the dead server back into the world's CCU
+    import asyncio
+
+    from lodestore.storage import ManualClock, ServerClosedError, World
+
+    world = World.in_process("closed-server", clock=ManualClock())
+    server = world.server("job-1", 10)
+    assert world.budget_statistics().ccu == 10
+    server.close()
+    before = world.budget_statistics()
+    assert before.ccu == 0 and "job-1" not in before.servers
+    for call in (lambda: server.set_players(1000), server.begin_shutdown,
+                 lambda: asyncio.run(server.aio.set_players(1000)), lambda: asyncio.run(server.aio.begin_shutdown())):
+        with pytest.raises(ServerClosedError, match="job-1"):
+            call()
+    after = world.budget_statistics()
+    assert after.ccu == 0 and after.servers == before.servers
+    server.close()   # closing again changes nothing
+    world.shutdown()
