@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import uuid
 import weakref
 from typing import Any, Callable
@@ -383,6 +384,8 @@ def advance(world: World, seconds: float) -> None:
     (lock refreshes and deadlines, autosaves, backoff waits) and letting what they start finish."""
     if not isinstance(world.clock, ManualClock):
         raise ConfigError("advance is for in-process worlds with a ManualClock; a Ray world's clock runs by itself")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:  # NaN too
+        raise ConfigError(f"advance: seconds must be a finite number >= 0, got {seconds!r}", field="seconds")
 
     async def move() -> None:
         await Scheduler.for_loop(world.clock).advance(seconds)

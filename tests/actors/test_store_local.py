@@ -67,6 +67,16 @@ def test_create_store_refuses_unknown_options_and_duplicates(world):
         GameServer("not a world")
 
 
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -1, "5", True, None])
+def test_advance_refuses_a_time_that_is_not_a_finite_number_and_moves_nothing(world, seconds):
+    # NaN raised an untyped ValueError and inf an OverflowError from deep in the scheduler
+    before = world.clock.now()
+    with pytest.raises(ConfigError, match="advance: seconds must be a finite number"):
+        advance(world, seconds)
+    assert world.clock.now() == before
+    advance(world, 0)
+
+
 def test_advance_fires_autosaves_and_expires_a_crashed_servers_locks(world):
     a, b = GameServer(world, "job-a"), GameServer(world, "job-b")
     store_a = a.create_store("players", TEMPLATE, autosave_interval=30)
