@@ -25,7 +25,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -291,24 +290,9 @@ def _world_path(scenario: Scenario, out: Path | None) -> str | None:
     return str(path)
 
 
-def _check_address(address: str | None) -> None:
-    """A `host:port` Ray address must accept a connection (Ray itself waits about two minutes, then exits)."""
-    if address is None or address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--address {address!r}: expected HOST:PORT of a Ray cluster's head (or 'auto')")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise ConfigError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
-
-
 def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResult:
     """Run `scenario` and return its report; write the report files into `options.out` (when `write_files`)."""
     out, made = None, False
-    if options.engine == "ray":
-        _check_address(options.address)
     if options.write_files:
         out = options.out if options.out is not None else _default_out(scenario)
         made = _out_dir(out)
@@ -525,7 +509,9 @@ class _OnRay(_Engine):
             world = World.start(self.world_name, backend=sc.world.backend, path=self.path,
                                 time_scale=sc.world.time_scale, shards=sc.world.shards, budget=budget,
                                 address=self.options.address, storage=sc.world.storage)
-        except ConnectionError as exc:   # 'auto' with no cluster to join
+        except (ConnectionError, ConfigError) as exc:   # no cluster at the address ('auto': none to join)
+            if isinstance(exc, ConfigError) and exc.field != "address":
+                raise
             raise ConfigError(f"--address {self.options.address}: {exc}") from None
         metrics = _Metrics(sc.world.name)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import time
 import uuid
 from typing import Any
@@ -124,8 +125,7 @@ class World:
             ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
                     + ([budget_actor.statistics.remote()] if budget_actor else []))
         except BaseException as exc:   # nothing of a world that did not start stays (its names would block a retry)
-            for h in owned:
-                ray.kill(h, no_restart=True)
+            _end_actors(owned, namespace)
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, ConfigError):
                 raise exc.cause from None   # a shard's file is another world's
             raise
@@ -231,14 +231,12 @@ class World:
         handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
                                          + ([self._budget] if self._budget is not None else [])))
         namespace = namespace_of(self.name)
-        for entry in ray.util.list_named_actors(all_namespaces=True):  # others of the world: its coordinator
-            if entry["namespace"] == namespace:
-                try:
-                    handles.append(ray.get_actor(entry["name"], namespace=namespace))
-                except ValueError:
-                    pass  # gone meanwhile
-        for h in handles:
-            ray.kill(h, no_restart=True)
+        for name in _names_in(namespace):  # others of the world: its coordinator
+            try:
+                handles.append(ray.get_actor(name, namespace=namespace))
+            except ValueError:
+                pass  # gone meanwhile
+        _end_actors(handles, namespace)
 
     # ---------------------------------------------------------------------------------------------- plumbing
 
@@ -377,6 +375,25 @@ class AsyncServer:
             await s.world._acall(s.world._budget, "remove_server", s.job_id)
 
 
+NAMES_FREE_TIMEOUT_S = 10.0
+"""How long ending a world's actors waits for Ray to release their names (a world of that name can start again)."""
+
+
+def _names_in(namespace: str) -> list[str]:
+    return [e["name"] for e in ray.util.list_named_actors(all_namespaces=True) if e["namespace"] == namespace]
+
+
+def _end_actors(handles: list, namespace: str) -> None:
+    """Kill `handles` (for good) and wait, at most `NAMES_FREE_TIMEOUT_S`, until Ray has released every actor name
+    of `namespace`: `ray.kill` returns before the names are free, and a world of the same name started meanwhile
+    would find them taken."""
+    for h in handles:
+        ray.kill(h, no_restart=True)
+    deadline = time.monotonic() + NAMES_FREE_TIMEOUT_S
+    while _names_in(namespace) and time.monotonic() < deadline:
+        time.sleep(0.05)   # Ray's bookkeeping, not simulated time
+
+
 CLOSE_TIMEOUT_S = 30.0
 """How long `World.shutdown` waits for the DataStore shards to close their files before it kills them anyway."""
 
@@ -411,7 +428,23 @@ def _ensure_ray(address: str | None) -> None:
     if address is None:
         _start_local_ray()
     else:
+        _check_reachable(address)
         ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
+
+
+def _check_reachable(address: str) -> None:
+    """A `host:port` address must accept a connection: at an address where no cluster answers, `ray.init` waits
+    about two minutes and then exits the process. ('auto' and 'ray://' addresses are Ray's to resolve.)"""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"address {address!r}: expected HOST:PORT of a Ray cluster's head (or 'auto')",
+                          field="address")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster answers at {address} ({exc.strerror or exc})", field="address") from None
 
 
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

@@ -227,9 +227,10 @@ def test_an_unwritable_out_is_bad_input(tmp_path, capsys):
 
 
 def test_an_unreachable_address_is_bad_input_at_once(tmp_path, capsys, monkeypatch):
-    from lodestore.storage import World
+    import ray
 
-    monkeypatch.setattr(World, "start", lambda *a, **k: pytest.fail("Ray must not start for a bad address"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)   # as in a fresh `lodestore simulate`
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray must not start for a bad address"))
     assert _cli(tmp_path, "--address", "127.0.0.1:1", "--out", str(tmp_path / "o")) == 2   # Ray waited 2 minutes
     err = capsys.readouterr().err
     assert "--address 127.0.0.1:1" in err and "no Ray cluster answers" in err
