@@ -16,11 +16,10 @@ a second release, `lost()` or `abandon()` is a no-op, so "lost" is reported once
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 from lodestore.actors._errors import LockTimeoutError
-from lodestore.storage import Backoff, MemoryStoreError, Timer
+from lodestore.storage import Backoff, MemoryStoreError, Timer, new_id
 
 if TYPE_CHECKING:
     from lodestore.actors._session import StoreRuntime
@@ -57,7 +56,7 @@ class LockLease:
     def __init__(self, rt: StoreRuntime, key: str, on_lost: Callable[[str], Any] | None = None) -> None:
         self.rt = rt
         self.key = key
-        self.id = uuid.uuid4().hex     # the fencing token: records written under this lease name it
+        self.id = new_id()           # the fencing token: records written under this lease name it
         self.deadline = 0              # ms: the lease counts itself the holder up to then
         self._held = False
         self._on_lost = on_lost

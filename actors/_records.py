@@ -36,7 +36,6 @@ import binascii
 import hashlib
 import json
 import reprlib
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Required, TypedDict
@@ -44,7 +43,8 @@ from typing import Any, NoReturn, Required, TypedDict
 import msgpack
 
 from lodestore.actors._errors import RecordError
-from lodestore.storage import MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, canonical, check_value
+from lodestore.storage import (MAX_DEPTH, MAX_KEY_NAME, MAX_VALUE_CHARS, DataStoreError, canonical, check_value,
+                               new_id)
 
 __all__ = [
     "SHARD_LIMIT_CHARS",
@@ -284,7 +284,7 @@ def shard_keys(file: InlineFile | ShardedFile) -> list[str]:
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def make_file(

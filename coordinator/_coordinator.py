@@ -24,7 +24,6 @@ tests raise `SimulatedCrash` from it to stop the coordinator there.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
@@ -33,7 +32,8 @@ from lodestore.actors import (ABSENT, TX_STORE, TxFinish, TxPrepare, TxWrite, ab
                               commit_if_pending, records_store, without_tx)
 from lodestore.actors import records as rec
 from lodestore.coordinator._errors import KeysChangedError, TxAbortedError, TxUnknownError
-from lodestore.storage import Backoff, Coalescer, DataStoreError, Server, TransformError, canonical, retry, sleep
+from lodestore.storage import (Backoff, Coalescer, DataStoreError, Server, TransformError, canonical, new_id, retry,
+                               sleep)
 
 __all__ = ["Coordinator", "TxRequest", "Step", "CoordinatorStatistics"]
 
@@ -133,7 +133,7 @@ class Coordinator:
     async def run(self, req: TxRequest, tx_id: str | None = None) -> bool:
         """Run one transaction: True when it committed (or changed nothing), False when the transform aborted it.
         Raises TxAbortedError (nothing happened, safe to retry), TxUnknownError, or the transform's error."""
-        tx_id = tx_id or uuid.uuid4().hex
+        tx_id = tx_id or new_id()
         self._running.add(tx_id)
         try:
             return await self._run(req, tx_id)

@@ -54,13 +54,12 @@ def check_hot_counters(finals: dict[str, int], ok: Counter, unknown: Counter) ->
 class Collector:
     """Drains in, history and report out. `bucket_s` is the width of a series bucket in simulated seconds."""
 
-    def __init__(self, duration_s: float, bucket_s: float, time_scale: float, slack_s: float) -> None:
+    def __init__(self, duration_s: float, bucket_s: float, slack_s: float) -> None:
         self.history = History()
         self.slack_s = slack_s   # lock_ttl - lock_refresh: how late a lock refresh (or any event) may be
         self._lag: dict[int, tuple[int, int, int]] = {}   # host -> (events started, started late, latest ms)
         self._stalled: set[str] = set()    # servers a fault stalled (their lost locks are explained)
         self.bucket_s = bucket_s
-        self.time_scale = time_scale
         self.buckets = max(1, math.ceil(duration_s / bucket_s))
         self._refresh: dict[tuple[str, str], LockEvent] = {}
         self._holding: dict[tuple[str, str], tuple[str, int]] = {}   # open hold -> (server, last report)
@@ -236,7 +235,6 @@ class Collector:
                 "locks_lost_unexplained": unexplained}
 
     def report(self, *, scenario: dict, run: dict, checks: list[CheckResult]) -> dict:
-        wall_per_bucket = self.bucket_s / self.time_scale
         counters = Counter()
         for c in self._counters.values():
             counters.update(c)
@@ -267,7 +265,7 @@ class Collector:
             "series": {
                 "bucket_s": self.bucket_s,
                 "t": [i * self.bucket_s for i in range(self.buckets)],
-                "ops_per_s": {op: [round(n / wall_per_bucket, 2) for n in counts]
+                "ops_per_s": {op: [round(n / self.bucket_s, 2) for n in counts]
                               for op, counts in sorted(self.s_ops.items())},
                 "latency_ms": {op: {"p50": [percentiles(v).get("p50") for v in per],
                                     "p99": [percentiles(v).get("p99") for v in per]}

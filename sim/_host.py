@@ -5,7 +5,7 @@ layer, exactly as game code would call it: a join loads the player's key, action
 it is granted, a trade is a two-key transaction, a hot-key write is a raw UpdateAsync), a leave unloads it, a stop is
 BindToClose, a crash drops everything. It records what became of every action (`OpEvent`: ok, failed or unknown),
 the lock history its sessions report (`LockEvent`), latencies, errors and budget figures, and hands them over with
-`drain()`. `SimHostActor` is the thin Ray actor around it.
+`drain()`. `HostRole` is how a virtual-time node (one Ray actor, or one node of the in-process engine) hosts it.
 
 An action is "ok" once it is durable: a purchase when its forced save returns, a trade when its transaction commits,
 a mint or grant when a later save of its session returns (the unload when the player leaves, or BindToClose). It is
@@ -26,11 +26,8 @@ import asyncio
 import dataclasses
 import functools
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
-
-import ray
 
 from lodestore import GameServer, Store, StoreTotals, store_options, tx_batcher
 from lodestore.actors import KeyHost, Peek, TxCall
@@ -38,9 +35,9 @@ from lodestore.coordinator import TxRequest, TxUnknownError
 from lodestore.sim._scenario import Scenario, store_config
 from lodestore.sim._workload import Planned
 from lodestore.storage import (DataStoreError, LocalRuntime, LodestoreError, MemoryStoreError, Scheduler, Server,
-                               emergency)
+                               emergency, virtual)
 
-__all__ = ["SimHost", "SimHostActor", "Trade", "HOT_STORE", "error_code"]
+__all__ = ["SimHost", "HostRole", "Trade", "HOT_STORE", "error_code"]
 
 _IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'")
 
@@ -351,7 +348,7 @@ class SimHost:
         presence = _Presence(ev.player, asyncio.get_running_loop().create_future())
         server.players[ev.player] = presence
         self._sync_players(server)
-        started = time.perf_counter()
+        started = self.scheduler.now()
         try:
             await server.store.aio.load(ev.player)
         except Exception as exc:
@@ -377,7 +374,7 @@ class SimHost:
             return
         if not await presence.loaded:
             return
-        started = time.perf_counter()
+        started = self.scheduler.now()
         try:
             unloaded = await server.store.aio.unload(key)
         except Exception as exc:
@@ -437,7 +434,7 @@ class SimHost:
         if op is None:
             return
         server = self.servers.get(ev.server)
-        started = time.perf_counter()
+        started = self.scheduler.now()
         try:  # a receipt is granted only once the purchase is saved
             if server is None:
                 raise LodestoreError(f"server {ev.server!r} is gone")
@@ -454,7 +451,7 @@ class SimHost:
             return None
         server, presence = found
         op = self._op(ev)
-        started = time.perf_counter()
+        started = self.scheduler.now()
         try:
             changed = await server.store.aio.update(ev.player, fn)
         except Exception as exc:
@@ -480,7 +477,7 @@ class SimHost:
         peers = {ev.player: self._peer(self.index), ev.target: self._peer(self._host_of(ev.target_server))}
         req = TxRequest(self.config.name, (ev.player, ev.target), Trade(ev.player, ev.target, ev.amount, ev.op_id),
                         False, None, peers, self.config.tx_timeout)
-        started = time.perf_counter()
+        started = self.scheduler.now()
         try:
             result = await self._run_tx(req)
         except Exception as exc:   # the coordinator could not be reached: the transaction may still settle
@@ -501,7 +498,7 @@ class SimHost:
         if server is None or ev.target is None:
             self._resolve(op, "failed", "NotLoaded")
             return
-        started = time.perf_counter()
+        started = self.scheduler.now()
         try:
             await server.game.storage.datastores.get_data_store(HOT_STORE).aio.update(ev.target, _bump_hot)
         except DataStoreError as exc:
@@ -527,8 +524,9 @@ class SimHost:
         self._ops.append((ev.t, ev.player, ev.server, ev.op_id, ev.kind, outcome, ev.amount, ev.item, ev.target,
                           why, tx))
 
-    def _sample(self, t: int, op: str, started: float, exc: BaseException | None) -> None:
-        self._samples.append((t, op, (time.perf_counter() - started) * 1000, None if exc is None else error_code(exc)))
+    def _sample(self, t: int, op: str, started: int, exc: BaseException | None) -> None:
+        """An operation's latency in simulated ms (modelled network and service time, queueing, retries)."""
+        self._samples.append((t, op, self.scheduler.now() - started, None if exc is None else error_code(exc)))
 
     def _on_log(self, message: Any) -> None:
         """Count the store's warnings and errors by their gist (the text before any detail in brackets)."""
@@ -687,50 +685,32 @@ class SimHost:
         return game
 
 
-class _SimHostActor:
-    """A Ray actor holding one `SimHost`; the runner talks to it in batches."""
+class HostRole:
+    """A `SimHost` as the object "sim" of a virtual-time node (`storage.virtual.Node`): what the engine starts on it
+    (apply, drain, finish, peek, read_hot) and what coordinators call (tx_calls). Made on the node's loop."""
 
-    def __init__(self, world: Any, scenario: Scenario, index: int, t0: int) -> None:
-        self._args = (world, scenario, index, t0)
-        self._host: SimHost | None = None
-        self._peers: list = []
+    def __init__(self, node: Any, world: Any, scenario: Scenario, index: int, t0: int, node_of_host: Callable[[int],
+                 int]) -> None:
         self._servers: dict[str, int] = {}
+        self.host = SimHost(world, scenario, index, t0, scheduler=node.scheduler, run_tx=tx_batcher(world).submit,
+                            peer=lambda i: virtual.Address(node_of_host(i), "sim"),
+                            host_of=lambda sid: self._servers.get(sid, index))
 
-    def _ready(self) -> SimHost:
-        if self._host is None:
-            world, scenario, index, t0 = self._args
-            batcher = tx_batcher(world)
-            scheduler = Scheduler(world.clock)
-            self._host = SimHost(world, scenario, index, t0, scheduler=scheduler, run_tx=batcher.submit,
-                                 peer=lambda i: self._peers[i], host_of=lambda sid: self._servers.get(sid, index))
-            asyncio.get_running_loop().create_task(scheduler.drive())
-        return self._host
-
-    async def setup(self, peers: list, t0: int) -> None:
-        """Once, before any event: the other hosts (for transactions) and the run's start on the world clock."""
-        self._peers = peers
-        world, scenario, index, _ = self._args
-        self._args = (world, scenario, index, t0)
-        self._ready()
-
-    async def apply(self, events: list[Planned], placement: dict[str, int]) -> None:
+    def apply(self, events: list[Planned], placement: dict[str, int]) -> None:
         self._servers.update(placement)
-        self._ready().apply(events)
+        self.host.apply(events)
 
     async def drain(self) -> dict:
-        return await self._ready().drain()
+        return await self.host.drain()
 
     async def finish(self) -> dict:
-        return await self._ready().finish()
+        return await self.host.finish()
 
     async def peek(self, keys: list[str]) -> dict:
-        return await self._ready().peek(keys)
+        return await self.host.peek(keys)
 
     async def read_hot(self, names: list[str]) -> dict:
-        return await self._ready().read_hot(names)
+        return await self.host.read_hot(names)
 
     async def tx_calls(self, calls: list[TxCall]) -> list:
-        return await self._ready().tx_calls(calls)
-
-
-SimHostActor = ray.remote(_SimHostActor)
+        return await self.host.tx_calls(calls)

@@ -28,7 +28,7 @@ The report dict (the contract of report.json, ``"format": 1``) is plain JSON-com
      "series": {
         "bucket_s": float,                    # simulated seconds per bucket
         "t": [float],                         # bucket starts, simulated seconds; every list below is as long
-        "ops_per_s": {op: [float]},           # operations per WALL second in that bucket
+        "ops_per_s": {op: [float]},           # operations per simulated second in that bucket
         "latency_ms": {op: {"p50": [float | None], "p99": [float | None]}},
         "errors": {code: [int]},
         "tx": {"committed": [int], "aborted": [int], "unknown": [int]},

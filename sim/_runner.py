@@ -1,50 +1,53 @@
 """Running a scenario: build the world, play the plan on simulated game servers, check the outcome, report.
 
-Owns: `simulate(scenario, options)`, the driver of `lodestore simulate`. Two engines play the same plan:
+Owns: `simulate(scenario, options)`, the driver of `lodestore simulate`, and its engine. The world runs in virtual
+time (`storage.virtual`): one *cloud* node holds the storage (DataStore shards, MemoryStore, budget ledger) and the
+coordinator, and each of `hosts` nodes holds game servers. On Ray ("ray", the default) every node is a Ray actor (the
+cloud beside the world file, the hosts spread over the cluster); "in-process" makes the same nodes in this process
+and steps them one after another: the same engine, not a second code path. The driver moves every node through
+windows of `latency.hop_ms` simulated milliseconds (no message between nodes is faster, so none is ever late),
+hands the hosts the plan's events, drains what they recorded every few simulated seconds and skips idle stretches.
+Simulated time never comes from the wall clock: a run is a function of its scenario, seed and host count, on Ray as
+in one process, whatever the machine's load (the report's `digest` says so). `world.time_scale` only paces a run to
+wall time for someone watching live.
 
-- "ray" (the default): the world's storage actors, the coordinator and `hosts` `SimHostActor`s on Ray (local, or a
-  cluster with `address`). Time runs at `time_scale` on the shared clock. The driver hands each host the events of
-  the next moments in one message per tick, collects what the hosts recorded twice a second, shows progress, and
-  exports figures through `ray.util.metrics`.
-- "in-process": everything in this process on one event loop with a `ManualClock`, moved step by step. No Ray; the
-  whole run, outcomes included, is a function of the seed (tests use it).
-
-Either way the event sequence is the planner's, a function of the scenario and its seed. At the end (or on Ctrl-C)
-every server still up runs BindToClose, the final data of every player is read from storage, the checkers run, and
-the report is written.
+The event sequence is the planner's, a function of the scenario and its seed. At the end (or on Ctrl-C) every server
+still up runs BindToClose, the final data of every player is read from storage, the checkers run, and the report
+is written; `RunOptions.until` stops the play at a simulated time instead and leaves the world file as it was then.
 
 Never does: choose events (the planner), execute them (the hosts) or render the report (`sim._report`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
+import functools
+import hashlib
 import json
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
-from lodestore.coordinator import coordinator_ref
+from lodestore.coordinator import COORDINATOR_NAME, CoordinatorActor
 from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
-from lodestore.sim._host import SimHost, SimHostActor
+from lodestore.sim._host import HostRole
 from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._scenario import Scenario, store_config
 from lodestore.sim._workload import Planned, Planner, player_key
-from lodestore.storage import ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, Scheduler, World
+from lodestore.storage import (ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, datastore_name,
+                               virtual)
+from lodestore.storage._shards import WorldInfo
+from lodestore.storage._world import _ensure_ray
 
-__all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at"]
-
-_DRAIN_EVERY_S = 0.5
-_LEAD_S = 2.0   # wall seconds: the hosts hold every event that long before it is due, so that a driver busy with a
-                # drain never makes one late (at 0.2 s, an outage run at 60x started half of its events late)
+__all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at", "history_digest"]
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,12 @@ class RunOptions:
     out: Path | None = None            # report directory; default lodestore-runs/<timestamp>-<name>
     engine: str = "ray"                # "ray" | "in-process"
     address: str | None = None         # a Ray cluster to join ("auto"); None starts local Ray when needed
-    hosts: int | None = None           # SimHost actors (default: 2, at most one per initial server)
-    tick_s: float = 0.1                # wall seconds between dispatches (ray engine)
+    hosts: int | None = None           # simulator host nodes (default: 2, at most one per initial server)
     progress: bool | None = None       # live display; None: only on a terminal
     write_files: bool = True
     stream: TextIO | None = None       # where progress and the summary go (default stdout)
+    until: float | None = None         # stop the play at this simulated second: no BindToClose, no checks, no
+                                       # report; the world file is left as it was then (`lodestore replay --until`)
 
     def __post_init__(self) -> None:
         if self.engine not in ("ray", "in-process"):
@@ -66,8 +70,9 @@ class RunOptions:
         if self.hosts is not None and (isinstance(self.hosts, bool) or not isinstance(self.hosts, int)
                                        or not 1 <= self.hosts <= 64):
             raise ConfigError(f"hosts must be an int from 1 to 64, got {self.hosts!r}")
-        if not (isinstance(self.tick_s, (int, float)) and 0.01 <= self.tick_s <= 5):
-            raise ConfigError(f"tick_s must be a number of seconds from 0.01 to 5, got {self.tick_s!r}")
+        if self.until is not None and (isinstance(self.until, bool) or not isinstance(self.until, (int, float))
+                                       or not math.isfinite(self.until) or self.until < 0):
+            raise ConfigError(f"until must be a number of simulated seconds >= 0, got {self.until!r}")
 
 
 @dataclass
@@ -300,8 +305,7 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     try:
         path = _world_path(scenario, out if options.write_files else None)
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        runner = _InProcess if options.engine == "in-process" else _OnRay
-        engine = runner(scenario, options, path, stream)
+        engine = _Virtual(scenario, options, path, stream, on_ray=options.engine == "ray")
         wall0 = time.monotonic()
         engine.run()
         wall = time.monotonic() - wall0
@@ -311,7 +315,6 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
         raise
     collector = engine.collector
     simulated_s = min(engine.sim_time_s, scenario.world.duration)
-    checks = collector.checks(engine.initial, engine.final, engine.hot_finals)
     player_hours = engine.player_ms / 3_600_000
     run = {"started_at": started_at, "engine": options.engine, "wall_s": round(wall, 3),
            "simulated_s": round(simulated_s, 3), "stopped_early": engine.interrupted,
@@ -319,9 +322,17 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
            "player_hours_per_s": round(player_hours / wall, 3) if wall > 0 else 0.0,
            "hosts": engine.host_count, "world_path": path, "events_planned": engine.planned,
            "wall_s_playing": round(engine.play_wall_s, 3), "host_nodes": engine.host_nodes,
-           "hosts_lost": engine.lost_hosts}
+           "hosts_lost": engine.lost_hosts, "hop_ms": engine.hop_ms, "windows": engine.windows,
+           "node_steps": engine.steps, "messages": engine.messages}
+    if options.until is not None:   # stopped mid-play: the world file is the product
+        report = {"run": run, "until_s": options.until, "scenario": _scenario_summary(scenario)}
+        stream.write(f"stopped at simulated {_clock(options.until)}; the world file: {path or '(memory backend)'}\n")
+        stream.flush()
+        return RunResult(report, [], collector.history, out, {})
+    checks = collector.checks(engine.initial, engine.final, engine.hot_finals)
     report = collector.report(scenario=_scenario_summary(scenario), run=run, checks=checks)
     report["totals"]["players"]["teleports"] = engine.router.teleports
+    report["digest"] = history_digest(collector.history, engine.final, engine.hot_finals)
     files: dict = {}
     if out is not None:
         files = write_report(report, out)
@@ -335,8 +346,21 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     return RunResult(report, checks, collector.history, out, files)
 
 
+def history_digest(history: Any, final: dict, hot_finals: dict) -> str:
+    """The sha256 of a run's canonical history: every lock and op event (sorted, so the order hosts reported them in
+    does not count), every player's final data and every hot key's count. Two runs with the same digest did the
+    same things with the same outcomes."""
+    digest = hashlib.sha256()
+    events = sorted(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in history.to_json()["events"])
+    for line in events:
+        digest.update(line.encode())
+        digest.update(b"\n")
+    digest.update(json.dumps({"final": final, "hot": hot_finals}, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
 class _Engine:
-    """What both engines share: the planner, the router, the collector, and the end-of-run reads."""
+    """What the engine shares: the planner, the router, the collector, and the end-of-run reads."""
 
     def __init__(self, scenario: Scenario, options: RunOptions, path: str | None, stream: TextIO) -> None:
         self.scenario = scenario
@@ -348,7 +372,7 @@ class _Engine:
         self.router = _Router(self.host_count)
         bucket = max(scenario.servers.step, world.duration / 60)
         store = scenario.store
-        self.collector = Collector(world.duration, bucket, world.time_scale, slack_s=store.lock_ttl - store.lock_refresh)
+        self.collector = Collector(world.duration, bucket, slack_s=store.lock_ttl - store.lock_refresh)
         self.display = _Display(stream, options.progress, world.duration)
         self.interrupted = False
         self.sim_time_s = 0.0
@@ -402,254 +426,363 @@ class _Engine:
         return [player_key(i) for i in range(self.scenario.players.population)]
 
 
-class _InProcess(_Engine):
-    """One event loop, a manual clock, every host in this process: deterministic."""
+# ------------------------------------------------------------------------------------------------- the nodes
 
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except asyncio.CancelledError:   # the second Ctrl-C
-            raise KeyboardInterrupt from None
-
-    def _catch_ctrl_c(self) -> bool:
-        """Ctrl-C sets `interrupted` (the play loop then stops) instead of raising; the second cancels the run."""
-        loop, main = asyncio.get_running_loop(), asyncio.current_task()
-
-        def on_sigint() -> None:
-            if self.interrupted:
-                main.cancel()
-            else:
-                self.stop_requested()
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-        except (ValueError, RuntimeError, NotImplementedError):   # not the main thread: Ctrl-C is not ours
-            return False
-        return True
-
-    async def _main(self) -> None:
-        caught = self._catch_ctrl_c()
-        try:
-            await self._play()
-        finally:
-            if caught:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
-
-    async def _play(self) -> None:
-        from lodestore.coordinator import Coordinator
-        sc = self.scenario
-        budget = None if sc.world.budget == "none" else sc.world.budget
-        clock = ManualClock()
-        world = World.in_process(self.world_name, backend=sc.world.backend, path=self.path, clock=clock,
-                                 shards=sc.world.shards, budget=budget)
-        scheduler = Scheduler(clock)
-        coordinator = Coordinator(world)
-
-        async def run_tx(req: Any) -> Any:
-            try:
-                return await coordinator.run(req)
-            except Exception as exc:
-                return exc
-
-        t0 = clock.now()
-        hosts: list[SimHost] = []
-        for i in range(self.host_count):
-            hosts.append(SimHost(world, sc, i, t0, scheduler=scheduler, run_tx=run_tx, peer=lambda j: hosts[j],
-                                 host_of=lambda sid: self.router.placement[sid]))
-        step_ms = int(sc.servers.step * 1000)
-        end_ms = int(sc.world.duration * 1000)
-        boundaries = [0.0] + _fault_boundaries(sc)
-        wall0 = time.monotonic()
-        t = 0
-        while t < end_ms and not self.interrupted:
-            # a window edge between two steps takes effect at the step after it (not only on a step's edge)
-            while boundaries and boundaries[0] * 1000 <= t:
-                world.set_faults(fault_config_at(sc, t / 1000, t0))
-                boundaries.pop(0)
-            nxt = min(end_ms, t + step_ms)
-            for index, batch in self.plan_until(nxt).items():
-                hosts[index].apply(batch)
-            await scheduler.advance((nxt - t) / 1000)
-            self.account(nxt)
-            t = nxt
-            self.sim_time_s = t / 1000
-            for i, host in enumerate(hosts):
-                self.collector.add(i, await host.drain())
-            self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0)
-        self.play_wall_s = time.monotonic() - wall0
-        world.set_faults(FaultConfig())
-
-        async def driven(*coros: Any) -> list:
-            """Await `coros` while moving the manual clock (their retries and waits need time to pass)."""
-            tasks = [asyncio.ensure_future(c) for c in coros]
-            while not all(t.done() for t in tasks):
-                await scheduler.advance(1.0)
-            return [t.result() for t in tasks]
-
-        for i, drain in enumerate(await driven(*(h.finish() for h in hosts))):
-            self.collector.add(i, drain)
-        await driven(coordinator.recover())
-        self.collector.close_locks()
-        final, hot = await driven(hosts[0].peek(self.population()), hosts[0].read_hot(list(self.planner.hot_keys)))
-        self.finish_data(final, hot)
-        self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0, final=True)
-        world.shutdown()
+def _build_cloud(info: WorldInfo, node: virtual.Node) -> None:
+    """The cloud node: the world's storage (shards, MemoryStore, budget ledger) and its coordinator."""
+    world = virtual.host_storage(node, info)
+    node.host(COORDINATOR_NAME, CoordinatorActor(world))
 
 
-class _OnRay(_Engine):
-    """Storage, coordinator and hosts as Ray actors; the clock runs at `time_scale`."""
+def _build_host(info: WorldInfo, scenario: Scenario, index: int, t0: int, node: virtual.Node) -> None:
+    """Simulator host `index` on node index + 1: its game servers, reaching the cloud node through messages."""
+    async def make() -> HostRole:
+        world = virtual.virtual_world(node, info)
+        return HostRole(node, world, scenario, index, t0, _host_node)
+    node.host("sim", node.run(make()))
 
-    _inflight: list[tuple[int, str, Any]]   # (host, method, ref) of calls sent and not yet collected
 
-    def run(self) -> None:
-        import ray
-        sc = self.scenario
-        started_ray = not ray.is_initialized()
-        budget = None if sc.world.budget == "none" else sc.world.budget
-        try:
-            world = World.start(self.world_name, backend=sc.world.backend, path=self.path,
-                                time_scale=sc.world.time_scale, shards=sc.world.shards, budget=budget,
-                                address=self.options.address, storage=sc.world.storage)
-        except (ConnectionError, ConfigError) as exc:   # no cluster at the address ('auto': none to join)
-            if isinstance(exc, ConfigError) and exc.field != "address":
-                raise
-            raise ConfigError(f"--address {self.options.address}: {exc}") from None
-        metrics = _Metrics(sc.world.name)
-        try:
-            self._play(world, metrics)
-        finally:
-            world.shutdown()
-            if started_ray and self.options.address is None:
-                ray.shutdown()
+def _host_node(host: int) -> int:
+    return host + 1
 
-    def _play(self, world: World, metrics: _Metrics) -> None:
+
+_DIRECTORY = {COORDINATOR_NAME: virtual.Address(virtual.CLOUD, COORDINATOR_NAME)}
+
+
+class _LocalNodes:
+    """Every node in this process, stepped one after another."""
+
+    def __init__(self, hop_ms: int, seed: int, builds: list[Callable]) -> None:
+        self.nodes = []
+        for index, build in enumerate(builds):
+            node = virtual.Node(index, hop_ms=hop_ms, seed=seed, directory=_DIRECTORY)
+            build(node)
+            self.nodes.append(node)
+        self.where = ["in-process"] * len(builds)
+
+    def step(self, calls: dict[int, tuple]) -> dict[int, Any]:
+        return {n: self.nodes[n].step(*args) for n, args in calls.items()}
+
+    def call_now(self, n: int, name: str, method: str, *args: Any) -> Any:
+        return getattr(self.nodes[n].objects[name], method)(*args)
+
+    def lose(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+class _RayNodes:
+    """Each node a Ray actor: the cloud node on this machine (beside the world file), the hosts spread over the
+    cluster. A window's steps run in parallel; a node whose actor died answers its exception."""
+
+    def __init__(self, hop_ms: int, seed: int, builds: list[Callable]) -> None:
         import ray
         from lodestore.storage import pinned, spread_nodes
+        from lodestore.storage._placement import here
+        remote = ray.remote(virtual.NodeActor)
+        # the same string hashes in every run (a set's order never leaks into a history)
+        env = {"env_vars": {"PYTHONHASHSEED": "0"}}
+        nodes = [here()] + spread_nodes(len(builds) - 1)
+        self.where = nodes
+        self.actors = [remote.options(num_cpus=0, max_restarts=0, max_task_retries=0, runtime_env=env,
+                                      **pinned(nodes[n])).remote(n, hop_ms, seed, _DIRECTORY, build)
+                       for n, build in enumerate(builds)]
+        ray.get([a.__ray_ready__.remote() for a in self.actors])
+
+    def step(self, calls: dict[int, tuple]) -> dict[int, Any]:
+        import ray
+        refs = {n: self.actors[n].step.remote(*args) for n, args in calls.items()}
+        out = {}
+        for n, ref in refs.items():
+            try:
+                out[n] = ray.get(ref)
+            except ACTOR_FAILURES as exc:
+                out[n] = exc
+            except ray.exceptions.RayTaskError as exc:   # the step itself raised: an engine bug, not a lost node
+                raise exc.as_instanceof_cause() from None
+        return out
+
+    def call_now(self, n: int, name: str, method: str, *args: Any) -> Any:
+        import ray
+        return ray.get(self.actors[n].call_now.remote(name, method, *args))
+
+    def lose(self, n: int) -> None:
+        import ray
+        ray.kill(self.actors[n], no_restart=True)   # if it is only unreachable, it must not play on unseen
+
+    def close(self) -> None:
+        import ray
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+class _Virtual(_Engine):
+    """The engine: the world as virtual-time nodes (the cloud, then one per host), moved window by window.
+
+    A window is `hop_ms` of simulated time, the least time any message between nodes takes: every node steps
+    through it in parallel, and what they sent is delivered in a later window. Idle stretches are skipped (the next
+    window starts at the earliest due timer, message, planned event, drain or fault boundary). Simulated time never
+    comes from the wall clock; with `world.time_scale` set, the driver only waits for the wall clock to catch up.
+    """
+
+    def __init__(self, *args: Any, on_ray: bool) -> None:
+        super().__init__(*args)
+        self.on_ray = on_ray
+        self.hop_ms = max(1, int(round(_hop_ms(self.scenario))))
+        self.t0 = virtual.EPOCH_MS + 1000
+        self.windows = 0
+        self.messages = 0
+        self.steps = 0
+        self._msgs: dict[int, list[virtual.Message]] = {}
+        self._due: dict[int, int | None] = {}
+        self._starts: dict[int, list[tuple]] = {}
+        self._done: dict[int, tuple[bool, Any]] = {}
+        self._lost: set[int] = set()
+        self._tasks = 0
+        self._fake_seq = 0
+        self._metrics: _Metrics | None = None
+
+    # ------------------------------------------------------------------------------------------------- run
+
+    def run(self) -> None:
         sc = self.scenario
-        lead_ms = int(_LEAD_S * sc.world.time_scale * 1000)
-        world.runtime.call(coordinator_ref(world), "recover")   # the coordinator is up before any host needs it
-        nodes = spread_nodes(self.host_count)               # round-robin over the cluster's nodes
-        self.host_nodes = nodes
-        hosts = self.hosts = [SimHostActor.options(num_cpus=0, max_concurrency=100_000, max_restarts=0,
-                                                   **pinned(nodes[i])).remote(world, sc, i, 0)
-                              for i in range(self.host_count)]
-        ray.get([h.__ray_ready__.remote() for h in hosts])
-        t0 = world.now() + lead_ms
-        ray.get([h.setup.remote(hosts, t0) for h in hosts])
-        end_ms = int(sc.world.duration * 1000)
-        boundaries = _fault_boundaries(sc)
-        world.set_faults(fault_config_at(sc, 0, t0))
-        wall0 = time.monotonic()
-        last_drain = 0.0
-        self._inflight = []
+        budget = None if sc.world.budget == "none" else sc.world.budget
+        info = WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
+                         ManualClock(virtual.EPOCH_MS), FaultConfig(), budget, sc.world.storage)
+        builds = [functools.partial(_build_cloud, info)]
+        builds += [functools.partial(_build_host, info, sc, i, self.t0) for i in range(self.host_count)]
+        started_ray = False
+        if self.on_ray:
+            import ray
+            started_ray = not ray.is_initialized()
+            try:
+                _ensure_ray(self.options.address)
+            except (ConnectionError, ConfigError) as exc:
+                if isinstance(exc, ConfigError) and exc.field != "address":
+                    raise
+                raise ConfigError(f"--address {self.options.address}: {exc}") from None
+            self._metrics = _Metrics(sc.world.name)
+        restore = self._catch_ctrl_c()
         try:
-            while True:
-                now = world.now() - t0
-                if now >= end_ms:
-                    break
-                while boundaries and boundaries[0] * 1000 <= now:
-                    world.set_faults(fault_config_at(sc, boundaries.pop(0), t0))
-                horizon = min(end_ms, max(now, 0) + lead_ms)
-                batches = self.plan_until(horizon)
-                new = self._new_placement
-                for index, batch in batches.items():
-                    self._unresolved[index].update((ev.op_id, ev) for ev in batch if ev.op_id is not None)
-                self._send("apply", {i: (batches.get(i, []), new) for i in self._live() if i in batches or new})
-                self.account(max(0, min(now, end_ms)))
-                self.sim_time_s = max(0.0, now / 1000)
-                wall = time.monotonic() - wall0
-                if wall - last_drain >= _DRAIN_EVERY_S:
-                    last_drain = wall
-                    self._send("drain", {i: () for i in self._live() if not self._draining(i)})
-                    self.display.update(self.sim_time_s, self.collector, wall)
-                self._collect(metrics)
-                time.sleep(max(0.0, self.options.tick_s - (time.monotonic() - wall0 - wall)))
-        except KeyboardInterrupt:
+            self.nodes = (_RayNodes if self.on_ray else _LocalNodes)(self.hop_ms, sc.world.seed, builds)
+            try:
+                self.host_nodes = list(self.nodes.where[1:])
+                self._msgs = {n: [] for n in range(len(builds))}
+                self._due = {n: None for n in range(len(builds))}
+                self._play()
+            finally:
+                try:
+                    self._close_storage()
+                finally:
+                    self.nodes.close()
+        finally:
+            restore()
+            if started_ray and self.options.address is None:
+                import ray
+                ray.shutdown()
+
+    def _catch_ctrl_c(self) -> Callable[[], None]:
+        """The first Ctrl-C stops the play (BindToClose, the checks and the report follow), the second abandons the
+        run (KeyboardInterrupt). Only in the main thread; elsewhere Ctrl-C is not ours."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_sigint(_signum: int, _frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
             self.stop_requested()
-        self._collect(metrics, wait=True)
-        self.account(min(world.now() - t0, end_ms))
-        self.sim_time_s = max(0.0, (world.now() - t0) / 1000)
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def _play(self) -> None:
+        sc = self.scenario
+        t0, hop = self.t0, self.hop_ms
+        end = t0 + int(sc.world.duration * 1000)
+        if self.options.until is not None:
+            end = min(end, t0 + int(self.options.until * 1000))
+        drain_ms = max(1000, int(min(self.collector.bucket_s, 30.0) * 1000))
+        self._next_drain = t0 + drain_ms
+        self._boundaries = [t0] + [t0 + int(b * 1000) for b in _fault_boundaries(sc)]
+        wall0 = time.monotonic()
+        last_shown = -math.inf
+        t = t0
+        while t < end and not self.interrupted:
+            e = min(t + hop - 1, end - 1)
+            batches = self.plan_until(e + 1 - t0)
+            new = self._new_placement
+            for index, batch in batches.items():
+                self._unresolved[index].update((ev.op_id, ev) for ev in batch if ev.op_id is not None)
+            for index in self._live():
+                if index in batches or new:
+                    self._start(_host_node(index), "sim", "apply", (batches.get(index, []), new), t)
+            while self._boundaries and self._boundaries[0] <= e:
+                at = max(t, self._boundaries.pop(0))
+                self._set_faults(fault_config_at(sc, (at - t0) / 1000, t0), at)
+            if t >= self._next_drain:
+                self._drains = {self._start(_host_node(i), "sim", "drain", (), t): i for i in self._live()}
+                while self._next_drain <= t:
+                    self._next_drain += drain_ms
+            self._window(t, e)
+            self._take_drains()
+            self.account(e + 1 - t0)
+            self.sim_time_s = (e + 1 - t0) / 1000
+            wall = time.monotonic() - wall0
+            if self.scenario.world.time_scale:   # paced: the wall clock catches up with simulated time
+                ahead = (e + 1 - t0) / 1000 / self.scenario.world.time_scale - wall
+                if ahead > 0:
+                    time.sleep(ahead)
+            if wall - last_shown >= 0.5:
+                last_shown = wall
+                self.display.update(self.sim_time_s, self.collector, wall)
+            t = self._next_start(e + 1, end)
         self.play_wall_s = time.monotonic() - wall0
-        world.set_faults(FaultConfig())
-        for i, drain in self._each_host("finish", {i: () for i in self._live()}).items():
-            self._take(i, drain, metrics)
+        if self.options.until is not None:
+            return
+        self._set_faults(FaultConfig(), t)
+        finish = {self._start(_host_node(i), "sim", "finish", (), t): i for i in self._live()}
+        t = self._run_until(finish, t)
+        for task, i in finish.items():
+            if i in self.router.lost:
+                continue
+            self._take(i, self._result(task))
         for i in self._live():   # planned for after the stop (Ctrl-C): never run, recorded as unknown to be safe
             self.collector.add_ops(self._unresolved_ops(i, "NotRun"))
-        world.runtime.call(coordinator_ref(world), "recover")
+        t = self._run_until({self._start(virtual.CLOUD, COORDINATOR_NAME, "recover", (), t): None}, t)
         self.collector.close_locks()
         keys = self.population()
         live = self._live()
         if not live:
             raise RuntimeError("every simulator host was lost; nothing is left to read the final data")
-        parts = {i: (keys[n::len(live)],) for n, i in enumerate(live)}
+        peeks = {self._start(_host_node(i), "sim", "peek", (keys[n::len(live)],), t): i for n, i in enumerate(live)}
+        hot_task = self._start(_host_node(live[0]), "sim", "read_hot", (list(self.planner.hot_keys),), t)
+        self._run_until({**peeks, hot_task: live[0]}, t, lose=False)
         final: dict = {}
-        for part in self._each_host("peek", parts, lose=False).values():
-            final.update(part)
-        hot = self._each_host("read_hot", {live[0]: (list(self.planner.hot_keys),)}, lose=False)[live[0]]
-        self.finish_data(final, hot)
+        for task in peeks:
+            final.update(self._result(task))
+        self.finish_data(final, self._result(hot_task))
         self.display.update(self.sim_time_s, self.collector, time.monotonic() - wall0, final=True)
-        for h in hosts:
-            ray.kill(h)
 
-    # ------------------------------------------------------------------------- calls the play does not wait for
+    # ------------------------------------------------------------------------------------------------ windows
 
-    def _send(self, method: str, args: dict[int, tuple]) -> None:
-        """Call `method` on each host of `args` without waiting: `_collect` takes the answers as they come, so a
-        host slow to drain (its statistics wait behind a load that waits for a lock) never holds up the events of
-        the next moments for every host."""
-        for i, a in args.items():
-            self._inflight.append((i, method, getattr(self.hosts[i], method).remote(*a)))
+    def _start(self, node: int, name: str, method: str, args: tuple, at: int) -> int:
+        """Start `name.method(*args)` on `node` at simulated time `at` (a window's start); answers its task id."""
+        self._tasks += 1
+        self._starts.setdefault(node, []).append((at, self._tasks, name, method, args))
+        return self._tasks
 
-    def _draining(self, index: int) -> bool:
-        return any(i == index and method == "drain" for i, method, _ in self._inflight)
+    def _set_faults(self, faults: FaultConfig, at: int) -> None:
+        for i in range(self.scenario.world.shards):
+            self._start(virtual.CLOUD, datastore_name(i), "set_faults", (faults,), at)
 
-    def _collect(self, metrics: _Metrics, wait: bool = False) -> None:
-        """Take the answers of `_send`'s calls that came back (with `wait`, of all of them): drains go to the
-        collector; a host whose call failed because its actor died is lost."""
-        import ray
-        if not self._inflight:
+    def _window(self, t: int, e: int) -> None:
+        """Step every node that has something to do in [t, e]; route what they sent."""
+        calls = {}
+        for n, queued in self._msgs.items():
+            if n in self._lost:
+                continue
+            inbox = [m for m in queued if m.at <= e]
+            if inbox:
+                self._msgs[n] = [m for m in queued if m.at > e]
+            starts = self._starts.pop(n, [])
+            due = self._due[n]
+            if inbox or starts or (due is not None and due <= e):
+                calls[n] = (e, inbox, starts)
+        if not calls:
             return
-        refs = [ref for _, _, ref in self._inflight]
-        ready = set(ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)[0])
-        calls, self._inflight = self._inflight, []
-        for i, method, ref in calls:
-            if ref not in ready:
-                self._inflight.append((i, method, ref))
+        self.windows += 1
+        self.steps += len(calls)
+        for n, answer in sorted(self.nodes.step(calls).items()):
+            if isinstance(answer, BaseException):
+                self._lose_node(n, answer)
                 continue
-            if i in self.router.lost:
-                continue
-            try:
-                answer = ray.get(ref)
-            except ACTOR_FAILURES as exc:
-                self._lose_host(i, exc)
-                continue
-            if method == "drain":
-                self._take(i, answer, metrics)
+            out, due, done = answer
+            self._due[n] = due
+            self._done.update(done)
+            self.messages += len(out)
+            for msg in out:
+                self._route(msg)
+
+    def _route(self, msg: virtual.Message) -> None:
+        if msg.dst not in self._lost:
+            self._msgs[msg.dst].append(msg)
+        elif msg.kind == virtual.CALL:   # the callee's node is gone: the caller hears it, a hop later
+            self._fake_seq += 1
+            lost = virtual.NodeLost(virtual.Address(msg.dst, msg.target))
+            self._route(virtual.Message(msg.at + self.hop_ms, msg.dst, 1 << 40 | self._fake_seq, msg.src,
+                                        virtual.REPLY, "", "", (False, lost), msg.call))
+
+    def _next_start(self, t: int, end: int | None) -> int:
+        """The next window's start: `t`, or later when nothing can happen before (an idle stretch)."""
+        candidates = [d for n, d in self._due.items() if d is not None and n not in self._lost]
+        candidates += [m.at for n, queued in self._msgs.items() if n not in self._lost for m in queued]
+        if self._starts:
+            candidates.append(t)
+        if end is not None:
+            nxt = self.planner.next_at()
+            if nxt is not None:
+                candidates.append(self.t0 + nxt)
+            candidates.append(self._next_drain)
+            if self._boundaries:
+                candidates.append(self._boundaries[0])
+            candidates.append(end)
+        if not candidates:
+            return t
+        return max(t, min(candidates))
+
+    def _run_until(self, tasks: dict[int, Any], t: int, lose: bool = True) -> int:
+        """Move simulated time on until every task of `tasks` has ended (or its host was lost); answers the time."""
+        def pending() -> list[int]:
+            return [k for k, host in tasks.items() if k not in self._done and host not in self.router.lost]
+        while pending():
+            e = t + self.hop_ms - 1
+            lost_before = set(self.router.lost)
+            self._window(t, e)
+            if not lose and self.router.lost != lost_before:
+                raise RuntimeError("a simulator host was lost while reading the final data")
+            self.sim_time_s = max(self.sim_time_s, (e + 1 - self.t0) / 1000)
+            nxt = self._next_start(e + 1, None)
+            if nxt == e + 1 and not any(self._due.values()) and not any(self._msgs.values()) and pending():
+                raise RuntimeError(f"the run's end is stuck: tasks {pending()} wait with nothing left to run")
+            t = nxt
+        return t
+
+    def _result(self, task: int) -> Any:
+        ok, value = self._done.pop(task)
+        if not ok:
+            raise value
+        return value
+
+    def _take_drains(self) -> None:
+        for task, i in list(getattr(self, "_drains", {}).items()):
+            if task in self._done:
+                del self._drains[task]
+                if i not in self.router.lost:
+                    self._take(i, self._result(task))
+
+    def _close_storage(self) -> None:
+        """Close the world's files (each shard's WAL checkpointed in; the shard holding a shared file last)."""
+        shards = range(self.scenario.world.shards)
+        info_shared = self.scenario.world.backend == "sqlite" and (self.scenario.world.storage != "spread"
+                                                                   or self.scenario.world.shards == 1)
+        order = [i for i in shards if i != 0 and info_shared] + [i for i in shards if not info_shared or i == 0]
+        for i in order:
+            self.nodes.call_now(virtual.CLOUD, datastore_name(i), "close")
 
     # ----------------------------------------------------------------------------------------- lost hosts
 
     def _live(self) -> list[int]:
         return [i for i in range(self.host_count) if i not in self.router.lost]
 
-    def _each_host(self, method: str, args: dict[int, tuple], lose: bool = True) -> dict[int, Any]:
-        """Call `method` on each host of `args` at once; a host whose actor died (its node was lost) is lost."""
-        import ray
-        refs = {i: getattr(self.hosts[i], method).remote(*a) for i, a in args.items()}
-        out = {}
-        for i, ref in refs.items():
-            try:
-                out[i] = ray.get(ref)
-            except ACTOR_FAILURES as exc:
-                if not lose:
-                    raise
-                self._lose_host(i, exc)
-        return out
-
-    def _take(self, index: int, drain: dict, metrics: _Metrics) -> None:
+    def _take(self, index: int, drain: dict) -> None:
         unresolved = self._unresolved[index]
         for op in drain["ops"]:
             unresolved.pop(op[3], None)
         self.collector.add(index, drain)
-        metrics.record(drain, self.collector)
+        if self._metrics is not None:
+            self._metrics.record(drain, self.collector)
 
     def _unresolved_ops(self, index: int, why: str) -> list[tuple]:
         """The actions sent to host `index` that it never reported an outcome for, as unknown outcomes."""
@@ -657,11 +790,18 @@ class _OnRay(_Engine):
         return [(ev.t, ev.player, ev.server, ev.op_id, ev.kind, "unknown", ev.amount, ev.item, ev.target, why, None)
                 for ev in events.values()]
 
+    def _lose_node(self, n: int, exc: BaseException) -> None:
+        if n == virtual.CLOUD:
+            raise RuntimeError(f"the cloud node (the world's storage) was lost: {type(exc).__name__}: {exc}") from exc
+        self._lost.add(n)
+        self.nodes.lose(n)
+        self._msgs[n] = []
+        self._starts.pop(n, None)
+        self._lose_host(n - 1, exc)
+
     def _lose_host(self, index: int, exc: BaseException) -> None:
         """Host `index` died with its node: its servers crashed (their sessions are gone unsaved, their locks
         expire, their players reconnect to other servers), what it had not reported is unknown."""
-        import ray
-        ray.kill(self.hosts[index])   # if it is only unreachable, it must not play on unseen
         self.router.lost.add(index)
         servers = self.router.servers_of(index)
         crashed = self.planner.lose(servers)
@@ -670,3 +810,8 @@ class _OnRay(_Engine):
                                 "servers": crashed, "error": type(exc).__name__})
         self.display.stream.write(f"\nhost {index} lost ({type(exc).__name__}): servers {', '.join(crashed) or '-'} "
                                   f"crashed with it; their players reconnect elsewhere\n")
+
+
+def _hop_ms(scenario: Scenario) -> float:
+    latency = getattr(scenario, "latency", None)
+    return latency.hop_ms if latency is not None else 50.0

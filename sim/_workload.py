@@ -123,6 +123,15 @@ class Planner:
             self._pending = []
         return out
 
+    def next_at(self) -> int | None:
+        """The earliest time (ms) an event not handed out yet can have, or None when the plan is spent. Events come
+        out of heap entries at the entry's time, so the heap's first entry bounds them."""
+        if self._pending:
+            return min(ev.t for ev in self._pending)
+        if self._heap and self._heap[0][0] < self._end_ms:
+            return self._heap[0][0]
+        return None
+
     def lose(self, servers: Iterable[str]) -> list[str]:
         """Servers that died outside the plan (their node was lost): each crashes right after the events handed
         out so far, and its players go offline and rejoin later, as after a planned crash. The crash events come

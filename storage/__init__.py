@@ -23,6 +23,7 @@ from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._errors import (ConfigError, DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
                                        TransformError)
 from lodestore.storage._faults import FaultConfig, Latency, Outage
+from lodestore.storage._ids import new_id, new_rng, seeded
 from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS,
                                        MS_MAX_EXPIRATION_S, RequestType)
 from lodestore.storage._placement import actor_options, namespace_of, pinned, spread_nodes
@@ -35,6 +36,7 @@ from lodestore.storage._types import SortDirection
 from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_metadata, check_store_name,
                                        check_user_ids, check_value, decode, encode)
 from lodestore.storage._world import AsyncServer, Server, World
+from lodestore.storage import _virtual as virtual
 from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreService, DataStoreStatistics, KeyInfo,
                                          OrderedDataStore, Page, RetryPolicy, SqliteBackend, UpdateResult, VersionInfo)
 from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
@@ -47,10 +49,14 @@ __all__ = [
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
     "FaultConfig", "Latency", "Outage", "actor_options", "pinned", "spread_nodes",
     "Runtime", "LocalRuntime", "RayRuntime", "Coalescer",
+    # virtual time: a simulated world as nodes exchanging timestamped messages (`virtual.Node`, `virtual.Address`)
+    "virtual",
     # a world's actors by name, and which DataStore shard owns a key, for tools that reach the actors directly
     "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
     "ServerClosedError",
+    # ids and random sources: random outside a simulation, seeded inside one
+    "new_id", "new_rng", "seeded",
     # what a DataStore may hold, and the bytes kept for it (other layers check and encode values the same way)
     "check_key", "check_store_name", "check_value", "check_metadata", "check_user_ids", "MAX_DEPTH",
     "canonical", "encode", "decode",

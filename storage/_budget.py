@@ -15,7 +15,6 @@ Not here yet: per-key throughput windows, the 30-deep throttle queues and emerge
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -23,6 +22,7 @@ from typing import Any
 
 from ._clock import Clock
 from ._errors import ConfigError
+from ._ids import new_id
 from ._limits import RequestType
 
 __all__ = [
@@ -403,7 +403,7 @@ class BudgetLedger:
         self._experience_settled_at = now
         self._leases: dict[str, _LeaseRecord] = {}
         self._deadlines: deque[tuple[int, str]] = deque()    # (expires_at + grace, lease_id), in grant order
-        self._tag = uuid.uuid4().hex[:12]
+        self._tag = new_id(12)
         self._next_lease = 0
         self._granted = self._returned = self._denied = 0
         self._duplicate_releases = self._late_releases = self._unknown_releases = 0

@@ -23,7 +23,7 @@ from typing import Any, Callable, Coroutine
 
 from lodestore.storage._clock import Clock, ManualClock
 
-__all__ = ["Scheduler", "Timer", "sleep"]
+__all__ = ["Scheduler", "Timer", "sleep", "wait_for"]
 
 _MAX_NAP_S = 1.0  # the real-time driver re-reads the clock at least this often
 _FALLBACK_TURNS = 30
@@ -56,6 +56,24 @@ async def sleep(clock: Clock, seconds: float) -> None:
         await scheduler.sleep(seconds)
     else:
         await asyncio.sleep(clock.real_seconds(seconds))
+
+
+async def wait_for(future: asyncio.Future, clock: Clock, seconds: float, min_real_s: float = 0.0) -> None:
+    """Wait until `future` is done or `seconds` of simulated time on `clock` have passed, whichever comes first
+    (never raises for the timeout; the future is left as it is). Through the scheduler bound to the running loop
+    when it keeps that clock, else at the clock's pace, and then at least `min_real_s` real seconds."""
+    scheduler = _bound.get(asyncio.get_running_loop())
+    if scheduler is not None and scheduler.keeps(clock):
+        timer = scheduler.call_later(seconds, lambda: future.done() or future.set_result(None))
+        try:
+            await future
+        finally:
+            timer.cancel()
+        return
+    try:
+        await asyncio.wait_for(future, max(min_real_s, clock.real_seconds(seconds)))
+    except asyncio.TimeoutError:
+        pass
 
 
 class Scheduler:
@@ -182,23 +200,25 @@ class Scheduler:
     async def advance(self, seconds: float) -> None:
         """Manual clock only: move time forward `seconds`, stopping at every timer on the way, running it and
         letting what it started settle, as if that time had really passed."""
+        await self.advance_to(self.clock.now() + int(round(seconds * 1000)))
+
+    async def advance_to(self, target: int) -> None:
+        """Manual clock only: `advance` up to the simulated time `target` (ms since the epoch; not in the past)."""
         if not self.manual:
             raise TypeError("advance needs a ManualClock; a SimClock moves by itself")
         self.bind(asyncio.get_running_loop())
-        target = self.clock.now() + int(round(seconds * 1000))
         await self.settle()
-        while True:
+        while True:   # until nothing is due by `target`, what the last timers started included
             due = self.next_due()
-            if due is None or due > target:
+            if due is not None and due <= target:
+                if due > self.clock.now():
+                    self.clock.set(due)
+                self.run_due()
+                await self.settle()
+            elif self.clock.now() < target:
+                self.clock.set(target)
+            else:
                 break
-            if due > self.clock.now():
-                self.clock.set(due)
-            self.run_due()
-            await self.settle()
-        if target > self.clock.now():
-            self.clock.set(target)
-        self.run_due()
-        await self.settle()
 
     async def drive(self) -> None:
         """Run timers as simulated time passes (a Ray actor's background task). Never returns."""

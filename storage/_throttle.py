@@ -20,6 +20,7 @@ from typing import Any, Iterator, Protocol
 
 from lodestore.storage._errors import DataStoreError
 from lodestore.storage._limits import RequestType
+from lodestore.storage._scheduler import wait_for
 from lodestore.storage._transport import Permit
 
 __all__ = ["BudgetGate", "OpenGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics", "QUEUE_LIMIT"]
@@ -27,7 +28,9 @@ __all__ = ["BudgetGate", "OpenGate", "KeyLanes", "QueueKind", "emergency", "Gate
 QUEUE_LIMIT = 30
 MIN_LEASE = 20            # tokens a lease asks for beyond what the waiting requests need, at first
 MAX_LEASE = 1000          # ... doubled while whole leases get used, halved when one comes back with leftovers
-POLL_S = 0.05             # real seconds between budget checks while a queue waits for a refill
+POLL_S = 0.05             # real seconds between budget checks while a queue waits for a refill (at least)
+WAITER_POLL_S = 1.0       # simulated seconds a request behind the head of its queue waits before it looks again
+                          # (it is woken at once when the head is served)
 
 
 class QueueKind:
@@ -182,18 +185,23 @@ class BudgetGate:
                         wakeup = loop.create_future()
                         self._wakeups.append((loop, wakeup))
                 if action is _LEASE:
-                    granted, retry_after_ms = await asyncio.to_thread(self._lease_locked, permit.request_type, queue)
+                    if hasattr(self._link, "alease"):
+                        granted, retry_after_ms = await self._alease(permit.request_type, len(queue))
+                    else:
+                        granted, retry_after_ms = await asyncio.to_thread(self._lease_locked, permit.request_type,
+                                                                          queue)
                     if granted:
                         continue
                     with self._cv:
-                        wait = self._throttled_wait(waiter, retry_after_ms)
+                        self._throttled_wait(waiter, retry_after_ms)
+                        wait_s = max(POLL_S, retry_after_ms / 1000.0)
                     wakeup = loop.create_future()
                     with self._cv:
                         self._wakeups.append((loop, wakeup))
-                try:
-                    await asyncio.wait_for(wakeup, wait)
-                except asyncio.TimeoutError:
-                    pass
+                else:
+                    wait_s = WAITER_POLL_S
+                # simulated seconds (a paced clock turns them into real ones, a virtual world's scheduler waits them)
+                await wait_for(wakeup, self._clock, wait_s, min_real_s=POLL_S)
         finally:
             with self._cv:
                 self._leave(waiter, queue)
@@ -266,13 +274,7 @@ class BudgetGate:
     def _lease(self, rtype: RequestType, waiting: int) -> tuple[int, int]:
         """Return what is left of the old lease and lease a new batch; the lock is released during the call.
         The batch adapts like a congestion window: a lease used up doubles the next, leftovers halve it."""
-        rtype = self._bucket[rtype]
-        pool = self._pools[rtype]
-        old_id, unused = pool.lease_id, pool.tokens
-        if old_id is not None:
-            pool.batch = min(pool.batch * 2, MAX_LEASE) if unused == 0 else max(MIN_LEASE, pool.batch // 2)
-        want = waiting + pool.batch
-        pool.tokens, pool.lease_id = 0, None
+        rtype, old_id, unused, want = self._lease_begin(rtype, waiting)
         self._cv.release()
         try:
             if old_id is not None:
@@ -282,7 +284,37 @@ class BudgetGate:
             self._cv.acquire()
             self._leasing.discard(rtype)
             self._notify()
+        return self._lease_end(rtype, lease)
+
+    async def _alease(self, rtype: RequestType, waiting: int) -> tuple[int, int]:
+        """`_lease` for a link that leases with a coroutine (`alease`): the event loop never blocks on the ledger."""
+        with self._cv:
+            rtype, old_id, unused, want = self._lease_begin(rtype, waiting)
+        try:
+            if old_id is not None:
+                self._link.release(old_id, unused)
+            lease = await self._link.alease(self.server_id, rtype, want)
+        finally:
+            with self._cv:
+                self._leasing.discard(rtype)
+                self._notify()
+        with self._cv:
+            return self._lease_end(rtype, lease)
+
+    def _lease_begin(self, rtype: RequestType, waiting: int) -> tuple[RequestType, str | None, int, int]:
+        """Take back what is left of the current lease and size the next one. Lock held."""
+        rtype = self._bucket[rtype]
+        pool = self._pools[rtype]
+        old_id, unused = pool.lease_id, pool.tokens
+        if old_id is not None:
+            pool.batch = min(pool.batch * 2, MAX_LEASE) if unused == 0 else max(MIN_LEASE, pool.batch // 2)
+        pool.tokens, pool.lease_id = 0, None
+        return rtype, old_id, unused, waiting + pool.batch
+
+    def _lease_end(self, rtype: RequestType, lease: Any) -> tuple[int, int]:
+        """Keep a new lease's tokens. Lock held."""
         self._leases += 1
+        pool = self._pools[rtype]
         if lease.granted:  # a lease of nothing is not recorded by the ledger and needs no release
             pool.tokens, pool.lease_id, pool.expires_at = lease.granted, lease.lease_id, lease.expires_at
         return lease.granted, lease.retry_after_ms

@@ -274,6 +274,15 @@ class _BudgetLink:
             raise DataStoreError(500, "InternalServerError", f"the budget actor did not answer "
                                  f"({type(exc).__name__}); the request was not sent") from exc
 
+    async def alease(self, server_id: str, request_type, want: int):
+        """`lease` from a coroutine: the event loop goes on while the ledger answers."""
+        try:
+            return await self._world._acall(self._world._budget, "lease", server_id, request_type, want,
+                                            self._server.players)
+        except self._world.runtime.failures as exc:
+            raise DataStoreError(500, "InternalServerError", f"the budget actor did not answer "
+                                 f"({type(exc).__name__}); the request was not sent") from exc
+
     def release(self, lease_id: str, unused: int) -> None:
         self._world._send(self._world._budget, "release", lease_id, unused)
 

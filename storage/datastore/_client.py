@@ -25,6 +25,7 @@ import msgpack
 from lodestore.storage._backoff import Backoff
 from lodestore.storage._clients import async_twin, call_transform
 from lodestore.storage._errors import ConfigError, DataStoreError
+from lodestore.storage._ids import new_rng
 from lodestore.storage._limits import (DEFAULT_SCOPE, INT64_MAX, INT64_MIN, LIST_KEYS_DEFAULT_PAGE,
                                       LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_SORTED_PAGE,
                                       READ_CACHE_MS, RequestType)
@@ -149,7 +150,7 @@ class DataStoreService:
         self._counters = _Counters()
         self._lanes = KeyLanes()
         self.retry: RetryPolicy | None = None
-        self._rng = random.Random()
+        self._rng = new_rng()
 
     def get_data_store(self, name: str, scope: str = DEFAULT_SCOPE, *, all_scopes: bool = False) -> "DataStore":
         check_store_name(name)

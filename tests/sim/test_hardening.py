@@ -123,7 +123,7 @@ def _drain(lag=(0, 0, 0), locks=(), events=(), ops=()) -> dict:
 
 
 def test_health_says_a_harness_that_fell_behind_is_inconclusive():
-    collector = Collector(600, 60, 600, slack_s=30)
+    collector = Collector(600, 60, slack_s=30)
     collector.add(0, _drain(lag=(1000, 5, 2000)))
     assert collector.health(stopped_early=False)["ok"]   # 0.5% late: within tolerance
     collector.add(0, _drain(lag=(1000, 200, 95_000)))
@@ -132,7 +132,7 @@ def test_health_says_a_harness_that_fell_behind_is_inconclusive():
 
 
 def test_actions_that_never_ran_make_a_run_inconclusive_unless_it_was_stopped():
-    collector = Collector(600, 60, 600, slack_s=30)
+    collector = Collector(600, 60, slack_s=30)
     collector.add(0, _drain(lag=(10, 0, 0)))
     collector.add_ops([(t, player_key(0), "server_0001", f"op-{t}", "mint", "unknown", 1, None, None, "NotRun",
                         None) for t in range(5)])
@@ -144,10 +144,10 @@ def test_locks_lost_on_servers_no_fault_stalled_are_the_harness():
     def lost(server, key):
         return [(0, key, f"s-{key}", "acquired", 30_000, server), (40_000, key, f"s-{key}", "lost", 30_000, server)]
 
-    stalled = Collector(600, 60, 600, slack_s=30)
+    stalled = Collector(600, 60, slack_s=30)
     stalled.add(0, _drain(events=[(0, "stall", "server_0001")], locks=lost("server_0001", "a")))
     assert stalled.health(stopped_early=False)["ok"]
-    unexplained = Collector(600, 60, 600, slack_s=30)
+    unexplained = Collector(600, 60, slack_s=30)
     unexplained.add(0, _drain(locks=lost("server_0002", "a")))
     health = unexplained.health(stopped_early=False)
     assert not health["ok"] and health["locks_lost_unexplained"] == 1

@@ -62,7 +62,7 @@ def _drain(ops=(), locks=()):
 
 
 def test_a_lost_hold_ends_at_its_last_report_and_its_open_actions_are_unknown():
-    c = Collector(600, 60, 1, slack_s=30)
+    c = Collector(600, 60, slack_s=30)
     c.add(0, _drain(locks=[(0, "k", "A", "acquired", TTL, "s1"), (10_000, "k", "A", "refreshed", 10_000 + TTL,
                                                                    "s1"),
                            (0, "j", "C", "acquired", TTL, "s2")]))
