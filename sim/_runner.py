@@ -450,18 +450,17 @@ _DIRECTORY = {COORDINATOR_NAME: virtual.Address(virtual.CLOUD, COORDINATOR_NAME)
 
 
 class _LocalNodes:
-    """Every node in this process, stepped one after another."""
+    """Every node in this process, stepped one after another (`dispatch` runs the steps, `collect` hands them)."""
 
     def __init__(self, hop_ms: int, seed: int, builds: list[Callable]) -> None:
-        self.nodes = []
-        for index, build in enumerate(builds):
-            node = virtual.Node(index, hop_ms=hop_ms, seed=seed, directory=_DIRECTORY)
-            build(node)
-            self.nodes.append(node)
+        self.nodes = [_make_node(n, hop_ms, seed, build) for n, build in enumerate(builds)]
         self.where = ["in-process"] * len(builds)
 
-    def step(self, calls: dict[int, tuple]) -> dict[int, Any]:
+    def dispatch(self, calls: dict[int, tuple]) -> Any:
         return {n: self.nodes[n].step(*args) for n, args in calls.items()}
+
+    def collect(self, handle: Any) -> dict[int, Any]:
+        return handle
 
     def call_now(self, n: int, name: str, method: str, *args: Any) -> Any:
         return getattr(self.nodes[n].objects[name], method)(*args)
@@ -474,9 +473,16 @@ class _LocalNodes:
             node.close()
 
 
+def _make_node(n: int, hop_ms: int, seed: int, build: Callable) -> virtual.Node:
+    node = virtual.Node(n, hop_ms=hop_ms, seed=seed, directory=_DIRECTORY)
+    build(node)
+    return node
+
+
 class _RayNodes:
-    """Each node a Ray actor: the cloud node on this machine (beside the world file), the hosts spread over the
-    cluster. A window's steps run in parallel; a node whose actor died answers its exception."""
+    """The cloud node in this process (beside the world file: no Ray call for storage), each host node a Ray actor
+    spread over the cluster. `dispatch` sends the hosts' steps, then runs the cloud's meanwhile; `collect` waits for
+    the hosts'. A host whose actor died answers its exception."""
 
     def __init__(self, hop_ms: int, seed: int, builds: list[Callable]) -> None:
         import ray
@@ -487,15 +493,20 @@ class _RayNodes:
         env = {"env_vars": {"PYTHONHASHSEED": "0"}}
         nodes = [here()] + spread_nodes(len(builds) - 1)
         self.where = nodes
-        self.actors = [remote.options(num_cpus=0, max_restarts=0, max_task_retries=0, runtime_env=env,
-                                      **pinned(nodes[n])).remote(n, hop_ms, seed, _DIRECTORY, build)
-                       for n, build in enumerate(builds)]
-        ray.get([a.__ray_ready__.remote() for a in self.actors])
+        self.actors = {n: remote.options(num_cpus=0, max_restarts=0, max_task_retries=0, runtime_env=env,
+                                         **pinned(nodes[n])).remote(n, hop_ms, seed, _DIRECTORY, build)
+                       for n, build in enumerate(builds) if n != virtual.CLOUD}
+        self.cloud = _make_node(virtual.CLOUD, hop_ms, seed, builds[virtual.CLOUD])
+        ray.get([a.__ray_ready__.remote() for a in self.actors.values()])
 
-    def step(self, calls: dict[int, tuple]) -> dict[int, Any]:
+    def dispatch(self, calls: dict[int, tuple]) -> Any:
+        refs = {n: self.actors[n].step.remote(*args) for n, args in calls.items() if n != virtual.CLOUD}
+        local = {n: self.cloud.step(*args) for n, args in calls.items() if n == virtual.CLOUD}
+        return refs, local
+
+    def collect(self, handle: Any) -> dict[int, Any]:
         import ray
-        refs = {n: self.actors[n].step.remote(*args) for n, args in calls.items()}
-        out = {}
+        refs, out = handle
         for n, ref in refs.items():
             try:
                 out[n] = ray.get(ref)
@@ -506,6 +517,8 @@ class _RayNodes:
         return out
 
     def call_now(self, n: int, name: str, method: str, *args: Any) -> Any:
+        if n == virtual.CLOUD:
+            return getattr(self.cloud.objects[name], method)(*args)
         import ray
         return ray.get(self.actors[n].call_now.remote(name, method, *args))
 
@@ -515,8 +528,11 @@ class _RayNodes:
 
     def close(self) -> None:
         import ray
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+        try:
+            self.cloud.close()
+        finally:
+            for actor in self.actors.values():
+                ray.kill(actor, no_restart=True)
 
 
 class _Virtual(_Engine):
@@ -532,6 +548,7 @@ class _Virtual(_Engine):
         super().__init__(*args)
         self.on_ray = on_ray
         self.hop_ms = max(1, int(round(_hop_ms(self.scenario))))
+        self.window_ms = self.hop_ms   # no message is faster: nothing sent in a window is due before it ends
         self.t0 = virtual.EPOCH_MS + 1000
         self.windows = 0
         self.messages = 0
@@ -540,6 +557,7 @@ class _Virtual(_Engine):
         self._due: dict[int, int | None] = {}
         self._starts: dict[int, list[tuple]] = {}
         self._done: dict[int, tuple[bool, Any]] = {}
+        self._drains: dict[int, int] = {}    # drain task -> host
         self._lost: set[int] = set()
         self._tasks = 0
         self._fake_seq = 0
@@ -599,7 +617,7 @@ class _Virtual(_Engine):
 
     def _play(self) -> None:
         sc = self.scenario
-        t0, hop = self.t0, self.hop_ms
+        t0 = self.t0
         end = t0 + int(sc.world.duration * 1000)
         if self.options.until is not None:
             end = min(end, t0 + int(self.options.until * 1000))
@@ -607,10 +625,10 @@ class _Virtual(_Engine):
         self._next_drain = t0 + drain_ms
         self._boundaries = [t0] + [t0 + int(b * 1000) for b in _fault_boundaries(sc)]
         wall0 = time.monotonic()
-        last_shown = -math.inf
-        t = t0
-        while t < end and not self.interrupted:
-            e = min(t + hop - 1, end - 1)
+        shown = [-math.inf]
+
+        def prepare(t: int, e: int) -> None:
+            """What the window [t, e] starts: the plan's events, fault windows, drains."""
             batches = self.plan_until(e + 1 - t0)
             new = self._new_placement
             for index, batch in batches.items():
@@ -622,22 +640,25 @@ class _Virtual(_Engine):
                 at = max(t, self._boundaries.pop(0))
                 self._set_faults(fault_config_at(sc, (at - t0) / 1000, t0), at)
             if t >= self._next_drain:
-                self._drains = {self._start(_host_node(i), "sim", "drain", (), t): i for i in self._live()}
+                self._drains.update({self._start(_host_node(i), "sim", "drain", (), t): i for i in self._live()})
                 while self._next_drain <= t:
                     self._next_drain += drain_ms
-            self._window(t, e)
+
+        def after(e: int) -> None:
             self._take_drains()
             self.account(e + 1 - t0)
             self.sim_time_s = (e + 1 - t0) / 1000
             wall = time.monotonic() - wall0
-            if self.scenario.world.time_scale:   # paced: the wall clock catches up with simulated time
-                ahead = (e + 1 - t0) / 1000 / self.scenario.world.time_scale - wall
+            if sc.world.time_scale:   # paced: the wall clock catches up with simulated time
+                ahead = (e + 1 - t0) / 1000 / sc.world.time_scale - wall
                 if ahead > 0:
                     time.sleep(ahead)
-            if wall - last_shown >= 0.5:
-                last_shown = wall
+            if wall - shown[0] >= 0.5:
+                shown[0] = wall
                 self.display.update(self.sim_time_s, self.collector, wall)
-            t = self._next_start(e + 1, end)
+
+        t = self._windows(t0, end, prepare, after, stop=lambda: self.interrupted)
+        self._take_drains()
         self.play_wall_s = time.monotonic() - wall0
         if self.options.until is not None:
             return
@@ -667,6 +688,32 @@ class _Virtual(_Engine):
 
     # ------------------------------------------------------------------------------------------------ windows
 
+    def _windows(self, t: int, end: int | None, prepare: Callable[[int, int], None] | None,
+                 after: Callable[[int], None] | None, stop: Callable[[], bool]) -> int:
+        """Step the world window after window from `t` until `end` (exclusive) or `stop()`; answers where it ended.
+        After each window the next starts at the earliest moment anything can happen (idle stretches are skipped).
+        The in-process engine and Ray step exactly the same windows, so both give the same history.
+
+        (Pipelining, sending window k + 1 before window k's answers are in with windows of half a hop, was measured
+        and dropped: it steps every node in every window, and on this class of machine a Ray call's CPU cost, not
+        its latency, is what a window costs.)"""
+        while (end is None or t < end) and not stop():
+            e = t + self.window_ms - 1 if end is None else min(t + self.window_ms - 1, end - 1)
+            if prepare is not None:
+                prepare(t, e)
+            self._collect(self._dispatch(t, e))
+            if after is not None:
+                after(e)
+            nxt = self._next_start(e + 1, end)
+            if end is None and nxt == e + 1 and self._idle():
+                raise RuntimeError("the run's end is stuck: a task waits with nothing left to run")
+            t = nxt
+        return t
+
+    def _idle(self) -> bool:
+        live = [n for n in self._msgs if n not in self._lost]
+        return not self._starts and all(self._due[n] is None and not self._msgs[n] for n in live)
+
     def _start(self, node: int, name: str, method: str, args: tuple, at: int) -> int:
         """Start `name.method(*args)` on `node` at simulated time `at` (a window's start); answers its task id."""
         self._tasks += 1
@@ -677,8 +724,8 @@ class _Virtual(_Engine):
         for i in range(self.scenario.world.shards):
             self._start(virtual.CLOUD, datastore_name(i), "set_faults", (faults,), at)
 
-    def _window(self, t: int, e: int) -> None:
-        """Step every node that has something to do in [t, e]; route what they sent."""
+    def _dispatch(self, t: int, e: int) -> Any:
+        """Send the window [t, e] to every node with something to do in it; answers the nodes' handle, or None."""
         calls = {}
         for n, queued in self._msgs.items():
             if n in self._lost:
@@ -691,10 +738,16 @@ class _Virtual(_Engine):
             if inbox or starts or (due is not None and due <= e):
                 calls[n] = (e, inbox, starts)
         if not calls:
-            return
+            return None
         self.windows += 1
         self.steps += len(calls)
-        for n, answer in sorted(self.nodes.step(calls).items()):
+        return self.nodes.dispatch(calls)
+
+    def _collect(self, sent: Any) -> None:
+        """Take in a window's answers: route the messages, note the next timers and the tasks that ended."""
+        if sent is None:
+            return
+        for n, answer in sorted(self.nodes.collect(sent).items()):
             if isinstance(answer, BaseException):
                 self._lose_node(n, answer)
                 continue
@@ -734,20 +787,16 @@ class _Virtual(_Engine):
 
     def _run_until(self, tasks: dict[int, Any], t: int, lose: bool = True) -> int:
         """Move simulated time on until every task of `tasks` has ended (or its host was lost); answers the time."""
-        def pending() -> list[int]:
-            return [k for k, host in tasks.items() if k not in self._done and host not in self.router.lost]
-        while pending():
-            e = t + self.hop_ms - 1
-            lost_before = set(self.router.lost)
-            self._window(t, e)
+        lost_before = set(self.router.lost)
+
+        def finished() -> bool:
             if not lose and self.router.lost != lost_before:
                 raise RuntimeError("a simulator host was lost while reading the final data")
+            return all(k in self._done or host in self.router.lost for k, host in tasks.items())
+
+        def after(e: int) -> None:
             self.sim_time_s = max(self.sim_time_s, (e + 1 - self.t0) / 1000)
-            nxt = self._next_start(e + 1, None)
-            if nxt == e + 1 and not any(self._due.values()) and not any(self._msgs.values()) and pending():
-                raise RuntimeError(f"the run's end is stuck: tasks {pending()} wait with nothing left to run")
-            t = nxt
-        return t
+        return self._windows(t, None, None, after, stop=finished)
 
     def _result(self, task: int) -> Any:
         ok, value = self._done.pop(task)
@@ -756,7 +805,7 @@ class _Virtual(_Engine):
         return value
 
     def _take_drains(self) -> None:
-        for task, i in list(getattr(self, "_drains", {}).items()):
+        for task, i in list(self._drains.items()):
             if task in self._done:
                 del self._drains[task]
                 if i not in self.router.lost:
