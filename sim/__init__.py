@@ -13,8 +13,9 @@ writes report.json, report.html and plots (`write_report`, `summary_table`). `si
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
-from lodestore.sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario,
-                           Servers, StoreSection, WorldSection, load_scenario, parse_scenario)
+from lodestore.sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, LatencyRange, LatencySection,
+                           Players, Scenario, Servers, StoreSection, WorldSection, datastore_latency, load_scenario,
+                           memorystore_latency, parse_scenario)
 
 from lodestore.sim._cli import main
 from lodestore.sim._checkers import (CheckResult, History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation,
@@ -28,4 +29,5 @@ __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", 
            "History", "LockEvent", "OpEvent", "CheckResult", "run_checks", "check_conservation",
            "check_acknowledged_writes", "check_single_holder", "check_no_duplicate_items", "check_hot_counters",
            "load_scenario", "parse_scenario", "Scenario", "WorldSection", "Servers", "Players", "ActionRates",
-           "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "REQUEST_TYPES"]
+           "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "LatencySection", "REQUEST_TYPES",
+           "datastore_latency", "memorystore_latency"]

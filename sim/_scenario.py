@@ -46,6 +46,20 @@ Sections and defaults (every key is optional; an empty file is a valid scenario)
     error_rate = {} (request type -> probability; types in `REQUEST_TYPES`); latency_ms = absent
     ({min, max}, 0 <= min <= max <= 600,000); outage = false; ambiguous_write_rate = 0, server_crash_rate = 0,
     lock_stall_rate = 0 (probabilities).
+``[latency]``
+    hop_ms = 50 (one-way network time of every message between a game server and the cloud, simulated ms 1..10,000).
+``[latency.datastore]``
+    the modelled service time of every DataStore request, whatever the faults (a fault window's latency adds to it):
+    keys "default" or a request type (`RequestType` values: `REQUEST_TYPES` and RemoveVersion), "default" applying
+    to every type not named; each value exactly one shape: {fixed = ms}, {min = ms, max = ms} (uniform, min <= max)
+    or {median = ms, sigma = 0..3} (lognormal), every number finite, >= 0 and <= 600,000 ms. Defaults (roughly
+    Roblox's): the read types (StandardRead, StandardList, OrderedRead, OrderedList) {median = 60, sigma = 0.5},
+    the write and remove types {median = 120, sigma = 0.5}.
+``[latency.memorystore]``
+    default = {min = 0, max = 10} (the service time of every MemoryStore operation; one shape as above; "default" is
+    its only key).
+    Every draw is capped at 10,000 ms, or at the latency's own fixed or max when that is longer (a lognormal whose
+    median is longer, at 600,000 ms). `datastore_latency` and `memorystore_latency` give the resolved latencies.
 """
 
 from __future__ import annotations
@@ -60,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestore.actors import MAX_LOCK_TTL_S, MIN_PERIOD_S, StoreConfig
-from lodestore.storage import ConfigError
+from lodestore.storage import ConfigError, Latency, RequestType
 
 __all__ = [
     "REQUEST_TYPES",
@@ -72,10 +86,13 @@ __all__ = [
     "HotKeys",
     "LatencyRange",
     "FaultWindow",
+    "LatencySection",
     "Scenario",
     "load_scenario",
     "parse_scenario",
     "store_config",
+    "datastore_latency",
+    "memorystore_latency",
     "LIMITS",
 ]
 
@@ -95,6 +112,8 @@ LIMITS: dict[str, tuple[float, str]] = {
     "hot_keys.count": (10_000, "every hot key is read back from storage for the checks"),
     "faults": (1_000, "fault windows are looked up on every step"),
     "latency_ms": (600_000, "ten minutes added to one request"),
+    "latency": (600_000, "ten minutes for one request"),
+    "latency.hop_ms": (10_000, "ten seconds each way between a game server and the cloud"),
     "steps": (2_000_000, "each step is a turn of the planner and of every host, even when nothing happens"),
     "actions": (10_000_000, "the history keeps every action for the checkers, about 200 bytes each"),
 }
@@ -211,6 +230,36 @@ class FaultWindow:
     lock_stall_rate: float = 0.0
 
 
+_READ_TYPES: tuple[str, ...] = ("StandardRead", "StandardList", "OrderedRead", "OrderedList")
+"""DataStore request types that only read (a Get, a version, a listing); every other type writes or removes."""
+
+_LATENCY_CAP_MS = 10_000.0
+"""The longest draw of a modelled latency, unless the scenario's own fixed, max or median is longer (then that)."""
+
+
+def _default_datastore_latency() -> dict[str, Latency]:
+    """Roughly Roblox's service times: reads about 60 ms, writes and removes about 120 ms (lognormal, sigma 0.5)."""
+    return {t.value: Latency.lognormal(60.0 if t.value in _READ_TYPES else 120.0, 0.5, _LATENCY_CAP_MS)
+            for t in RequestType}
+
+
+_DEFAULT_MEMORYSTORE_LATENCY = Latency.uniform(0.0, 10.0, _LATENCY_CAP_MS)
+
+
+@dataclass(frozen=True)
+class LatencySection:
+    """`[latency]`: how long messages and requests take, in simulated milliseconds.
+
+    `hop_ms` is the one-way network time of every message between a game server and the cloud; `datastore` maps
+    every DataStore request type (`RequestType` values) to its service time, defaults filled in; `memorystore` is
+    the service time of every MemoryStore operation. Treat `datastore` as read-only.
+    """
+
+    hop_ms: float = 50.0
+    datastore: dict[str, Latency] = field(default_factory=_default_datastore_latency)
+    memorystore: Latency = _DEFAULT_MEMORYSTORE_LATENCY
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A whole validated scenario; `source` is the file path, or "<string>" for `parse_scenario` text."""
@@ -221,6 +270,7 @@ class Scenario:
     store: StoreSection = field(default_factory=StoreSection)
     hot_keys: HotKeys = field(default_factory=HotKeys)
     faults: tuple[FaultWindow, ...] = ()
+    latency: LatencySection = field(default_factory=LatencySection)
     source: str = "<string>"
 
     def faults_at(self, t: float) -> list[FaultWindow]:
@@ -557,10 +607,94 @@ def _fault(t: dict[str, Any], path: str, duration: float) -> FaultWindow:
     return window
 
 
+_LATENCY_SHAPES = (("fixed",), ("min", "max"), ("median", "sigma"))
+_LATENCY_KEYS = sorted(k for shape in _LATENCY_SHAPES for k in shape)
+_SHAPES_TEXT = "{fixed}, {min, max} or {median, sigma}"
+
+
+def _latency(value: Any, path: str) -> Latency:
+    """One latency of `[latency]`: exactly one of {fixed}, {min, max} (uniform), {median, sigma} (lognormal)."""
+    t = _table(value, path)
+    for key in t:
+        if key not in _LATENCY_KEYS:
+            raise _Bad(_join(path, key), f"unknown key; known keys: {', '.join(_LATENCY_KEYS)} (one shape of "
+                                         f"{_SHAPES_TEXT})")
+    shapes = [shape for shape in _LATENCY_SHAPES if any(k in t for k in shape)]
+    if len(shapes) != 1:
+        given = f"got {', '.join(sorted(t))}" if t else "got an empty table"
+        raise _Bad(path, f"must be exactly one shape of {_SHAPES_TEXT}, {given}")
+    shape = shapes[0]
+    for key in shape:
+        if key not in t:
+            raise _Bad(_join(path, key), f"is required with {', '.join(k for k in shape if k != key)}")
+    if shape == ("fixed",):
+        ms = _ms(t, path, "fixed")
+        return Latency.fixed(ms, max(_LATENCY_CAP_MS, ms))
+    if shape == ("median", "sigma"):
+        median = _ms(t, path, "median")
+        # a cap at a longer median would turn half the draws into the median: cap at the bound instead
+        cap = _LATENCY_CAP_MS if median <= _LATENCY_CAP_MS else float(LIMITS["latency"][0])
+        return Latency.lognormal(median, _number(t, path, "sigma", 0.0, low=0, high=3), cap)
+    lo, hi = _ms(t, path, "min"), _ms(t, path, "max")
+    if lo > hi:
+        raise _Bad(_join(path, "min"), f"must be <= {_join(path, 'max')} ({hi:g}), got {lo:g}")
+    return Latency.uniform(lo, hi, max(_LATENCY_CAP_MS, hi))
+
+
+def _ms(t: dict[str, Any], path: str, key: str) -> float:
+    """A service time in simulated ms: a finite number >= 0, at most `LIMITS["latency"]`."""
+    ms = _number(t, path, key, 0.0, low=0)
+    _over(_join(path, key), ms, "latency")
+    return ms
+
+
+def _latencies(value: Any, path: str, known: tuple[str, ...]) -> dict[str, Latency]:
+    """A table of `[latency]` whose keys are "default" or one of `known`, each a latency."""
+    t = _table(value, path)
+    for key in t:
+        if key != "default" and key not in known:
+            what = "request type" if known else "key"
+            raise _Bad(_join(path, key), f"unknown {what}; known {what}s: {', '.join(('default',) + known)}")
+    return {key: _latency(v, _join(path, key)) for key, v in t.items()}
+
+
+def _latency_section(t: dict[str, Any]) -> LatencySection:
+    _known(t, "latency", LatencySection)
+    d = LatencySection()
+    hop_ms = _number(t, "latency", "hop_ms", d.hop_ms, low=1)
+    _over("latency.hop_ms", hop_ms)
+    datastore = dict(d.datastore)
+    if "datastore" in t:
+        given = _latencies(t["datastore"], "latency.datastore", tuple(r.value for r in RequestType))
+        default = given.pop("default", None)
+        datastore = {name: given.get(name, default or built_in) for name, built_in in d.datastore.items()}
+    memorystore = d.memorystore
+    if "memorystore" in t:
+        memorystore = _latencies(t["memorystore"], "latency.memorystore", ()).get("default", memorystore)
+    return LatencySection(hop_ms=hop_ms, datastore=datastore, memorystore=memorystore)
+
+
+def datastore_latency(scenario: "Scenario") -> dict[str, Latency]:
+    """The modelled service time of every DataStore request type (`RequestType` value -> Latency): the scenario's
+    `[latency.datastore]`, its "default" for the types it does not name, the built-in defaults for the rest. It is
+    what `FaultConfig.base_latency` takes.
+
+    >>> datastore_latency(parse_scenario(""))["StandardWrite"]
+    Latency(kind='lognormal', a=120.0, b=0.5, max_ms=10000.0)
+    """
+    return dict(scenario.latency.datastore)
+
+
+def memorystore_latency(scenario: "Scenario") -> Latency:
+    """The modelled service time of every MemoryStore operation: `[latency.memorystore]`'s "default", or uniform
+    0..10 ms. It is what the MemoryStore shard's `set_latency` takes."""
+    return scenario.latency.memorystore
+
+
 def _scenario(data: dict[str, Any], source: str) -> Scenario:
     _known(data, "", Scenario, "section")
-    sections = {name: _table(data[name], name) for name in ("world", "servers", "players", "store", "hot_keys")
-                if name in data}
+    sections = {name: _table(data[name], name)
+                for name in ("world", "servers", "players", "store", "hot_keys", "latency") if name in data}
     world = _world(sections.get("world", {}))
     servers = _servers(sections.get("servers", {}))
     players = _players(sections.get("players", {}))
@@ -577,8 +711,9 @@ def _scenario(data: dict[str, Any], source: str) -> Scenario:
         _over("faults", len(raw))
         for i, item in enumerate(raw):
             faults.append(_fault(_table(item, f"faults[{i}]"), f"faults[{i}]", world.duration))
+    latency = _latency_section(sections.get("latency", {}))
     scenario = Scenario(world=world, servers=servers, players=players, store=store, hot_keys=hot_keys,
-                        faults=tuple(faults), source=source)
+                        faults=tuple(faults), latency=latency, source=source)
     _check_store(scenario)
     _check_size(scenario)
     return scenario

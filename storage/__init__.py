@@ -22,7 +22,8 @@ from lodestore.storage._backoff import Backoff, retry
 from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._errors import (ConfigError, DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
                                        TransformError)
-from lodestore.storage._faults import FaultConfig, Latency, Outage
+from lodestore.storage._faults import FaultConfig, Outage
+from lodestore.storage._latency import Latency
 from lodestore.storage._ids import new_id, new_rng, seeded
 from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS,
                                        MS_MAX_EXPIRATION_S, RequestType)

@@ -1,20 +1,21 @@
-"""Fault injection for the emulated DataStore: errors, latency, outages and ambiguous writes.
+"""Fault injection for the emulated DataStore: errors, latency, outages and ambiguous writes, and the modelled
+service time every request takes (`FaultConfig.base_latency`; the distributions are `storage._latency`'s).
 
 A `FaultConfig` is a frozen description a world carries and can swap while running; a `FaultInjector` turns it into
 a decision per request. Decisions are deterministic under the seed: each one is drawn from a hash of (seed, request
-type, key, how many requests that key has seen), so the same per-key request order gives the same faults whatever
-the interleaving between keys. This module never touches stored data; the engine applies its decisions.
+type, key, how many requests that key has seen), so the same per-key request order gives the same faults and delays
+whatever the interleaving between keys. This module never touches stored data; the engine applies its decisions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
 
 from lodestore.storage._errors import ConfigError
+from lodestore.storage._latency import Latency, quantile
 from lodestore.storage._limits import RequestType
 
 __all__ = ["FaultConfig", "Latency", "Outage"]
@@ -38,55 +39,6 @@ def _request_type(name: object, what: str) -> RequestType:
 
 
 @dataclass(frozen=True)
-class Latency:
-    """A latency distribution in simulated milliseconds: `fixed`, `uniform` (low..high) or `lognormal`
-    (median, sigma), capped at `max_ms`."""
-
-    kind: str = "fixed"
-    a: float = 0.0
-    b: float = 0.0
-    max_ms: float = 60_000.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("fixed", "uniform", "lognormal"):
-            raise ConfigError(f"latency kind must be 'fixed', 'uniform' or 'lognormal', got {self.kind!r}")
-        for name in ("a", "b", "max_ms"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"latency {name} must be a finite number >= 0, got {v!r}")
-        if self.kind == "uniform" and self.b < self.a:
-            raise ConfigError(f"uniform latency needs low <= high, got {self.a} > {self.b}")
-
-    @classmethod
-    def fixed(cls, ms: float) -> "Latency":
-        return cls("fixed", ms)
-
-    @classmethod
-    def uniform(cls, low_ms: float, high_ms: float) -> "Latency":
-        return cls("uniform", low_ms, high_ms)
-
-    @classmethod
-    def lognormal(cls, median_ms: float, sigma: float = 0.5) -> "Latency":
-        return cls("lognormal", median_ms, sigma)
-
-    def sample(self, u: float) -> float:
-        """The latency at quantile `u` in [0, 1)."""
-        if self.kind == "fixed":
-            ms = self.a
-        elif self.kind == "uniform":
-            ms = self.a + (self.b - self.a) * u
-        else:
-            z = _normal_quantile(min(max(u, 1e-12), 1 - 1e-12))
-            ms = self.a * math.exp(self.b * z)
-        return min(ms, self.max_ms)
-
-
-def _normal_quantile(p: float) -> float:
-    from statistics import NormalDist
-    return NormalDist().inv_cdf(p)
-
-
-@dataclass(frozen=True)
 class Outage:
     """Every request between `start_ms` and `end_ms` (simulated epoch ms, end exclusive) fails with `code`."""
 
@@ -101,10 +53,16 @@ class Outage:
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """What goes wrong in a world's DataStore, per request type (names of `RequestType`).
+    """What goes wrong in a world's DataStore, and how long its requests take, per request type (names of
+    `RequestType`).
+
+    `base_latency` is the modelled service time of every request of a type, whatever the faults: a request's delay
+    is its base latency plus its fault `latency`, drawn apart, and a failed request takes it too. A config with only
+    `base_latency` is active but injects no errors.
 
     >>> FaultConfig(seed=7, error_rate={"StandardWrite": 0.05}, ambiguous_write_rate=0.01,
-    ...             latency={"StandardRead": Latency.uniform(200, 500)})
+    ...             latency={"StandardRead": Latency.uniform(200, 500)},
+    ...             base_latency={"StandardRead": Latency.lognormal(60, 0.5)})
     FaultConfig(...)
     """
 
@@ -114,6 +72,7 @@ class FaultConfig:
     latency: Mapping[str, Latency] = field(default_factory=dict)
     outages: tuple[Outage, ...] = ()
     ambiguous_write_rate: float = 0.0
+    base_latency: Mapping[str, Latency] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -123,12 +82,8 @@ class FaultConfig:
         rates = {_request_type(k, "faults error_rate"): _check_rate(f"faults error_rate[{k!r}]", v)
                  for k, v in self.error_rate.items()}
         object.__setattr__(self, "error_rate", rates)
-        if not isinstance(self.latency, Mapping):
-            raise ConfigError(f"faults latency must be a mapping of request type to Latency, got {self.latency!r}")
-        for k, v in self.latency.items():
-            if not isinstance(v, Latency):
-                raise ConfigError(f"faults latency[{k!r}] must be a Latency, got {v!r}")
-        object.__setattr__(self, "latency", {_request_type(k, "faults latency"): v for k, v in self.latency.items()})
+        object.__setattr__(self, "latency", _latencies("latency", self.latency))
+        object.__setattr__(self, "base_latency", _latencies("base_latency", self.base_latency))
         code = self.error_code
         if isinstance(code, bool) or not isinstance(code, int) or not 300 <= code <= 599:
             raise ConfigError(f"faults error_code must be a Roblox error code 300-599, got {self.error_code!r}")
@@ -141,7 +96,18 @@ class FaultConfig:
 
     @property
     def active(self) -> bool:
-        return bool(self.error_rate or self.latency or self.outages or self.ambiguous_write_rate)
+        return bool(self.error_rate or self.latency or self.outages or self.ambiguous_write_rate
+                    or self.base_latency)
+
+
+def _latencies(name: str, value: object) -> dict[RequestType, Latency]:
+    """FaultConfig's `name` (a mapping of request type name to Latency), keyed by RequestType, or ConfigError."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"faults {name} must be a mapping of request type to Latency, got {value!r}", field=name)
+    for k, v in value.items():
+        if not isinstance(v, Latency):
+            raise ConfigError(f"faults {name}[{k!r}] must be a Latency, got {v!r}", field=name)
+    return {_request_type(k, f"faults {name}"): v for k, v in value.items()}
 
 
 _ERROR_NAMES = {500: "InternalServerError", 502: "RequestRejected", 503: "KeyNotFound", 504: "MalformedResponse",
@@ -174,21 +140,25 @@ class FaultInjector:
     def reconfigure(self, config: FaultConfig) -> None:
         self.config = config
 
-    def _uniforms(self, request_type: RequestType, k: tuple) -> tuple[float, float, float]:
+    def _uniforms(self, request_type: RequestType, k: tuple) -> tuple[int, float, float, float]:
+        """How many requests key `k` had seen before this one, and this request's three fault quantiles."""
         n = self._counters.get(k, 0)
         self._counters[k] = n + 1
         digest = hashlib.blake2b(repr((self.config.seed, request_type.value, k, n)).encode(), digest_size=24).digest()
         a, b, c = struct.unpack("<QQQ", digest)
         scale = 2.0 ** -64
-        return a * scale, b * scale, c * scale
+        return n, a * scale, b * scale, c * scale
 
     def decide(self, request_type: RequestType | None, k: tuple, now_ms: int) -> Decision:
         cfg = self.config
         if request_type is None or not cfg.active:
             return NO_FAULT
-        u_err, u_amb, u_lat = self._uniforms(request_type, k)
+        n, u_err, u_amb, u_lat = self._uniforms(request_type, k)
         latency = cfg.latency.get(request_type)
         delay = latency.sample(u_lat) if latency is not None else 0.0
+        base = cfg.base_latency.get(request_type)
+        if base is not None:   # a draw of its own: base and fault latency are independent
+            delay += base.sample(quantile(cfg.seed, "base", request_type.value, k, n))
         for outage in cfg.outages:
             if outage.start_ms <= now_ms < outage.end_ms:
                 self.injected_errors += 1

@@ -3,7 +3,7 @@
 Each actor is a thin shell: it builds a plain-Python engine at start-up and answers batches with it. Options for
 every actor come from one factory. Delivered twice (Ray retried a call that had in fact run), `execute` would apply
 a batch twice, so these actors are created with `max_task_retries=0` and a caller sees a failed call as ambiguous;
-`set_faults`, `set_players` and a DataStore shard's `close` are idempotent.
+`set_faults`, `set_players`, the MemoryStore's `set_latency` and a DataStore shard's `close` are idempotent.
 
 A DataStore shard that opens a SQLite file another world holds (see `storage.datastore._backends`) raises
 ConfigError: in process from its constructor, on Ray from every call (a constructor that raises would only read
@@ -22,11 +22,12 @@ from lodestore.storage._budget import BudgetLedger
 from lodestore.storage._clock import Clock
 from lodestore.storage._errors import ConfigError
 from lodestore.storage._faults import FaultConfig
+from lodestore.storage._latency import Latency, ServiceTimes
 from lodestore.storage._placement import actor_options, namespace_of
 from lodestore.storage._types import BatchReply
 from lodestore.storage.datastore._backends import open_backend
 from lodestore.storage.datastore._engine import DataStoreEngine
-from lodestore.storage.memorystore._engine import MemoryStoreEngine
+from lodestore.storage.memorystore._engine import MemoryStoreEngine, latency_key
 
 __all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShardActor", "MemoryStoreShardActor",
            "BudgetServiceActor",
@@ -152,16 +153,28 @@ class DataStoreShardActor:
 
 
 class MemoryStoreShardActor:
-    """Serves every MemoryStore structure of the world, and counts the players its quotas grow with."""
+    """Serves every MemoryStore structure of the world, counts the players its quotas grow with, and models how long
+    each operation takes once `set_latency` is given one (until then its replies carry no delays)."""
 
     def __init__(self, info: WorldInfo) -> None:
         self.engine = MemoryStoreEngine(info.clock)
         self.players: dict[str, int] = {}
+        self.service_times = ServiceTimes()
         self._one_at_a_time = threading.Lock()   # see DataStoreShardActor
 
     def execute(self, ops: list) -> BatchReply:
         with self._one_at_a_time:
-            return BatchReply(self.engine.execute(ops), None)
+            return BatchReply(self.engine.execute(ops), self.service_times.delays(ops, latency_key))
+
+    def set_latency(self, latency: Latency | None, seed: int = 0) -> None:
+        """From now on every operation takes a draw of `latency` (simulated ms, in `BatchReply.delays_ms`): one
+        deterministic draw per operation from (seed, its type, its structure and key, how many operations that key
+        has seen). None: no delays. Delivered twice: the same setting, set again (the per-key counts carry on).
+
+        >>> runtime.call(memorystore, "set_latency", Latency.uniform(0, 10), 7)
+        """
+        with self._one_at_a_time:
+            self.service_times.configure(latency, seed)
 
     def set_players(self, job_id: str, players: int) -> None:
         if players:

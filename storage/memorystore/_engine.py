@@ -2,9 +2,10 @@
 
 Owns the items of the experience's MemoryStore structures, their versions (for compare-and-set), their expiry on the
 simulated clock, queue invisibility, and Roblox's MemoryStore limits: item sizes and expiration, per-structure size
-and request units, the experience-wide memory and request-unit quotas. A Ray actor elsewhere serves it; clients send
-batches of the operation messages of `_messages` to `MemoryStoreEngine.execute`; the structures that hold the
-items are in `_structures`.
+and request units, the experience-wide memory and request-unit quotas; and which key an operation's modelled latency
+counts against (`latency_key`; the shard draws the latency). A Ray actor elsewhere serves it; clients send batches
+of the operation messages of `_messages` to `MemoryStoreEngine.execute`; the structures that hold the items are in
+`_structures`.
 
 It must never decode, pickle or copy into another form the values it holds (they are opaque msgpack `bytes`, counted
 by the `size` the client computed), read the wall clock (time is the injected clock's), import Ray, sleep, or raise
@@ -84,9 +85,35 @@ from lodestore.storage.memorystore._structures import (
     sorted_order,
 )
 
-__all__ = ["MemoryStoreEngine"]
+__all__ = ["MemoryStoreEngine", "latency_key"]
 
 MAX_SORT_KEY_CHARS = 128      # a string sort key, like a key, is at most 128 characters
+
+
+_KINDS: dict[type, Kind] = {
+    HashMapGet: Kind.HASH_MAP, HashMapSet: Kind.HASH_MAP, HashMapRemove: Kind.HASH_MAP, HashMapList: Kind.HASH_MAP,
+    SortedMapGet: Kind.SORTED_MAP, SortedMapSet: Kind.SORTED_MAP, SortedMapRemove: Kind.SORTED_MAP,
+    SortedMapGetRange: Kind.SORTED_MAP, SortedMapGetSize: Kind.SORTED_MAP,
+    QueueAdd: Kind.QUEUE, QueueRead: Kind.QUEUE, QueueRemove: Kind.QUEUE, QueueGetSize: Kind.QUEUE,
+}
+
+
+def latency_key(op: object) -> tuple:
+    """The key whose request count an operation's modelled latency draws on: (structure kind, structure name, item
+    key), the item key None for an operation on a whole structure (a listing, a size, any queue operation).
+
+    Never raises: an operation the engine will refuse still takes time, so it gets a key too (a name or key that is
+    not a string counts by its repr).
+
+    >>> latency_key(HashMapGet("locks", "user_1"))
+    ('HashMap', 'locks', 'user_1')
+    """
+    kind = _KINDS.get(type(op))
+    name = getattr(op, "queue" if kind is Kind.QUEUE else "map", None)
+    key = getattr(op, "key", None)
+    return (kind.value if kind is not None else type(op).__name__,
+            name if name is None or isinstance(name, str) else repr(name),
+            key if key is None or isinstance(key, str) else repr(key))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from lodestore.sim._scenario import (
-    ActionRates, FaultWindow, HotKeys, LatencyRange, Players, Scenario, Servers, StoreSection, WorldSection, load_scenario,
-    parse_scenario,
+    ActionRates, FaultWindow, HotKeys, LatencyRange, LatencySection, Players, Scenario, Servers, StoreSection,
+    WorldSection, datastore_latency, load_scenario, memorystore_latency, parse_scenario,
 )
-from lodestore.storage import ConfigError
+from lodestore.storage import ConfigError, Latency, RequestType
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "scenarios").glob("*.toml"))
 
@@ -60,6 +60,53 @@ def test_values_are_read():
     assert s.store.migrations == ("v1", "v2")
     assert s.hot_keys == HotKeys(count=2, kinds=("guild",))
     assert s.faults == (FaultWindow(start=0, end=10, latency_ms=LatencyRange(5, 5), error_rate={"OrderedList": 1.0}),)
+
+
+READS = ("StandardRead", "StandardList", "OrderedRead", "OrderedList")
+
+
+def test_latency_defaults_are_roughly_roblox_s_service_times():
+    s = parse_scenario("")
+    assert s.latency.hop_ms == 50
+    ds = datastore_latency(s)
+    assert set(ds) == {t.value for t in RequestType}          # every request type has a service time
+    for name, latency in ds.items():
+        assert latency == Latency.lognormal(60 if name in READS else 120, 0.5, max_ms=10_000), name
+    assert memorystore_latency(s) == Latency.uniform(0, 10, max_ms=10_000)
+    assert s.latency == LatencySection() and parse_scenario("[latency]") == s
+
+
+def test_latency_reads_every_shape_and_fills_the_rest_from_default():
+    s = parse_scenario("""
+        [latency]
+        hop_ms = 20
+        [latency.datastore]
+        default = {median = 80, sigma = 0.25}
+        StandardWrite = {min = 50, max = 200}
+        StandardRemove = {fixed = 80}
+        RemoveVersion = {fixed = 30000}
+        [latency.memorystore]
+        default = {fixed = 2}
+    """)
+    assert s.latency.hop_ms == 20
+    ds = datastore_latency(s)
+    assert ds["StandardWrite"] == Latency.uniform(50, 200, max_ms=10_000)
+    assert ds["StandardRemove"] == Latency.fixed(80, max_ms=10_000)
+    assert ds["RemoveVersion"] == Latency.fixed(30_000, max_ms=30_000)     # a longer latency is its own cap
+    for name in set(ds) - {"StandardWrite", "StandardRemove", "RemoveVersion"}:
+        assert ds[name] == Latency.lognormal(80, 0.25, max_ms=10_000), name
+    assert memorystore_latency(s) == Latency.fixed(2, max_ms=10_000)
+
+
+def test_latency_without_a_default_keeps_the_built_in_ones():
+    ds = datastore_latency(parse_scenario("[latency.datastore]\nStandardRead = {fixed = 5}"))
+    assert ds["StandardRead"] == Latency.fixed(5, max_ms=10_000)
+    assert ds["OrderedRead"].a == 60 and ds["StandardWrite"].a == 120
+
+
+def test_a_long_lognormal_is_not_capped_at_its_median():
+    ds = datastore_latency(parse_scenario("[latency.datastore]\nStandardRead = {median = 20000, sigma = 1}"))
+    assert ds["StandardRead"].sample(0.9) > 20_000
 
 
 def test_default_template_is_not_shared():
@@ -174,6 +221,48 @@ BAD = [
     ("steps-too-many", "[world]\nduration = 2592000\n[servers]\nstep = 0.5", ["servers.step", "at most 2,000,000", "steps"]),
     ("latency-huge", FAULT + "latency_ms = { min = 0, max = 1e9 }", ["faults[0].latency_ms.max", "600,000"]),
     ("faults-too-many", FAULT * 1001 + "outage = true", ["faults", "at most 1,000"]),
+    # [latency]
+    ("latency-not-table", "latency = 3", ["latency", "must be a table", "got 3"]),
+    ("latency-unknown-key", "[latency]\nhop = 5", ["latency.hop", "unknown key", "datastore", "hop_ms", "memorystore"]),
+    ("hop-zero", "[latency]\nhop_ms = 0", ["latency.hop_ms", ">= 1", "got 0"]),
+    ("hop-huge", "[latency]\nhop_ms = 10001", ["latency.hop_ms", "at most 10,000", "10001"]),
+    ("hop-string", "[latency]\nhop_ms = '50'", ["latency.hop_ms", "must be a number", "'50'"]),
+    ("hop-bool", "[latency]\nhop_ms = true", ["latency.hop_ms", "must be a number", "True"]),
+    ("hop-nan", "[latency]\nhop_ms = nan", ["latency.hop_ms", "finite", "nan"]),
+    ("ds-latency-negative", "[latency.datastore]\nStandardWrite = {median = -1, sigma = 0.5}",
+     ["latency.datastore.StandardWrite.median: must be a number >= 0, got -1"]),
+    ("ds-latency-nan", "[latency.datastore]\nStandardRead = {fixed = nan}",
+     ["latency.datastore.StandardRead.fixed", "finite", "nan"]),
+    ("ds-latency-inf", "[latency.datastore]\ndefault = {min = 0, max = inf}",
+     ["latency.datastore.default.max", "finite", "inf"]),
+    ("ds-latency-huge", "[latency.datastore]\nStandardRead = {fixed = 600001}",
+     ["latency.datastore.StandardRead.fixed", "at most 600,000", "600001"]),
+    ("ds-latency-two-shapes", "[latency.datastore]\nStandardRead = {fixed = 5, min = 1, max = 9}",
+     ["latency.datastore.StandardRead", "exactly one shape", "{fixed}", "{min, max}", "{median, sigma}",
+      "fixed, max, min"]),
+    ("ds-latency-no-shape", "[latency.datastore]\nStandardRead = {}",
+     ["latency.datastore.StandardRead", "exactly one shape", "empty"]),
+    ("ds-latency-half-shape", "[latency.datastore]\nStandardRead = {min = 1}",
+     ["latency.datastore.StandardRead.max", "required", "min"]),
+    ("ds-latency-median-alone", "[latency.datastore]\nStandardRead = {median = 60}",
+     ["latency.datastore.StandardRead.sigma", "required", "median"]),
+    ("ds-latency-min-gt-max", "[latency.datastore]\nStandardWrite = {min = 300, max = 200}",
+     ["latency.datastore.StandardWrite.min", "latency.datastore.StandardWrite.max", "300"]),
+    ("ds-latency-sigma-high", "[latency.datastore]\nStandardWrite = {median = 60, sigma = 3.5}",
+     ["latency.datastore.StandardWrite.sigma", "0..3", "3.5"]),
+    ("ds-latency-unknown-shape-key", "[latency.datastore]\nStandardWrite = {mean = 60}",
+     ["latency.datastore.StandardWrite.mean", "unknown key", "fixed", "median", "sigma"]),
+    ("ds-latency-unknown-type", "[latency.datastore]\nGetAsync = {fixed = 5}",
+     ["latency.datastore.GetAsync", "unknown request type", "default", "StandardRead", "RemoveVersion"]),
+    ("ds-latency-not-table", "[latency.datastore]\nStandardRead = 60",
+     ["latency.datastore.StandardRead", "must be a table", "got 60"]),
+    ("ds-latency-string", "[latency.datastore]\nStandardRead = {fixed = '60'}",
+     ["latency.datastore.StandardRead.fixed", "must be a number", "'60'"]),
+    ("ds-section-not-table", "[latency]\ndatastore = 60", ["latency.datastore", "must be a table"]),
+    ("ms-latency-request-type", "[latency.memorystore]\nStandardRead = {fixed = 5}",
+     ["latency.memorystore.StandardRead", "unknown key", "default"]),
+    ("ms-latency-bad", "[latency.memorystore]\ndefault = {min = -1, max = 10}",
+     ["latency.memorystore.default.min", ">= 0", "-1"]),
 ]
 
 

@@ -6,9 +6,10 @@ import msgpack
 import pytest
 
 from lodestore.storage._clock import ManualClock
-from lodestore.storage._errors import DataStoreError
-from lodestore.storage._faults import FaultConfig, Latency, Outage
-from lodestore.storage._limits import BACKUP_RETENTION_MS, HOUR_MS
+from lodestore.storage._errors import ConfigError, DataStoreError
+from lodestore.storage._faults import FaultConfig, Outage
+from lodestore.storage._latency import Latency
+from lodestore.storage._limits import BACKUP_RETENTION_MS, HOUR_MS, RequestType
 from lodestore.storage.datastore import _messages as m
 from lodestore.storage.datastore._backends import MemoryBackend, SqliteBackend
 from lodestore.storage.datastore._engine import DataStoreEngine
@@ -256,6 +257,64 @@ def test_latency_is_reported_per_request_in_simulated_ms(engine):
     engine.set_faults(FaultConfig(latency={"StandardRead": Latency.uniform(200, 500)}))
     reply = engine.execute([m.Get("s", "global", "k"), m.Set("s", "global", "k", msgpack.packb(1), 1)])
     assert 200 <= reply.delays_ms[0] <= 500 and reply.delays_ms[1] == 0
+
+
+def test_base_latency_is_every_request_s_service_time_and_injects_no_errors(engine):
+    base = FaultConfig(base_latency={"StandardRead": Latency.fixed(60), "StandardWrite": Latency.fixed(120)})
+    assert base.active
+    engine.set_faults(base)
+    reply = engine.execute([m.Get("s", "global", "k"), m.Set("s", "global", "k", msgpack.packb(1), 1),
+                            m.Get("s", "global", "k"), m.OrderedGet("o", "global", "k")])
+    assert reply.delays_ms == [60, 120, 60, 0]          # a type without a base latency takes none
+    assert not any(isinstance(r, DataStoreError) for r in reply.results)
+    assert engine.faults.injected_errors == 0 and engine.faults.ambiguous_writes == 0
+
+
+def test_fault_latency_adds_to_the_base_latency(engine):
+    engine.set_faults(FaultConfig(base_latency={"StandardRead": Latency.fixed(60)},
+                                  latency={"StandardRead": Latency.fixed(200)}))
+    assert engine.execute([m.Get("s", "global", "k")]).delays_ms == [260]
+
+
+def test_a_failed_request_takes_its_base_latency_too(engine):
+    engine.set_faults(FaultConfig(base_latency={"StandardWrite": Latency.fixed(80)}, error_rate={"StandardWrite": 1.0}))
+    reply = engine.execute([m.Set("s", "global", "k", msgpack.packb(1), 1)])
+    assert isinstance(reply.results[0], DataStoreError) and reply.delays_ms == [80]
+    engine.set_faults(FaultConfig(base_latency={"StandardRead": Latency.fixed(60)},
+                                  outages=(Outage(START, START + 1000),)))
+    reply = engine.execute([m.Get("s", "global", "k")])
+    assert isinstance(reply.results[0], DataStoreError) and reply.delays_ms == [60]
+    engine.set_faults(FaultConfig(base_latency={"StandardWrite": Latency.fixed(80)}, ambiguous_write_rate=1.0))
+    reply = engine.execute([m.Set("s", "global", "k", msgpack.packb(1), 1)])
+    assert isinstance(reply.results[0], DataStoreError) and reply.delays_ms == [80]
+
+
+def test_base_latency_is_deterministic_per_key_whatever_the_interleaving_between_keys():
+    def delays(seed, keys):
+        base = {"StandardRead": Latency.lognormal(60, 0.5), "StandardWrite": Latency.uniform(50, 200)}
+        e = DataStoreEngine(MemoryBackend(), ManualClock(START), FaultConfig(seed=seed, base_latency=base))
+        ops = [op for k in keys for op in (m.Get("s", "global", k), m.Set("s", "global", k, b"\x01", 1))]
+        per_key: dict[str, list[float]] = {}
+        for op, ms in zip(ops, e.execute(ops).delays_ms):
+            per_key.setdefault(op.key, []).append(ms)
+        return per_key
+
+    interleaved = delays(1, ["a", "b", "a", "b", "a"])
+    assert delays(1, ["a", "a", "a", "b", "b"]) == interleaved     # same per-key order, same delays
+    assert delays(2, ["a", "b", "a", "b", "a"]) != interleaved     # another seed, other delays
+    assert len(set(interleaved["a"])) == 6                         # each request draws anew
+
+
+def test_base_latency_is_checked_like_fault_latency():
+    config = FaultConfig(base_latency={"OrderedRead": Latency.fixed(5)})
+    assert config.base_latency == {RequestType.ORDERED_READ: Latency.fixed(5)}
+    with pytest.raises(ConfigError, match=r"base_latency\['StandardRead'\] must be a Latency, got 5") as bad:
+        FaultConfig(base_latency={"StandardRead": 5})
+    assert bad.value.field == "base_latency"
+    with pytest.raises(ConfigError, match="base_latency: unknown request type 'GetAsync'"):
+        FaultConfig(base_latency={"GetAsync": Latency.fixed(5)})
+    with pytest.raises(ConfigError, match="base_latency must be a mapping"):
+        FaultConfig(base_latency=[Latency.fixed(5)])
 
 
 def test_faults_are_deterministic_under_a_seed(tmp_path):
