@@ -40,10 +40,10 @@ from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
 from lodestore.sim._host import HostRole
 from lodestore.sim._report import summary_table, write_report
-from lodestore.sim._scenario import Scenario, store_config
+from lodestore.sim._scenario import Scenario, datastore_latency, memorystore_latency, store_config
 from lodestore.sim._workload import Planned, Planner, player_key
-from lodestore.storage import (ACTOR_FAILURES, ConfigError, FaultConfig, Latency, ManualClock, Outage, datastore_name,
-                               virtual)
+from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, ConfigError, FaultConfig, Latency, ManualClock, Outage,
+                               datastore_name, virtual)
 from lodestore.storage._shards import WorldInfo
 from lodestore.storage._world import _ensure_ray
 
@@ -99,7 +99,8 @@ class RunResult:
 
 
 def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
-    """The storage faults of every window active at simulated second `t_s`, with all outage windows (absolute ms)."""
+    """The storage faults of every window active at simulated second `t_s`, with all outage windows (absolute ms),
+    on top of the scenario's modelled service times (`[latency]`)."""
     windows = scenario.faults_at(t_s)
     rates: dict[str, float] = {}
     for w in windows:
@@ -114,7 +115,7 @@ def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
     ambiguous = 1 - math.prod(1 - w.ambiguous_write_rate for w in windows)
     outages = tuple(Outage(t0 + int(w.start * 1000), t0 + int(w.end * 1000)) for w in scenario.faults if w.outage)
     return FaultConfig(seed=scenario.world.seed, error_rate=rates, latency=latency, outages=outages,
-                       ambiguous_write_rate=ambiguous)
+                       ambiguous_write_rate=ambiguous, base_latency=datastore_latency(scenario))
 
 
 def _fault_boundaries(scenario: Scenario) -> list[float]:
@@ -624,6 +625,7 @@ class _Virtual(_Engine):
         drain_ms = max(1000, int(min(self.collector.bucket_s, 30.0) * 1000))
         self._next_drain = t0 + drain_ms
         self._boundaries = [t0] + [t0 + int(b * 1000) for b in _fault_boundaries(sc)]
+        self._start(virtual.CLOUD, MEMORYSTORE_NAME, "set_latency", (memorystore_latency(sc), sc.world.seed), t0)
         wall0 = time.monotonic()
         shown = [-math.inf]
 
@@ -662,7 +664,7 @@ class _Virtual(_Engine):
         self.play_wall_s = time.monotonic() - wall0
         if self.options.until is not None:
             return
-        self._set_faults(FaultConfig(), t)
+        self._set_faults(FaultConfig(seed=sc.world.seed, base_latency=datastore_latency(sc)), t)   # faults end
         finish = {self._start(_host_node(i), "sim", "finish", (), t): i for i in self._live()}
         t = self._run_until(finish, t)
         for task, i in finish.items():
@@ -862,5 +864,4 @@ class _Virtual(_Engine):
 
 
 def _hop_ms(scenario: Scenario) -> float:
-    latency = getattr(scenario, "latency", None)
-    return latency.hop_ms if latency is not None else 50.0
+    return scenario.latency.hop_ms

@@ -19,7 +19,8 @@ Sections and defaults (every key is optional; an empty file is a valid scenario)
 ``[world]``
     name = "sim" (1-40 letters, digits, '_', '.', '-'; not starting with '.'; it names the world and the run's
     directory, never a path); backend = "sqlite" ("sqlite" | "memory"); path = absent (None);
-    time_scale = 60 (simulated seconds per wall second, > 0); duration = 600 (simulated seconds, > 0, at most
+    time_scale = absent (None: the run goes as fast as the machine allows, its outcome the same either way; a
+    number > 0 paces it at that many simulated seconds per wall second, for someone watching live); duration = 600 (simulated seconds, > 0, at most
     30 days);
     seed = 1 (int); budget = "current" ("current" | "legacy" | "none");
     placement = "per-server" ("per-server" | "per-key"); shards = 1 (int 1..64);
@@ -137,7 +138,7 @@ class WorldSection:
     name: str = "sim"
     backend: str = "sqlite"
     path: str | None = None
-    time_scale: float = 60.0
+    time_scale: float | None = None   # None: as fast as the machine goes; a number paces the run to wall time
     duration: float = 600.0
     seed: int = 1
     budget: str = "current"
