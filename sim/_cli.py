@@ -1,9 +1,12 @@
-"""The `lodestore` command: `lodestore simulate SCENARIO.toml` (the main job) and `lodestore inspect DB ...`.
+"""The `lodestore` command: `lodestore simulate SCENARIO.toml` (the main job), `lodestore replay RUN_DIR` and
+`lodestore inspect DB ...`.
 
 Owns: argument parsing and exit statuses. `simulate` exits 0 when every checker passed, 1 when one failed (the
 counterexample is printed), 2 on a bad scenario, option or path (a message, no traceback), 3 when the checks passed
 but the run is inconclusive (the harness could not keep up; the report's health says why), 130 when stopped early by
 Ctrl-C (BindToClose, the checks and the report still ran; a second Ctrl-C abandons the run, with no report).
+`replay` exits 0 when the replay's history digest matches the run's (or `--until` stopped where asked), 1 when it
+differs, 2 on a directory that is not a run's.
 
 Never does: anything a library call could not do as well (it calls `sim.simulate` and `sim._inspect`).
 """
@@ -36,15 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None,
                      help="join a running Ray cluster ('auto' from a cluster node); default: local Ray")
     run.add_argument("--in-process", action="store_true",
-                     help="no Ray: everything in this process with a manual clock, deterministic from the seed")
-    run.add_argument("--hosts", type=int, default=None, help="Ray actors the game servers are spread over "
-                                                             "(default 2)")
+                     help="no Ray: the same engine with every node in this process (the same history)")
+    run.add_argument("--hosts", type=int, default=None, help="nodes the game servers are spread over (default 2; "
+                                                             "part of what a history depends on)")
     run.add_argument("--seed", type=int, default=None, help="override world.seed")
     run.add_argument("--duration", type=float, default=None, help="override world.duration (simulated seconds)")
     run.add_argument("--players", type=int, default=None, help="override players.population")
-    run.add_argument("--time-scale", type=float, default=None, help="override world.time_scale")
+    run.add_argument("--time-scale", type=float, default=None,
+                     help="pace the run at this many simulated seconds per wall second (default: as fast as it goes)")
     run.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
     run.set_defaults(func=_simulate)
+    replay = sub.add_parser("replay", help="run a finished run's scenario and seed again; check the history digest",
+                            description="Run RUN_DIR's scenario.toml again (same seed, same host count, the same "
+                                        "engine unless told) and say whether the history digest matches the "
+                                        "report's. With --until T, stop at simulated second T and leave the world "
+                                        "file (for `lodestore inspect`) instead.")
+    replay.add_argument("run_dir", type=Path, help="a run's report directory (it holds report.json and scenario.toml)")
+    replay.add_argument("--until", type=float, default=None, help="stop at this simulated second; keep the world")
+    replay.add_argument("--out", type=Path, default=None, help="where the replay writes (default: RUN_DIR/replay)")
+    replay.add_argument("--in-process", action="store_true", help="replay without Ray (the same history)")
+    replay.add_argument("--address", default=None, help="join a running Ray cluster; default: local Ray")
+    replay.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
+    replay.set_defaults(func=_replay)
     add_inspect_parser(sub)
     return parser
 
@@ -72,6 +88,47 @@ def _simulate(args: argparse.Namespace) -> int:
     for problem in result.report["health"]["problems"]:
         print(f"inconclusive: {problem}", file=sys.stderr)
     return result.exit_status
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """0: the digest matches (or --until stopped where asked); 1: it differs; 2: not a run directory."""
+    import dataclasses
+    import json
+
+    from lodestore.sim._runner import _default_replay_out
+    try:
+        report = json.loads((args.run_dir / "report.json").read_text(encoding="utf-8"))
+        scenario = load_scenario(args.run_dir / "scenario.toml")
+        expected, run = report.get("digest"), report["run"]
+        if expected is None and args.until is None:
+            raise ConfigError(f"{args.run_dir}: the report has no history digest (a run that stopped early or an "
+                              f"older lodestore); nothing to compare")
+        # the world file goes into the replay's directory, never over the run's own
+        scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, path=None))
+        out = args.out if args.out is not None else _default_replay_out(args.run_dir)
+        engine = "in-process" if args.in_process else "ray"
+        options = RunOptions(out=out, engine=engine, address=args.address, hosts=run["hosts"], until=args.until,
+                             progress=False if args.no_progress else None)
+    except (ConfigError, OSError, KeyError, ValueError) as exc:
+        print(f"lodestore replay: {args.run_dir}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = simulate(scenario, options)
+    except ConfigError as exc:
+        print(f"lodestore replay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nlodestore replay: abandoned", file=sys.stderr)
+        return 130
+    if args.until is not None:
+        print(f"world at simulated second {args.until:g}: {result.report['run']['world_path']}")
+        return 0
+    digest = result.report["digest"]
+    if digest == expected:
+        print(f"replay matches: digest {digest}")
+        return 0
+    print(f"replay differs: digest {digest}, the run's {expected}", file=sys.stderr)
+    return 1
 
 
 def _override(scenario, args: argparse.Namespace):

@@ -40,7 +40,8 @@ from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
 from lodestore.sim._host import HostRole
 from lodestore.sim._report import summary_table, write_report
-from lodestore.sim._scenario import Scenario, datastore_latency, memorystore_latency, store_config
+from lodestore.sim._scenario import (Scenario, datastore_latency, memorystore_latency, scenario_toml,
+                                     store_config)
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, ConfigError, FaultConfig, Latency, ManualClock, Outage,
                                datastore_name, virtual)
@@ -253,6 +254,15 @@ def _default_out(scenario: Scenario) -> Path:
     return out
 
 
+def _default_replay_out(run_dir: Path) -> Path:
+    """RUN_DIR/replay, with -2, -3, ... when an earlier replay has it."""
+    out, n = run_dir / "replay", 1
+    while out.exists():
+        n += 1
+        out = run_dir / f"replay-{n}"
+    return out
+
+
 def _out_dir(out: Path) -> bool:
     """Make the report directory `out`, which must be new or empty (a run never overwrites files it did not write).
     Answers whether it was made here."""
@@ -340,6 +350,8 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
         history_path = out / "history.json"
         history_path.write_text(json.dumps(collector.history.to_json()))
         files["history"] = history_path
+        files["scenario"] = out / "scenario.toml"   # exactly what ran, overrides included: `lodestore replay`
+        files["scenario"].write_text(scenario_toml(scenario), encoding="utf-8")
     stream.write(summary_table(report) + "\n")
     if out is not None:
         stream.write(f"report: {files['html']}\n")

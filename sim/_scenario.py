@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import re
 import tomllib
@@ -95,6 +96,7 @@ __all__ = [
     "datastore_latency",
     "memorystore_latency",
     "LIMITS",
+    "scenario_toml",
 ]
 
 REQUEST_TYPES: tuple[str, ...] = (
@@ -766,3 +768,59 @@ def load_scenario(path: str | Path) -> Scenario:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{source}: not UTF-8 text: {e}") from None
     return parse_scenario(text, source)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+def scenario_toml(scenario: Scenario) -> str:
+    """The scenario as TOML text that `parse_scenario` reads back to an equal scenario (its `source` aside): what a
+    run keeps beside its report (`scenario.toml`), so that `lodestore replay` runs exactly it again, command-line
+    overrides included."""
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any], array: bool = False) -> None:
+        lines.append(f"[[{name}]]" if array else f"[{name}]")
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None)
+        lines.append("")
+
+    world = dataclasses.asdict(scenario.world)
+    table("world", world)
+    table("servers", dataclasses.asdict(scenario.servers))
+    players = dataclasses.asdict(scenario.players)
+    table("players.actions_per_minute", players.pop("actions_per_minute"))
+    table("players", players)
+    table("store", dataclasses.asdict(scenario.store))
+    table("hot_keys", dataclasses.asdict(scenario.hot_keys))
+    for window in scenario.faults:
+        table("faults", dataclasses.asdict(window), array=True)
+    latency = scenario.latency
+    table("latency", {"hop_ms": latency.hop_ms})
+    table("latency.datastore", {k: _latency_shape(v) for k, v in sorted(latency.datastore.items())})
+    table("latency.memorystore", {"default": _latency_shape(latency.memorystore)})
+    return "\n".join(lines)
+
+
+def _latency_shape(latency: Latency) -> dict[str, float]:
+    if latency.kind == "fixed":
+        return {"fixed": latency.a}
+    if latency.kind == "uniform":
+        return {"min": latency.a, "max": latency.b}
+    return {"median": latency.a, "sigma": latency.b}
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)   # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
+    raise TypeError(f"no TOML for {value!r}")
