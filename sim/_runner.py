@@ -45,8 +45,6 @@ from lodestore.sim._scenario import (Scenario, datastore_latency, memorystore_la
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, ConfigError, FaultConfig, Latency, ManualClock, Outage,
                                datastore_name, virtual)
-from lodestore.storage._shards import WorldInfo
-from lodestore.storage._world import _ensure_ray
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at", "history_digest"]
 
@@ -441,13 +439,13 @@ class _Engine:
 
 # ------------------------------------------------------------------------------------------------- the nodes
 
-def _build_cloud(info: WorldInfo, node: virtual.Node) -> None:
+def _build_cloud(info: virtual.WorldInfo, node: virtual.Node) -> None:
     """The cloud node: the world's storage (shards, MemoryStore, budget ledger) and its coordinator."""
     world = virtual.host_storage(node, info)
     node.host(COORDINATOR_NAME, CoordinatorActor(world))
 
 
-def _build_host(info: WorldInfo, scenario: Scenario, index: int, t0: int, node: virtual.Node) -> None:
+def _build_host(info: virtual.WorldInfo, scenario: Scenario, index: int, t0: int, node: virtual.Node) -> None:
     """Simulator host `index` on node index + 1: its game servers, reaching the cloud node through messages."""
     async def make() -> HostRole:
         world = virtual.virtual_world(node, info)
@@ -500,11 +498,10 @@ class _RayNodes:
     def __init__(self, hop_ms: int, seed: int, builds: list[Callable]) -> None:
         import ray
         from lodestore.storage import pinned, spread_nodes
-        from lodestore.storage._placement import here
         remote = ray.remote(virtual.NodeActor)
         # the same string hashes in every run (a set's order never leaks into a history)
         env = {"env_vars": {"PYTHONHASHSEED": "0"}}
-        nodes = [here()] + spread_nodes(len(builds) - 1)
+        nodes = [virtual.this_node()] + spread_nodes(len(builds) - 1)
         self.where = nodes
         self.actors = {n: remote.options(num_cpus=0, max_restarts=0, max_task_retries=0, runtime_env=env,
                                          **pinned(nodes[n])).remote(n, hop_ms, seed, _DIRECTORY, build)
@@ -581,7 +578,7 @@ class _Virtual(_Engine):
     def run(self) -> None:
         sc = self.scenario
         budget = None if sc.world.budget == "none" else sc.world.budget
-        info = WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
+        info = virtual.WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
                          ManualClock(virtual.EPOCH_MS), FaultConfig(), budget, sc.world.storage)
         builds = [functools.partial(_build_cloud, info)]
         builds += [functools.partial(_build_host, info, sc, i, self.t0) for i in range(self.host_count)]
@@ -590,7 +587,7 @@ class _Virtual(_Engine):
             import ray
             started_ray = not ray.is_initialized()
             try:
-                _ensure_ray(self.options.address)
+                virtual.ensure_ray(self.options.address)
             except (ConnectionError, ConfigError) as exc:
                 if isinstance(exc, ConfigError) and exc.field != "address":
                     raise
@@ -719,7 +716,7 @@ class _Virtual(_Engine):
             if after is not None:
                 after(e)
             nxt = self._next_start(e + 1, end)
-            if end is None and nxt == e + 1 and self._idle():
+            if end is None and nxt == e + 1 and self._idle() and not stop():
                 raise RuntimeError("the run's end is stuck: a task waits with nothing left to run")
             t = nxt
         return t

@@ -36,9 +36,11 @@ from lodestore.storage._clock import ManualClock
 from lodestore.storage._errors import LodestoreError
 from lodestore.storage._ids import seeded
 from lodestore.storage._scheduler import Scheduler
+from lodestore.storage._shards import WorldInfo
 
 __all__ = ["Address", "Message", "Node", "NodeActor", "NodeLost", "VirtualRuntime", "CALL", "REPLY", "SEND",
-           "EPOCH_MS", "CLOUD", "canonical_order", "host_storage", "virtual_world"]
+           "EPOCH_MS", "CLOUD", "canonical_order", "host_storage", "virtual_world", "WorldInfo", "ensure_ray",
+           "this_node"]
 
 EPOCH_MS = 1_700_000_000_000
 """Where every virtual world's clock starts (simulated ms since the Unix epoch): runs are comparable."""
@@ -334,3 +336,16 @@ def virtual_world(node: Node, info: Any) -> Any:
               MEMORYSTORE: [Address(CLOUD, MEMORYSTORE_NAME)]}
     budget = Address(CLOUD, BUDGET_NAME) if info.budget is not None else None
     return World(info, node.runtime, shards, budget, None)
+
+
+def ensure_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address`, or start a Ray of this process's own (loopback only), as `World.start`
+    does; nothing when Ray is up."""
+    from lodestore.storage._world import _ensure_ray
+    _ensure_ray(address)
+
+
+def this_node() -> str:
+    """The Ray node id of this process (where a cloud node beside its world file runs)."""
+    from lodestore.storage._placement import here
+    return here()

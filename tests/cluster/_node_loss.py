@@ -1,13 +1,12 @@
 """A simulation on a 3-node local Ray cluster that loses a node mid-run: `python -m tests.cluster._node_loss OUT`.
 
 Run in a subprocess by `test_cluster.py` (a test session's own Ray cannot also be a cluster). It starts a head and
-two workers (`ray.cluster_utils.Cluster`, one machine), plays `SCENARIO` with three simulator hosts spread over the
-nodes, and meanwhile:
-- kills the budget actor's process (Ray restarts it; its ledger must rebuild without a fresh burst);
-- kills the coordinator's process (Ray restarts it; it settles what was in flight from its markers);
-- removes the worker node that runs host 0 (its game servers crash with it: their sessions end unsaved, their locks
-  expire, their players reconnect to servers on other nodes).
-It prints one JSON line: the run's report figures, the checkers' verdicts and what it observed of the singletons.
+two workers (`ray.cluster_utils.Cluster`, one machine), plays `SCENARIO` with three simulator host nodes spread over
+the nodes (the cloud node, the world's storage and coordinator, stays in the driver on the head), paced at 15x so
+that the loss lands mid-run, and meanwhile removes the worker node that runs host 0: its game servers crash with it
+(their sessions end unsaved, their locks expire, their players reconnect to servers on other nodes). A lost node is a
+wall-clock event, so this run is not a function of its seed; every checker must pass all the same.
+It prints one JSON line: the run's report figures, the checkers' verdicts and what it observed.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import ray
 
-from tests.cluster._common import actor_context, start_cluster
+from tests.cluster._common import start_cluster
 
 SCENARIO = """
 [world]
@@ -53,21 +52,7 @@ lock_ttl = 30
 lock_refresh = 10
 """
 
-KILL_BUDGET_AFTER_S = 3.0     # wall seconds after the world is up
-KILL_COORDINATOR_AFTER_S = 5.0
-REMOVE_NODE_AFTER_S = 7.0
-
-
-def _retry(fn, seconds: float = 30.0):
-    """`fn()` once the actor it calls has come back from its restart."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return fn()
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+REMOVE_NODE_AFTER_S = 12.0    # wall seconds after the run starts (its nodes take a few seconds to come up)
 
 
 def main(out: Path) -> dict:
@@ -84,26 +69,9 @@ def main(out: Path) -> dict:
         events: list = []
 
         def chaos() -> None:
-            namespace = None
-            deadline = time.monotonic() + 120
-            while namespace is None and time.monotonic() < deadline:
-                for entry in ray.util.list_named_actors(all_namespaces=True):
-                    if entry["name"] == "coordinator" and entry["namespace"].startswith("lodestore-sim-"):
-                        namespace = entry["namespace"]
-                time.sleep(0.2)
-            coord = ray.get_actor("coordinator", namespace=namespace)
-            budget = ray.get_actor("budget", namespace=namespace)
-            time.sleep(KILL_BUDGET_AFTER_S)
-            ray.kill(budget, no_restart=False)
-            events.append("budget_killed")
-            time.sleep(KILL_COORDINATOR_AFTER_S - KILL_BUDGET_AFTER_S)
-            ray.kill(coord, no_restart=False)
-            events.append("coordinator_killed")
-            time.sleep(REMOVE_NODE_AFTER_S - KILL_COORDINATOR_AFTER_S)
+            time.sleep(REMOVE_NODE_AFTER_S)
             cluster.remove_node(victim)
             events.append("node_removed")
-            seen["coordinator_restarted"] = _retry(lambda: actor_context(coord)[1])
-            seen["budget_restarted"] = _retry(lambda: ray.get(budget.statistics.remote()).restarted)
 
         thread = threading.Thread(target=chaos, daemon=True)
         thread.start()

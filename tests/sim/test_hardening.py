@@ -176,13 +176,14 @@ def test_a_healthy_in_process_run_passes_with_its_health():
 
 
 @pytest.mark.ray
-def test_a_run_far_too_fast_for_the_machine_is_inconclusive_not_a_false_failure(ray_session, tmp_path):
+def test_a_run_paced_faster_than_the_machine_goes_is_never_late(ray_session, tmp_path):
+    # on the wall-clock engine this run fell behind (inconclusive); in virtual time a pace is only a wish
     scenario = parse_scenario(IDLE.replace("join_rate = 0\n", "join_rate = 0.5\n")
                               .replace("[world]\n", "[world]\ntime_scale = 1e9\n"))
     result = simulate(scenario, RunOptions(out=tmp_path / "run", progress=False, stream=io.StringIO()))
-    assert result.ok, [(c.name, c.counterexample) for c in result.checks if not c.ok]   # conservation holds
-    assert result.report["verdict"] == "inconclusive" and result.exit_status == 3
-    assert any("fell behind" in p for p in result.report["health"]["problems"])
+    assert result.ok, [(c.name, c.counterexample) for c in result.checks if not c.ok]
+    assert result.report["verdict"] == "pass" and result.exit_status == 0
+    assert result.report["health"]["events_late"] == 0 and result.report["health"]["events_started"] > 10
 
 
 # --------------------------------------------------------------------------------------- paths and inputs
@@ -264,33 +265,3 @@ def test_the_default_report_directories_of_two_runs_never_collide(tmp_path, monk
     assert Path(first).parent == Path(second).parent == Path("lodestore-runs")
 
 
-@pytest.mark.ray
-def test_a_host_slow_to_drain_never_holds_up_the_events_of_the_others(ray_session, tmp_path, monkeypatch):
-    # the driver waited for every host's drain before it sent the next events: one host whose statistics waited
-    # behind a lock wait held up every host, and the events of those seconds all started late (seen as a teleport
-    # storm at 10x with half of its events late, on an idle machine)
-    import asyncio
-
-    import ray
-    from ray import cloudpickle
-
-    from lodestore.sim import _host, _runner
-
-    class SlowDrain(_host._SimHostActor):
-        async def drain(self):
-            if self._args[2] == 0:
-                await asyncio.sleep(20)   # host 0 answers its first drain after the play has ended
-            return await super().drain()
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        monkeypatch.setattr(_runner, "SimHostActor", ray.remote(SlowDrain))
-        text = IDLE.replace("join_rate = 0\n", "join_rate = 0.5\n").replace("[world]\n", "[world]\ntime_scale = 20\n")
-        result = simulate(parse_scenario(text), RunOptions(out=tmp_path / "run", progress=False, stream=io.StringIO()))
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    health = result.report["health"]
-    assert result.ok, [(c.name, c.counterexample) for c in result.checks if not c.ok]
-    # the old driver sent no host anything while it waited 20 wall seconds (400 simulated, the run is 120) for host
-    # 0's first drain: 3 of the run's events had started when it ended
-    assert health["events_started"] >= result.report["run"]["events_planned"] / 2, health

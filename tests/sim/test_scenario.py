@@ -18,7 +18,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "scenarios
 def test_empty_text_gives_documented_defaults():
     s = parse_scenario("")
     assert s.source == "<string>"
-    assert s.world == WorldSection(name="sim", backend="sqlite", path=None, time_scale=60, duration=600, seed=1,
+    assert s.world == WorldSection(name="sim", backend="sqlite", path=None, time_scale=None, duration=600, seed=1,
                             budget="current", placement="per-server", shards=1)
     assert s.servers == Servers(count=4, max_players=50, start_rate=0, stop_rate=0, crash_rate=0,
                                 shutdown_window=30, step=1)
@@ -131,7 +131,7 @@ def test_every_example_loads(path):
 def test_example_specifics():
     by = {p.name: load_scenario(p) for p in EXAMPLES}
     q = by["quickstart.toml"]
-    assert (q.servers.count, q.players.population, q.world.duration, q.world.time_scale) == (4, 60, 300, 60)
+    assert (q.servers.count, q.players.population, q.world.duration, q.world.time_scale) == (4, 60, 300, None)
     lyra = by["lyra_chaos.toml"]
     assert (lyra.players.join_rate, lyra.players.leave_rate) == (0.1, 0.01)
     assert (lyra.servers.stop_rate, lyra.servers.crash_rate, lyra.world.duration) == (0.005, 0.001, 21600)
