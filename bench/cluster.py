@@ -1,13 +1,13 @@
 """`python -m lodestore.bench cluster`: the cost of distribution, the quickstart scenario on 1 node vs 3 nodes of one machine.
 
-The scenario is `examples/scenarios/quickstart.toml` (4 servers, 60 players, 60x, 5 simulated minutes; `--quick`: 2
-minutes) played with 3 `SimHostActor`s on two local Ray clusters of the same 3 logical CPUs: one node of 3 CPUs, and
+The scenario is `examples/scenarios/quickstart.toml` (4 servers, 60 players, 5 simulated minutes in virtual time;
+`--quick`: 2 minutes) played with 3 host nodes on two local Ray clusters of the same 3 logical CPUs: one node of 3 CPUs, and
 a head plus two worker nodes of 1 CPU each (`ray.cluster_utils.Cluster`: separate raylets and object stores on this
 machine, so scheduling and object transfers between nodes go as they would between machines, minus the network). Each
 configuration runs in a fresh subprocess, so each has a clean Ray; the 1-node run is the baseline, measured in the same
 invocation. The figure is player-hours per wall second, as in `bench sim` (the whole run: hosts' start, final
-BindToClose and reads included). The playing phase lasts duration / time_scale wall seconds whatever the cluster, so
-distribution shows in the rest (`wall_s` - `wall_s_playing`) and in the latencies. Beside it: load and mint latencies,
+BindToClose and reads included). In virtual time the playing phase itself goes as fast as the nodes' window round trips
+allow, so distribution shows in `wall_s_playing` as well as in the rest (the latencies are modelled: the same in both). Beside it: load and mint latencies,
 transactions, the node each actor ran on, and the raw 1:1 Ray call rate from the driver to a do-nothing actor pinned
 on the head node and, in the 3-node cluster, on a worker node (the cross-node hop). The ratio is 3-node rate / 1-node
 rate (medians over rounds; full: 3 rounds each, alternating); the target is 0.8: on one machine, distribution should
