@@ -188,6 +188,8 @@ class Scheduler:
             for _ in range(_FALLBACK_TURNS):
                 await asyncio.sleep(0)
             return
+        if not ready and not _settling.get(loop):
+            return   # nothing is ready to run, and no other task is settling: settled already
         # Tasks settling at the same time see each other's turn in the queue: only what is beyond them is work.
         _settling[loop] = _settling.get(loop, 0) + 1
         try:
