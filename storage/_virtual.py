@@ -11,11 +11,10 @@ like `LocalRuntime` and `RayRuntime`, and an `Address` is the reference it hands
 The engine (the simulator's driver) moves every node through *windows* of simulated time: `node.step(until_ms,
 inbox, starts)` delivers the messages due in the window, starts the tasks it was given, runs every timer due up to
 `until_ms` (letting what each starts settle, as `Scheduler.advance` does), and answers the messages the node sent,
-when its next timer is due, and the results of tasks that ended. This is a conservative synchronous scheme (the
-classic "YAWNS" window of parallel discrete-event simulation): since no message takes less than `hop_ms`, nothing
-sent during a window of `hop_ms` can be due before the window ends, so nodes step through one window in parallel
-(one Ray actor each) without ever seeing a message from their past. The engine skips idle stretches to the next due
-timer or message.
+when its next timer is due, and the results of tasks that ended. It is a conservative synchronous scheme (windows
+of parallel discrete-event simulation, with the hop as lookahead): since no message takes less than `hop_ms`, the
+engine can choose windows in which no node ever sees a message from its past (`sim._runner` explains its choice).
+A message to the node's own objects stays in the node, due a hop later.
 
 A node's step is a function of its state and its inputs: the inbox is delivered in canonical order (simulated time,
 then sender, then the sender's sequence number), whatever order Ray brought the messages in, so the same inputs give
@@ -29,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -161,6 +161,7 @@ class Node:
         self.objects: dict[str, Any] = {}
         self.runtime = VirtualRuntime(self)
         self.errors: list[str] = []          # what failed in a task no one awaited (kept for the engine to show)
+        self.busy_s = 0.0                    # wall seconds spent stepping (a benchmark figure, never an input)
         self._rng = random.Random(f"lodestore-node/{seed}/{index}")
         self._loop = asyncio.new_event_loop()
         self._outbox: list[Message] = []
@@ -198,6 +199,7 @@ class Node:
     def step(self, until_ms: int, inbox: list[Message] = (), starts: list[tuple] = ()) -> tuple:
         """Run the window up to `until_ms` (inclusive): deliver `inbox` (each at its time, canonically ordered),
         start each of `starts` ((time, task id, object name, method, args)) at its time, run every timer due. Answers (messages sent, next due timer in ms or None, {task id: (ok, result)} of tasks that ended)."""
+        started = time.perf_counter()
         now = self.clock.now()
         if until_ms < now:
             raise ValueError(f"node {self.index}: a window must not end in its past ({until_ms} < {now})")
@@ -214,6 +216,7 @@ class Node:
             self._loop.run_until_complete(self.scheduler.advance_to(until_ms))
         out, self._outbox = self._outbox, []
         done, self._done = self._done, {}
+        self.busy_s += time.perf_counter() - started
         return out, self.scheduler.next_due(), done
 
     def close(self) -> None:
@@ -229,16 +232,24 @@ class Node:
 
     def post(self, dst: int, kind: str, target: str, method: str, args: tuple, call: int = 0) -> None:
         self._seq += 1
-        self._outbox.append(Message(self.clock.now() + self.hop_ms, self.index, self._seq, dst, kind, target, method,
-                                    args, call))
+        self._send(Message(self.clock.now() + self.hop_ms, self.index, self._seq, dst, kind, target, method, args,
+                           call))
+
+    def _send(self, msg: Message) -> None:
+        """Into the outbox; a message to this node's own objects (the coordinator's writes to the shards beside it)
+        never leaves it: it is due a hop later, perhaps within the window that sent it."""
+        if msg.dst == self.index:
+            self.scheduler.call_at(msg.at, functools.partial(self._deliver, msg))
+        else:
+            self._outbox.append(msg)
 
     async def call(self, address: Address, method: str, args: tuple) -> Any:
         future = asyncio.get_running_loop().create_future()
         self._seq += 1
         call_id = self._seq
         self._calls[call_id] = future
-        self._outbox.append(Message(self.clock.now() + self.hop_ms, self.index, call_id, address.node, CALL,
-                                    address.name, method, args, call_id))
+        self._send(Message(self.clock.now() + self.hop_ms, self.index, call_id, address.node, CALL, address.name,
+                           method, args, call_id))
         try:
             return await future
         finally:
@@ -293,12 +304,29 @@ class NodeActor:
     def step(self, until_ms: int, inbox: list, starts: list) -> tuple:
         return self.node.step(until_ms, inbox, starts)
 
+    def step_packed(self, packed: tuple | None) -> tuple | None:
+        """`step` with its arguments as one value, for a compiled Ray graph that calls every node each round:
+        (round, until, inbox, starts), or None (nothing to do this round). The last answer is kept (`last`)."""
+        if packed is None:
+            return None
+        seq, until_ms, inbox, starts = packed
+        self._last = (seq, self.node.step(until_ms, inbox, starts))
+        return self._last[1]
+
+    def last(self, seq: int) -> tuple | None:
+        """The answer of round `seq` if this node stepped it (the graph that carried it broke on the way back)."""
+        last = getattr(self, "_last", None)
+        return last[1] if last is not None and last[0] == seq else None
+
     def call_now(self, name: str, method: str, *args: Any) -> Any:
         """A plain method of a hosted object, outside simulated time (closing files at the end)."""
         return getattr(self.node.objects[name], method)(*args)
 
     def errors(self) -> list[str]:
         return list(self.node.errors)
+
+    def busy_s(self) -> float:
+        return self.node.busy_s
 
 
 # ------------------------------------------------------------------------------------------------ a virtual world
