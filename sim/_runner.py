@@ -4,9 +4,9 @@ Owns: `simulate(scenario, options)`, the driver of `lodestore simulate`, and its
 time (`storage.virtual`): one *cloud* node holds the storage (DataStore shards, MemoryStore, budget ledger) and the
 coordinator, and each of `hosts` nodes holds game servers. On Ray ("ray", the default) every node is a Ray actor (the
 cloud beside the world file, the hosts spread over the cluster); "in-process" makes the same nodes in this process
-and steps them one after another: the same engine, not a second code path. The driver moves every node through
-windows of `latency.hop_ms` simulated milliseconds (no message between nodes is faster, so none is ever late),
-hands the hosts the plan's events, drains what they recorded every few simulated seconds and skips idle stretches.
+and steps them one after another: the same engine, not a second code path. The driver moves the nodes round by round:
+the hosts through a window of two `latency.hop_ms`, then the cloud through its window shifted by a hop (no message
+between nodes is faster than a hop, so none is ever late), hands the hosts the plan's events, drains what they recorded every few simulated seconds and skips idle stretches.
 Simulated time never comes from the wall clock: a run is a function of its scenario, seed and host count, on Ray as
 in one process, whatever the machine's load (the report's `digest` says so). `world.time_scale` only paces a run to
 wall time for someone watching live.
@@ -625,12 +625,13 @@ class _RayNodes:
 
 
 class _Virtual(_Engine):
-    """The engine: the world as virtual-time nodes (the cloud, then one per host), moved window by window.
+    """The engine: the world as virtual-time nodes (the cloud, then one per host), moved round by round.
 
-    A window is `hop_ms` of simulated time, the least time any message between nodes takes: every node steps
-    through it in parallel, and what they sent is delivered in a later window. Idle stretches are skipped (the next
-    window starts at the earliest due timer, message, planned event, drain or fault boundary). Simulated time never
-    comes from the wall clock; with `world.time_scale` set, the driver only waits for the wall clock to catch up.
+    In a round the hosts step through a window of two hops (in parallel), then the cloud through its window, shifted
+    by a hop (see `_windows`): no node ever sees a message from its past, since none is faster than a hop. Idle
+    stretches are skipped (the next round is the first in which a timer, message, planned event, drain or fault
+    boundary is due). Simulated time never comes from the wall clock; with `world.time_scale` set, the driver only
+    waits for the wall clock to catch up.
     """
 
     def __init__(self, *args: Any, on_ray: bool) -> None:
