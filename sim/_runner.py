@@ -2,8 +2,8 @@
 
 Owns: `simulate(scenario, options)`, the driver of `lodestore simulate`, and its engine. The world runs in virtual
 time (`storage.virtual`): one *cloud* node holds the storage (DataStore shards, MemoryStore, budget ledger) and the
-coordinator, and each of `hosts` nodes holds game servers. On Ray ("ray", the default) every node is a Ray actor (the
-cloud beside the world file, the hosts spread over the cluster); "in-process" makes the same nodes in this process
+coordinator, and each of `hosts` nodes holds game servers. On Ray ("ray", the default) each host node is a Ray actor
+spread over the cluster and the cloud node runs in the driver, beside the world file; "in-process" makes the same nodes in this process
 and steps them one after another: the same engine, not a second code path. The driver moves the nodes round by round:
 the hosts through a window of two `latency.hop_ms`, then the cloud through its window shifted by a hop (no message
 between nodes is faster than a hop, so none is ever late), hands the hosts the plan's events, drains what they recorded every few simulated seconds and skips idle stretches.
