@@ -553,8 +553,10 @@ class _RayNodes:
         if how == "graph":
             try:
                 answers = ray.get(ref, timeout=self._RESULT_TIMEOUT_S)
-            except Exception:   # the graph broke: take each host's answer of this round by a plain call
-                self._drop_graph()
+            except ray.exceptions.RayTaskError as exc:   # a step raised: an engine bug, not a lost node
+                raise exc.as_instanceof_cause() from None
+            except Exception:   # the graph broke (a channel closed with a dead actor): each host's answer of
+                self._drop_graph()   # this round by a plain call (a step that ran keeps its answer: `last`)
                 for n, packed in hosts.items():
                     out[n] = self._recover(n, packed)
                 return out
