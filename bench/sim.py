@@ -1,15 +1,15 @@
 """`python -m lodestore.bench sim`: simulated player-hours per wall second of Lyra's chaos scenario, on Ray and in
 process, in virtual time.
 
-The scenario is `examples/scenarios/lyra_chaos.toml` (per-step chances of join 0.1, leave 0.01, server stop 0.005
-and crash 0.001; a light economy) with its population raised to 1,000 players, 6 simulated hours (`--quick`: 10
-simulated minutes). It runs on local Ray (the cloud node in the driver, two host nodes), then in process as the
-baseline measured in the same run; then 20 simulated minutes (`--quick`: 5) at 1,000 and at 10,000 players on Ray,
-and at 10,000 in process: cost per player-hour at 10,000 over that at 1,000 says how the cost grows with players. A run counts only when every checker
-passed; it cannot lose a lock for want of time (virtual time), so "locks lost" must be 0. Player-hours are the
-planned players online integrated over simulated time, over the wall time of the whole run (nodes' start, final
-BindToClose and reads included). Targets: >= 100 player-hours per wall second on Ray; Ray >= 1.7x in process;
-cost per player-hour at 10,000 players <= 1.5x that at 1,000.
+The scenario is `examples/scenarios/lyra_chaos.toml` (per-step chances of join 0.1, leave 0.01, server stop 0.005 and
+crash 0.001; a light economy) with its population raised to 1,000 players, 6 simulated hours (`--quick`: 10 simulated
+minutes). It runs on local Ray (the cloud node in the driver, two host nodes), then in process as the baseline measured
+in the same run; then 20 simulated minutes (`--quick`: 5) at 1,000 and at 10,000 players on Ray, and at 10,000 in
+process: cost per player-hour at 10,000 over that at 1,000 says how the cost grows with players. A run counts only when
+every checker passed; it cannot lose a lock for want of time (virtual time), so "locks lost" must be 0. Player-hours are
+the planned players online integrated over simulated time, over the wall time of the whole run (nodes' start, final
+BindToClose and reads included). Targets: >= 100 player-hours per wall second on Ray; Ray >= 1.7x in process; cost per
+player-hour at 10,000 players <= 1.5x that at 1,000.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def run(quick: bool = False) -> dict:
         "locks_lost": sum(r["locks"]["lost"] for r in runs),
         "player_hours_per_s": rate,
         "baseline_in_process_player_hours_per_s": local_1k["player_hours_per_s"],
-        "ray_over_in_process": round(rate / local_1k["player_hours_per_s"], 3) if local_1k["player_hours_per_s"] else None,
+        "ray_over_in_process": (round(rate / local_1k["player_hours_per_s"], 3) if local_1k["player_hours_per_s"]
+                                else None),
         "ray_over_in_process_at_10k": (round(ray_10k["player_hours_per_s"] / local_10k["player_hours_per_s"], 3)
                                        if local_10k["player_hours_per_s"] else None),
         "same_history_on_ray_and_in_process": ray_1k["digest"] == local_1k["digest"]

@@ -206,7 +206,8 @@ class Collector:
         return results
 
     def health(self, stopped_early: bool) -> dict:
-        """Whether the harness kept up, so that the checkers' verdict says something about the store.
+        """Whether the harness kept up, so that the checkers' verdict says something about the store. In virtual
+        time it always does unless something is wrong beyond the checkers' reach; the figures stay as a guard.
 
         It did not when more than `HARNESS_TOLERANCE` of the events started more than `slack_s` late or never ran
         (a lock refresh then misses its TTL), or when more than that share of the session locks were lost on
@@ -222,10 +223,11 @@ class Collector:
         if late + not_run > HARNESS_TOLERANCE * max(1, started + not_run):
             problems.append(f"the harness fell behind: {late:,} of {started:,} events started more than "
                             f"{self.slack_s:g} s (lock_ttl - lock_refresh) late, the latest {worst_s:,.1f} s, and "
-                            f"{not_run:,} actions never ran; run at a lower time_scale or with fewer players")
+                            f"{not_run:,} actions never ran (in virtual time nothing is late for want of wall "
+                            f"time: a bug of the engine or of the store under test)")
         if unexplained > HARNESS_TOLERANCE * max(1, acquired):
             problems.append(f"{unexplained:,} of {acquired:,} session locks were lost on servers no fault stalled: "
-                            f"their refreshes did not land in time (the machine could not keep up)")
+                            f"their refreshes did not land in time (in virtual time: a bug of the store under test)")
         actions = sum(sum(outcomes.values()) for outcomes in self.ops.values())
         ok = sum(outcomes["ok"] for outcomes in self.ops.values())
         if actions and ok < actions / 2:

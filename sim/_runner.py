@@ -1,15 +1,15 @@
 """Running a scenario: build the world, play the plan on simulated game servers, check the outcome, report.
 
-Owns: `simulate(scenario, options)`, the driver of `lodestore simulate`, and its engine. The world runs in virtual
-time (`storage.virtual`): one *cloud* node holds the storage (DataStore shards, MemoryStore, budget ledger) and the
+Owns: `simulate(scenario, options)`, the driver of `lodestore simulate`, and its engine. The world runs in virtual time
+(`storage.virtual`): one *cloud* node holds the storage (DataStore shards, MemoryStore, budget ledger) and the
 coordinator, and each of `hosts` nodes holds game servers. On Ray ("ray", the default) each host node is a Ray actor
-spread over the cluster and the cloud node runs in the driver, beside the world file; "in-process" makes the same nodes in this process
-and steps them one after another: the same engine, not a second code path. The driver moves the nodes round by round:
-the hosts through a window of two `latency.hop_ms`, then the cloud through its window shifted by a hop (no message
-between nodes is faster than a hop, so none is ever late), hands the hosts the plan's events, drains what they recorded every few simulated seconds and skips idle stretches.
-Simulated time never comes from the wall clock: a run is a function of its scenario, seed and host count, on Ray as
-in one process, whatever the machine's load (the report's `digest` says so). `world.time_scale` only paces a run to
-wall time for someone watching live.
+spread over the cluster and the cloud node runs in the driver, beside the world file; "in-process" makes the same nodes
+in this process and steps them one after another: the same engine, not a second code path. The driver moves the nodes
+round by round: the hosts through a window of two `latency.hop_ms`, then the cloud through its window shifted by a hop
+(no message between nodes is faster than a hop, so none is ever late), hands the hosts the plan's events, drains what
+they recorded every few simulated seconds and skips idle stretches. Simulated time never comes from the wall clock: a
+run is a function of its scenario, seed and host count, on Ray as in one process, whatever the machine's load (the
+report's `digest` says so). `world.time_scale` only paces a run to wall time for someone watching live.
 
 The event sequence is the planner's, a function of the scenario and its seed. At the end (or on Ctrl-C) every server
 still up runs BindToClose, the final data of every player is read from storage, the checkers run, and the report

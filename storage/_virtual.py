@@ -197,8 +197,9 @@ class Node:
     # ------------------------------------------------------------------------------------------------- stepping
 
     def step(self, until_ms: int, inbox: list[Message] = (), starts: list[tuple] = ()) -> tuple:
-        """Run the window up to `until_ms` (inclusive): deliver `inbox` (each at its time, canonically ordered),
-        start each of `starts` ((time, task id, object name, method, args)) at its time, run every timer due. Answers (messages sent, next due timer in ms or None, {task id: (ok, result)} of tasks that ended)."""
+        """Run the window up to `until_ms` (inclusive): deliver `inbox` (each at its time, canonically ordered), start
+        each of `starts` ((time, task id, object name, method, args)) at its time, run every timer due. Answers
+        (messages sent, next due timer in ms or None, {task id: (ok, result)} of tasks that ended)."""
         started = time.perf_counter()
         now = self.clock.now()
         if until_ms < now:
