@@ -342,12 +342,13 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     checks = collector.checks(engine.initial, engine.final, engine.hot_finals)
     report = collector.report(scenario=_scenario_summary(scenario), run=run, checks=checks)
     report["totals"]["players"]["teleports"] = engine.router.teleports
-    report["digest"] = history_digest(collector.history, engine.final, engine.hot_finals)
+    history_json = collector.history.to_json()
+    report["digest"] = history_digest(history_json, engine.final, engine.hot_finals)
     files: dict = {}
     if out is not None:
         files = write_report(report, out)
         history_path = out / "history.json"
-        history_path.write_text(json.dumps(collector.history.to_json()))
+        history_path.write_text(json.dumps(history_json))
         files["history"] = history_path
         files["scenario"] = out / "scenario.toml"   # exactly what ran, overrides included: `lodestore replay`
         files["scenario"].write_text(scenario_toml(scenario), encoding="utf-8")
@@ -358,12 +359,12 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     return RunResult(report, checks, collector.history, out, files)
 
 
-def history_digest(history: Any, final: dict, hot_finals: dict) -> str:
-    """The sha256 of a run's canonical history: every lock and op event (sorted, so the order hosts reported them in
-    does not count), every player's final data and every hot key's count. Two runs with the same digest did the
-    same things with the same outcomes."""
+def history_digest(history: dict, final: dict, hot_finals: dict) -> str:
+    """The sha256 of a run's canonical history (`History.to_json()`): every lock and op event (sorted, so the order
+    hosts reported them in does not count), every player's final data and every hot key's count. Two runs with the
+    same digest did the same things with the same outcomes."""
     digest = hashlib.sha256()
-    events = sorted(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in history.to_json()["events"])
+    events = sorted(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in history["events"])
     for line in events:
         digest.update(line.encode())
         digest.update(b"\n")

@@ -79,14 +79,15 @@ def test_one_failing_bind_to_close_does_not_end_the_others(monkeypatch):
     assert any("stop on server_0001 failed: RuntimeError" in w for w in warnings), warnings
 
 
-def test_ctrl_c_in_process_stops_with_bind_to_close_checks_and_report(tmp_path):
+@pytest.mark.parametrize("engine", [["--in-process"], pytest.param([], marks=pytest.mark.ray, id="ray")])
+def test_ctrl_c_stops_with_bind_to_close_checks_and_report(tmp_path, engine):
     scenario = tmp_path / "long.toml"
     scenario.write_text(IDLE.replace("duration = 120", "duration = 2000000").replace("step = 5", "step = 1")
                         .replace("join_rate = 0\n", "join_rate = 0.2\n"))
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "lodestore.sim._cli", "simulate", str(scenario), "--in-process",
+    process = subprocess.Popen([sys.executable, "-m", "lodestore.sim._cli", "simulate", str(scenario), *engine,
                                 "--no-progress", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=tmp_path)
+                               text=True, cwd=tmp_path, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     try:
         assert process.stdout.readline().startswith("t=")   # it is playing
         process.send_signal(signal.SIGINT)
