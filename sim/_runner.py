@@ -333,7 +333,8 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
            "wall_s_playing": round(engine.play_wall_s, 3), "host_nodes": engine.host_nodes,
            "hosts_lost": engine.lost_hosts, "hop_ms": engine.hop_ms, "windows": engine.windows,
            "node_steps": engine.steps, "messages": engine.messages,
-           "node_busy_s": [None if b is None else round(b, 3) for b in engine.busy]}
+           "node_busy_s": [None if b is None else round(b, 3) for b in engine.busy],
+           "node_errors": {"count": len(engine.node_errors), "first": engine.node_errors[:5]}}
     if options.until is not None:   # stopped mid-play: the world file is the product
         report = {"run": run, "until_s": options.until, "scenario": _scenario_summary(scenario)}
         stream.write(f"stopped at simulated {_clock(options.until)}; the world file: {path or '(memory backend)'}\n")
@@ -484,6 +485,9 @@ class _LocalNodes:
     def busy_s(self) -> list[float]:
         return [node.busy_s for node in self.nodes]
 
+    def errors(self) -> list[str]:
+        return [e for node in self.nodes for e in node.errors]
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()
@@ -617,6 +621,17 @@ class _RayNodes:
                 out.append(None)
         return out
 
+    def errors(self) -> list[str]:
+        import ray
+        out = list(self.cloud.errors)
+        for n, actor in sorted(self.actors.items()):
+            if n not in self._lost:
+                try:
+                    out += ray.get(actor.errors.remote(), timeout=10)
+                except Exception:
+                    pass   # gone meanwhile: nothing more to learn from it
+        return out
+
     def close(self) -> None:
         import ray
         try:
@@ -656,6 +671,7 @@ class _Virtual(_Engine):
         self._fake_seq = 0
         self._metrics: _Metrics | None = None
         self.busy: list = []    # wall seconds each node spent stepping (cloud first)
+        self.node_errors: list[str] = []   # what failed in tasks nobody awaited (a message sent without an answer)
 
     # ------------------------------------------------------------------------------------------------- run
 
@@ -686,6 +702,7 @@ class _Virtual(_Engine):
                 self._due = {n: None for n in range(len(builds))}
                 self._play()
                 self.busy = self.nodes.busy_s()
+                self.node_errors = self.nodes.errors()
             finally:
                 try:
                     self._close_storage()

@@ -185,6 +185,15 @@ def test_a_call_is_answered_a_hop_after_it_ran_and_a_late_message_is_refused():
         callee.step(t + 40, [replies[0]._replace(dst=2, at=t + 15)])   # due before the callee's now (t + 19)
 
 
+def test_a_sent_message_that_fails_is_kept_among_the_node_errors_and_a_clean_run_has_none(tmp_path):
+    node = virtual.Node(2, hop_ms=10, seed=1)
+    node.host("echo", _Echo())
+    t = virtual.EPOCH_MS
+    node.step(t + 19, [virtual.Message(t + 5, 1, 1, 2, virtual.SEND, "echo", "note", (1, 2))])   # wrong arity
+    assert len(node.errors) == 1 and node.errors[0].startswith("TypeError")
+    assert _run(tmp_path, "clean").report["run"]["node_errors"] == {"count": 0, "first": []}
+
+
 def test_a_blocking_call_in_a_virtual_world_is_refused_with_a_clear_error():
     node = virtual.Node(1, hop_ms=10, seed=1)
     with pytest.raises(RuntimeError, match="coroutine"):
