@@ -74,20 +74,28 @@ def _simulate(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"lodestore simulate: {exc}", file=sys.stderr)
         return 2
-    try:
-        result = simulate(scenario, options)
-    except ConfigError as exc:
-        print(f"lodestore simulate: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nlodestore simulate: abandoned (no report)", file=sys.stderr)
-        return 130
+    result = _run("simulate", scenario, options)
+    if isinstance(result, int):
+        return result
     for check in result.checks:
         if not check.ok:
             print(f"counterexample ({check.name}): {check.counterexample}", file=sys.stderr)
     for problem in result.report["health"]["problems"]:
         print(f"inconclusive: {problem}", file=sys.stderr)
     return result.exit_status
+
+
+def _run(command: str, scenario, options: RunOptions):
+    """`simulate(scenario, options)`, or the exit status of its failure: 2 for bad input found once it starts (a
+    message, no traceback), 130 when a second Ctrl-C abandoned it."""
+    try:
+        return simulate(scenario, options)
+    except ConfigError as exc:
+        print(f"lodestore {command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nlodestore {command}: abandoned (no report)", file=sys.stderr)
+        return 130
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -112,14 +120,9 @@ def _replay(args: argparse.Namespace) -> int:
     except (ConfigError, OSError, KeyError, ValueError) as exc:
         print(f"lodestore replay: {args.run_dir}: {exc}", file=sys.stderr)
         return 2
-    try:
-        result = simulate(scenario, options)
-    except ConfigError as exc:
-        print(f"lodestore replay: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nlodestore replay: abandoned", file=sys.stderr)
-        return 130
+    result = _run("replay", scenario, options)
+    if isinstance(result, int):
+        return result
     if args.until is not None:
         print(f"world at simulated second {args.until:g}: {result.report['run']['world_path']}")
         return 0

@@ -476,8 +476,9 @@ class _LocalNodes:
     def collect(self, handle: Any) -> dict[int, Any]:
         return handle
 
-    def call_now(self, n: int, name: str, method: str, *args: Any) -> Any:
-        return getattr(self.nodes[n].objects[name], method)(*args)
+    def call_cloud(self, name: str, method: str, *args: Any) -> Any:
+        """A plain method of an object on the cloud node, outside simulated time (closing files at the end)."""
+        return getattr(self.nodes[virtual.CLOUD].objects[name], method)(*args)
 
     def lose(self, n: int) -> None:
         pass
@@ -599,11 +600,8 @@ class _RayNodes:
             except Exception:
                 pass   # a dead actor's part of the graph: nothing left to tear down
 
-    def call_now(self, n: int, name: str, method: str, *args: Any) -> Any:
-        if n == virtual.CLOUD:
-            return getattr(self.cloud.objects[name], method)(*args)
-        import ray
-        return ray.get(self.actors[n].call_now.remote(name, method, *args))
+    def call_cloud(self, name: str, method: str, *args: Any) -> Any:
+        return getattr(self.cloud.objects[name], method)(*args)
 
     def lose(self, n: int) -> None:
         import ray
@@ -678,8 +676,8 @@ class _Virtual(_Engine):
     def run(self) -> None:
         sc = self.scenario
         budget = None if sc.world.budget == "none" else sc.world.budget
-        info = virtual.WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
-                         ManualClock(virtual.EPOCH_MS), FaultConfig(), budget, sc.world.storage)
+        info = self.info = virtual.WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
+                                             ManualClock(virtual.EPOCH_MS), FaultConfig(), budget, sc.world.storage)
         builds = [functools.partial(_build_cloud, info)]
         builds += [functools.partial(_build_host, info, sc, i, self.t0) for i in range(self.host_count)]
         started_ray = False
@@ -959,13 +957,11 @@ class _Virtual(_Engine):
                     self._take(i, self._result(task))
 
     def _close_storage(self) -> None:
-        """Close the world's files (each shard's WAL checkpointed in; the shard holding a shared file last)."""
-        shards = range(self.scenario.world.shards)
-        info_shared = self.scenario.world.backend == "sqlite" and (self.scenario.world.storage != "spread"
-                                                                   or self.scenario.world.shards == 1)
-        order = [i for i in shards if i != 0 and info_shared] + [i for i in shards if not info_shared or i == 0]
-        for i in order:
-            self.nodes.call_now(virtual.CLOUD, datastore_name(i), "close")
+        """Close the world's files (each shard's WAL checkpointed in), the shards holding a file's lock last, as
+        `World.shutdown` does."""
+        shards = range(self.info.shards)
+        for i in [i for i in shards if not self.info.holds_file(i)] + [i for i in shards if self.info.holds_file(i)]:
+            self.nodes.call_cloud(datastore_name(i), "close")
 
     # ----------------------------------------------------------------------------------------- lost hosts
 

@@ -302,9 +302,6 @@ class NodeActor:
         self.node = Node(index, hop_ms=hop_ms, seed=seed, directory=directory)
         build(self.node)
 
-    def step(self, until_ms: int, inbox: list, starts: list) -> tuple:
-        return self.node.step(until_ms, inbox, starts)
-
     def step_packed(self, packed: tuple | None) -> tuple | None:
         """`step` with its arguments as one value, for a compiled Ray graph that calls every node each round:
         (round, until, inbox, starts), or None (nothing to do this round). The last answer is kept (`last`)."""
@@ -318,10 +315,6 @@ class NodeActor:
         """The answer of round `seq` if this node stepped it (the graph that carried it broke on the way back)."""
         last = getattr(self, "_last", None)
         return last[1] if last is not None and last[0] == seq else None
-
-    def call_now(self, name: str, method: str, *args: Any) -> Any:
-        """A plain method of a hosted object, outside simulated time (closing files at the end)."""
-        return getattr(self.node.objects[name], method)(*args)
 
     def errors(self) -> list[str]:
         return list(self.node.errors)

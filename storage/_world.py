@@ -259,6 +259,12 @@ def _check_players(players: Any) -> None:
         raise ConfigError(f"players must be an int >= 0, got {players!r}")
 
 
+def _unanswered(exc: BaseException) -> DataStoreError:
+    """What a request whose budget lease got no answer (the budget actor died or restarts) fails with."""
+    return DataStoreError(500, "InternalServerError", f"the budget actor did not answer ({type(exc).__name__}); the "
+                          f"request was not sent")
+
+
 class _BudgetLink:
     """How one server's gate reaches the world's budget ledger."""
 
@@ -271,8 +277,7 @@ class _BudgetLink:
             return self._world._call(self._world._budget, "lease", server_id, request_type, want,
                                      self._server.players)
         except self._world.runtime.failures as exc:
-            raise DataStoreError(500, "InternalServerError", f"the budget actor did not answer "
-                                 f"({type(exc).__name__}); the request was not sent") from exc
+            raise _unanswered(exc) from exc
 
     async def alease(self, server_id: str, request_type, want: int):
         """`lease` from a coroutine: the event loop goes on while the ledger answers."""
@@ -280,8 +285,7 @@ class _BudgetLink:
             return await self._world._acall(self._world._budget, "lease", server_id, request_type, want,
                                             self._server.players)
         except self._world.runtime.failures as exc:
-            raise DataStoreError(500, "InternalServerError", f"the budget actor did not answer "
-                                 f"({type(exc).__name__}); the request was not sent") from exc
+            raise _unanswered(exc) from exc
 
     def release(self, lease_id: str, unused: int) -> None:
         self._world._send(self._world._budget, "release", lease_id, unused)
