@@ -87,6 +87,8 @@ class StoreConfig:
       `until_ms` is the time up to which the session counts itself the holder (the send time of its last landed
       lock write + `lock_ttl`); "released" and "lost" are reported at `min(now, until_ms)`. A simulator records
       lock history with it.
+    - `save_callback(key, taken_at_ms)`: after a save of a session landed, or was skipped because the data equals
+      what was saved last, with the time its copy of the data was taken: every change made before then is durable.
     - `metadata_template`: KeyInfo metadata written with every record; user ids come from `load(key, user_ids)`.
     - `lock_ttl`, `lock_refresh`, `lock_wait`: the lock's TTL, how often it is refreshed, and how long `load` waits
       for another holder before giving up. `lock_steal_after`: take over a lock whose holder has not refreshed it
@@ -110,6 +112,7 @@ class StoreConfig:
     log_callback: Callable[[LogMessage], Any] | None = None
     on_lock_lost: Callable[[str], Any] | None = None
     lock_callback: Callable[[str, str, str, int, int], Any] | None = None
+    save_callback: Callable[[str, int], Any] | None = None
     metadata_template: dict | None = None
     autosave_interval: float = 300.0
     lock_ttl: float = 90.0
@@ -129,7 +132,7 @@ class StoreConfig:
             check_data(self.template, what="template")
         except DataStoreError as exc:
             raise ConfigError(f"template is not storable: {exc.message}", field="template") from None
-        for name in ("schema", "import_legacy_data", "log_callback", "on_lock_lost", "lock_callback"):
+        for name in ("schema", "import_legacy_data", "log_callback", "on_lock_lost", "lock_callback", "save_callback"):
             _callable_or_none(name, getattr(self, name))
         object.__setattr__(self, "migrations", _migrations(self.migrations))
         if callable(self.changed_callbacks):

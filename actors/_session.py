@@ -346,10 +346,12 @@ class Session:
             if self.state not in _LIVE:
                 self.check_usable()
             data = self.data
+            taken = self.rt.scheduler.now()
             blob = canonical(data)   # data in a session has passed check_data
             digest = rec.digest(blob)
             if not force and digest == self.saved_checksum:
                 self.rt.counters.saves_skipped += 1
+                self._saved(taken)
                 return False
             try:
                 ok = await self._write(data, size_hint=len(blob))
@@ -364,7 +366,16 @@ class Session:
                 raise LockLostError(f"Key is closed: the lock on key {self.key!r} was lost before the save")
             self.saved_checksum = digest
             self.rt.counters.saves += 1
+            self._saved(taken)
             return True
+
+    def _saved(self, taken: int) -> None:
+        callback = self.rt.config.save_callback
+        if callback is not None:
+            try:
+                callback(self.key, taken)
+            except Exception as exc:
+                self.rt.log("error", f"save callback raised {type(exc).__name__}: {exc}", key=self.key)
 
     async def write_record(self, data: Any, *, txinfo: dict | None = None) -> bool:
         """A fenced write of the record holding `data` (or, for a transaction's phase one, the inline `txinfo`):

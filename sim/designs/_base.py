@@ -1,0 +1,207 @@
+"""What every design is to the simulator: one game server's player data (`DataLayer`), and how a design is named,
+configured, opened and read back (`Design`).
+
+Owns: the `DataLayer` contract the simulated game servers (`sim._host.SimHost`) play every design through, the
+bookkeeping every layer shares (its counters, data at risk, lock reports), `DesignError` for what a design refuses or
+fails to do, and `Design`, a design's entry in the registry (`sim.designs.DESIGNS`).
+
+The contract, as game code meets it (every method a coroutine on the host's event loop, times on its scheduler):
+- `is_loaded(key)`: whether the key's session is live here.
+- `load(key)`: the player's data is in memory once it returns; raises (a `LodestoreError`) when it cannot be.
+- `update(key, fn)`: `fn(data) -> bool` changes the data in memory in place; True when it changed something. The
+  change is durable only once a save of it returns.
+- `save(key)`: a forced save of what is in memory now; returns once it is durable, raises when it is not.
+- `unload(key)`: the player leaves: a final save and the end of the session; True when the final save landed.
+- `close()`: BindToClose's end, after every player left (queues drained). `crash()`: the server died; nothing runs
+  or is written any more.
+A layer reports each session it holds to `config.lock_callback(kind, key, session, at_ms, until_ms)` ("acquired",
+"refreshed", "released", "lost", "crashed"), whether its design has a lock or not: a design without a lock reports
+the span its server held the data in memory, so the single-holder checker counts overlapping sessions for all.
+
+Never does: decide what a player does (the planner), judge the outcome (the checkers), or keep stored data in any
+form but the storage layer's (msgpack values; transforms never travel in stored data).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+from lodestore.actors import LogMessage, StoreConfig
+from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server
+
+__all__ = ["DataLayer", "Design", "DesignError", "LayerCounters", "check_options", "FOREVER_MS"]
+
+FOREVER_MS = 10 ** 12
+"""How long a hold with no lock behind it lasts (`report`'s default): until its server lets go of it."""
+
+
+class DesignError(LodestoreError):
+    """A design could not do what was asked: `reason` is a short stable name ("NotLoaded", "SaveFailed",
+    "LockHeld", "QueueFull", ...) the simulator's report counts by; the message says which key and why."""
+
+    def __init__(self, message: str = "", reason: str = "DesignError") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.reason))
+
+
+@dataclass
+class LayerCounters:
+    """What one layer did over its life; summed over a run's servers in the report."""
+
+    loads: int = 0
+    load_failures: int = 0
+    saves: int = 0               # writes that landed (forced, autosave, final)
+    save_failures: int = 0
+    saves_skipped: int = 0       # autosaves with nothing changed
+    lock_waits: int = 0          # loads that found the key held and waited or retried
+    lock_steals: int = 0         # loads that took the key from another session
+    at_risk_ms: int = 0          # player-milliseconds of changes in memory not yet saved (lost on a crash)
+
+    def add(self, other: "LayerCounters") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class DataLayer(abc.ABC):
+    """One simulated game server's player data, kept the way one design keeps it (see the module docstring).
+
+    Subclasses call `changed(key)` after an update changed the data, `saved(key, since)` when a save of what was in
+    memory at `since` landed, and `report(...)` for session holds; the base keeps the counters and data at risk.
+    """
+
+    transactions: bool = False
+    """True when trades run as one atomic transaction (the coordinator's 2PC); otherwise the simulator plays a trade
+    as its users do: two separate updates, each saved by its own server."""
+
+    def __init__(self, server: Server, scheduler: Scheduler, config: StoreConfig) -> None:
+        self.server = server       # the game server's storage clients (`GameServer.storage`)
+        self.scheduler = scheduler
+        self.config = config
+        self.counters = LayerCounters()
+        self._dirty: dict[str, int] = {}     # key -> when its oldest unsaved change was made
+
+    # --------------------------------------------------------------------------------------- the contract
+
+    @abc.abstractmethod
+    async def load(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def update(self, key: str, fn: Callable[[dict], bool]) -> bool: ...
+
+    @abc.abstractmethod
+    async def save(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unload(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def is_loaded(self, key: str) -> bool: ...
+
+    async def close(self) -> None:
+        """BindToClose's end, after every player left."""
+
+    @abc.abstractmethod
+    def crash(self) -> None: ...
+
+    def statistics(self) -> LayerCounters:
+        """The counters so far, data at risk up to now included."""
+        out = dataclasses.replace(self.counters)
+        now = self.scheduler.now()
+        out.at_risk_ms += sum(now - since for since in self._dirty.values())
+        return out
+
+    # ------------------------------------------------------------------------------------------ bookkeeping
+
+    def now(self) -> int:
+        return self.scheduler.now()
+
+    def changed(self, key: str) -> None:
+        """An update changed `key`'s data in memory: it is at risk from now until a save of it lands."""
+        self._dirty.setdefault(key, self.now())
+
+    def saved(self, key: str, since: int) -> None:
+        """A save holding every change made before `since` (when the saved copy was taken) landed."""
+        self.counters.saves += 1
+        dirty = self._dirty.get(key)
+        if dirty is not None and dirty <= since:
+            self.counters.at_risk_ms += self.now() - dirty
+            del self._dirty[key]
+
+    def forget(self, key: str) -> None:
+        """The session ended: changes still unsaved are gone, and were at risk until now."""
+        dirty = self._dirty.pop(key, None)
+        if dirty is not None:
+            self.counters.at_risk_ms += self.now() - dirty
+
+    def forget_all(self) -> None:
+        for key in list(self._dirty):
+            self.forget(key)
+
+    def report(self, kind: str, key: str, session: str, until_ms: int | None = None) -> None:
+        """Tell the observer about a session's hold on `key` (see `StoreConfig.lock_callback`): held up to
+        `until_ms` (default: now + `FOREVER_MS`, a hold that ends only when its server says so)."""
+        callback = self.config.lock_callback
+        if callback is not None:
+            now = self.now()
+            callback(kind, key, session, now, now + FOREVER_MS if until_ms is None else until_ms)
+
+    def log(self, level: str, message: str) -> None:
+        """A warning or error for the report's log counts (`StoreConfig.log_callback`)."""
+        callback = self.config.log_callback
+        if callback is not None:
+            callback(LogMessage(level, message))
+
+    def template(self) -> dict:
+        """A fresh copy of the data a new key starts with."""
+        return copy.deepcopy(self.config.template)
+
+
+@dataclass(frozen=True)
+class Design:
+    """A design in the registry: its name, what it is, its own settings (a frozen dataclass built from
+    `[store.<name>]` by `check_options`), how a game server opens it, and how a tool reads back what it stored.
+
+    - `open(game, scheduler, config, options) -> DataLayer` (a coroutine): the layer of one game server (a
+      `lodestore.GameServer`: most designs use only its storage clients, `game.storage`).
+    - `read(reader, scheduler, config, options, keys) -> {key: data or None}` (a coroutine): the stored data of
+      `keys` as a load would see it, through `reader`, a server outside every budget (the checkers' final read).
+    - `transactions`: whether trades are atomic; `lock`: how it keeps two servers off one key, in a few words.
+    """
+
+    name: str
+    summary: str
+    options: type
+    open: Callable[[Any, Scheduler, StoreConfig, Any], Awaitable[DataLayer]]
+    read: Callable[[Server, Scheduler, StoreConfig, Any, list[str]], Awaitable[dict[str, Any]]]
+    transactions: bool = False
+    lock: str = "none"
+
+
+def check_options(design: Design, table: Mapping[str, Any] | None, where: str) -> Any:
+    """`design`'s options from a `[store.<name>]` table: unknown keys and wrong types raise ConfigError naming
+    `where.key`, the expected type and what was received."""
+    table = dict(table or {})
+    fields = {f.name: f for f in dataclasses.fields(design.options)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown option of design {design.name!r} (known: "
+                          f"{', '.join(sorted(fields)) or 'none'})", field=f"{where}.{unknown[0]}")
+    defaults = design.options()
+    for name, value in table.items():
+        want = type(getattr(defaults, name))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            table[name] = value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}.{name}: must be {want.__name__}, got {value!r} ({type(value).__name__})",
+                              field=f"{where}.{name}")
+    try:
+        return design.options(**table)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc.field or ''}: {exc}", field=f"{where}.{exc.field or ''}") from None
