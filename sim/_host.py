@@ -29,17 +29,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lodestore import GameServer, Store, StoreTotals, store_options, tx_batcher
-from lodestore.actors import KeyHost, Peek, TxCall
+from lodestore import GameServer, store_options, tx_batcher
+from lodestore.actors import TxCall
 from lodestore.coordinator import TxRequest, TxUnknownError
 from lodestore.sim._scenario import Scenario, store_config
 from lodestore.sim._workload import Planned
+from lodestore.sim.designs import DataLayer, DesignError, design
 from lodestore.storage import (DataStoreError, LocalRuntime, LodestoreError, MemoryStoreError, Scheduler, Server,
                                emergency, virtual)
 
-__all__ = ["SimHost", "HostRole", "Trade", "HOT_STORE", "error_code"]
+__all__ = ["SimHost", "HostRole", "Relay", "RELAY", "Trade", "HOT_STORE", "error_code"]
 
 _IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'")
+
+RELAY = "relay"
+"""The cloud node's object that carries a message from one host's game server to another's (`Relay`)."""
 
 HOT_STORE = "lodestore-sim/hot"
 """The DataStore the hot keys (guilds, global counters) live in, written with plain UpdateAsync."""
@@ -51,6 +55,8 @@ def error_code(exc: BaseException) -> str:
         return f"DataStore {exc.code}"
     if isinstance(exc, MemoryStoreError):
         return f"MemoryStore {exc.name}"
+    if isinstance(exc, DesignError):
+        return exc.reason
     return type(exc).__name__
 
 
@@ -73,6 +79,58 @@ class Trade:
             taker["items"].append(giver["items"].pop(0))
         giver["ledger"].append(self.op_id)
         taker["ledger"].append(self.op_id)
+        return True
+
+
+@dataclass(frozen=True)
+class _Debit:
+    """A trade played as two separate updates, the giver's half: pay `amount` and hand over the oldest item (kept
+    in `moved` for the taker's half), if the giver has the coins."""
+
+    amount: int
+    op_id: str
+    moved: list = field(default_factory=list, compare=False)
+
+    def __call__(self, data: dict) -> bool:
+        if data["coins"] < self.amount:
+            return False
+        data["coins"] -= self.amount
+        self.moved[:] = [data["items"].pop(0)] if data["items"] else []
+        data["ledger"].append(self.op_id)
+        return True
+
+
+@dataclass(frozen=True)
+class _Credit:
+    """The taker's half of a trade played as two updates: receive the coins and the item."""
+
+    amount: int
+    item: str | None
+    op_id: str
+
+    def __call__(self, data: dict) -> bool:
+        data["coins"] += self.amount
+        if self.item is not None:
+            data["items"].append(self.item)
+        data["ledger"].append(self.op_id)
+        return True
+
+
+@dataclass(frozen=True)
+class _Refund:
+    """Undo a giver's half whose taker's half failed: the coins and the item back, the op out of the ledger."""
+
+    amount: int
+    item: str | None
+    op_id: str
+
+    def __call__(self, data: dict) -> bool:
+        if self.op_id not in data["ledger"]:
+            return False
+        data["coins"] += self.amount
+        if self.item is not None:
+            data["items"].insert(0, self.item)
+        data["ledger"].remove(self.op_id)
         return True
 
 
@@ -142,7 +200,7 @@ class _Presence:
 class _Server:
     sid: str
     game: GameServer
-    store: Store
+    data: DataLayer          # the players' data, kept the way the scenario's design keeps it
     players: dict[str, _Presence] = field(default_factory=dict)
     closing: bool = False
     synced_players: int = -1
@@ -157,7 +215,7 @@ class SimHost:
 
     def __init__(self, world: Any, scenario: Scenario, index: int, t0: int, *, scheduler: Scheduler,
                  run_tx: Callable[[TxRequest], Any], peer: Callable[[int], Any],
-                 host_of: Callable[[str], int]) -> None:
+                 host_of: Callable[[str], int], remote: Callable[..., Any] | None = None) -> None:
         self.world = world
         self.scenario = scenario
         self.index = index
@@ -166,13 +224,16 @@ class SimHost:
         self._run_tx = run_tx
         self._peer = peer
         self._host_of = host_of
+        self._remote = remote if remote is not None else self._local_credit
         self.config = store_config(scenario, log_callback=self._on_log)
+        self.design = design(scenario.store.design)
+        self.options = scenario.store.design_options()
         self.runtime = LocalRuntime.here(f"sim-host-{index}")   # the servers' key actors live on this loop
         self._log_counts: dict[str, int] = {}
         self.servers: dict[str, _Server] = {}
         self._starting: dict[str, asyncio.Future] = {}   # servers whose GameServer is being made (on Ray)
-        self._gone: dict[str, StoreTotals] = {}    # ended servers' final figures
-        self._live_totals: dict[str, StoreTotals] = {}   # each live server's figures at the last drain
+        self._gone: dict[str, dict] = {}    # ended servers' final figures (`DataLayer.totals`)
+        self._live_totals: dict[str, dict] = {}   # each live server's figures at the last drain
         self._lock_owner: dict[str, str] = {}      # lock (session) id -> server id
         self._ops: list[tuple] = []
         self._locks: list[tuple] = []
@@ -187,6 +248,11 @@ class SimHost:
         self.stopped = False
 
     # ----------------------------------------------------------------------------------------------- intake
+
+    async def _local_credit(self, host: int, server_id: str, key: str, fn: Callable[[dict], bool]) -> str:
+        if host != self.index:
+            raise LodestoreError(f"host {host} cannot be reached from host {self.index}")
+        return await self.credit(server_id, key, fn)
 
     def now_rel(self) -> int:
         return self.scheduler.now() - self.t0
@@ -241,8 +307,8 @@ class SimHost:
         finally:
             del self._starting[ev.server]
             starting.set_result(None)
-        store = await game.aio.create_store(config.name, config.template, **store_options(config))
-        self.servers[ev.server] = _Server(ev.server, game, store)
+        data = await self.design.open(game, self.scheduler, config, self.options)
+        self.servers[ev.server] = _Server(ev.server, game, data)
         self._events.append((ev.t, "start", ev.server))
 
     async def _server(self, sid: str) -> _Server | None:
@@ -276,6 +342,7 @@ class SimHost:
             await self._drop(server, ev.t, "crash")
             return
         try:
+            await server.data.close()
             await server.game.aio.shutdown()
         except LodestoreError:
             pass   # a final save that failed: its presence is already settled (every player left first)
@@ -294,7 +361,7 @@ class SimHost:
         server = await self._server(ev.server)
         if server is not None:
             self._events.append((ev.t, "stall", ev.server))
-            await server.game.aio.stall_locks(ev.amount / 1000)
+            await server.data.stall(ev.amount / 1000)
 
     async def _drop(self, server: _Server, t: int, why: str) -> None:
         """The server dies: its sessions end unsaved, the game code it was running stops mid-call. Its figures are
@@ -304,6 +371,7 @@ class SimHost:
         self.servers.pop(server.sid, None)   # no event finds it from now on
         totals = await self._totals(server)
         self._sample_budget(server)
+        server.data.crash()
         server.game.crash()
         for presence in server.players.values():
             self._end_presence(presence, "lost")
@@ -320,16 +388,16 @@ class SimHost:
         except LodestoreError:
             pass
 
-    def _retire(self, server: _Server, totals: StoreTotals | None) -> None:
+    def _retire(self, server: _Server, totals: dict | None) -> None:
         self.servers.pop(server.sid, None)
         self._live_totals.pop(server.sid, None)
         if totals is not None:
             self._gone[server.sid] = totals
 
-    async def _totals(self, server: _Server) -> StoreTotals | None:
-        """The server's store figures now (the last ones read when it cannot answer)."""
+    async def _totals(self, server: _Server) -> dict | None:
+        """The server's data layer figures now (the last ones read when it cannot answer)."""
         try:
-            totals = await server.store.aio.totals()
+            totals = await server.data.totals()
         except LodestoreError:
             return self._live_totals.get(server.sid)
         self._live_totals[server.sid] = totals
@@ -350,7 +418,7 @@ class SimHost:
         self._sync_players(server)
         started = self.scheduler.now()
         try:
-            await server.store.aio.load(ev.player)
+            await server.data.load(ev.player)
         except Exception as exc:
             self._sample(ev.t, "load", started, exc)
             self._events.append((ev.t, "load_failed", ev.server))
@@ -376,7 +444,7 @@ class SimHost:
             return
         started = self.scheduler.now()
         try:
-            unloaded = await server.store.aio.unload(key)
+            unloaded = await server.data.unload(key)
         except Exception as exc:
             self._sample(t, "unload", started, exc)
             ended = "lost"
@@ -438,7 +506,7 @@ class SimHost:
         try:  # a receipt is granted only once the purchase is saved
             if server is None:
                 raise LodestoreError(f"server {ev.server!r} is gone")
-            await server.store.aio.save(ev.player)
+            await server.data.save(ev.player)
         except Exception as exc:
             self._sample(ev.t, "purchase_save", started, exc)
             return  # stays pending: a later save (or the unload) decides
@@ -453,7 +521,7 @@ class SimHost:
         op = self._op(ev)
         started = self.scheduler.now()
         try:
-            changed = await server.store.aio.update(ev.player, fn)
+            changed = await server.data.update(ev.player, fn)
         except Exception as exc:
             self._sample(ev.t, ev.kind, started, exc)
             self._resolve(op, "failed", error_code(exc))
@@ -473,6 +541,9 @@ class SimHost:
         found = await self._present(ev)
         if found is None:
             return
+        if not found[0].data.transactions:
+            await self._trade_in_two(ev, found[0])
+            return
         op = self._op(ev)
         peers = {ev.player: self._peer(self.index), ev.target: self._peer(self._host_of(ev.target_server))}
         req = TxRequest(self.config.name, (ev.player, ev.target), Trade(ev.player, ev.target, ev.amount, ev.op_id),
@@ -491,6 +562,82 @@ class SimHost:
             self._resolve(op, "unknown", error_code(error), tx="unknown")
         else:
             self._resolve(op, "failed", error_code(error), tx="aborted")
+
+    async def _trade_in_two(self, ev: Planned, server: _Server) -> None:
+        """A trade on a design without transactions, played as its users play one: the giver's server takes the
+        coins and the item and saves, then asks the taker's server (a cross-server message through the cloud) to
+        add them and save. When the taker's half fails, the giver is refunded; what is left half done (a crash in
+        between, a save that may have landed) is "unknown", and the conservation checker sees its coins."""
+        op = self._op(ev)
+        started = self.scheduler.now()
+        debit = _Debit(ev.amount, ev.op_id)
+        try:
+            if not await server.data.update(ev.player, debit):
+                self._sample(ev.t, "trade", started, None)
+                self._resolve(op, "failed", "Refused", tx="aborted")
+                return
+        except Exception as exc:
+            self._sample(ev.t, "trade", started, exc)
+            self._resolve(op, "failed", error_code(exc), tx="aborted")
+            return
+        item = debit.moved[0] if debit.moved else None
+        refund = _Refund(ev.amount, item, ev.op_id)
+        try:
+            await server.data.save(ev.player)
+        except Exception as exc:   # not sent to the taker: undo the giver's half before any save takes it
+            self._sample(ev.t, "trade", started, exc)
+            undone = await self._try(server.data.update(ev.player, refund))
+            self._resolve(op, "failed" if undone else "unknown", error_code(exc), tx="aborted")
+            return
+        credit = _Credit(ev.amount, item, ev.op_id)
+        answer = await self._credit_remote(ev.target_server, ev.target, credit)
+        if answer == "ok":
+            self._sample(ev.t, "trade", started, None)
+            self._resolve(op, "ok", tx="committed")
+            return
+        self._sample(ev.t, "trade", started, DesignError(answer, answer))
+        if answer in ("NotLoaded", "Refused", "ServerGone"):   # the taker got nothing: give the giver's half back
+            try:
+                undone = await server.data.update(ev.player, refund)
+                if undone:
+                    await server.data.save(ev.player)
+            except Exception:
+                undone = False
+            self._resolve(op, "failed" if undone else "unknown", answer, tx="aborted" if undone else "unknown")
+        else:   # the taker's half may have landed
+            self._resolve(op, "unknown", answer, tx="unknown")
+
+    @staticmethod
+    async def _try(coro: Any) -> bool:
+        try:
+            return bool(await coro)
+        except Exception:
+            return False
+
+    async def _credit_remote(self, server_id: str | None, key: str | None, credit: _Credit) -> str:
+        """The taker's half on the taker's server, wherever it runs: "ok" once saved, or why not."""
+        try:
+            return await self._remote(self._host_of(server_id), server_id, key, credit)
+        except Exception as exc:
+            return error_code(exc)
+
+    async def credit(self, server_id: str, key: str, fn: Callable[[dict], bool]) -> str:
+        """Apply a trade's taker half on server `server_id` of this host and save it: "ok", "NotLoaded", "Refused",
+        "Unsaved" (applied, the save failed: it may land with a later one) or the update's error code."""
+        server = await self._server(server_id)
+        presence = server.players.get(key) if server is not None and not server.closing else None
+        if presence is None or not await presence.loaded or presence.ended is not None:
+            return "NotLoaded"
+        try:
+            if not await server.data.update(key, fn):
+                return "Refused"
+        except Exception as exc:
+            return error_code(exc)
+        try:
+            await server.data.save(key)
+        except Exception:
+            return "Unsaved"
+        return "ok"
 
     async def _ev_hot(self, ev: Planned) -> None:
         server = await self._server(ev.server)
@@ -525,8 +672,12 @@ class SimHost:
                           why, tx))
 
     def _sample(self, t: int, op: str, started: int, exc: BaseException | None) -> None:
-        """An operation's latency in simulated ms (modelled network and service time, queueing, retries)."""
-        self._samples.append((t, op, self.scheduler.now() - started, None if exc is None else error_code(exc)))
+        """An operation's latency in simulated ms (modelled network and service time, queueing, retries). A forced
+        save and an unload's final save are also samples of "save", whatever the design."""
+        sample = (t, op, self.scheduler.now() - started, None if exc is None else error_code(exc))
+        self._samples.append(sample)
+        if op in ("purchase_save", "unload"):
+            self._samples.append((t, "save") + sample[2:])
 
     def _on_log(self, message: Any) -> None:
         """Count the store's warnings and errors by their gist (the text before any detail in brackets)."""
@@ -545,7 +696,7 @@ class SimHost:
         the tokens its own client holds now."""
         stats = server.game.storage.datastores.gate_statistics()
         totals = self._live_totals.get(server.sid)
-        self._throttled[server.sid] = stats.throttled + (totals.throttled if totals is not None else 0)
+        self._throttled[server.sid] = stats.throttled + (totals["throttled"] if totals is not None else 0)
         return sum(stats.tokens.values())
 
     # ------------------------------------------------------------------------------------------------ output
@@ -559,16 +710,14 @@ class SimHost:
         counters: dict[str, int] = {}
         for totals in [self._live_totals.get(s.sid) for s in live] + list(self._gone.values()):
             if totals is not None:
-                for name, value in vars(totals.counters).items():
-                    counters[name] = counters.get(name, 0) + value
-                counters["key_actors"] = counters.get("key_actors", 0) + totals.key_actors
+                for name, value in totals.items():
+                    if name != "throttled":
+                        counters[name] = counters.get(name, 0) + value
         tokens = []
         errors: list[str] = []
-        for server, snapshots in zip(live, stats):
-            held = self._sample_budget(server)
-            held += sum(sum(s.gate.tokens.values()) for s in snapshots if s.gate is not None)
-            tokens.append(held)
-            errors += [e for s in snapshots for e in s.errors]
+        for server, (held, recent) in zip(live, stats):
+            tokens.append(self._sample_budget(server) + held)
+            errors += recent
         out["counters"] = counters
         out["log"] = dict(self._log_counts)
         out["throttled"] = dict(self._throttled)
@@ -581,14 +730,15 @@ class SimHost:
         out["errors"] = errors[-5:]
         return out
 
-    async def _statistics(self, server: _Server) -> list:
-        """The live key actors' snapshots of the server's store; its figures over its life are kept too."""
+    async def _statistics(self, server: _Server) -> tuple[int, list[str]]:
+        """The server's data layer now (tokens its gates hold, its latest errors); its figures over its life are
+        kept too."""
         try:
-            snapshots = await server.store.aio.statistics()
+            live = await server.data.live()
         except LodestoreError:
-            return []
+            return 0, []
         await self._totals(server)
-        return snapshots
+        return live
 
     async def finish(self) -> dict:
         """End of the run: no new events; let what is running end (a lock wait at most), then BindToClose on every
@@ -620,17 +770,10 @@ class SimHost:
         return await self.drain()
 
     async def peek(self, keys: list[str]) -> dict:
-        """The stored data of `keys` (transactions resolved), or None where there is none: the verifier's read at
-        the end of a run, outside every game server's budget."""
-        host = KeyHost(self.world, f"sim-reader-{self.index}", self.scheduler, budgeted=False)
-        host.open_store(self.config)
-        results = await host.handle([Peek(self.config.name, k) for k in keys])
-        out = {}
-        for key, value in zip(keys, results):
-            if isinstance(value, BaseException):
-                raise value
-            out[key] = value
-        return out
+        """The stored data of `keys` as a load would see it (transactions resolved), or None where there is none:
+        the verifier's read at the end of a run, outside every game server's budget."""
+        reader = Server(self.world, f"sim-reader-{self.index}", budgeted=False)
+        return await self.design.read(reader, self.scheduler, self.config, self.options, keys)
 
     async def read_hot(self, names: list[str]) -> dict:
         reader = Server(self.world, f"sim-hot-reader-{self.index}", budgeted=False)
@@ -673,7 +816,7 @@ class SimHost:
     @staticmethod
     async def _is_loaded(server: _Server, key: str) -> bool:
         try:
-            return await server.store.aio.is_loaded(key)
+            return await server.data.is_loaded(key)
         except LodestoreError:
             return False   # a server going down holds nothing a transaction can use
 
@@ -692,9 +835,13 @@ class HostRole:
     def __init__(self, node: Any, world: Any, scenario: Scenario, index: int, t0: int, node_of_host: Callable[[int],
                  int]) -> None:
         self._servers: dict[str, int] = {}
+        relay = virtual.Address(virtual.CLOUD, RELAY)
+
+        async def remote(host: int, server_id: str, key: str, fn: Callable[[dict], bool]) -> str:
+            return await node.call(relay, "forward", (node_of_host(host), "credit", (server_id, key, fn)))
         self.host = SimHost(world, scenario, index, t0, scheduler=node.scheduler, run_tx=tx_batcher(world).submit,
                             peer=lambda i: virtual.Address(node_of_host(i), "sim"),
-                            host_of=lambda sid: self._servers.get(sid, index))
+                            host_of=lambda sid: self._servers.get(sid, index), remote=remote)
 
     def apply(self, events: list[Planned], placement: dict[str, int]) -> None:
         self._servers.update(placement)
@@ -714,3 +861,19 @@ class HostRole:
 
     async def tx_calls(self, calls: list[TxCall]) -> list:
         return await self.host.tx_calls(calls)
+
+    async def credit(self, server_id: str, key: str, fn: Callable[[dict], bool]) -> str:
+        return await self.host.credit(server_id, key, fn)
+
+
+class Relay:
+    """On the cloud node: hands a game server's message to the host of another (Roblox's cross-server messages go
+    through Roblox, so a message between two game servers takes a hop there and a hop on: hosts only talk to the
+    cloud). Delivered twice: the message is delivered twice (a trade's taker half is not idempotent; the engine
+    never delivers twice)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    async def forward(self, node: int, method: str, args: tuple) -> Any:
+        return await self.node.call(virtual.Address(node, "sim"), method, args)

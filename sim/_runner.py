@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -38,10 +39,10 @@ from typing import Any, Callable, TextIO
 from lodestore.coordinator import COORDINATOR_NAME, CoordinatorActor
 from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
-from lodestore.sim._host import HostRole
+from lodestore.sim._host import RELAY, HostRole, Relay
 from lodestore.sim._report import summary_table, write_report
-from lodestore.sim._scenario import (Scenario, datastore_latency, memorystore_latency, scenario_toml,
-                                     store_config)
+from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary, memorystore_latency,
+                                     scenario_toml, store_config)
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, ConfigError, FaultConfig, Latency, ManualClock, Outage,
                                datastore_name, virtual)
@@ -343,6 +344,8 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     checks = collector.checks(engine.initial, engine.final, engine.hot_finals)
     report = collector.report(scenario=_scenario_summary(scenario), run=run, checks=checks)
     report["totals"]["players"]["teleports"] = engine.router.teleports
+    report.update(engine.storage_figures)
+    report["design"] = design_summary(scenario)
     history_json = collector.history.to_json()
     report["digest"] = history_digest(history_json, engine.final, engine.hot_finals)
     files: dict = {}
@@ -400,6 +403,7 @@ class _Engine:
         self._unresolved: dict[int, dict[str, Planned]] = {i: {} for i in range(self.host_count)}
         self.lost_hosts: list[dict] = []
         self.host_nodes: list[str] = []
+        self.storage_figures: dict = {}
 
     def stop_requested(self) -> None:
         """Ctrl-C: the first stops the play (BindToClose, checks and report follow); a second abandons the run."""
@@ -446,6 +450,7 @@ def _build_cloud(info: virtual.WorldInfo, node: virtual.Node) -> None:
     """The cloud node: the world's storage (shards, MemoryStore, budget ledger) and its coordinator."""
     world = virtual.host_storage(node, info)
     node.host(COORDINATOR_NAME, CoordinatorActor(world))
+    node.host(RELAY, Relay(node))
 
 
 def _build_host(info: virtual.WorldInfo, scenario: Scenario, index: int, t0: int, node: virtual.Node) -> None:
@@ -787,6 +792,7 @@ class _Virtual(_Engine):
             self.collector.add_ops(self._unresolved_ops(i, "NotRun"))
         k = self._run_until({self._start(virtual.CLOUD, COORDINATOR_NAME, "recover", ()): None}, k)
         self.collector.close_locks()
+        self.storage_figures = self._storage_figures()   # before the verifier's reads
         keys = self.population()
         live = self._live()
         if not live:
@@ -955,6 +961,21 @@ class _Virtual(_Engine):
                 del self._drains[task]
                 if i not in self.router.lost:
                     self._take(i, self._result(task))
+
+    def _storage_figures(self) -> dict:
+        """What the run asked of the cloud: DataStore requests by type, MemoryStore operations by kind, and the
+        bytes the DataStore holds (every key's current value) and the MemoryStore."""
+        datastore: Counter = Counter()
+        stored = 0
+        for i in range(self.info.shards):
+            stats = self.nodes.call_cloud(datastore_name(i), "statistics")
+            datastore.update(stats.requests_by_type)
+            stored += stats.stored_bytes
+        memory = self.nodes.call_cloud(MEMORYSTORE_NAME, "statistics")
+        return {"requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
+                             "memorystore": dict(sorted(memory.requests.items())),
+                             "memorystore_total": sum(memory.requests.values())},
+                "storage": {"datastore_bytes": stored, "memorystore_bytes": memory.bytes_used}}
 
     def _close_storage(self) -> None:
         """Close the world's files (each shard's WAL checkpointed in), the shards holding a file's lock last, as

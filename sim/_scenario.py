@@ -39,7 +39,11 @@ Sections and defaults (every key is optional; an empty file is a valid scenario)
     name = "players" (1-32 characters, no '/'); template = {coins = 100, items = []} (a table of
     JSON-like values, storable as a record; `coins` an integer >= 0, `items` and `ledger` arrays, when given);
     migrations = [] (unique names); autosave_interval = 300, lock_ttl = 90, lock_refresh = 60 (seconds,
-    lock_refresh < lock_ttl, within `StoreConfig`'s bounds).
+    lock_refresh < lock_ttl, within `StoreConfig`'s bounds); design = "lyra" (a name in `sim.designs.DESIGNS`:
+    lyra, naive, datastorer, elite, atomicstore, profilestore).
+``[store.<design>]``
+    that design's own options (its options dataclass in `sim.designs`: unknown keys and wrong types are refused);
+    tables for designs other than the one chosen are kept, checked, and used by `lodestore compare`.
 ``[hot_keys]``
     count = 0 (0..10,000); kinds = ["counter"] (non-empty, unique, each "guild" | "counter").
 ``[[faults]]`` (zero to 1,000 windows, each must set at least one fault)
@@ -61,6 +65,9 @@ Sections and defaults (every key is optional; an empty file is a valid scenario)
     its only key).
     Every draw is capped at 10,000 ms, or at the latency's own fixed or max when that is longer (a lognormal whose
     median is longer, at 600,000 ms). `datastore_latency` and `memorystore_latency` give the resolved latencies.
+``[thresholds]``
+    metric = at most (numbers >= 0; metrics in `THRESHOLDS`, e.g. lost_writes = 0, p99_load_ms = 2000): a run or a
+    comparison that exceeds one exits 1, as a load tester's thresholds do.
 """
 
 from __future__ import annotations
@@ -76,10 +83,13 @@ from pathlib import Path
 from typing import Any
 
 from lodestore.actors import MAX_LOCK_TTL_S, MIN_PERIOD_S, StoreConfig
+from lodestore.sim.designs import DESIGNS, check_options, design
 from lodestore.storage import ConfigError, Latency, RequestType
 
 __all__ = [
     "REQUEST_TYPES",
+    "THRESHOLDS",
+    "design_summary",
     "WorldSection",
     "Servers",
     "ActionRates",
@@ -197,6 +207,20 @@ class StoreSection:
     autosave_interval: float = 300.0
     lock_ttl: float = 90.0
     lock_refresh: float = 60.0
+    design: str = "lyra"
+    designs: dict[str, dict[str, Any]] = field(default_factory=dict)   # `[store.<design>]` tables, as written
+
+    def design_options(self, name: str | None = None) -> Any:
+        """The options of design `name` (default: this scenario's design) from its `[store.<name>]` table."""
+        name = name or self.design
+        return check_options(design(name), self.designs.get(name), f"store.{name}")
+
+
+THRESHOLDS = ("failed_checks", "lost_writes", "duplicated_writes", "duplicated_items", "coins_created",
+              "coins_destroyed", "negative_balances", "overlapping_sessions", "load_failures",
+              "data_at_risk_player_s", "throttled", "datastore_requests", "memorystore_requests",
+              "p50_load_ms", "p99_load_ms", "p50_save_ms", "p99_save_ms", "p50_trade_ms", "p99_trade_ms")
+"""What `[thresholds]` may bound (each "at most"): see `sim._compare.metrics` for how each is measured."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +298,7 @@ class Scenario:
     hot_keys: HotKeys = field(default_factory=HotKeys)
     faults: tuple[FaultWindow, ...] = ()
     latency: LatencySection = field(default_factory=LatencySection)
+    thresholds: dict[str, float] = field(default_factory=dict)   # `[thresholds]`: metric -> at most
     source: str = "<string>"
 
     def faults_at(self, t: float) -> list[FaultWindow]:
@@ -500,8 +525,22 @@ def _template(t: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store(t: dict[str, Any]) -> StoreSection:
-    _known(t, "store", StoreSection)
+    tables = {k: v for k, v in t.items() if k in DESIGNS}
+    t = {k: v for k, v in t.items() if k not in DESIGNS}
+    _known({k: v for k, v in t.items() if k != "designs"}, "store", StoreSection)
+    if "designs" in t:
+        raise _Bad("store.designs", f"unknown key; a design's options go in [store.<design>] ({', '.join(DESIGNS)})")
     d = StoreSection()
+    name = _str(t, "store", "design", d.design)
+    if name not in DESIGNS:
+        raise _Bad("store.design", f"must be one of {', '.join(DESIGNS)}, got {name!r}")
+    for key, table in tables.items():
+        _table(table, f"store.{key}")
+        try:
+            check_options(DESIGNS[key], table, f"store.{key}")
+        except ConfigError as exc:
+            where = exc.field or f"store.{key}"
+            raise _Bad(where, str(exc).removeprefix(f"{where}: ")) from None
     lock_ttl = _number(t, "store", "lock_ttl", d.lock_ttl, low=0, low_open=True)
     lock_refresh = _number(t, "store", "lock_refresh", d.lock_refresh, low=0, low_open=True)
     if lock_refresh >= lock_ttl:
@@ -513,7 +552,28 @@ def _store(t: dict[str, Any]) -> StoreSection:
         autosave_interval=_number(t, "store", "autosave_interval", d.autosave_interval, low=0, low_open=True),
         lock_ttl=lock_ttl,
         lock_refresh=lock_refresh,
+        design=name,
+        designs={k: dict(v) for k, v in tables.items()},
     )
+
+
+def _thresholds(t: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in t.items():
+        if key not in THRESHOLDS:
+            raise _Bad(f"thresholds.{key}", f"unknown threshold; known: {', '.join(THRESHOLDS)}")
+        out[key] = _number(t, "thresholds", key, None, low=0)
+    return out
+
+
+def design_summary(scenario: "Scenario") -> dict[str, Any]:
+    """The design a scenario runs, for its report: name, options, whether trades are atomic, how it locks."""
+    chosen = design(scenario.store.design)
+    return {"name": chosen.name, "summary": chosen.summary,
+            "options": dataclasses.asdict(scenario.store.design_options()),
+            "transactions": chosen.transactions, "lock": chosen.lock,
+            "trades": "one transaction (2PC)" if chosen.transactions else
+                      "two separate updates, each saved by its own server (no transactions)"}
 
 
 # StoreConfig's field -> where the scenario sets it
@@ -697,7 +757,8 @@ def memorystore_latency(scenario: "Scenario") -> Latency:
 def _scenario(data: dict[str, Any], source: str) -> Scenario:
     _known(data, "", Scenario, "section")
     sections = {name: _table(data[name], name)
-                for name in ("world", "servers", "players", "store", "hot_keys", "latency") if name in data}
+                for name in ("world", "servers", "players", "store", "hot_keys", "latency", "thresholds")
+                if name in data}
     world = _world(sections.get("world", {}))
     servers = _servers(sections.get("servers", {}))
     players = _players(sections.get("players", {}))
@@ -715,8 +776,9 @@ def _scenario(data: dict[str, Any], source: str) -> Scenario:
         for i, item in enumerate(raw):
             faults.append(_fault(_table(item, f"faults[{i}]"), f"faults[{i}]", world.duration))
     latency = _latency_section(sections.get("latency", {}))
+    thresholds = _thresholds(sections.get("thresholds", {}))
     scenario = Scenario(world=world, servers=servers, players=players, store=store, hot_keys=hot_keys,
-                        faults=tuple(faults), latency=latency, source=source)
+                        faults=tuple(faults), latency=latency, thresholds=thresholds, source=source)
     _check_store(scenario)
     _check_size(scenario)
     return scenario
@@ -789,7 +851,11 @@ def scenario_toml(scenario: Scenario) -> str:
     players = dataclasses.asdict(scenario.players)
     table("players.actions_per_minute", players.pop("actions_per_minute"))
     table("players", players)
-    table("store", dataclasses.asdict(scenario.store))
+    store = dataclasses.asdict(scenario.store)
+    tables = store.pop("designs")
+    table("store", store)
+    for name, options in sorted(tables.items()):
+        table(f"store.{name}", options)
     table("hot_keys", dataclasses.asdict(scenario.hot_keys))
     for window in scenario.faults:
         table("faults", dataclasses.asdict(window), array=True)
@@ -797,6 +863,8 @@ def scenario_toml(scenario: Scenario) -> str:
     table("latency", {"hop_ms": latency.hop_ms})
     table("latency.datastore", {k: _latency_shape(v) for k, v in sorted(latency.datastore.items())})
     table("latency.memorystore", {"default": _latency_shape(latency.memorystore)})
+    if scenario.thresholds:
+        table("thresholds", dict(scenario.thresholds))
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ as a dead actor), so that `World.start` can report it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class ShardStatistics:
     conflicts: int           # compare-and-sets that lost: an update's write, an ordered store's conditional set
     injected_errors: int     # requests the fault injector failed before they ran (error rates and outages)
     ambiguous_writes: int    # writes the fault injector let apply and then reported as failed
+    requests_by_type: dict = dataclasses.field(default_factory=dict)   # RequestType value -> requests
+    stored_bytes: int = 0    # bytes of the current values written since the shard started (a fresh world: all)
 
 
 class DataStoreShardActor:
@@ -141,7 +144,9 @@ class DataStoreShardActor:
     def statistics(self) -> ShardStatistics:
         return ShardStatistics(shard=self.shard, requests=self.engine.requests, conflicts=self.engine.conflicts,
                                injected_errors=self.engine.faults.injected_errors,
-                               ambiguous_writes=self.engine.faults.ambiguous_writes)
+                               ambiguous_writes=self.engine.faults.ambiguous_writes,
+                               requests_by_type=dict(self.engine.requests_by_type),
+                               stored_bytes=self.engine.stored_bytes)
 
     def close(self) -> None:
         """Close the engine and its file (see `DataStoreEngine.close`); later batches are refused. Delivered twice:

@@ -110,6 +110,19 @@ class DataLayer(abc.ABC):
     @abc.abstractmethod
     def crash(self) -> None: ...
 
+    async def stall(self, seconds: float) -> None:
+        """A fault: the server stops renewing what it holds for `seconds` but keeps running. Designs that renew
+        nothing (no lock, or a lock renewed only by saves) ignore it."""
+
+    async def totals(self) -> dict[str, int]:
+        """The counters over the layer's life (`LayerCounters` fields), plus "throttled" (requests its own budget
+        gates throttled, beyond the game server's client) and "key_actors" (actors that held its sessions)."""
+        return {**dataclasses.asdict(self.statistics()), "throttled": 0, "key_actors": 0}
+
+    async def live(self) -> tuple[int, list[str]]:
+        """Now: the budget tokens the layer's own gates hold, and its latest errors (for the report)."""
+        return 0, []
+
     def statistics(self) -> LayerCounters:
         """The counters so far, data at risk up to now included."""
         out = dataclasses.replace(self.counters)

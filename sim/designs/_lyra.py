@@ -78,6 +78,19 @@ class LyraLayer(DataLayer):
     def crash(self) -> None:
         self.forget_all()   # the game server's crash (`GameServer.crash`) ends the key actors
 
+    async def stall(self, seconds: float) -> None:
+        await self.game.aio.stall_locks(seconds)
+
+    async def totals(self) -> dict[str, int]:
+        totals = await self.store.aio.totals()
+        return {**vars(totals.counters), "throttled": totals.throttled, "key_actors": totals.key_actors,
+                "at_risk_ms": self.statistics().at_risk_ms}
+
+    async def live(self) -> tuple[int, list[str]]:
+        snapshots = await self.store.aio.statistics()
+        tokens = sum(sum(s.gate.tokens.values()) for s in snapshots if s.gate is not None)
+        return tokens, [e for s in snapshots for e in s.errors]
+
     def on_saved(self, key: str, taken: int) -> None:
         """The Store's `save_callback`: a save that landed (or found nothing to write) at `taken`."""
         dirty = self._dirty.get(key)

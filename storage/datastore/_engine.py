@@ -11,7 +11,7 @@ refused request: every check happens before the first write.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 import msgpack
 
@@ -112,6 +112,8 @@ class DataStoreEngine:
         self.faults = FaultInjector(faults)
         self.throughput = KeyThroughput()
         self.requests = 0
+        self.requests_by_type: Counter = Counter()   # RequestType value -> requests
+        self.stored_bytes = 0     # bytes of the current values written since this engine started
         self.conflicts = 0
         self._next_sweep_ms = 0
         self._closed = False
@@ -153,6 +155,7 @@ class DataStoreEngine:
                     results.append(DataStoreError(502, "RequestRejected", f"unknown request {type(op).__name__}"))
                     continue
                 self.requests += 1
+                self.requests_by_type[op.request_type.value] += 1
                 key = getattr(op, "key", None)
                 decision = self.faults.decide(op.request_type,
                                               (getattr(op, "store", None), getattr(op, "scope", None), key), now)
@@ -193,6 +196,7 @@ class DataStoreEngine:
                 self.backend.supersede(k, latest.seq, now)
         rec = VersionRecord(seq, version_string(now, seq), now, latest.key_created_ms if alive else now, None,
                             deleted, value, user_ids, metadata)
+        self.stored_bytes += len(value or b"") - (len(latest.value or b"") if alive else 0)
         self.backend.insert(k, rec)
         return rec
 

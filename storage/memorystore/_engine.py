@@ -14,6 +14,8 @@ for one failed operation of a batch (that operation's slot gets its `MemoryStore
 
 from __future__ import annotations
 
+from collections import Counter
+
 import base64
 import binascii
 import heapq
@@ -286,6 +288,7 @@ class MemoryStoreEngine:
         self._bytes = 0
         self._active_reads = 0
         self._units = UnitLedger()
+        self._requests: Counter = Counter()
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             HashMapGet: self._hash_map_get,
             HashMapSet: self._hash_map_set,
@@ -328,6 +331,7 @@ class MemoryStoreEngine:
             raise MemoryStoreError(INVALID_REQUEST, f"not a MemoryStore operation: {type(op).__name__}")
         now = self._clock.now()
         self._advance(now)
+        self._requests[type(op).__name__] += 1
         return handler(op, now)
 
     def set_population(self, users: int, ccu: int) -> None:
@@ -361,6 +365,7 @@ class MemoryStoreEngine:
             users=self._users,
             ccu=self._ccu,
             enforce_quotas=self._enforce_quotas,
+            requests=dict(self._requests),
         )
 
     # -- hash maps ------------------------------------------------------------------------------------------------

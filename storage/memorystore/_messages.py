@@ -8,7 +8,7 @@ import the client or the engine; `ANY` and `SortDirection`, shared with the Data
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from lodestore.storage._limits import MS_QUEUE_DEFAULT_INVISIBILITY_S
@@ -266,3 +266,4 @@ class MemoryStoreStatistics:
     users: int
     ccu: int
     enforce_quotas: bool
+    requests: dict = field(default_factory=dict)    # operation name ("HashMapUpdate", ...) -> operations run
