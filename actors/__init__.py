@@ -22,8 +22,8 @@ Everything public is exported here; the `_`-prefixed modules are private. Beside
 """
 
 from lodestore.actors import records
-from lodestore.actors._config import (MAX_LOCK_TTL_S, MIN_PERIOD_S, LogMessage, Migration, Placement, StoreConfig,
-                                      check_schema, check_seconds)
+from lodestore.actors._config import (LOCK_STORES, MAX_LOCK_TTL_S, MIN_PERIOD_S, LogMessage, Migration, Placement,
+                                      StoreConfig, check_schema, check_seconds)
 from lodestore.actors._errors import (KeyClosedError, KeyNotLoadedError, LoadInProgressError, LockLostError,
                                       LockTimeoutError, MigrationError, RecordError, SchemaError, StoreClosedError,
                                       StoreError, TxLockedError)
@@ -40,7 +40,7 @@ from lodestore.actors._actor import KeyActor, key_actor_options
 __all__ = [
     "KeyActor", "key_actor_options",
     "StoreConfig", "Migration", "Placement", "LogMessage", "check_schema", "check_seconds", "MIN_PERIOD_S",
-    "MAX_LOCK_TTL_S",
+    "MAX_LOCK_TTL_S", "LOCK_STORES",
     "KeyHost", "SessionState", "StoreStatistics", "StoreCounters",
     "HostRequest", "KeyRequest", "Load", "Get", "Update", "UpdateImmutable", "Save", "Unload", "Close", "Peek",
     "ProbeLockActive", "ListVersions", "ReadVersion", "IsLoaded", "LoadedKeys", "Statistics",

@@ -18,7 +18,7 @@ from lodestore.actors._txn import MAX_STORE_NAME
 from lodestore.storage import MS_MAX_EXPIRATION_S, ConfigError, DataStoreError, check_metadata
 
 __all__ = ["StoreConfig", "Migration", "Placement", "LogMessage", "check_schema", "check_seconds", "MIN_PERIOD_S",
-           "MAX_LOCK_TTL_S"]
+           "MAX_LOCK_TTL_S", "LOCK_STORES"]
 
 MIN_PERIOD_S = 0.1
 """The shortest period a store runs anything at (autosave, lock refresh, lock TTL, transaction timeout, steal time),
@@ -28,7 +28,12 @@ a few frames anyway."""
 
 MAX_LOCK_TTL_S = MS_MAX_EXPIRATION_S
 """The longest lock TTL, in seconds: the lock is a MemoryStore item, whose expiration is at most 45 days
-(3,888,000 s). It bounds every other timing of a store too: nothing a store does waits longer than its lock can live."""
+(3,888,000 s). It bounds every other timing of a store too: nothing a store does waits longer than its lock can live.
+A lock kept in a DataStore (`lock_store="datastore"`) has no TTL of its own, but keeps the same bound."""
+
+LOCK_STORES = ("memorystore", "datastore")
+"""Where a store keeps its session locks (`StoreConfig.lock_store`): a MemoryStore hash map item with a TTL (Lyra's
+default), or a DataStore value whose expiry is read from the time written in it (Lyra PR #17, `useDSSLocking`)."""
 
 
 class Placement(str, Enum):
@@ -96,6 +101,12 @@ class StoreConfig:
     - `autosave_interval`: how often a changed session is saved. `retry_attempts`: storage attempts per write.
     - `lock_partitions`: how many MemoryStore hash maps share the locks (1 is Lyra's single map). One structure
       serves 100,000 request units a minute, about 33,000 lock updates: 16 maps carry ~500,000 sessions.
+    - `lock_store`: where the locks live. "memorystore" (default, Lyra's): an item of a MemoryStore hash map with TTL
+      `lock_ttl`. "datastore" (Lyra PR #17): a value in DataStore `lodestore/locks/<name>` under the player's key,
+      written by UpdateAsync (compare-and-set); a DataStore has no TTL, so a lock counts as expired `lock_ttl` after
+      the time written in it, and a release overwrites it with a free marker. Each lock write (acquire, refresh,
+      release) is a read and a write of the server's DataStore budget, a waiting acquire a read;
+      `lock_partitions` does not apply (one DataStore holds every lock of the store).
     - `tx_timeout`: how long a session waits in a transaction for its coordinator before settling it itself.
 
     Every timing is from `MIN_PERIOD_S` (0.1 s) to `MAX_LOCK_TTL_S` (45 days, MemoryStore's longest expiration),
@@ -123,6 +134,7 @@ class StoreConfig:
     lock_partitions: int = 16
     tx_timeout: float = 60.0
     placement: Placement = Placement.PER_SERVER
+    lock_store: str = "memorystore"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 1 <= len(self.name) <= MAX_STORE_NAME or "/" in self.name:
@@ -161,6 +173,9 @@ class StoreConfig:
         except ValueError:
             raise ConfigError(f"placement must be 'per-server' or 'per-key', got {self.placement!r}",
                               field="placement") from None
+        if not isinstance(self.lock_store, str) or self.lock_store not in LOCK_STORES:
+            raise ConfigError(f"lock_store must be one of {', '.join(map(repr, LOCK_STORES))}, got "
+                              f"{self.lock_store!r}", field="lock_store")
 
     @property
     def migration_names(self) -> tuple[str, ...]:

@@ -6,6 +6,8 @@ fenced writes, dirty-tracked autosave, records with shards for large values, mig
 transactions through the world's coordinator. Lyra's own open choices are its settings here:
 - `lock_partitions` (Lyra PR #20): how many MemoryStore hash maps share the locks; 1 is Lyra's single map.
 - `lock_steal_after`: take over a lock whose holder stopped refreshing it (ProfileStore's force-load), or never.
+- `lock_store` (Lyra PR #17, `useDSSLocking`): keep the locks in a MemoryStore hash map (default) or in a DataStore,
+  where they spend the server's DataStore budget and expire `lock_ttl` after the time written in them.
 
 Owns: `LyraLayer`, a thin adapter from the `DataLayer` contract to a `Store` on one `GameServer`, and the design's
 entry. Never does: anything the Store does not; its figures are the Store's.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lodestore import GameServer, Store, store_options
-from lodestore.actors import KeyHost, Peek, StoreConfig
+from lodestore.actors import LOCK_STORES, KeyHost, Peek, StoreConfig
 from lodestore.storage import ConfigError, Scheduler, Server
 from lodestore.sim.designs._base import DataLayer, Design
 
@@ -27,10 +29,12 @@ __all__ = ["LyraOptions", "LyraLayer", "LYRA"]
 
 @dataclass(frozen=True)
 class LyraOptions:
-    """`[store.lyra]`: `lock_partitions` (1..1024, default 16), `lock_steal_after` (seconds; 0 = never steal)."""
+    """`[store.lyra]`: `lock_partitions` (1..1024, default 16), `lock_steal_after` (seconds; 0 = never steal),
+    `lock_store` ("memorystore", the default, or "datastore")."""
 
     lock_partitions: int = 16
     lock_steal_after: float = 0.0
+    lock_store: str = "memorystore"
 
     def __post_init__(self) -> None:
         if not 1 <= self.lock_partitions <= 1024:
@@ -38,10 +42,13 @@ class LyraOptions:
         if not 0 <= self.lock_steal_after < float("inf"):
             raise ConfigError(f"must be seconds >= 0 (0: never), got {self.lock_steal_after!r}",
                               field="lock_steal_after")
+        if self.lock_store not in LOCK_STORES:
+            raise ConfigError(f"must be one of {', '.join(map(repr, LOCK_STORES))}, got {self.lock_store!r}",
+                              field="lock_store")
 
     def apply(self, config: StoreConfig) -> StoreConfig:
         return dataclasses.replace(config, lock_partitions=self.lock_partitions,
-                                   lock_steal_after=self.lock_steal_after or None)
+                                   lock_steal_after=self.lock_steal_after or None, lock_store=self.lock_store)
 
 
 class LyraLayer(DataLayer):
@@ -123,4 +130,4 @@ async def _read(reader: Server, scheduler: Scheduler, config: StoreConfig, optio
 
 
 LYRA = Design("lyra", "lodestore's Store (Lyra's): a MemoryStore session lock, fenced writes, autosave, 2PC trades",
-              LyraOptions, _open, _read, transactions=True, lock="MemoryStore lease")
+              LyraOptions, _open, _read, transactions=True, lock="MemoryStore lease (or DataStore: lock_store)")

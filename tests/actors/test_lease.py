@@ -1,7 +1,8 @@
 """The lock lease (acquire, refresh, deadline, steal, release, lost) on plain asyncio with a manual clock: first a
-`LockLease` on its own, as a session holds it, then through sessions on key hosts.
+`LockLease` on its own, as a session holds it, then through sessions on key hosts, then the same lease with its lock
+kept in a DataStore (`lock_store="datastore"`, Lyra PR #17).
 
-Time moves only through `Rig.advance`; a lease's MemoryStore is the in-process world's.
+Time moves only through `Rig.advance`; a lease's MemoryStore and DataStore are the in-process world's.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import asyncio
 
 import pytest
 
-from lodestore.actors import (Get, IsLoaded, KeyNotLoadedError, Load, LockTimeoutError, ProbeLockActive, Save, Unload,
-                              Update)
-from lodestore.actors._lease import LockLease, acquire_wait
-from lodestore.storage import MemoryStoreError
+from lodestore.actors import (Get, IsLoaded, KeyNotLoadedError, Load, LockLostError, LockTimeoutError, ProbeLockActive,
+                              Save, StoreConfig, Unload, Update, lock_map_name)
+from lodestore.actors._lease import LockLease, acquire_wait, lock_active, lock_datastore_name
+from lodestore.storage import ConfigError, FaultConfig, MemoryStoreError
 from tests.actors._rig import Rig, run, until_done
 
 
@@ -245,4 +246,167 @@ def test_lock_callback_reports_each_hold_and_stall_locks_freezes_upkeep_until_th
         assert at - start < 85_000
         with pytest.raises(KeyNotLoadedError):
             await a(Get, "u1")
+    run(main())
+
+
+# ------------------------------------------------------------------------------- the lock kept in a DataStore
+
+def lock_value(rig: Rig, key: str):
+    """The stored lock value of `key` in the players store's lock DataStore, read past the cache (None: no key)."""
+    store = rig.world.server("inspector").datastores.get_data_store(lock_datastore_name("players"))
+    return store.get(key, use_cache=False)[0]
+
+
+def memorystore_locks(rig: Rig, partitions: int = 16) -> list:
+    """Every item in the players store's lock hash maps."""
+    maps = rig.world.server("inspector").memorystores
+    return [item for i in range(partitions)
+            for item in maps.get_hash_map(lock_map_name("players", i, partitions)).list_items(100)[0]]
+
+
+def test_lock_store_takes_memorystore_or_datastore_and_refuses_anything_else_naming_the_field():
+    assert StoreConfig("players", {}).lock_store == "memorystore"
+    assert StoreConfig("players", {}, lock_store="datastore").lock_store == "datastore"
+    for bad in ("DataStore", "redis", "", None, 1, ["datastore"]):
+        with pytest.raises(ConfigError, match="lock_store must be one of 'memorystore', 'datastore'") as caught:
+            StoreConfig("players", {}, lock_store=bad)
+        assert caught.value.field == "lock_store"
+
+
+def test_datastore_lock_makes_a_second_session_wait_and_its_release_lets_it_in_at_once():
+    async def main():
+        rig = Rig()
+        events = []
+        a = rig.host("a", lock_store="datastore", lock_callback=recorder(events))
+        b = rig.host("b", lock_store="datastore")
+        first = LockLease(a.runtime(), "u1")
+        await first.acquire()
+        start = rig.clock.now()
+        assert lock_value(rig, "u1") == {"session": first.id, "job": "a", "at": start}   # the lock is in the DataStore
+        assert memorystore_locks(rig) == []                                             # ... and not in the MemoryStore
+        assert await lock_active(b.runtime(), "u1")
+        second = LockLease(b.runtime(), "u1")
+        waiting = asyncio.create_task(second.acquire())
+        await rig.advance(20)
+        assert not waiting.done() and b.runtime().counters.lock_waits == 1
+        await first.release()
+        released = rig.clock.now()
+        assert lock_value(rig, "u1")["session"] is None and not await lock_active(b.runtime(), "u1")
+        await until_done(rig, waiting)
+        assert second.held and rig.clock.now() - released <= 30_000   # its next attempt, not lock_ttl, let it in
+        assert lock_value(rig, "u1")["session"] == second.id
+        await first.release()                                          # a second release is a no-op
+        assert lock_value(rig, "u1")["session"] == second.id
+        await rig.advance(600)
+        assert [e[0] for e in events] == ["acquired", "released"]
+        assert memorystore_locks(rig) == []
+    run(main())
+
+
+def test_datastore_lock_of_a_crashed_holder_is_taken_over_once_its_ttl_has_passed_and_not_before():
+    async def main():
+        rig = Rig()
+        a = rig.host("a", lock_store="datastore", lock_ttl=30, lock_refresh=10)
+        b = rig.host("b", lock_store="datastore", lock_ttl=30, lock_refresh=10)
+        crashed = LockLease(a.runtime(), "u1")
+        await crashed.acquire()
+        start = rig.clock.now()
+        crashed.abandon()                                      # nothing removes the value: a DataStore has no TTL
+        taker = LockLease(b.runtime(), "u1")
+        taking = asyncio.create_task(taker.acquire())
+        await rig.advance(29)
+        assert not taking.done() and lock_value(rig, "u1")["session"] == crashed.id
+        await until_done(rig, taking)
+        assert 30_000 <= rig.clock.now() - start <= 31_000     # the first attempt after `at` + lock_ttl
+        assert taker.held and lock_value(rig, "u1") == {"session": taker.id, "job": "b", "at": rig.clock.now()}
+        assert b.runtime().counters.lock_steals == 0          # an expired lock is free, as a MemoryStore item would be
+    run(main())
+
+
+def test_datastore_lock_a_stalled_holders_late_release_does_not_free_the_lock_it_lost():
+    # Lyra PR #17 releases with RemoveAsync, which would remove whatever the key holds by then, even the lock
+    # another server took over after this one stalled; here the release only frees a value that still names it.
+    async def main():
+        rig = Rig()
+        a = rig.host("a", lock_store="datastore", lock_ttl=30, lock_refresh=10)
+        b = rig.host("b", lock_store="datastore", lock_ttl=30, lock_refresh=10)
+        holder = LockLease(a.runtime(), "u1")
+        await holder.acquire()
+        a.host.stall_locks(120)                                # no refresh, no deadline check: it has not noticed
+        taker = LockLease(b.runtime(), "u1")
+        await until_done(rig, asyncio.create_task(taker.acquire()))
+        assert holder.held and taker.held
+        await holder.release()
+        assert lock_value(rig, "u1")["session"] == taker.id and await lock_active(a.runtime(), "u1")
+        await rig.advance(600)                                 # the taker keeps refreshing it
+        assert taker.held and lock_value(rig, "u1")["session"] == taker.id
+    run(main())
+
+
+def test_datastore_lock_refreshes_keep_it_far_past_its_ttl_each_a_read_and_a_write_of_the_budget():
+    async def main():
+        rig = Rig()
+        rt = rig.host("a", lock_store="datastore", lock_ttl=30, lock_refresh=10).runtime()
+        lease = LockLease(rt, "u1")
+        await lease.acquire()
+        before = dict(rt.datastores.statistics().requests)
+        await rig.advance(300)                                 # ten TTLs
+        assert lease.held and rt.counters.refreshes == 30 and rt.counters.refresh_failures == 0
+        after = rt.datastores.statistics().requests
+        assert after["StandardRead"] - before.get("StandardRead", 0) == 30      # UpdateAsync: a read ...
+        assert after["StandardWrite"] - before.get("StandardWrite", 0) == 30    # ... and a write, per refresh
+        assert lock_value(rig, "u1") == {"session": lease.id, "job": "a", "at": rig.clock.now()}
+        other = LockLease(rig.host("b", lock_store="datastore", lock_ttl=30, lock_refresh=10, lock_wait=20).runtime(),
+                          "u1")
+        trying = asyncio.create_task(other.acquire())
+        with pytest.raises(LockTimeoutError, match="another session held it for 20 s"):
+            await until_done(rig, trying)
+        assert lease.held and lock_value(rig, "u1")["session"] == lease.id
+    run(main())
+
+
+def test_datastore_lock_whose_writes_fail_is_lost_at_its_deadline_and_a_load_says_the_datastore_refused():
+    async def main():
+        rig = Rig()
+        lost = []
+        rt = rig.host("a", lock_store="datastore", lock_ttl=30, lock_refresh=10).runtime()
+        lease = LockLease(rt, "u1", on_lost=lost.append)
+        await lease.acquire()
+        rig.world.set_faults(FaultConfig(seed=1, error_rate={"StandardWrite": 1.0}))
+        await rig.advance(29)
+        assert lease.held and rt.counters.refresh_failures == 2   # DataStore errors are refresh failures, retried
+        await rig.advance(1)
+        assert lost == ["no refresh landed before the lock's TTL ran out"] and not lease.held
+        other = LockLease(rig.host("b", lock_store="datastore", lock_wait=5).runtime(), "u2")
+        with pytest.raises(LockTimeoutError, match="the DataStore kept refusing"):
+            await until_done(rig, asyncio.create_task(other.acquire()))
+        assert lock_value(rig, "u2") is None
+    run(main())
+
+
+def test_datastore_lock_fencing_refuses_the_write_of_a_session_whose_lock_expired_and_was_taken():
+    async def main():
+        rig = Rig()
+        lost = []
+        a = rig.host("a", lock_store="datastore", on_lock_lost=lost.append)
+        b = rig.host("b", lock_store="datastore")
+        await a(Load, "u1")
+        await a(Update, "u1", lambda d: d.update(coins=5) or True)
+        await a(Save, "u1")
+        stale = a.runtime().sessions["u1"]
+        stale.lease._refresh_timer.cancel()                    # A keeps running but its lock is no longer refreshed
+        stale.lease._deadline_timer.cancel()                   # ... and its local deadline check is stuck too
+        await a(Update, "u1", lambda d: d.update(coins=500) or True)
+        await until_done(rig, asyncio.create_task(b(Load, "u1")))   # after lock_ttl (90 s) the lock is free
+        fresh = b.runtime().sessions["u1"]
+        assert (await b(Get, "u1"))["coins"] == 5
+        assert lock_value(rig, "u1")["session"] == fresh.lock_id
+        stale.lease.deadline = rig.clock.now() + 60_000        # even believing its lock is fine ...
+        with pytest.raises(LockLostError):
+            await a(Save, "u1")                                # ... the fencing token refuses A's write
+        assert lost == ["u1"]
+        assert rig.record("u1")["session"] == fresh.lock_id
+        assert lock_value(rig, "u1")["session"] == fresh.lock_id   # and A's end did not free B's lock
+        await b(Unload, "u1")
+        assert lock_value(rig, "u1")["session"] is None and memorystore_locks(rig) == []
     run(main())
