@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from lodestore.actors._config import StoreConfig, check_seconds
 from lodestore.actors._errors import KeyNotLoadedError, LoadInProgressError, StoreClosedError
+from lodestore.actors._lease import lock_active
 from lodestore.actors._migrations import migrate
 from lodestore.actors._requests import (Close, Get, HostRequest, IsLoaded, ListVersions, Load, LoadedKeys, Peek,
                                         ProbeLockActive, ReadVersion, Save, Statistics, TxCall, TxFinish, TxPrepare,
@@ -179,7 +180,7 @@ class KeyHost:
     @_answers(_HANDLERS, ProbeLockActive)
     async def _probe_lock_active(self, rt: StoreRuntime, request: ProbeLockActive) -> bool:
         check_key(request.key)
-        return await rt.locks(request.key).aio.get(request.key) is not None
+        return await lock_active(rt, request.key)
 
     @_answers(_HANDLERS, ListVersions)
     async def _list_versions(self, rt: StoreRuntime, request: ListVersions) -> Any:

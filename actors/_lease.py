@@ -131,6 +131,7 @@ async def lock_active(rt: StoreRuntime, key: str) -> bool:
     """Whether some session holds `key`'s lock now (Lyra's probeLockActive), wherever the store keeps its locks."""
     return await lock_items(rt).get(key) is not None
 
+
 class LockLease:
     """One session's lease on `key`'s lock. `acquire()` takes it and starts its upkeep; `release()` gives it back.
 

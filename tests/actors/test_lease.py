@@ -410,3 +410,16 @@ def test_datastore_lock_fencing_refuses_the_write_of_a_session_whose_lock_expire
         await b(Unload, "u1")
         assert lock_value(rig, "u1")["session"] is None and memorystore_locks(rig) == []
     run(main())
+
+
+def test_probe_lock_active_asks_the_datastore_when_the_locks_live_there():
+    async def main():
+        rig = Rig()
+        a = rig.host("a", lock_store="datastore")
+        b = rig.host("b", lock_store="datastore")
+        assert await b(ProbeLockActive, "u1") is False
+        await a(Load, "u1")
+        assert await b(ProbeLockActive, "u1") is True     # another server sees the hold
+        await a(Unload, "u1")
+        assert await b(ProbeLockActive, "u1") is False
+    run(main())
