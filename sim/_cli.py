@@ -1,12 +1,14 @@
-"""The `lodestore` command: `lodestore simulate SCENARIO.toml` (the main job), `lodestore replay RUN_DIR` and
-`lodestore inspect DB ...`.
+"""The `lodestore` command: `lodestore simulate SCENARIO.toml` (the main job), `lodestore replay RUN_DIR`,
+`lodestore compare SCENARIO.toml --designs ...` and `lodestore inspect DB ...`.
 
 Owns: argument parsing and exit statuses. `simulate` exits 0 when every checker passed, 1 when one failed (the
 counterexample is printed), 2 on a bad scenario, option or path (a message, no traceback), 3 when the checks passed
 but the run is inconclusive (the harness could not keep up; the report's health says why), 130 when stopped early by
 Ctrl-C (BindToClose, the checks and the report still ran; a second Ctrl-C abandons the run, with no report).
 `replay` exits 0 when the replay's history digest matches the run's (or `--until` stopped where asked), 1 when it
-differs, 2 on a directory that is not a run's.
+differs, 2 on a directory that is not a run's. `compare` exits 0 when every design met the scenario's
+`[thresholds]` (a design failing a checker is a result), 1 when one did not, 2 on bad input. `simulate` also exits 1
+when a threshold did not hold.
 
 Never does: anything a library call could not do as well (it calls `sim.simulate` and `sim._inspect`).
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from lodestore.sim._inspect import add_parser as add_inspect_parser
 from lodestore.sim._runner import RunOptions, simulate
 from lodestore.sim._scenario import load_scenario
+from lodestore.sim.designs import DESIGNS
 from lodestore.storage import ConfigError
 
 __all__ = ["main", "build_parser"]
@@ -61,8 +64,43 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--address", default=None, help="join a running Ray cluster; default: local Ray")
     replay.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
     replay.set_defaults(func=_replay)
+    cmp = sub.add_parser("compare", help="run one scenario against several designs and report side by side",
+                         description="Run SCENARIO once per design (the same seed: the same players, actions and "
+                                     "faults) and write one comparison: every checker's verdict, writes lost, items "
+                                     "duplicated, overlapping sessions, data at risk, requests, latency. Exits 1 "
+                                     "when a design breaks one of the scenario's [thresholds], else 0.")
+    cmp.add_argument("scenario", type=Path, help="the scenario file (see examples/scenarios/)")
+    cmp.add_argument("--designs", default=",".join(DESIGNS),
+                     help=f"comma-separated designs (default: all: {','.join(DESIGNS)})")
+    cmp.add_argument("--out", type=Path, default=None,
+                     help="comparison directory, one subdirectory per design (default: lodestore-runs/...-compare)")
+    cmp.add_argument("--address", default=None, help="join a running Ray cluster; default: local Ray")
+    cmp.add_argument("--in-process", action="store_true", help="no Ray: every node in this process")
+    cmp.add_argument("--hosts", type=int, default=None, help="nodes the game servers are spread over (default 2)")
+    cmp.add_argument("--seed", type=int, default=None, help="override world.seed")
+    cmp.add_argument("--duration", type=float, default=None, help="override world.duration (simulated seconds)")
+    cmp.add_argument("--players", type=int, default=None, help="override players.population")
+    cmp.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
+    cmp.set_defaults(func=_compare, time_scale=None)
     add_inspect_parser(sub)
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """0: every design met the scenario's thresholds (or it sets none); 1: one did not; 2: bad input."""
+    from lodestore.sim._compare import compare
+    try:
+        scenario = _override(load_scenario(args.scenario), args)
+        designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+        options = RunOptions(out=args.out, engine="in-process" if args.in_process else "ray", address=args.address,
+                             hosts=args.hosts, progress=False if args.no_progress else None)
+        return compare(scenario, designs, options).exit_status
+    except (ConfigError, OSError) as exc:
+        print(f"lodestore compare: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nlodestore compare: abandoned (no comparison)", file=sys.stderr)
+        return 130
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -260,6 +260,9 @@ class Collector:
                             "teleports": events["teleport"], "peak_online": self.peak_players,
                             "load_failures": events["load_failed"]},
                 "saves": counters["saves"], "saves_skipped": counters["saves_skipped"],
+                "save_failures": counters["save_failures"],
+                # player-seconds of changes held in memory and not yet saved (what a crash would have lost)
+                "data_at_risk_player_s": round(counters["at_risk_ms"] / 1000, 1),
                 "refreshes": counters["refreshes"],
                 "store_warnings": dict(sum((Counter(v) for v in self._logs.values()), Counter()).most_common()),
             },

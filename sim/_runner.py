@@ -40,6 +40,7 @@ from lodestore.coordinator import COORDINATOR_NAME, CoordinatorActor
 from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
 from lodestore.sim._host import RELAY, HostRole, Relay
+from lodestore.sim._metrics import check_thresholds, metrics
 from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary, memorystore_latency,
                                      scenario_toml, store_config)
@@ -88,10 +89,16 @@ class RunResult:
         return all(c.ok for c in self.checks)
 
     @property
+    def thresholds_ok(self) -> bool:
+        """Every `[thresholds]` bound of the scenario held (True when it sets none)."""
+        return all(t["ok"] for t in self.report.get("thresholds", ()))
+
+    @property
     def exit_status(self) -> int:
-        """0: every checker passed; 1: one failed; 3: inconclusive (the checks passed, but the harness could not
-        keep up: see `report["health"]`); 130: stopped early by Ctrl-C (and no checker failed)."""
-        if not self.ok:
+        """0: every checker passed; 1: one failed, or a `[thresholds]` bound did not hold; 3: inconclusive (the
+        checks passed, but the harness could not keep up: see `report["health"]`); 130: stopped early by Ctrl-C
+        (and no checker failed)."""
+        if not self.ok or not self.thresholds_ok:
             return 1
         if self.report["run"]["stopped_early"]:
             return 130
@@ -346,6 +353,8 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     report["totals"]["players"]["teleports"] = engine.router.teleports
     report.update(engine.storage_figures)
     report["design"] = design_summary(scenario)
+    report["metrics"] = metrics(checks, report)
+    report["thresholds"] = check_thresholds(scenario.thresholds, report["metrics"])
     history_json = collector.history.to_json()
     report["digest"] = history_digest(history_json, engine.final, engine.hot_finals)
     files: dict = {}

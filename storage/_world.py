@@ -293,6 +293,9 @@ class _BudgetLink:
     def available(self, server_id: str, request_type) -> int:
         return self._world._call(self._world._budget, "available", server_id, request_type)
 
+    async def aavailable(self, server_id: str, request_type) -> int:
+        return await self._world._acall(self._world._budget, "available", server_id, request_type)
+
 
 class Server:
     """One simulated Roblox game server (a JobId) with `players` players, and its service clients.

@@ -12,13 +12,15 @@ in `[store.<design>]`; `lodestore compare` runs several through the same storm.
 """
 
 from lodestore.sim.designs._base import FOREVER_MS, DataLayer, Design, DesignError, LayerCounters, check_options
+from lodestore.sim.designs._atomicstore import ATOMICSTORE, AtomicLayer, AtomicOptions
 from lodestore.sim.designs._lyra import LYRA, LyraLayer, LyraOptions
 from lodestore.sim.designs._naive import NAIVE, NaiveLayer, NaiveOptions
 
 __all__ = ["DESIGNS", "design", "DataLayer", "Design", "DesignError", "LayerCounters", "check_options", "FOREVER_MS",
-           "LYRA", "LyraLayer", "LyraOptions", "NAIVE", "NaiveLayer", "NaiveOptions"]
+           "LYRA", "LyraLayer", "LyraOptions", "NAIVE", "NaiveLayer", "NaiveOptions",
+           "ATOMICSTORE", "AtomicLayer", "AtomicOptions"]
 
-DESIGNS: dict[str, Design] = {d.name: d for d in (LYRA, NAIVE)}
+DESIGNS: dict[str, Design] = {d.name: d for d in (LYRA, NAIVE, ATOMICSTORE)}
 """Every design by name, lyra (the default) first."""
 
 

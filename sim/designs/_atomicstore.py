@@ -14,7 +14,7 @@ What is AtomicStore's (this module's classes, as the source has them):
 - `Utility`, the safe lookups (`Utility.RetryRequest`): up to MAX_RETRIES + 1 = 31 tries with no pause between
   failed ones, every error caught (pcall), the answer reported, never raised: a read answers its value (None when
   absent) or False, `set` answers True or False, `update` answers the new value, None (cancelled) or False. Before
-  each try it checks the request budget of its Roblox request type (`server.datastores.get_request_budget`; an
+  each try it checks the request budget of its Roblox request type (`server.datastores.aio.get_request_budget`; an
   UpdateAsync needs a read and a write). The source's wait `while not GetRequestBudgetForRequestType(t) do
   Wait(0.1)` never waits in Luau (0 is truthy); we follow what `docs/Methodology.md` says it is for ("waiting for the
   DataStore budget ... to be available"): a try that finds the budget at 0 sends nothing and waits RETRY_TIME (0.1 s),
@@ -161,10 +161,10 @@ class Utility:
         if self._warn is not None:
             self._warn(message)
 
-    def budget(self, request: SafeRequest) -> int:
+    async def budget(self, request: SafeRequest) -> int:
         """GetRequestBudgetForRequestType: what this server may send of `request` now (an update needs both)."""
-        service = self.server.datastores
-        return min(service.get_request_budget(t) for t in request.budgets)
+        service = self.server.datastores.aio
+        return min([await service.get_request_budget(t) for t in request.budgets])
 
     def statistics(self) -> UtilityStatistics:
         return UtilityStatistics(self._lookups, self._tries, self._refused, self._errors, self._gave_up,
@@ -177,7 +177,7 @@ class Utility:
         retries, success, data = 0, False, None
         while True:
             retries += 1
-            if self.server.datastores.budgets_enforced and self.budget(request) < 1:
+            if self.server.datastores.budgets_enforced and await self.budget(request) < 1:
                 self._refused += 1
                 await self.scheduler.sleep(RETRY_TIME)
             else:

@@ -151,6 +151,7 @@ class DataStoreService:
         self._lanes = KeyLanes()
         self.retry: RetryPolicy | None = None
         self._rng = new_rng()
+        self.aio = AsyncDataStoreService(self)
 
     def get_data_store(self, name: str, scope: str = DEFAULT_SCOPE, *, all_scopes: bool = False) -> "DataStore":
         check_store_name(name)
@@ -181,12 +182,9 @@ class DataStoreService:
 
     def get_request_budget(self, request_type: RequestType | str) -> int:
         """How many requests of this type this server can make now (GetRequestBudgetForRequestType): the budget
-        actor's bucket plus the tokens this server holds in leases."""
-        try:
-            rtype = RequestType(request_type)
-        except ValueError:
-            raise ConfigError(f"unknown request type {request_type!r}; known: "
-                              f"{', '.join(t.value for t in RequestType)}") from None
+        actor's bucket plus the tokens this server holds in leases. From a coroutine (and always in a virtual-time
+        world): `await datastores.aio.get_request_budget(...)`."""
+        rtype = _request_type(request_type)
         held = self._gate.local_tokens(rtype)
         if self._budget is None:
             return held
@@ -312,6 +310,30 @@ class DataStoreService:
         with self._counters.lock:
             self._counters.errors[500] += 1
         return DataStoreError(500, "InternalServerError", f"{exc}; the request may or may not have taken effect")
+
+
+def _request_type(request_type: Any) -> RequestType:
+    try:
+        return RequestType(request_type)
+    except ValueError:
+        raise ConfigError(f"unknown request type {request_type!r}; known: "
+                          f"{', '.join(t.value for t in RequestType)}") from None
+
+
+class AsyncDataStoreService:
+    """The calls of `DataStoreService` that ask the world's actors, as coroutines (`datastores.aio`)."""
+
+    def __init__(self, service: DataStoreService) -> None:
+        self._service = service
+
+    async def get_request_budget(self, request_type: RequestType | str) -> int:
+        """`DataStoreService.get_request_budget`, awaiting the budget actor instead of blocking the loop."""
+        service = self._service
+        rtype = _request_type(request_type)
+        held = service._gate.local_tokens(rtype)
+        if service._budget is None:
+            return held
+        return held + await service._budget.aavailable(service.job_id, rtype)
 
 
 class DataStore:
