@@ -15,12 +15,13 @@ from lodestore.sim.designs._base import FOREVER_MS, DataLayer, Design, DesignErr
 from lodestore.sim.designs._atomicstore import ATOMICSTORE, AtomicLayer, AtomicOptions
 from lodestore.sim.designs._lyra import LYRA, LyraLayer, LyraOptions
 from lodestore.sim.designs._naive import NAIVE, NaiveLayer, NaiveOptions
+from lodestore.sim.designs._profilestore import PROFILESTORE, ProfileLayer, ProfileStoreOptions
 
 __all__ = ["DESIGNS", "design", "DataLayer", "Design", "DesignError", "LayerCounters", "check_options", "FOREVER_MS",
            "LYRA", "LyraLayer", "LyraOptions", "NAIVE", "NaiveLayer", "NaiveOptions",
-           "ATOMICSTORE", "AtomicLayer", "AtomicOptions"]
+           "ATOMICSTORE", "AtomicLayer", "AtomicOptions", "PROFILESTORE", "ProfileLayer", "ProfileStoreOptions"]
 
-DESIGNS: dict[str, Design] = {d.name: d for d in (LYRA, NAIVE, ATOMICSTORE)}
+DESIGNS: dict[str, Design] = {d.name: d for d in (LYRA, NAIVE, ATOMICSTORE, PROFILESTORE)}
 """Every design by name, lyra (the default) first."""
 
 
