@@ -13,8 +13,7 @@ import types
 import pytest
 
 from lodestore.actors import StoreConfig
-from lodestore.storage import (ConfigError, FaultConfig, Latency, ManualClock, RequestType, Scheduler, Server,
-                               UpdateResult, World)
+from lodestore.storage import ConfigError, FaultConfig, Latency, ManualClock, RequestType, Scheduler, Server, World
 from lodestore.sim.designs._base import DesignError, check_options
 from lodestore.sim.designs._datastorer import (DATASTORER, DataStorer, DataStorerError, DatastorerLayer,
                                                DatastorerOptions, ProcessedSignal, _read)
@@ -567,8 +566,10 @@ async def test_bad_input_raises_a_typed_error_naming_it_and_changes_nothing():
 
 def test_options_refuse_bad_values_with_the_field_named():
     assert DatastorerOptions().auto_save_every == 0.0
-    for kw, field in (({"auto_save_every": math.nan}, "auto_save_every"), ({"auto_save_every": -5.0}, "auto_save_every"),
-                      ({"max_wait_exponent": -1}, "max_wait_exponent"), ({"max_wait_exponent": 99}, "max_wait_exponent"),
+    for kw, field in (({"auto_save_every": math.nan}, "auto_save_every"),
+                      ({"auto_save_every": -5.0}, "auto_save_every"),
+                      ({"max_wait_exponent": -1}, "max_wait_exponent"),
+                      ({"max_wait_exponent": 99}, "max_wait_exponent"),
                       ({"emergency_release": "yes"}, "emergency_release")):
         with pytest.raises(ConfigError) as err:
             DatastorerOptions(**kw)
