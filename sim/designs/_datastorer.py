@@ -504,15 +504,15 @@ class DataStorer:
                 if not future.done():
                     future.set_result(None)
 
-    def _update_budget(self) -> float:
+    async def _update_budget(self) -> float:
         """GetRequestBudgetForRequestType(UpdateAsync): an UpdateAsync spends a read and a write."""
         datastores = self.server.datastores
         if not datastores.budgets_enforced:
             return math.inf
-        write = datastores.get_request_budget(RequestType.STANDARD_WRITE)
+        write = await datastores.aio.get_request_budget(RequestType.STANDARD_WRITE)
         if write <= RESERVE_REQUESTS_FOR_EMERGENCY:
             return write
-        return min(write, datastores.get_request_budget(RequestType.STANDARD_READ))
+        return min(write, await datastores.aio.get_request_budget(RequestType.STANDARD_READ))
 
     def _autosave_pass(self) -> None:
         """`autoSavingHeartbeat`."""
@@ -548,7 +548,7 @@ class DataStorer:
         if not queue:
             return
         item = queue[0]
-        if self._update_budget() <= (0 if item.emergency else RESERVE_REQUESTS_FOR_EMERGENCY):
+        if await self._update_budget() <= (0 if item.emergency else RESERVE_REQUESTS_FOR_EMERGENCY):
             self._counts["budget_waits"] += 1
             return
         if item.processing:
