@@ -440,6 +440,9 @@ class SimHost:
         presence = server.players.get(key)
         if presence is None:
             return
+        if not presence.loaded.done() and server.data.cancels_loads:
+            # the player left while its load runs: the layer stops the load (Lyra's unload of a loading key)
+            self.scheduler.spawn(self._stop_load(server, key))
         if not await presence.loaded:
             return
         started = self.scheduler.now()
@@ -456,6 +459,13 @@ class SimHost:
             del server.players[key]
             self._sync_players(server)
         self._end_presence(presence, ended)
+
+    @staticmethod
+    async def _stop_load(server: _Server, key: str) -> None:
+        try:
+            await server.data.unload(key)
+        except Exception:
+            pass   # the load fails (stopped) or finished first: the leave that waits on it settles the presence
 
     def _end_presence(self, presence: _Presence, ended: str) -> None:
         presence.ended = ended

@@ -76,6 +76,10 @@ class DataLayer(abc.ABC):
     memory at `since` landed, and `report(...)` for session holds; the base keeps the counters and data at risk.
     """
 
+    cancels_loads: bool = False
+    """True when `unload(key)` during a `load(key)` stops the load (which then raises); otherwise a player who
+    leaves while loading is unloaded once the load ends."""
+
     transactions: bool = False
     """True when trades run as one atomic transaction (the coordinator's 2PC); otherwise the simulator plays a trade
     as its users do: two separate updates, each saved by its own server."""

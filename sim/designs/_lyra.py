@@ -55,6 +55,7 @@ class LyraLayer(DataLayer):
     """One server's `Store`: every call is the Store's own."""
 
     transactions = True
+    cancels_loads = True
 
     def __init__(self, game: GameServer, store: Store, scheduler: Scheduler, config: StoreConfig) -> None:
         super().__init__(game.storage, scheduler, config)
