@@ -194,6 +194,11 @@ class _Presence:
     loaded: asyncio.Future
     pending: list[_Op] = field(default_factory=list)
     ended: str | None = None          # "saved" (unloaded with a final save) or "lost" (no final save)
+    leaving: bool = False             # the player left (PlayerRemoving): game code no longer touches its data
+
+    async def usable(self) -> bool:
+        """Whether game code may still change the player's data here: loaded, not leaving, not ended."""
+        return not self.leaving and await self.loaded and not self.leaving and self.ended is None
 
 
 @dataclass
@@ -440,6 +445,7 @@ class SimHost:
         presence = server.players.get(key)
         if presence is None:
             return
+        presence.leaving = True   # from now on no action changes its data: the final save holds all there is
         if not presence.loaded.done() and server.data.cancels_loads:
             # the player left while its load runs: the layer stops the load (Lyra's unload of a loading key)
             self.scheduler.spawn(self._stop_load(server, key))
@@ -496,7 +502,7 @@ class SimHost:
     async def _present(self, ev: Planned) -> tuple[_Server, _Presence] | None:
         server = await self._server(ev.server)
         presence = server.players.get(ev.player) if server is not None else None
-        if presence is None or not await presence.loaded or presence.ended is not None:
+        if presence is None or not await presence.usable():
             self._resolve(self._op(ev), "failed", "NotLoaded")
             return None
         return server, presence
@@ -636,7 +642,7 @@ class SimHost:
         "Unsaved" (applied, the save failed: it may land with a later one) or the update's error code."""
         server = await self._server(server_id)
         presence = server.players.get(key) if server is not None and not server.closing else None
-        if presence is None or not await presence.loaded or presence.ended is not None:
+        if presence is None or not await presence.usable():
             return "NotLoaded"
         try:
             if not await server.data.update(key, fn):

@@ -16,7 +16,8 @@ The contract, as game code meets it (every method a coroutine on the host's even
   or is written any more.
 A layer reports each session it holds to `config.lock_callback(kind, key, session, at_ms, until_ms)` ("acquired",
 "refreshed", "released", "lost", "crashed"), whether its design has a lock or not: a design without a lock reports
-the span its server held the data in memory, so the single-holder checker counts overlapping sessions for all.
+the span its server held the data in memory, from the read its load starts with (a lock that keeps no one out, too),
+so the single-holder checker counts overlapping sessions for all.
 
 Never does: decide what a player does (the planner), judge the outcome (the checkers), or keep stored data in any
 form but the storage layer's (msgpack values; transforms never travel in stored data).

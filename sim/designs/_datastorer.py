@@ -967,18 +967,22 @@ class DatastorerLayer(DataLayer):
                               "AlreadyLoaded")
         ks = self.store.create_key(key)
         ks.on_closed.connect(lambda: self._closed(key, ks))
+        # the marker keeps no one out: this server holds the player's data from the read its load starts with
+        self.report("acquired", key, ks.session)
+        self._held[key] = ks
         ok = await ks.load()
         if not ok:
             self.counters.load_failures += 1
             if not ks.closed:
                 ks.close()
+            if self._held.get(key) is ks:
+                del self._held[key]
+                self.report("released", key, ks.session)
             raise DesignError(f"the load of {key!r} on server {self.server.job_id!r} failed", "LoadFailed")
         self._check_up()
         self.counters.loads += 1
         if ks._took_over_on_load:
             self.counters.lock_steals += 1
-        self._held[key] = ks
-        self.report("acquired", key, ks.session)
 
     async def update(self, key: str, fn: Callable[[dict], bool]) -> bool:
         ks = self._live(key)

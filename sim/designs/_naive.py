@@ -85,16 +85,19 @@ class NaiveLayer(DataLayer):
     # --------------------------------------------------------------------------------------------- contract
 
     async def load(self, key: str) -> None:
+        session = new_id()
+        self.report("acquired", key, session)   # no lock: the server holds the data from the read on
         try:
             value, _info = await self.store.aio.get(key)
         except LodestoreError as exc:
             self.log("warn", f"Failed to load data for {key}: {exc}")
             value = None
-        self._check_up()
+        if self._down:
+            self.report("lost", key, session)
+            self._check_up()
         data = copy.deepcopy(value) if isinstance(value, dict) else self.template()
-        player = self.players[key] = _Player(data, new_id())
+        self.players[key] = _Player(data, session)
         self.counters.loads += 1
-        self.report("acquired", key, player.session)
 
     async def update(self, key: str, fn: Callable[[dict], bool]) -> bool:
         player = self._player(key)
