@@ -25,6 +25,7 @@ A repeated release write finds the item free (or another lease's) and writes not
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 from lodestore.actors._errors import LockTimeoutError
@@ -175,11 +176,13 @@ class LockLease:
 
     # ------------------------------------------------------------------------------------------ acquire
 
-    async def acquire(self, check_stop: Callable[[], None] | None = None) -> None:
+    async def acquire(self, check_stop: Callable[[], None] | None = None,
+                      wake: asyncio.Future | None = None) -> None:
         """Take the lock, waiting while another session holds it (up to `lock_wait`, then LockTimeoutError), and
-        start refreshing it. `check_stop()` runs before every attempt; what it raises ends the wait."""
+        start refreshing it. `check_stop()` runs before every attempt; what it raises ends the wait. `wake`, once
+        done, cuts the wait between two attempts short (an unload of the loading key: `check_stop` then ends it)."""
         cfg = self.rt.config
-        sent, stolen = await self._take_item(check_stop)
+        sent, stolen = await self._take_item(check_stop, wake)
         self._held = True
         self.deadline = sent + int(cfg.lock_ttl * 1000)
         self._event("acquired")
@@ -190,7 +193,8 @@ class LockLease:
         self._arm_refresh(cfg.lock_refresh)   # a load can take long (retries): the lock must not lapse
         self._arm_deadline()
 
-    async def _take_item(self, check_stop: Callable[[], None] | None) -> tuple[int, list]:
+    async def _take_item(self, check_stop: Callable[[], None] | None,
+                         wake: asyncio.Future | None = None) -> tuple[int, list]:
         """Write the lock item naming this lease; (send time of the write that did, jobs stolen from)."""
         rt, cfg = self.rt, self.rt.config
         give_up = rt.scheduler.now() + int(cfg.lock_wait * 1000)
@@ -228,7 +232,21 @@ class LockLease:
                        else "another session held it")
                 raise LockTimeoutError(f"Failed to acquire lock for key {self.key!r} of store {cfg.name!r}: {why} "
                                        f"for {cfg.lock_wait:g} s")
-            await rt.scheduler.sleep(acquire_wait(attempt, give_up - now))
+            await self._nap(acquire_wait(attempt, give_up - now), wake)
+
+    async def _nap(self, seconds: float, wake: asyncio.Future | None) -> None:
+        """Wait `seconds` between two attempts, or until `wake` is done."""
+        scheduler = self.rt.scheduler
+        if wake is None:
+            return await scheduler.sleep(seconds)
+        if wake.done():
+            return
+        slept = asyncio.get_running_loop().create_future()
+        timer = scheduler.call_later(seconds, lambda: slept.done() or slept.set_result(None))
+        try:
+            await asyncio.wait([slept, wake], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
 
     # --------------------------------------------------------------------------------------- ending it
 

@@ -181,7 +181,7 @@ class Session:
 
     __slots__ = ("rt", "key", "user_ids", "state", "data", "applied", "saved_checksum", "info", "file", "orphans",
                  "mailbox", "save_lane", "unload_requested", "loaded", "closed", "lease", "participant",
-                 "_autosave_timer", "_frozen")
+                 "_autosave_timer", "_frozen", "_unload_wake")
 
     def __init__(self, rt: StoreRuntime, key: str, user_ids: tuple[int, ...] = ()) -> None:
         loop = asyncio.get_running_loop()
@@ -204,6 +204,7 @@ class Session:
         self.participant = TxParticipant(self)
         self._autosave_timer: Timer | None = None
         self._frozen: Any = None
+        self._unload_wake: asyncio.Future | None = None   # done when an unload asks a loading session to stop
 
     def __repr__(self) -> str:
         return f"Session({self.rt.config.name!r}, {self.key!r}, {self.state.value})"
@@ -217,8 +218,10 @@ class Session:
 
     async def load(self) -> None:
         rt = self.rt
+        self._unload_wake = asyncio.get_running_loop().create_future()
         try:
-            await self.lease.acquire(self._stop_if_unloading)   # refreshed from now on: a load can take long
+            # refreshed from now on: a load can take long; an unload meanwhile stops the wait at once
+            await self.lease.acquire(self._stop_if_unloading, self._unload_wake)
             self._stop_if_unloading()
             data, applied = await self._claim()
             self._stop_if_unloading()
@@ -462,6 +465,8 @@ class Session:
         """Final save (when the data changed), then release the lock. Unloading while loading stops the load."""
         if self.state is SessionState.LOADING:
             self.unload_requested = True
+            if self._unload_wake is not None and not self._unload_wake.done():
+                self._unload_wake.set_result(None)
             await asyncio.shield(self.loaded)
         if self.state in _ENDED:
             return self._check_not_lost()

@@ -423,3 +423,24 @@ def test_probe_lock_active_asks_the_datastore_when_the_locks_live_there():
         await a(Unload, "u1")
         assert await b(ProbeLockActive, "u1") is False
     run(main())
+
+
+def test_an_unload_of_a_key_waiting_for_its_lock_ends_the_wait_at_once_not_at_the_next_attempt():
+    """A player who leaves while the new server still waits for the old one's lock (a teleport storm): the wait
+    ends when the unload arrives, so the lock is not taken later for a player who is gone."""
+    async def main():
+        rig = Rig()
+        a, b = rig.host("a"), rig.host("b")
+        await a(Load, "u1")
+        loading = asyncio.create_task(b(Load, "u1"))
+        await rig.advance(20)              # b has failed a few attempts: its next one is up to 16 s away
+        assert not loading.done()
+        asked = rig.clock.now()
+        unloading = asyncio.create_task(b(Unload, "u1"))
+        await rig.advance(1)
+        assert loading.done() and unloading.done()
+        with pytest.raises(Exception, match="unloaded while it was loading"):
+            loading.result()
+        assert rig.clock.now() - asked <= 1000
+        assert b.runtime().counters.loads == 0 and await b(ProbeLockActive, "u1") is True   # a still holds it
+    run(main())
