@@ -15,8 +15,7 @@ import io
 import tempfile
 from pathlib import Path
 
-from lodestore.sim import RunOptions, load_scenario
-from lodestore.sim._compare import compare
+from lodestore.sim import RunOptions, compare, load_scenario
 from lodestore.sim.designs import DESIGNS
 
 SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "lyra_chaos.toml"

@@ -9,11 +9,13 @@
 this process with a manual clock), records the history of every operation and lock, runs the checkers (currency
 conserved, acknowledged writes present, one lock holder at a time, no item duplicated, hot counters exact) and
 writes report.json, report.html and plots (`write_report`, `summary_table`). `sim._inspect` is `lodestore inspect`.
+`compare` runs one scenario once per design (`lodestore.sim.designs`: lyra, datastorer, elite, atomicstore,
+profilestore, naive) and reports side by side; `metrics` and `check_thresholds` are what `[thresholds]` bound.
 
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
-from lodestore.sim._scenario import (REQUEST_TYPES, ActionRates, FaultWindow, HotKeys, LatencyRange, LatencySection,
+from lodestore.sim._scenario import (REQUEST_TYPES, THRESHOLDS, ActionRates, FaultWindow, HotKeys, LatencyRange, LatencySection,
                            Players, Scenario, Servers, StoreSection, WorldSection, datastore_latency, load_scenario,
                            memorystore_latency, parse_scenario)
 
@@ -23,6 +25,8 @@ from lodestore.sim._checkers import (CheckResult, History, LockEvent, OpEvent, c
 from lodestore.sim._collect import check_hot_counters
 from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._runner import RunOptions, RunResult, simulate
+from lodestore.sim._compare import CompareResult, compare, compare_table
+from lodestore.sim._metrics import check_thresholds, metrics
 from lodestore.sim._workload import Planned, Planner
 
 __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", "write_report", "summary_table",
@@ -30,4 +34,5 @@ __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", 
            "check_acknowledged_writes", "check_single_holder", "check_no_duplicate_items", "check_hot_counters",
            "load_scenario", "parse_scenario", "Scenario", "WorldSection", "Servers", "Players", "ActionRates",
            "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "LatencySection", "REQUEST_TYPES",
-           "datastore_latency", "memorystore_latency"]
+           "datastore_latency", "memorystore_latency", "THRESHOLDS", "compare", "CompareResult", "compare_table",
+           "metrics", "check_thresholds"]

@@ -170,3 +170,14 @@ def test_a_player_who_leaves_while_loading_stops_the_load_instead_of_holding_the
     assert all(c.ok for c in lyra.checks)
     lock_wait_ms = (90 + 60) * 1000   # store_config: lock_ttl + lock_refresh
     assert lyra.report["latency_ms"]["load"]["max"] < lock_wait_ms / 5
+
+
+@pytest.mark.ray
+def test_a_design_without_transactions_has_the_same_history_on_ray_as_in_process(ray_session):
+    """Trades as two updates cross hosts through the cloud's relay: on Ray's host actors as in process."""
+    scenario = parse_scenario(TELEPORTS)
+    scenario = dataclasses.replace(scenario, store=dataclasses.replace(scenario.store, design="datastorer"))
+    on_ray = simulate(scenario, RunOptions(engine="ray", write_files=False, stream=io.StringIO()))
+    local = simulate(scenario, RunOptions(engine="in-process", write_files=False, stream=io.StringIO()))
+    assert on_ray.report["totals"]["ops_by_kind"]["trade"]["ok"] > 0
+    assert on_ray.report["digest"] == local.report["digest"]
