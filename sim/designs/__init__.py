@@ -14,6 +14,7 @@ in `[store.<design>]`; `lodestore compare` runs several through the same storm.
 from lodestore.sim.designs._base import FOREVER_MS, DataLayer, Design, DesignError, LayerCounters, check_options
 from lodestore.sim.designs._atomicstore import ATOMICSTORE, AtomicLayer, AtomicOptions
 from lodestore.sim.designs._datastorer import DATASTORER, DatastorerLayer, DatastorerOptions
+from lodestore.sim.designs._elite import ELITE, EliteLayer, EliteOptions
 from lodestore.sim.designs._lyra import LYRA, LyraLayer, LyraOptions
 from lodestore.sim.designs._naive import NAIVE, NaiveLayer, NaiveOptions
 from lodestore.sim.designs._profilestore import PROFILESTORE, ProfileLayer, ProfileStoreOptions
@@ -21,9 +22,9 @@ from lodestore.sim.designs._profilestore import PROFILESTORE, ProfileLayer, Prof
 __all__ = ["DESIGNS", "design", "DataLayer", "Design", "DesignError", "LayerCounters", "check_options", "FOREVER_MS",
            "LYRA", "LyraLayer", "LyraOptions", "NAIVE", "NaiveLayer", "NaiveOptions",
            "ATOMICSTORE", "AtomicLayer", "AtomicOptions", "PROFILESTORE", "ProfileLayer", "ProfileStoreOptions",
-           "DATASTORER", "DatastorerLayer", "DatastorerOptions"]
+           "DATASTORER", "DatastorerLayer", "DatastorerOptions", "ELITE", "EliteLayer", "EliteOptions"]
 
-DESIGNS: dict[str, Design] = {d.name: d for d in (LYRA, DATASTORER, ATOMICSTORE, PROFILESTORE, NAIVE)}
+DESIGNS: dict[str, Design] = {d.name: d for d in (LYRA, DATASTORER, ELITE, ATOMICSTORE, PROFILESTORE, NAIVE)}
 """Every design by name, lyra (the default) first."""
 
 

@@ -330,6 +330,7 @@ class EliteDataStoreService:
         self._finished_waiters: list[asyncio.Future] = []
         self._timer: Timer | None = None
         self._reserved: dict[RequestType, int] = {}    # request type -> dispatched requests not yet returned
+        self._budgets: dict[RequestType, int] = {}     # the budget as last asked (each cycle, each fast path)
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopped = False
@@ -354,9 +355,9 @@ class EliteDataStoreService:
             cached = self._cache[(ordered, name, scope)] = EliteDataStore(self, ds, name, scope, ordered)
         return cached
 
-    def get_request_budget(self, request_type: RequestType | str) -> int:
+    async def get_request_budget(self, request_type: RequestType | str) -> int:
         """GetRequestBudgetForRequestType, as Roblox answers it."""
-        return self.server.datastores.get_request_budget(request_type)
+        return await self.server.datastores.aio.get_request_budget(request_type)
 
     def set_iteration_cycle(self, seconds: float) -> None:
         """SetIterationCycle: how often the processor walks its queues."""
@@ -442,6 +443,7 @@ class EliteDataStoreService:
         if self._queues_empty() and (key is None or locks.can(key, mode)):
             if key is not None:
                 locks.take_nowait(key, mode)
+            await self._ask_budgets(set(request.request_types))
             if self._budget(request) < 1:
                 if key is not None and self.release is Release.PATCHED:
                     locks.release(key, mode)
@@ -464,10 +466,19 @@ class EliteDataStoreService:
         return not (self._queue or self._priority or self._dropped)
 
     def _budget(self, request: _Request) -> float:
-        service = self.server.datastores
-        if not service.budgets_enforced:
+        """The request's budget as last asked (`_ask_budgets`), less what was dispatched and has not returned."""
+        if not self.server.datastores.budgets_enforced:
             return math.inf
-        return min(service.get_request_budget(t) - self._reserved.get(t, 0) for t in request.request_types)
+        return min(self._budgets.get(t, 0) - self._reserved.get(t, 0) for t in request.request_types)
+
+    async def _ask_budgets(self, types: set[RequestType]) -> None:
+        """Ask the budget of `types` now. The source asks GetRequestBudgetForRequestType at each check, which
+        yields nothing in Luau; here the budget actor answers a message, so the processor asks once before a cycle
+        (and the fast path before its check), and the checks of that cycle read the answer."""
+        service = self.server.datastores
+        if service.budgets_enforced:
+            for t in sorted(types, key=lambda t: t.value):
+                self._budgets[t] = await service.aio.get_request_budget(t)
 
     def _reserve(self, request: _Request, delta: int) -> None:
         for t in request.request_types:
@@ -485,7 +496,18 @@ class EliteDataStoreService:
             self._timer = self.scheduler.call_later(self.iteration_cycle, self._cycle)
 
     def _cycle(self) -> None:
-        """One heartbeat past the iteration cycle: walk the dropped, priority and main queues, in that order."""
+        """One heartbeat past the iteration cycle: ask the budgets, then walk the dropped, priority and main
+        queues, in that order."""
+        if self._stopped or self.finished_all:
+            self._timer = None
+            return
+        types = {t for q in (self._dropped, self._priority, self._queue) for r in q for t in r.request_types}
+        task = self.scheduler.spawn(self._walk(types))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _walk(self, types: set[RequestType]) -> None:
+        await self._ask_budgets(types)
         self._timer = None
         if self._stopped or self.finished_all:
             return

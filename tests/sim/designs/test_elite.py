@@ -137,7 +137,7 @@ def test_roblox_refuses_a_burst_beyond_its_queue_that_elite_delivers():
     async def body(rig: Rig):
         service = rig.server().datastores
         raw = service.get_data_store("raw")
-        budget = service.get_request_budget(RequestType.STANDARD_WRITE)
+        budget = await service.aio.get_request_budget(RequestType.STANDARD_WRITE)
         assert budget == 100
 
         async def burst():
