@@ -218,16 +218,18 @@ def test_unload_during_load_stops_the_load_and_leaves_no_lock():
         await a(Load, "u1")
         loading = asyncio.create_task(b(Load, "u1"))
         await rig.advance(5)
+        asked = rig.clock.now()
         unloading = asyncio.create_task(b(Unload, "u1"))
-        await rig.advance(1)
-        with pytest.raises(LoadInProgressError):
+        await asyncio.sleep(0)
+        with pytest.raises(LoadInProgressError):   # the load is still being stopped
             await b(Load, "u1")
-        await a(Unload, "u1")
-        await until_done(rig, unloading)
         with pytest.raises(KeyClosedError, match="unloaded while it was loading"):
             await until_done(rig, loading)
+        await until_done(rig, unloading)
+        assert rig.clock.now() - asked <= 1000       # stopped at once, not at the next lock attempt (at 7 s)
         assert not await b(IsLoaded, "u1")
-        assert await b(ProbeLockActive, "u1") is False
+        await a(Unload, "u1")
+        assert await b(ProbeLockActive, "u1") is False   # b never took the lock
     run(main())
 
 

@@ -177,7 +177,7 @@ def test_a_store_that_loses_writes_is_caught(monkeypatch):
 def test_a_store_that_grants_one_lock_twice_is_caught(monkeypatch):
     from lodestore.actors._lease import LockLease
 
-    async def grab_without_asking(self, check_stop):
+    async def grab_without_asking(self, check_stop, wake=None):
         return self.rt.scheduler.now(), []    # as if the lock item had been written, without writing it
 
     monkeypatch.setattr(LockLease, "_take_item", grab_without_asking)
