@@ -258,7 +258,7 @@ class Collector:
                             "peak": self.peak_servers, "key_actors": counters["key_actors"]},
                 "players": {"joins": self.latency_count("load"), "leaves": self.latency_count("unload"),
                             "teleports": events["teleport"], "peak_online": self.peak_players,
-                            "load_failures": events["load_failed"]},
+                            "load_failures": events["load_failed"], "loads_cancelled": events["load_cancelled"]},
                 "saves": counters["saves"], "saves_skipped": counters["saves_skipped"],
                 "save_failures": counters["save_failures"],
                 # player-seconds of changes held in memory and not yet saved (what a crash would have lost)

@@ -426,7 +426,8 @@ class SimHost:
             await server.data.load(ev.player)
         except Exception as exc:
             self._sample(ev.t, "load", started, exc)
-            self._events.append((ev.t, "load_failed", ev.server))
+            # a load stopped because the player left meanwhile is no failure of the store
+            self._events.append((ev.t, "load_cancelled" if presence.leaving else "load_failed", ev.server))
             if server.players.get(ev.player) is presence:
                 del server.players[ev.player]
                 self._sync_players(server)

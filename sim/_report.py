@@ -22,9 +22,16 @@ The report dict (the contract of report.json, ``"format": 1``) is plain JSON-com
         "throttled": int,
         "servers": {"started": int, "stopped": int, "crashed": int, "stalled": int, "lost_with_node": int,
                     "peak": int, "key_actors": int},   # key_actors: started (per-key placement: one per load)
-        "players": {"joins": int, "leaves": int, "teleports": int, "peak_online": int, "load_failures": int},
+        "players": {"joins": int, "leaves": int, "teleports": int, "peak_online": int, "load_failures": int,
+                    "loads_cancelled": int},
      },
      "latency_ms": {op: {"count": int, "p50": float, "p90": float, "p99": float, "max": float}},  # op incl. load
+     "design": {"name": str, "summary": str, "options": dict, "transactions": bool, "lock": str, "trades": str},
+     "requests": {"datastore": {request type: int}, "datastore_total": int, "memorystore": {operation: int},
+                  "memorystore_total": int},                  # what the run asked (the final read excluded)
+     "storage": {"datastore_bytes": int, "memorystore_bytes": int},
+     "metrics": {metric: number or None},   # what [thresholds] bound (sim._metrics.metrics)
+     "thresholds": [{"metric": str, "at_most": float, "value": number or None, "ok": bool}],
      "series": {
         "bucket_s": float,                    # simulated seconds per bucket
         "t": [float],                         # bucket starts, simulated seconds; every list below is as long
@@ -137,11 +144,20 @@ def _counts(section: Mapping[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(f"{key} {_fmt(section.get(key))}" for key in keys)
 
 
+def _design(report: Mapping[str, Any]) -> str:
+    design = _section(report, "design")
+    if not design:
+        return "lyra"
+    options = ", ".join(f"{k}={v}" for k, v in sorted(_section(design, "options").items()))
+    return f"{design.get('name')} ({options})" if options else str(design.get("name"))
+
+
 def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The headline figures as (label, value) pairs, shared by the terminal summary and the html page."""
     scenario, run, totals = _section(report, "scenario"), _section(report, "run"), _section(report, "totals")
     rows = [
         ("scenario", _fmt(scenario.get("name"))),
+        ("design", _design(report)),
         ("seed", _fmt(scenario.get("seed"))),
         ("engine", _fmt(run.get("engine"))),
         ("started at", _fmt(run.get("started_at"))),
@@ -157,13 +173,20 @@ def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("locks", _counts(_section(totals, "locks"), ("acquired", "waits", "steals", "lost"))))
     if "throttled" in totals:
         rows.append(("throttled calls", _fmt(totals.get("throttled"))))
+    if "data_at_risk_player_s" in totals:
+        rows.append(("data at risk (player-s)", _fmt(totals.get("data_at_risk_player_s"))))
+    requests = _section(report, "requests")
+    if requests:
+        rows.append(("requests", f"DataStore {_fmt(requests.get('datastore_total'))}, MemoryStore "
+                                 f"{_fmt(requests.get('memorystore_total'))}"))
     if "servers" in totals:
         servers = _section(totals, "servers")
         rows.append(("servers", _counts(servers, ("started", "stopped", "crashed", "stalled", "lost_with_node",
                                                   "peak"))))
     if "players" in totals:
         players = _section(totals, "players")
-        rows.append(("players", _counts(players, ("joins", "leaves", "teleports", "peak_online", "load_failures"))))
+        rows.append(("players", _counts(players, ("joins", "leaves", "teleports", "peak_online", "load_failures",
+                                                  "loads_cancelled"))))
     return rows
 
 

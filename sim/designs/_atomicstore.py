@@ -507,11 +507,14 @@ def _record(old: Any) -> tuple[Any, dict | None]:
 class AtomicLayer(DataLayer):
     """One server's players, kept as a game built on AtomicStore keeps them (see the module docstring)."""
 
+    cancels_loads = True
+
     def __init__(self, server: Server, scheduler: Scheduler, config: StoreConfig, options: AtomicOptions) -> None:
         super().__init__(server, scheduler, config)
         self.options = options
         self.atomic = AtomicStore(server, scheduler, warn=lambda message: self.log("warn", message))
         self.sessions: dict[str, _Session] = {}
+        self._loading: dict[str, asyncio.Future] = {}   # key -> done once the player left while its load waits
         self.ttl_ms = int(config.lock_ttl * 1000)
         self.interval = (min(config.lock_refresh, config.autosave_interval) if options.session_lock
                          else config.autosave_interval)
@@ -571,14 +574,19 @@ class AtomicLayer(DataLayer):
         if key in self.sessions:
             return
         session_id = new_id()
+        left = self._loading[key] = asyncio.get_running_loop().create_future()
         try:
             if self.options.session_lock:
-                session = await self._load_locked(key, session_id)
+                session = await self._load_locked(key, session_id, left)
             else:
                 session = await self._load_raw(key, session_id)
-        except DesignError:
-            self.counters.load_failures += 1
+        except DesignError as exc:
+            if exc.reason != "LoadCancelled":
+                self.counters.load_failures += 1
             raise
+        finally:
+            if self._loading.get(key) is left:
+                del self._loading[key]
         self._check_up()
         self.sessions[key] = session
         self.counters.loads += 1
@@ -597,14 +605,22 @@ class AtomicLayer(DataLayer):
         await self._save(self._session(key), final=False)
 
     async def unload(self, key: str) -> bool:
+        left = self._loading.get(key)
+        if key not in self.sessions and left is not None:   # the player left while its load waits: give it up
+            if not left.done():
+                left.set_result(None)
+            return False
         session = self._session(key)
+        sent = None
         try:
-            await self._save(session, final=True)
+            sent = await self._save(session, final=True)
             ok = True
         except DesignError:
             ok = False
         if self.sessions.get(key) is session:
-            self._end(session, SessionState.CLOSED, "released")
+            # a final save that landed freed the lock in the write it sent: the hold ended when it was sent (after
+            # it this server writes nothing, and no other can take the lock before it lands)
+            self._end(session, SessionState.CLOSED, "released", at=sent if ok else None)
         return ok
 
     def crash(self) -> None:
@@ -655,12 +671,16 @@ class AtomicLayer(DataLayer):
         data = copy.deepcopy(data) if isinstance(data, dict) else self.template()
         return _Session(key, session_id, data, store, save_key=save_key)
 
-    async def _load_locked(self, key: str, session_id: str) -> _Session:
+    async def _load_locked(self, key: str, session_id: str, left: asyncio.Future) -> _Session:
+        """The game's retry loop: take the lock, or wait `lock_retry` and try again, up to `lock_wait`; the
+        player leaving (`left`) ends the wait at once, as the game's PlayerRemoving handler would."""
         store = self._store_for(key)
         deadline = self.now() + int(self.config.lock_wait * 1000)
         waited = False
         while True:
             self._check_up()
+            if left.done():
+                raise DesignError(f"the load of {key!r} was given up: the player left", "LoadCancelled")
             outcome = await self._try_lock(key, store, session_id)
             if isinstance(outcome, _Session):
                 return outcome
@@ -670,7 +690,15 @@ class AtomicLayer(DataLayer):
             if not waited:
                 waited = True
                 self.counters.lock_waits += 1
-            await self.scheduler.sleep(min(self.options.lock_retry, (deadline - self.now()) / 1000))
+            await self._nap(min(self.options.lock_retry, (deadline - self.now()) / 1000), left)
+
+    async def _nap(self, seconds: float, left: asyncio.Future) -> None:
+        slept = asyncio.get_running_loop().create_future()
+        timer = self.scheduler.call_later(seconds, lambda: slept.done() or slept.set_result(None))
+        try:
+            await asyncio.wait([slept, left], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
 
     async def _try_lock(self, key: str, store: Any, session_id: str) -> Any:
         """One compare-and-set of the lock: the new session, or the id of the session holding the key."""
@@ -719,7 +747,8 @@ class AtomicLayer(DataLayer):
 
     # ------------------------------------------------------------------------------------------------ saves
 
-    async def _save(self, session: _Session, final: bool) -> None:
+    async def _save(self, session: _Session, final: bool) -> int:
+        """Write the session's data (fenced by its lock when it has one); answers when the write was sent."""
         async with session.saving:
             if session.state is not SessionState.ACTIVE or self.sessions.get(session.key) is not session:
                 raise DesignError(f"key {session.key!r} is no longer loaded here", "NotLoaded")
@@ -730,6 +759,7 @@ class AtomicLayer(DataLayer):
             else:
                 await self._save_raw(session, snapshot)
             self.saved(session.key, since)
+            return since
 
     def _failed(self, session: _Session, why: str) -> DesignError:
         self.counters.save_failures += 1
@@ -795,8 +825,9 @@ class AtomicLayer(DataLayer):
         self.log("warn", f"Session lock of {session.key} taken by {holder!r}: the session is given up")
         self._end(session, SessionState.LOST, "lost")
 
-    def _end(self, session: _Session, state: SessionState, kind: str) -> None:
-        """The session ends here: "released" or "lost" at min(now, the lock's expiry), as the lock ended then."""
+    def _end(self, session: _Session, state: SessionState, kind: str, at: int | None = None) -> None:
+        """The session ends here: "released" or "lost" at min(`at` (default now), the lock's expiry), as the lock
+        ended then."""
         session.state = state
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
@@ -804,9 +835,9 @@ class AtomicLayer(DataLayer):
         callback = self.config.lock_callback
         if callback is None:
             return
-        now = self.now()
+        now = self.now() if at is None else at
         if session.expires_at is None:
-            self.report(kind, session.key, session.id)
+            self.report(kind, session.key, session.id, at_ms=at)
         else:
             callback(kind, session.key, session.id, min(now, session.expires_at), session.expires_at)
 

@@ -162,13 +162,15 @@ class DataLayer(abc.ABC):
         for key in list(self._dirty):
             self.forget(key)
 
-    def report(self, kind: str, key: str, session: str, until_ms: int | None = None) -> None:
-        """Tell the observer about a session's hold on `key` (see `StoreConfig.lock_callback`): held up to
-        `until_ms` (default: now + `FOREVER_MS`, a hold that ends only when its server says so)."""
+    def report(self, kind: str, key: str, session: str, until_ms: int | None = None,
+               at_ms: int | None = None) -> None:
+        """Tell the observer about a session's hold on `key` (see `StoreConfig.lock_callback`), as of `at_ms`
+        (default now): held up to `until_ms` (default: `FOREVER_MS` on, a hold that ends only when its server
+        says so)."""
         callback = self.config.lock_callback
         if callback is not None:
-            now = self.now()
-            callback(kind, key, session, now, now + FOREVER_MS if until_ms is None else until_ms)
+            at = self.now() if at_ms is None else at_ms
+            callback(kind, key, session, at, at + FOREVER_MS if until_ms is None else until_ms)
 
     def log(self, level: str, message: str) -> None:
         """A warning or error for the report's log counts (`StoreConfig.log_callback`)."""

@@ -1147,6 +1147,8 @@ class ProfileLayer(DataLayer):
     ASSUME_DEAD (the first moment another server may take it as dead), "released" when a final save landed (the
     player's leave, or another server's force-load), "lost" when a write found the session taken, "crashed"."""
 
+    cancels_loads = True
+
     def __init__(self, server: Server, scheduler: Scheduler, config: StoreConfig,
                  options: ProfileStoreOptions) -> None:
         super().__init__(server, scheduler, config)
@@ -1154,6 +1156,8 @@ class ProfileLayer(DataLayer):
         self.store = ProfileStore.new(server, scheduler, config.name, copy.deepcopy(config.template), options)
         self.runtime = self.store.runtime
         self.holds: dict[str, _Hold] = {}
+        self._loading: set[str] = set()     # keys whose start_session runs
+        self._left: set[str] = set()        # ... of which the player left: its `cancel` answers True
         self._ended: dict[str, bool] = {}    # sessions that ended by themselves: did their final save land?
 
     def _until(self, last: Any) -> int:
@@ -1196,8 +1200,16 @@ class ProfileLayer(DataLayer):
         if key in self.holds:
             raise DesignError(f"key {key!r} is already loaded on server {self.server.job_id!r}", "AlreadyLoaded")
         self._ended.pop(key, None)
-        profile = await self.store.start_session(key)
+        self._loading.add(key)
+        try:   # the README's join handler: cancel when the player has left (ProfileStore polls it between tries)
+            profile = await self.store.start_session(key, cancel=lambda: key in self._left)
+        finally:
+            self._loading.discard(key)
+            left = key in self._left
+            self._left.discard(key)
         self._check_up()
+        if profile is None and left:
+            raise DesignError(f"start_session for {key!r} was cancelled: the player left", "LoadCancelled")
         if profile is None:
             self.counters.load_failures += 1
             raise DesignError(f"start_session for {key!r} on server {self.server.job_id!r} gave no profile "
@@ -1240,6 +1252,9 @@ class ProfileLayer(DataLayer):
         if hold is None:
             if key in self._ended:
                 return self._ended.pop(key)
+            if key in self._loading:   # the player left while the session starts: its cancel stops it
+                self._left.add(key)
+                return False
             raise DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
         if hold.profile.is_active():
             hold.profile.end_session()

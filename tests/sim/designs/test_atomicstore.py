@@ -461,3 +461,20 @@ def test_the_layer_refuses_bad_calls_with_typed_errors():
             a.stall(-1)
         assert a.sessions["p1"].data == TEMPLATE and list(a.sessions) == ["p1"]
     run(body)
+
+
+def test_a_player_who_leaves_while_the_load_waits_for_the_lock_gives_the_load_up_at_once():
+    async def body(rig: Rig):
+        a = await rig.layer("job-a")
+        b = await rig.layer("job-b", config=rig.config(lock_wait=120.0))
+        await a.load("p1")
+        loading = rig.scheduler.spawn(b.load("p1"))
+        await rig.scheduler.advance(3)                     # b tried, found a's lock, waits lock_retry (6 s)
+        assert not loading.done() and b.counters.lock_waits == 1
+        assert await b.unload("p1") is False              # the player left: nothing was loaded, nothing saved
+        await rig.scheduler.advance(0)
+        with pytest.raises(DesignError) as err:
+            loading.result()
+        assert err.value.reason == "LoadCancelled" and b.counters.load_failures == 0
+        assert not await b.is_loaded("p1") and [k for k, *_ in rig.locks] == ["acquired"]   # b never took it
+    run(body)

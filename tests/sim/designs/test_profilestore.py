@@ -637,3 +637,26 @@ def test_layer_close_after_players_left_writes_nothing_more():
         assert rig.raw.get("player_00001", use_cache=False)[1].version == version
         assert a.runtime.is_closing and await a.store.start_session("player_00002") is None
     run(main())
+
+
+def test_a_player_who_leaves_while_the_session_starts_cancels_it_at_the_next_try():
+    """The README's join handler passes `cancel` (the player left): start_session polls it between its tries and
+    gives up, so the leaving server never takes (or force-loads) the profile."""
+    async def main():
+        rig = LayerRig()
+        a, b = await rig.layer("A"), await rig.layer("B")
+        await a.load("player_00001")
+        loading = asyncio.get_running_loop().create_task(b.load("player_00001"))
+        await rig.scheduler.advance(1)                       # b found a's session and asked it to finish
+        assert not loading.done()
+        assert await b.unload("player_00001") is False       # the player left b: nothing loaded, nothing saved
+        waited = 0
+        while not loading.done() and waited < 60:
+            await rig.scheduler.advance(1)
+            waited += 1
+        with pytest.raises(DesignError) as err:
+            loading.result()
+        assert err.value.reason == "LoadCancelled" and waited <= 10   # at its next try, not after a steal (45 s)
+        assert b.counters.load_failures == 0 and not await b.is_loaded("player_00001")
+        assert [k for k, _ in rig.kinds("player_00001")] == ["acquired"]   # only a ever held it
+    run(main())
