@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
-from lodestore.sim._metrics import check_thresholds, metrics
 from lodestore.sim._runner import RunOptions, RunResult, simulate
 from lodestore.sim._scenario import Scenario
 from lodestore.sim.designs import DESIGNS
 from lodestore.storage import ConfigError
 
-__all__ = ["compare", "compare_table", "write_comparison", "CompareResult", "metrics", "check_thresholds"]
+__all__ = ["compare", "compare_table", "write_comparison", "CompareResult"]
 
 
 # ------------------------------------------------------------------------------------------------- comparing

@@ -1172,8 +1172,8 @@ class ProfileLayer(DataLayer):
         if hold is None or hold.profile is not profile:
             return
         self.saved(profile.key, taken)
-        if ending:
-            self._end(profile.key, hold, True, "released")
+        if ending:   # the write that freed the session was sent when its data was taken: the hold ended then
+            self._end(profile.key, hold, True, "released", at=taken)
         else:
             hold.until_ms = self._until(meta.get("LastUpdate"))
             self.report("refreshed", profile.key, hold.session, hold.until_ms)
@@ -1185,11 +1185,11 @@ class ProfileLayer(DataLayer):
                              "last save are lost")
             self._end(profile.key, hold, False, "lost")
 
-    def _end(self, key: str, hold: _Hold, landed: bool, kind: str) -> None:
+    def _end(self, key: str, hold: _Hold, landed: bool, kind: str, at: int | None = None) -> None:
         del self.holds[key]
         self._ended[key] = landed
         self.forget(key)
-        self.report(kind, key, hold.session)
+        self.report(kind, key, hold.session, at_ms=at)
         if not hold.done.done():
             hold.done.set_result(landed)
 

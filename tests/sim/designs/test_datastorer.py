@@ -518,7 +518,7 @@ async def test_debug_keeps_a_trace_of_every_step_and_warnings_always_reach_on_me
                  "Releasing", "Release success", "Closing"):
         assert step in text
     assert module.trace[0].startswith("[+0.000] [DATASTORER] PRINT @ ")
-    quiet, warnings = [], []
+    warnings = []
     module = rig.module("job-b", on_message=lambda level, line: warnings.append((level, line)))
     ks = module.get_datastore(STORE, TEMPLATE).create_key("x" * 60)
     await rig.finish(ks.load())
