@@ -204,8 +204,10 @@ def write_comparison(report: dict, out: Path) -> dict[str, Path]:
 
 
 _PLOTTED = (("lost_writes", "writes lost"), ("duplicated_items", "items duplicated"),
-            ("overlapping_sessions", "overlapping sessions"), ("data_at_risk_player_s", "data at risk (player-s)"),
-            ("datastore_requests", "DataStore requests"), ("p99_load_ms", "p99 load (ms)"))
+            ("coins_destroyed", "coins destroyed"), ("overlapping_sessions", "overlapping sessions"),
+            ("data_at_risk_player_s", "data at risk (player-s)"), ("datastore_requests", "DataStore requests"),
+            ("p99_load_ms", "p99 load (ms)"), ("p99_save_ms", "p99 save (ms)"))
+_BAD = ("lost_writes", "duplicated_items", "coins_destroyed", "overlapping_sessions")   # red when not 0
 
 
 def _plot(report: Mapping[str, Any], path: Path) -> Path | None:
@@ -217,12 +219,12 @@ def _plot(report: Mapping[str, Any], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     names = [d["name"] for d in designs]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6), layout="constrained")
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6), layout="constrained")
     try:
         for ax, (key, title) in zip(axes.flat, _PLOTTED):
             values = [d["metrics"].get(key) or 0 for d in designs]
             bars = ax.bar(names, values, color=["#cf222e" if v else "#1a7f37" for v in values]
-                          if key in ("lost_writes", "duplicated_items", "overlapping_sessions") else "#0969da")
+                          if key in _BAD else "#0969da")
             ax.set_title(title)
             ax.tick_params(axis="x", labelrotation=30)
             ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=8)
