@@ -40,7 +40,7 @@ from lodestore.storage import (DataStoreError, LocalRuntime, LodestoreError, Mem
 
 __all__ = ["SimHost", "HostRole", "Relay", "RELAY", "Trade", "HOT_STORE", "error_code"]
 
-_IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'|\bplayer_\d+\b|\bserver_\d+\b")   # ids, quoted values, keys
+_IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'|\bplayer_\d+\b")   # ids, quoted values, player keys
 
 RELAY = "relay"
 """The cloud node's object that carries a message from one host's game server to another's (`Relay`)."""
