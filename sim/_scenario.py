@@ -569,9 +569,10 @@ def _thresholds(t: dict[str, Any]) -> dict[str, float]:
 def design_summary(scenario: "Scenario") -> dict[str, Any]:
     """The design a scenario runs, for its report: name, options, whether trades are atomic, how it locks."""
     chosen = design(scenario.store.design)
-    return {"name": chosen.name, "summary": chosen.summary,
-            "options": dataclasses.asdict(scenario.store.design_options()),
-            "transactions": chosen.transactions, "lock": chosen.lock,
+    options = scenario.store.design_options()
+    lock_kind = getattr(options, "lock_kind", None)
+    return {"name": chosen.name, "summary": chosen.summary, "options": dataclasses.asdict(options),
+            "transactions": chosen.transactions, "lock": lock_kind() if callable(lock_kind) else chosen.lock,
             "trades": "one transaction (2PC)" if chosen.transactions else
                       "two separate updates, each saved by its own server (no transactions)"}
 

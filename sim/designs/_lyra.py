@@ -46,6 +46,10 @@ class LyraOptions:
             raise ConfigError(f"must be one of {', '.join(map(repr, LOCK_STORES))}, got {self.lock_store!r}",
                               field="lock_store")
 
+    def lock_kind(self) -> str:
+        """How these settings keep two servers off one key, in a few words (the comparison's "lock" row)."""
+        return "DataStore lock" if self.lock_store == "datastore" else "MemoryStore lease"
+
     def apply(self, config: StoreConfig) -> StoreConfig:
         return dataclasses.replace(config, lock_partitions=self.lock_partitions,
                                    lock_steal_after=self.lock_steal_after or None, lock_store=self.lock_store)
@@ -130,5 +134,6 @@ async def _read(reader: Server, scheduler: Scheduler, config: StoreConfig, optio
     return out
 
 
-LYRA = Design("lyra", "lodestore's Store (Lyra's): a MemoryStore session lock, fenced writes, autosave, 2PC trades",
-              LyraOptions, _open, _read, transactions=True, lock="MemoryStore lease (or DataStore: lock_store)")
+LYRA = Design("lyra", "lodestore's Store (Lyra's): a session lock with a TTL (a MemoryStore lease, or a DataStore "
+              "lock), fenced writes, autosave, 2PC trades", LyraOptions, _open, _read, transactions=True,
+              lock="MemoryStore lease")
