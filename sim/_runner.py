@@ -45,6 +45,7 @@ from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary, memorystore_latency,
                                      scenario_toml, store_config)
 from lodestore.sim._workload import Planned, Planner, player_key
+from lodestore.sim.designs import design
 from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, ConfigError, FaultConfig, Latency, ManualClock, Outage,
                                datastore_name, virtual)
 
@@ -398,7 +399,8 @@ class _Engine:
         self.router = _Router(self.host_count)
         bucket = max(scenario.servers.step, world.duration / 60)
         store = scenario.store
-        self.collector = Collector(world.duration, bucket, slack_s=store.lock_ttl - store.lock_refresh)
+        self.collector = Collector(world.duration, bucket, slack_s=store.lock_ttl - store.lock_refresh,
+                                   leased=design(store.design).leased)
         self.display = _Display(stream, options.progress, world.duration)
         self.interrupted = False
         self.sim_time_s = 0.0

@@ -202,6 +202,10 @@ class Design:
     read: Callable[[Server, Scheduler, StoreConfig, Any, list[str]], Awaitable[dict[str, Any]]]
     transactions: bool = False
     lock: str = "none"
+    leased: bool = False
+    """Its locks are leases kept alive by refreshes on a timer: a lock lost where no fault stalled its server is
+    a bug of the store or of the harness, and the run is inconclusive. Another design loses a session by its own
+    rules (a newer session took it, a steal), which is a result the checkers judge."""
 
 
 def check_options(design: Design, table: Mapping[str, Any] | None, where: str) -> Any:

@@ -136,4 +136,4 @@ async def _read(reader: Server, scheduler: Scheduler, config: StoreConfig, optio
 
 LYRA = Design("lyra", "lodestore's Store (Lyra's): a session lock with a TTL (a MemoryStore lease, or a DataStore "
               "lock), fenced writes, autosave, 2PC trades", LyraOptions, _open, _read, transactions=True,
-              lock="MemoryStore lease")
+              lock="MemoryStore lease", leased=True)
