@@ -559,7 +559,7 @@ class SimHost:
         if found is None:
             return
         if not found[0].data.transactions:
-            await self._trade_in_two(ev, found[0])
+            await self._trade_in_two(ev, *found)
             return
         op = self._op(ev)
         peers = {ev.player: self._peer(self.index), ev.target: self._peer(self._host_of(ev.target_server))}
@@ -580,7 +580,7 @@ class SimHost:
         else:
             self._resolve(op, "failed", error_code(error), tx="aborted")
 
-    async def _trade_in_two(self, ev: Planned, server: _Server) -> None:
+    async def _trade_in_two(self, ev: Planned, server: _Server, giver: _Presence) -> None:
         """A trade on a design without transactions, played as its users play one: the giver's server takes the
         coins and the item and saves, then asks the taker's server (a cross-server message through the cloud) to
         add them and save. When the taker's half fails, the giver is refunded; what is left half done (a crash in
@@ -603,7 +603,7 @@ class SimHost:
             await server.data.save(ev.player)
         except Exception as exc:   # not sent to the taker: undo the giver's half before any save takes it
             self._sample(ev.t, "trade", started, exc)
-            undone = await self._try(server.data.update(ev.player, refund))
+            undone = await self._refund(server, giver, ev.player, refund)   # the failed save may have landed
             self._resolve(op, "failed" if undone else "unknown", error_code(exc), tx="aborted")
             return
         credit = _Credit(ev.amount, item, ev.op_id)
@@ -614,22 +614,24 @@ class SimHost:
             return
         self._sample(ev.t, "trade", started, DesignError(answer, answer))
         if answer in ("NotLoaded", "Refused", "ServerGone"):   # the taker got nothing: give the giver's half back
-            try:
-                undone = await server.data.update(ev.player, refund)
-                if undone:
-                    await server.data.save(ev.player)
-            except Exception:
-                undone = False
+            undone = await self._refund(server, giver, ev.player, refund)
             self._resolve(op, "failed" if undone else "unknown", answer, tx="aborted" if undone else "unknown")
         else:   # the taker's half may have landed
             self._resolve(op, "unknown", answer, tx="unknown")
 
     @staticmethod
-    async def _try(coro: Any) -> bool:
+    async def _refund(server: _Server, giver: _Presence, key: str, refund: _Refund) -> bool:
+        """Give a trade's giver half back and save it: True once that is durable. A giver who left meanwhile cannot
+        be refunded (its final save may already hold the debit): the trade then stays half done, "unknown"."""
+        if giver.leaving or giver.ended is not None:
+            return False
         try:
-            return bool(await coro)
+            if not await server.data.update(key, refund):
+                return False
+            await server.data.save(key)
         except Exception:
             return False
+        return True
 
     async def _credit_remote(self, server_id: str | None, key: str | None, credit: _Credit) -> str:
         """The taker's half on the taker's server, wherever it runs: "ok" once saved, or why not."""
