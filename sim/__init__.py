@@ -15,9 +15,9 @@ profilestore, naive) and reports side by side; `metrics` and `check_thresholds` 
 Everything public is exported here; the `_`-prefixed modules are private.
 """
 
-from lodestore.sim._scenario import (REQUEST_TYPES, THRESHOLDS, ActionRates, FaultWindow, HotKeys, LatencyRange, LatencySection,
-                           Players, Scenario, Servers, StoreSection, WorldSection, datastore_latency, load_scenario,
-                           memorystore_latency, parse_scenario)
+from lodestore.sim._scenario import (REQUEST_TYPES, THRESHOLDS, ActionRates, FaultWindow, HotKeys, LatencyRange,
+                                     LatencySection, Players, Scenario, Servers, StoreSection, WorldSection,
+                                     datastore_latency, load_scenario, memorystore_latency, parse_scenario)
 
 from lodestore.sim._cli import main
 from lodestore.sim._checkers import (CheckResult, History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation,

@@ -213,8 +213,8 @@ class Collector:
         It did not when more than `HARNESS_TOLERANCE` of the events started more than `slack_s` late or never ran
         (a lock refresh then misses its TTL), or when more than that share of the session locks were lost on
         servers no fault stalled (for want of a refresh; only for a design whose locks are leases: another design
-        loses a session by its own rules, which the checkers judge). Most actions failing is noted, not held against it: a
-        storm of teleports or an outage fails most actions by design.
+        loses a session by its own rules, which the checkers judge). Most actions failing is noted, not held
+        against it: a storm of teleports or an outage fails most actions by design.
         """
         started = sum(lag[0] for lag in self._lag.values())
         late = sum(lag[1] for lag in self._lag.values())
