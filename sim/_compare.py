@@ -68,8 +68,11 @@ def compare(scenario: Scenario, designs: Sequence[str], options: RunOptions = Ru
     from lodestore.sim._runner import _default_out, _out_dir
     names = _designs(designs)
     stream = stream or options.stream or sys.stdout
-    out = options.out if options.out is not None else _default_out(scenario).with_name(
-        _default_out(scenario).name + "-compare")
+    if options.out is not None:
+        out = options.out
+    else:
+        default = _default_out(scenario)
+        out = default.with_name(default.name + "-compare")
     _out_dir(out)
     started_ray = _ensure_ray(options)
     runs: dict[str, RunResult] = {}

@@ -220,7 +220,7 @@ THRESHOLDS = ("failed_checks", "lost_writes", "duplicated_writes", "duplicated_i
               "coins_destroyed", "negative_balances", "overlapping_sessions", "load_failures",
               "data_at_risk_player_s", "throttled", "datastore_requests", "memorystore_requests",
               "p50_load_ms", "p99_load_ms", "p50_save_ms", "p99_save_ms", "p50_trade_ms", "p99_trade_ms")
-"""What `[thresholds]` may bound (each "at most"): see `sim._compare.metrics` for how each is measured."""
+"""What `[thresholds]` may bound (each "at most"): see `sim._metrics.metrics` for how each is measured."""
 
 
 @dataclass(frozen=True)
@@ -559,7 +559,7 @@ def _store(t: dict[str, Any]) -> StoreSection:
 
 def _thresholds(t: dict[str, Any]) -> dict[str, float]:
     out = {}
-    for key, value in t.items():
+    for key in t:
         if key not in THRESHOLDS:
             raise _Bad(f"thresholds.{key}", f"unknown threshold; known: {', '.join(THRESHOLDS)}")
         out[key] = _number(t, "thresholds", key, None, low=0)
