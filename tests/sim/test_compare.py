@@ -4,6 +4,7 @@ known losses under quick teleports, thresholds set the exit status, bad input is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 
@@ -67,7 +68,9 @@ autosave_interval = 60
 """
 
 
+@functools.lru_cache(maxsize=None)
 def _run(text: str, design: str):
+    """One in-process run of `text` with `design` (shared by the tests that only read its result)."""
     scenario = parse_scenario(text)
     scenario = dataclasses.replace(scenario, store=dataclasses.replace(scenario.store, design=design))
     return simulate(scenario, RunOptions(engine="in-process", write_files=False, stream=io.StringIO()))
@@ -126,9 +129,11 @@ def test_compare_writes_one_report_side_by_side_and_exits_by_the_thresholds(tmp_
 
 def test_compare_on_the_command_line_exits_0_without_thresholds_and_2_on_an_unknown_design(tmp_path, capsys):
     path = tmp_path / "teleports.toml"
-    path.write_text(TELEPORTS)
+    path.write_text(TELEPORTS.replace("duration = 300", "duration = 60"))
     assert main(["compare", str(path), "--designs", "lyra,naive", "--in-process", "--no-progress",
                  "--out", str(tmp_path / "c")]) == 0      # a design failing a checker is a result
+    failed = json.loads((tmp_path / "c" / "compare.json").read_text())["designs"][1]["verdict"]
+    assert failed == "fail"
     assert main(["compare", str(path), "--designs", "lyra,nosuch", "--in-process",
                  "--out", str(tmp_path / "d")]) == 2
     assert "unknown design 'nosuch'" in capsys.readouterr().err
