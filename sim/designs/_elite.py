@@ -478,7 +478,10 @@ class EliteDataStoreService:
         service = self.server.datastores
         if service.budgets_enforced:
             for t in sorted(types, key=lambda t: t.value):
-                self._budgets[t] = await service.aio.get_request_budget(t)
+                try:
+                    self._budgets[t] = await service.aio.get_request_budget(t)
+                except LodestoreError:
+                    pass   # the budget actor did not answer: the last answer stands (the processor goes on)
 
     def _reserve(self, request: _Request, delta: int) -> None:
         for t in request.request_types:
