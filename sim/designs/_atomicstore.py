@@ -162,9 +162,13 @@ class Utility:
             self._warn(message)
 
     async def budget(self, request: SafeRequest) -> int:
-        """GetRequestBudgetForRequestType: what this server may send of `request` now (an update needs both)."""
+        """GetRequestBudgetForRequestType: what this server may send of `request` now (an update needs both); 0
+        when the budget actor does not answer (this try is then refused, like one with no budget)."""
         service = self.server.datastores.aio
-        return min([await service.get_request_budget(t) for t in request.budgets])
+        try:
+            return min([await service.get_request_budget(t) for t in request.budgets])
+        except LodestoreError:
+            return 0
 
     def statistics(self) -> UtilityStatistics:
         return UtilityStatistics(self._lookups, self._tries, self._refused, self._errors, self._gave_up,

@@ -69,8 +69,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from lodestore.actors import StoreConfig
-from lodestore.storage import (ConfigError, DataStoreError, RequestType, Scheduler, Server, TransformError,
-                               UpdateResult, canonical, check_value, new_id)
+from lodestore.storage import (ConfigError, DataStoreError, LodestoreError, RequestType, Scheduler, Server,
+                               TransformError, UpdateResult, canonical, check_value, new_id)
 from lodestore.sim.designs._base import DataLayer, Design, DesignError
 
 __all__ = ["DataStorer", "Store", "KeyStore", "Signal", "ProcessedSignal", "Connection", "QueueItem",
@@ -509,10 +509,13 @@ class DataStorer:
         datastores = self.server.datastores
         if not datastores.budgets_enforced:
             return math.inf
-        write = await datastores.aio.get_request_budget(RequestType.STANDARD_WRITE)
-        if write <= RESERVE_REQUESTS_FOR_EMERGENCY:
-            return write
-        return min(write, await datastores.aio.get_request_budget(RequestType.STANDARD_READ))
+        try:
+            write = await datastores.aio.get_request_budget(RequestType.STANDARD_WRITE)
+            if write <= RESERVE_REQUESTS_FOR_EMERGENCY:
+                return write
+            return min(write, await datastores.aio.get_request_budget(RequestType.STANDARD_READ))
+        except LodestoreError:
+            return 0   # the budget actor did not answer: this heartbeat sends nothing, the next asks again
 
     def _autosave_pass(self) -> None:
         """`autoSavingHeartbeat`."""
