@@ -597,3 +597,27 @@ def test_crash_stops_everything_and_reports_the_holds_lost():
         assert info.value.reason == "ServerGone"
         assert layer.elite.statistics().in_flight == 0
     run(body)
+
+
+def test_a_budget_question_the_budget_actor_does_not_answer_never_stops_the_processor(monkeypatch):
+    """The budget actor is a message away: when it does not answer for a while, the processor keeps its last
+    answer and goes on, and every queued call is delivered once it answers again."""
+    from lodestore.storage import LodestoreError
+
+    async def body(rig: Rig):
+        elite, store, tasks = await _many_sets(rig, "patched", n=150)
+        service = type(elite.server.datastores.aio)
+        asked = service.get_request_budget
+        silent = [True]
+
+        async def no_answer(self, request_type):
+            if silent[0]:
+                raise LodestoreError("the budget service did not answer")
+            return await asked(self, request_type)
+        monkeypatch.setattr(service, "get_request_budget", no_answer)
+        await rig.advance(30)
+        silent[0] = False
+        await rig.advance(120)
+        results = [t.result() for t in tasks]
+        assert all(ok for _, ok in results) and len(results) == 150
+    run(body)
