@@ -11,7 +11,9 @@ The contract, as game code meets it (every method a coroutine on the host's even
 - `update(key, fn)`: `fn(data) -> bool` changes the data in memory in place; True when it changed something. The
   change is durable only once a save of it returns.
 - `save(key)`: a forced save of what is in memory now; returns once it is durable, raises when it is not.
-- `unload(key)`: the player leaves: a final save and the end of the session; True when the final save landed.
+- `unload(key)`: the player leaves: a final save and the end of the session; True when the final save landed. The
+  game changes nothing of the player's after it. During a `load(key)` it stops that load (which then raises) when
+  the layer says it can (`cancels_loads`); otherwise the game waits for the load to end first.
 - `close()`: BindToClose's end, after every player left (queues drained). `crash()`: the server died; nothing runs
   or is written any more.
 A layer reports each session it holds to `config.lock_callback(kind, key, session, at_ms, until_ms)` ("acquired",
