@@ -11,7 +11,8 @@ it through (`sim.designs._base` has the contract). `[store] design = "..."` in a
 in `[store.<design>]`; `lodestore compare` runs several through the same storm.
 """
 
-from lodestore.sim.designs._base import FOREVER_MS, DataLayer, Design, DesignError, LayerCounters, check_options
+from lodestore.sim.designs._base import (FOREVER_MS, DataLayer, Design, DesignError, LayerCounters, ReplayChanges,
+                                         check_options, read_values)
 from lodestore.sim.designs._atomicstore import ATOMICSTORE, AtomicLayer, AtomicOptions
 from lodestore.sim.designs._datastorer import DATASTORER, DatastorerLayer, DatastorerOptions
 from lodestore.sim.designs._elite import ELITE, EliteLayer, EliteOptions
@@ -20,6 +21,7 @@ from lodestore.sim.designs._naive import NAIVE, NaiveLayer, NaiveOptions
 from lodestore.sim.designs._profilestore import PROFILESTORE, ProfileLayer, ProfileStoreOptions
 
 __all__ = ["DESIGNS", "design", "DataLayer", "Design", "DesignError", "LayerCounters", "check_options", "FOREVER_MS",
+           "ReplayChanges", "read_values",
            "LYRA", "LyraLayer", "LyraOptions", "NAIVE", "NaiveLayer", "NaiveOptions",
            "ATOMICSTORE", "AtomicLayer", "AtomicOptions", "PROFILESTORE", "ProfileLayer", "ProfileStoreOptions",
            "DATASTORER", "DatastorerLayer", "DatastorerOptions", "ELITE", "EliteLayer", "EliteOptions"]

@@ -525,7 +525,6 @@ class AtomicLayer(DataLayer):
         self._multi = (self.atomic.retrieve_multi_store(config.name) if options.store_kind == "multi" else None)
         self._timer: Timer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._down = False
         self._stalled_until = 0
         self._arm(self.interval)
 
@@ -536,7 +535,7 @@ class AtomicLayer(DataLayer):
 
     def _tick(self) -> None:
         """Every interval: save (and so refresh) every session, one after another."""
-        if self._down:
+        if self.down:
             return
         if self.now() < self._stalled_until:
             self._arm((self._stalled_until - self.now()) / 1000)
@@ -551,7 +550,7 @@ class AtomicLayer(DataLayer):
                     await self.save(key)
                 except LodestoreError:
                     pass     # warned; lost sessions are already gone; the next round tries again
-            if not self._down:
+            if not self.down:
                 self._arm(self.interval)
         self._spawn(run())
 
@@ -572,7 +571,7 @@ class AtomicLayer(DataLayer):
         return key in self.sessions
 
     async def load(self, key: str) -> None:
-        self._check_up()
+        self.check_up()
         if not isinstance(key, str) or not key:
             raise _bad(f"load needs a player key (a non-empty str), got {key!r}")
         if key in self.sessions:
@@ -591,7 +590,7 @@ class AtomicLayer(DataLayer):
         finally:
             if self._loading.get(key) is left:
                 del self._loading[key]
-        self._check_up()
+        self.check_up()
         self.sessions[key] = session
         self.counters.loads += 1
         self.report("acquired", key, session.id, session.expires_at)
@@ -628,7 +627,7 @@ class AtomicLayer(DataLayer):
         return ok
 
     def crash(self) -> None:
-        self._down = True
+        self.down = True
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -642,7 +641,7 @@ class AtomicLayer(DataLayer):
         self.sessions.clear()
 
     async def close(self) -> None:
-        self._down = True
+        self.down = True
         if self._timer is not None:
             self._timer.cancel()
 
@@ -682,7 +681,7 @@ class AtomicLayer(DataLayer):
         deadline = self.now() + int(self.config.lock_wait * 1000)
         waited = False
         while True:
-            self._check_up()
+            self.check_up()
             if left.done():
                 raise DesignError(f"the load of {key!r} was given up: the player left", "LoadCancelled")
             outcome = await self._try_lock(key, store, session_id)
@@ -846,15 +845,11 @@ class AtomicLayer(DataLayer):
             callback(kind, session.key, session.id, min(now, session.expires_at), session.expires_at)
 
     def _session(self, key: str) -> _Session:
-        self._check_up()
+        self.check_up()
         session = self.sessions.get(key)
         if session is None:
-            raise DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
+            raise self.not_loaded(key)
         return session
-
-    def _check_up(self) -> None:
-        if self._down:
-            raise DesignError(f"server {self.server.job_id!r} is down", "ServerGone")
 
 
 async def _open(game: Any, scheduler: Scheduler, config: StoreConfig, options: AtomicOptions) -> AtomicLayer:

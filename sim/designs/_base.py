@@ -36,7 +36,8 @@ from typing import Any, Awaitable, Callable, Mapping
 from lodestore.actors import LogMessage, StoreConfig
 from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server
 
-__all__ = ["DataLayer", "Design", "DesignError", "LayerCounters", "check_options", "FOREVER_MS"]
+__all__ = ["DataLayer", "Design", "DesignError", "LayerCounters", "ReplayChanges", "check_options", "read_values",
+           "FOREVER_MS"]
 
 FOREVER_MS = 10 ** 12
 """How long a hold with no lock behind it lasts (`report`'s default): until its server lets go of it."""
@@ -82,6 +83,9 @@ class DataLayer(abc.ABC):
     cancels_loads: bool = False
     """True when `unload(key)` during a `load(key)` stops the load (which then raises); otherwise a player who
     leaves while loading is unloaded once the load ends."""
+
+    down: bool = False
+    """The server crashed or closed: nothing runs or is written any more (`check_up` refuses every call)."""
 
     transactions: bool = False
     """True when trades run as one atomic transaction (the coordinator's 2PC); otherwise the simulator plays a trade
@@ -138,6 +142,15 @@ class DataLayer(abc.ABC):
         return out
 
     # ------------------------------------------------------------------------------------------ bookkeeping
+
+    def check_up(self) -> None:
+        """Refuse a call on a server that is down (reason "ServerGone")."""
+        if self.down:
+            raise DesignError(f"server {self.server.job_id!r} is down", "ServerGone")
+
+    def not_loaded(self, key: str) -> DesignError:
+        """The error for a call on a key this server holds no live session of (reason "NotLoaded")."""
+        return DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
 
     def now(self) -> int:
         return self.scheduler.now()
@@ -208,6 +221,34 @@ class Design:
     """Its locks are leases kept alive by refreshes on a timer: a lock lost where no fault stalled its server is
     a bug of the store or of the harness, and the run is inconclusive. Another design loses a session by its own
     rules (a newer session took it, a steal), which is a result the checkers judge."""
+
+
+@dataclass(frozen=True)
+class ReplayChanges:
+    """An UpdateAsync transform that replays one server's changes since its last save (`fn(data) -> bool` each)
+    on the stored value, or on `template` when there is none: the basics page's "modify oldData safely", as the
+    naive design's and elite's "update" saves write it."""
+
+    changes: tuple
+    template: dict
+
+    def __call__(self, old: Any, _info: Any = None) -> Any:
+        data = copy.deepcopy(old) if isinstance(old, dict) else copy.deepcopy(self.template)
+        for fn in self.changes:
+            fn(data)
+        return data
+
+
+async def read_values(reader: Server, scheduler: Scheduler, config: StoreConfig, options: Any,
+                      keys: list[str]) -> dict[str, Any]:
+    """A `Design.read` for designs that store the player's data as the value itself, under the store's name:
+    each key's current value (None when absent), read past the 4 s cache."""
+    store = reader.datastores.get_data_store(config.name)
+    out = {}
+    for key in keys:
+        value, _ = await store.aio.get(key, False)
+        out[key] = value
+    return out
 
 
 def check_options(design: Design, table: Mapping[str, Any] | None, where: str) -> Any:

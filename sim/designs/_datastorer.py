@@ -71,7 +71,7 @@ from typing import Any, Callable, Iterable, Sequence
 from lodestore.actors import StoreConfig
 from lodestore.storage import (ConfigError, DataStoreError, LodestoreError, RequestType, Scheduler, Server,
                                TransformError, UpdateResult, canonical, check_value, new_id)
-from lodestore.sim.designs._base import DataLayer, Design, DesignError
+from lodestore.sim.designs._base import DataLayer, Design, DesignError, read_values
 
 __all__ = ["DataStorer", "Store", "KeyStore", "Signal", "ProcessedSignal", "Connection", "QueueItem",
            "DataStorerError", "DataStorerStatistics", "DatastorerOptions", "DatastorerLayer", "DATASTORER",
@@ -959,12 +959,11 @@ class DatastorerLayer(DataLayer):
         self.store = self.module.get_datastore(config.name, config.template,
                                                metadata_template=config.metadata_template)
         self._held: dict[str, KeyStore] = {}
-        self._down = False
 
     # ------------------------------------------------------------------------------------------- contract
 
     async def load(self, key: str) -> None:
-        self._check_up()
+        self.check_up()
         if self.store.get_key(key) is not None:
             raise DesignError(f"key {key!r} already has a key store on server {self.server.job_id!r}",
                               "AlreadyLoaded")
@@ -982,7 +981,7 @@ class DatastorerLayer(DataLayer):
                 del self._held[key]
                 self.report("released", key, ks.session)
             raise DesignError(f"the load of {key!r} on server {self.server.job_id!r} failed", "LoadFailed")
-        self._check_up()
+        self.check_up()
         self.counters.loads += 1
         if ks._took_over_on_load:
             self.counters.lock_steals += 1
@@ -1013,7 +1012,7 @@ class DatastorerLayer(DataLayer):
                               "closed)", "SaveFailed")
 
     async def unload(self, key: str) -> bool:
-        self._check_up()
+        self.check_up()
         ks = self._held.get(key)
         if ks is None or ks.closed:
             return False
@@ -1028,10 +1027,10 @@ class DatastorerLayer(DataLayer):
                 return False
 
     async def is_loaded(self, key: str) -> bool:
-        return not self._down and key in self._held and self.store.is_key_loaded(key)
+        return not self.down and key in self._held and self.store.is_key_loaded(key)
 
     async def close(self) -> None:
-        if self._down:
+        if self.down:
             return
         if self.options.auto_save_when_close:
             task = self.scheduler.spawn(self.module.bind_to_close())
@@ -1050,7 +1049,7 @@ class DatastorerLayer(DataLayer):
 
     def _halt(self) -> None:
         """Nothing runs any more; every hold still open is lost with its unsaved changes."""
-        self._down = True
+        self.down = True
         self.module.stop()
         for key, ks in list(self._held.items()):
             self.report("lost", key, ks.session)
@@ -1058,7 +1057,7 @@ class DatastorerLayer(DataLayer):
         self.forget_all()
 
     def _closed(self, key: str, ks: KeyStore) -> None:
-        if self._down or self._held.get(key) is not ks:
+        if self.down or self._held.get(key) is not ks:
             return
         del self._held[key]
         self.report("lost" if ks._failed else "released", key, ks.session)
@@ -1076,32 +1075,18 @@ class DatastorerLayer(DataLayer):
             self.log("warn", line)
 
     def _live(self, key: str) -> KeyStore:
-        self._check_up()
+        self.check_up()
         ks = self._held.get(key)
         if ks is None or ks.closed:
-            raise DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
+            raise self.not_loaded(key)
         return ks
-
-    def _check_up(self) -> None:
-        if self._down:
-            raise DesignError(f"server {self.server.job_id!r} is down", "ServerGone")
 
 
 async def _open(game: Any, scheduler: Scheduler, config: StoreConfig, options: DatastorerOptions) -> DatastorerLayer:
     return DatastorerLayer(game.storage, scheduler, config, options)
 
 
-async def _read(reader: Server, scheduler: Scheduler, config: StoreConfig, options: DatastorerOptions,
-                keys: list[str]) -> dict[str, Any]:
-    """The data is the stored value itself (metadata lives in KeyInfo)."""
-    store = reader.datastores.get_data_store(config.name)
-    out = {}
-    for key in keys:
-        value, _ = await store.aio.get(key, False)
-        out[key] = value
-    return out
-
-
+# the data is the stored value itself (metadata lives in KeyInfo): `read_values` reads it back
 DATASTORER = Design("datastorer", "DataStorer: one request queue per server, checksum autosave, a session marker in "
                     "KeyInfo metadata that the newest session takes (last write wins)", DatastorerOptions, _open,
-                    _read, transactions=False, lock="metadata marker, newest wins")
+                    read_values, transactions=False, lock="metadata marker, newest wins")

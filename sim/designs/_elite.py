@@ -78,7 +78,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 from lodestore.actors import StoreConfig
 from lodestore.storage import (DEFAULT_SCOPE, ConfigError, LodestoreError, RequestType, Scheduler, Server,
                                SortDirection, Timer, new_id)
-from lodestore.sim.designs._base import DataLayer, Design, DesignError
+from lodestore.sim.designs._base import DataLayer, Design, DesignError, ReplayChanges, read_values
 
 __all__ = ["EliteDataStoreService", "EliteDataStore", "EliteDataStorePages", "EliteResult", "EliteArgumentError",
            "EliteQueueSizes", "EliteStatistics", "AccessMode", "Release", "GetOptions", "SetOptions",
@@ -896,7 +896,6 @@ class EliteLayer(DataLayer):
         self.store = self.elite.get_data_store(config.name)
         self.players: dict[str, _Player] = {}
         self._timer: Timer | None = None
-        self._down = False
         self._tasks: set[asyncio.Task] = set()
         self._arm()
 
@@ -905,7 +904,7 @@ class EliteLayer(DataLayer):
 
     def _autosave(self) -> None:
         """Every `autosave_interval`: a Set of every player, all at once (Elite queues what the budget cannot take)."""
-        if self._down:
+        if self.down:
             return
         for key in list(self.players):
             self._spawn(self._autosave_one(key))
@@ -925,9 +924,9 @@ class EliteLayer(DataLayer):
     # --------------------------------------------------------------------------------------------- contract
 
     async def load(self, key: str) -> None:
-        self._check_up()
+        self.check_up()
         value, success = await self.store.get(key)
-        self._check_up()
+        self.check_up()
         if not success:
             self.counters.load_failures += 1
             self.log("warn", f"Failed to load data for {key}, error: {value}")
@@ -971,9 +970,9 @@ class EliteLayer(DataLayer):
     async def close(self) -> None:
         """BindToClose: the module's own handler (2 s, then until the processor finished, within Roblox's 30 s);
         then the server ends and what is still queued with it."""
-        if self._down:
+        if self.down:
             return
-        self._down = True
+        self.down = True
         if self._timer is not None:
             self._timer.cancel()
         waiting = self.scheduler.spawn(self._shutdown_yield())
@@ -988,7 +987,7 @@ class EliteLayer(DataLayer):
         await self.elite.wait_for_all_requests()
 
     def crash(self) -> None:
-        self._down = True
+        self.down = True
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -1009,7 +1008,7 @@ class EliteLayer(DataLayer):
             value, success = await self.store.set(key, player.data, None, None, prioritize)
         else:
             changes, player.changes = player.changes, []
-            value, success = await self.store.update(key, _Replay(tuple(changes), self.template()), prioritize)
+            value, success = await self.store.update(key, ReplayChanges(tuple(changes), self.template()), prioritize)
             if not success:
                 player.changes[:0] = changes
             elif self.players.get(key) is player and isinstance(value, dict):
@@ -1023,45 +1022,17 @@ class EliteLayer(DataLayer):
         self.saved(key, since)
 
     def _player(self, key: str) -> _Player:
-        self._check_up()
+        self.check_up()
         player = self.players.get(key)
         if player is None:
-            raise DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
+            raise self.not_loaded(key)
         return player
-
-    def _check_up(self) -> None:
-        if self._down:
-            raise DesignError(f"server {self.server.job_id!r} is down", "ServerGone")
-
-
-@dataclass(frozen=True)
-class _Replay:
-    """The "update" save's transform: this server's changes since its last save, on the stored value."""
-
-    changes: tuple
-    template: dict
-
-    def __call__(self, old: Any, _info: Any = None) -> Any:
-        data = copy.deepcopy(old) if isinstance(old, dict) else copy.deepcopy(self.template)
-        for fn in self.changes:
-            fn(data)
-        return data
 
 
 async def _open(game: Any, scheduler: Scheduler, config: StoreConfig, options: EliteOptions) -> EliteLayer:
     return EliteLayer(game.storage, scheduler, config, options)
 
 
-async def _read(reader: Server, scheduler: Scheduler, config: StoreConfig, options: EliteOptions,
-                keys: list[str]) -> dict[str, Any]:
-    store = reader.datastores.get_data_store(config.name)
-    out = {}
-    for key in keys:
-        value, _ = await store.aio.get(key, False)
-        out[key] = value
-    return out
-
-
 ELITE = Design("elite", "EliteDataStoreService: its own queue (priority first) and key read/write locks in front of "
                "DataStoreService, Get on join, Set on leave and every few minutes, no session lock", EliteOptions,
-               _open, _read, transactions=False, lock="none (key read/write locks inside one server)")
+               _open, read_values, transactions=False, lock="none (key read/write locks inside one server)")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from lodestore.actors import StoreConfig
 from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, Timer, new_id
-from lodestore.sim.designs._base import DataLayer, Design, DesignError
+from lodestore.sim.designs._base import DataLayer, Design, DesignError, ReplayChanges, read_values
 
 __all__ = ["NaiveOptions", "NaiveLayer", "NAIVE"]
 
@@ -58,7 +58,6 @@ class NaiveLayer(DataLayer):
         self.store = server.datastores.get_data_store(config.name)
         self.players: dict[str, _Player] = {}
         self._timer: Timer | None = None
-        self._down = False
         self._tasks: set[asyncio.Task] = set()
         self._arm()
 
@@ -67,7 +66,7 @@ class NaiveLayer(DataLayer):
 
     def _autosave(self) -> None:
         """Every few minutes: save every player, one after another (a `while true do task.wait(...)` loop)."""
-        if self._down:
+        if self.down:
             return
 
         async def run() -> None:
@@ -76,7 +75,7 @@ class NaiveLayer(DataLayer):
                     await self.save(key)
                 except LodestoreError:
                     pass   # the page's pcall: warned, and left for the next round
-            if not self._down:
+            if not self.down:
                 self._arm()
         task = self.scheduler.spawn(run())
         self._tasks.add(task)
@@ -92,9 +91,9 @@ class NaiveLayer(DataLayer):
         except LodestoreError as exc:
             self.log("warn", f"Failed to load data for {key}: {exc}")
             value = None
-        if self._down:
+        if self.down:
             self.report("lost", key, session)
-            self._check_up()
+            self.check_up()
         data = copy.deepcopy(value) if isinstance(value, dict) else self.template()
         self.players[key] = _Player(data, session)
         self.counters.loads += 1
@@ -117,7 +116,7 @@ class NaiveLayer(DataLayer):
             else:
                 changes, player.changes = player.changes, []
                 try:
-                    stored = await self.store.aio.update(key, _Replay(tuple(changes), self.template()))
+                    stored = await self.store.aio.update(key, ReplayChanges(tuple(changes), self.template()))
                 except BaseException:
                     player.changes[:0] = changes
                     raise
@@ -148,7 +147,7 @@ class NaiveLayer(DataLayer):
         return key in self.players
 
     def crash(self) -> None:
-        self._down = True
+        self.down = True
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -159,51 +158,23 @@ class NaiveLayer(DataLayer):
         self.players.clear()
 
     async def close(self) -> None:
-        self._down = True
+        self.down = True
         if self._timer is not None:
             self._timer.cancel()
 
     # ----------------------------------------------------------------------------------------------- helpers
 
     def _player(self, key: str) -> _Player:
-        self._check_up()
+        self.check_up()
         player = self.players.get(key)
         if player is None:
-            raise DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
+            raise self.not_loaded(key)
         return player
-
-    def _check_up(self) -> None:
-        if self._down:
-            raise DesignError(f"server {self.server.job_id!r} is down", "ServerGone")
-
-
-@dataclass(frozen=True)
-class _Replay:
-    """The "update" variant's transform: this server's changes since its last save, on the stored value."""
-
-    changes: tuple
-    template: dict
-
-    def __call__(self, old: Any, _info: Any = None) -> Any:
-        data = copy.deepcopy(old) if isinstance(old, dict) else copy.deepcopy(self.template)
-        for fn in self.changes:
-            fn(data)
-        return data
 
 
 async def _open(game: Any, scheduler: Scheduler, config: StoreConfig, options: NaiveOptions) -> NaiveLayer:
     return NaiveLayer(game.storage, scheduler, config, options)
 
 
-async def _read(reader: Server, scheduler: Scheduler, config: StoreConfig, options: NaiveOptions,
-                keys: list[str]) -> dict[str, Any]:
-    store = reader.datastores.get_data_store(config.name)
-    out = {}
-    for key in keys:
-        value, _ = await store.aio.get(key, False)
-        out[key] = value
-    return out
-
-
 NAIVE = Design("naive", "Roblox's basics page: GetAsync on join, SetAsync (or UpdateAsync) on leave and every few "
-               "minutes, no lock", NaiveOptions, _open, _read, transactions=False, lock="none")
+               "minutes, no lock", NaiveOptions, _open, read_values, transactions=False, lock="none")

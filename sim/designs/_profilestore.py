@@ -1196,7 +1196,7 @@ class ProfileLayer(DataLayer):
     # ----------------------------------------------------------------------------------------- contract
 
     async def load(self, key: str) -> None:
-        self._check_up()
+        self.check_up()
         if key in self.holds:
             raise DesignError(f"key {key!r} is already loaded on server {self.server.job_id!r}", "AlreadyLoaded")
         self._ended.pop(key, None)
@@ -1207,7 +1207,7 @@ class ProfileLayer(DataLayer):
             self._loading.discard(key)
             left = key in self._left
             self._left.discard(key)
-        self._check_up()
+        self.check_up()
         if profile is None and left:
             raise DesignError(f"start_session for {key!r} was cancelled: the player left", "LoadCancelled")
         if profile is None:
@@ -1247,7 +1247,7 @@ class ProfileLayer(DataLayer):
         raise DesignError(f"the save of {key!r} failed: {why}", "SaveFailed")
 
     async def unload(self, key: str) -> bool:
-        self._check_up()
+        self.check_up()
         hold = self.holds.get(key)
         if hold is None:
             if key in self._ended:
@@ -1255,7 +1255,7 @@ class ProfileLayer(DataLayer):
             if key in self._loading:   # the player left while the session starts: its cancel stops it
                 self._left.add(key)
                 return False
-            raise DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
+            raise self.not_loaded(key)
         if hold.profile.is_active():
             hold.profile.end_session()
         landed = await asyncio.shield(hold.done)
@@ -1282,15 +1282,15 @@ class ProfileLayer(DataLayer):
     # ------------------------------------------------------------------------------------------ helpers
 
     def _active(self, key: str) -> _Hold:
-        self._check_up()
+        self.check_up()
         hold = self.holds.get(key)
         if hold is None or not hold.profile.is_active():
-            raise DesignError(f"key {key!r} is not loaded on server {self.server.job_id!r}", "NotLoaded")
+            raise self.not_loaded(key)
         return hold
 
-    def _check_up(self) -> None:
-        if self.runtime.down:
-            raise DesignError(f"server {self.server.job_id!r} is down", "ServerGone")
+    @property
+    def down(self) -> bool:
+        return self.runtime.down
 
 
 def _user_id(key: str) -> int:

@@ -16,7 +16,7 @@ from lodestore.actors import StoreConfig
 from lodestore.storage import ConfigError, FaultConfig, Latency, ManualClock, RequestType, Scheduler, Server, World
 from lodestore.sim.designs._base import DesignError, check_options
 from lodestore.sim.designs._datastorer import (DATASTORER, DataStorer, DataStorerError, DatastorerLayer,
-                                               DatastorerOptions, ProcessedSignal, _read)
+                                               DatastorerOptions, ProcessedSignal)
 
 TEMPLATE = {"coins": 0, "items": [], "ledger": []}
 STORE = "Players"
@@ -624,7 +624,7 @@ async def test_the_layer_loads_saves_and_unloads_through_the_module_and_reports_
     c = layer.statistics()
     assert (c.loads, c.saves, c.save_failures) == (1, 2, 0)
     assert 2000 <= c.at_risk_ms <= 2100                           # +5 for 2 s, +1 until the final save a frame on
-    assert (await _read(rig.world.server("r"), rig.scheduler, _config([]), DatastorerOptions(), ["u1", "nobody"])
+    assert (await DATASTORER.read(rig.world.server("r"), rig.scheduler, _config([]), DatastorerOptions(), ["u1", "nobody"])
             == {"u1": {"coins": 6, "items": [], "ledger": []}, "nobody": None})
 
 
