@@ -1,11 +1,29 @@
-"""What several benchmarks share: starting Ray, and the raw 1:1 Ray call rate every ratio is taken against."""
+"""What several benchmarks share: starting Ray, the raw 1:1 Ray call rate every ratio is taken against, and Lyra's
+chaos scenario at a chosen size."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
 import ray
+
+LYRA_CHAOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "lyra_chaos.toml"
+
+
+def lyra_chaos(players: int, duration_s: float) -> Any:
+    """`examples/scenarios/lyra_chaos.toml` with `players` players for `duration_s` simulated seconds, unpaced, with
+    enough servers for them all (the simulator loads only when a benchmark asks for it)."""
+    from lodestore.sim import load_scenario
+    scenario = load_scenario(LYRA_CHAOS)
+    return dataclasses.replace(
+        scenario, world=dataclasses.replace(scenario.world, duration=duration_s, time_scale=None),
+        players=dataclasses.replace(scenario.players, population=players),
+        servers=dataclasses.replace(scenario.servers, count=max(scenario.servers.count,
+                                                                players // scenario.servers.max_players)))
 
 
 def ensure_ray() -> None:

@@ -10,24 +10,13 @@ checkers' verdicts and the comparison's figures). There is no target: the figure
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import tempfile
 from pathlib import Path
 
-from lodestore.sim import RunOptions, compare, load_scenario
+from lodestore.bench._common import lyra_chaos
+from lodestore.sim import RunOptions, compare
 from lodestore.sim.designs import DESIGNS
-
-SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "lyra_chaos.toml"
-
-
-def _scenario(players: int, duration_s: float):
-    scenario = load_scenario(SCENARIO)
-    return dataclasses.replace(
-        scenario, world=dataclasses.replace(scenario.world, duration=duration_s, time_scale=None),
-        players=dataclasses.replace(scenario.players, population=players),
-        servers=dataclasses.replace(scenario.servers, count=max(scenario.servers.count,
-                                                                players // scenario.servers.max_players)))
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -36,7 +25,7 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 def run(quick: bool = False) -> dict:
     players, duration = (100, 600.0) if quick else (300, 3600.0)
-    scenario = _scenario(players, duration)
+    scenario = lyra_chaos(players, duration)
     with tempfile.TemporaryDirectory() as tmp:
         result = compare(scenario, list(DESIGNS), RunOptions(out=Path(tmp) / "cmp", engine="in-process",
                                                              progress=False), stream=io.StringIO())

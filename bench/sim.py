@@ -14,25 +14,14 @@ player-hour at 10,000 players <= 1.5x that at 1,000.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import tempfile
 from pathlib import Path
 
-from lodestore.bench._common import ensure_ray
-from lodestore.sim import RunOptions, load_scenario, simulate
+from lodestore.bench._common import LYRA_CHAOS, ensure_ray, lyra_chaos
+from lodestore.sim import RunOptions, simulate
 
 TARGET = 100.0
-SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "lyra_chaos.toml"
-
-
-def _scenario(players: int, duration_s: float):
-    scenario = load_scenario(SCENARIO)
-    return dataclasses.replace(
-        scenario, world=dataclasses.replace(scenario.world, duration=duration_s, time_scale=None),
-        players=dataclasses.replace(scenario.players, population=players),
-        servers=dataclasses.replace(scenario.servers, count=max(scenario.servers.count,
-                                                                players // scenario.servers.max_players)))
 
 
 def _one(scenario, engine: str) -> dict:
@@ -56,19 +45,19 @@ def _one(scenario, engine: str) -> dict:
 def run(quick: bool = False) -> dict:
     ensure_ray()
     duration = 600.0 if quick else 21600.0
-    ray_1k = _one(_scenario(1000, duration), "ray")
-    local_1k = _one(_scenario(1000, duration), "in-process")
+    ray_1k = _one(lyra_chaos(1000, duration), "ray")
+    local_1k = _one(lyra_chaos(1000, duration), "in-process")
     # the growth pair: the same (shorter) simulated time at 1,000 and 10,000 players, and 10,000 in process too
     short = 300.0 if quick else 1200.0
-    growth_1k = _one(_scenario(1000, short), "ray")
-    ray_10k = _one(_scenario(10_000, short), "ray")
-    local_10k = _one(_scenario(10_000, short), "in-process")
+    growth_1k = _one(lyra_chaos(1000, short), "ray")
+    ray_10k = _one(lyra_chaos(10_000, short), "ray")
+    local_10k = _one(lyra_chaos(10_000, short), "in-process")
     rate = ray_1k["player_hours_per_s"] if ray_1k["verdict"] == "pass" else 0.0
     growth = (ray_10k["wall_s_per_player_hour"] / growth_1k["wall_s_per_player_hour"]
               if ray_10k["wall_s_per_player_hour"] and growth_1k["wall_s_per_player_hour"] else None)
     runs = [ray_1k, local_1k, growth_1k, ray_10k, local_10k]
     return {
-        "benchmark": "sim", "scenario": SCENARIO.name, "simulated_hours": duration / 3600,
+        "benchmark": "sim", "scenario": LYRA_CHAOS.name, "simulated_hours": duration / 3600,
         "growth_simulated_hours": short / 3600, "runs": runs,
         "every_checker_passed": all(r["verdict"] == "pass" for r in runs),
         "locks_lost": sum(r["locks"]["lost"] for r in runs),
