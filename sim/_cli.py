@@ -39,18 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", type=Path, help="the scenario file (see examples/scenarios/)")
     run.add_argument("--out", type=Path, default=None,
                      help="report directory (default: lodestore-runs/<timestamp>-<name>)")
-    run.add_argument("--address", default=None,
-                     help="join a running Ray cluster ('auto' from a cluster node); default: local Ray")
-    run.add_argument("--in-process", action="store_true",
-                     help="no Ray: the same engine with every node in this process (the same history)")
-    run.add_argument("--hosts", type=int, default=None, help="nodes the game servers are spread over (default 2; "
-                                                             "part of what a history depends on)")
-    run.add_argument("--seed", type=int, default=None, help="override world.seed")
-    run.add_argument("--duration", type=float, default=None, help="override world.duration (simulated seconds)")
-    run.add_argument("--players", type=int, default=None, help="override players.population")
+    _add_run_arguments(run)
     run.add_argument("--time-scale", type=float, default=None,
                      help="pace the run at this many simulated seconds per wall second (default: as fast as it goes)")
-    run.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
     run.set_defaults(func=_simulate)
     replay = sub.add_parser("replay", help="run a finished run's scenario and seed again; check the history digest",
                             description="Run RUN_DIR's scenario.toml again (same seed, same host count, the same "
@@ -74,16 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated designs (default: all: {','.join(DESIGNS)})")
     cmp.add_argument("--out", type=Path, default=None,
                      help="comparison directory, one subdirectory per design (default: lodestore-runs/...-compare)")
-    cmp.add_argument("--address", default=None, help="join a running Ray cluster; default: local Ray")
-    cmp.add_argument("--in-process", action="store_true", help="no Ray: every node in this process")
-    cmp.add_argument("--hosts", type=int, default=None, help="nodes the game servers are spread over (default 2)")
-    cmp.add_argument("--seed", type=int, default=None, help="override world.seed")
-    cmp.add_argument("--duration", type=float, default=None, help="override world.duration (simulated seconds)")
-    cmp.add_argument("--players", type=int, default=None, help="override players.population")
-    cmp.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
+    _add_run_arguments(cmp)
     cmp.set_defaults(func=_compare, time_scale=None)
     add_inspect_parser(sub)
     return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `simulate` and `compare` take alike: where to run, the host count, the scenario overrides, progress."""
+    parser.add_argument("--address", default=None,
+                        help="join a running Ray cluster ('auto' from a cluster node); default: local Ray")
+    parser.add_argument("--in-process", action="store_true",
+                        help="no Ray: the same engine with every node in this process (the same history)")
+    parser.add_argument("--hosts", type=int, default=None, help="nodes the game servers are spread over (default 2; "
+                                                                "part of what a history depends on)")
+    parser.add_argument("--seed", type=int, default=None, help="override world.seed")
+    parser.add_argument("--duration", type=float, default=None, help="override world.duration (simulated seconds)")
+    parser.add_argument("--players", type=int, default=None, help="override players.population")
+    parser.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """The RunOptions of `simulate` and `compare` from their shared arguments (`_add_run_arguments`)."""
+    return RunOptions(out=args.out, engine="in-process" if args.in_process else "ray", address=args.address,
+                      hosts=args.hosts, progress=False if args.no_progress else None)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -92,8 +97,7 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         scenario = _override(load_scenario(args.scenario), args)
         designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-        options = RunOptions(out=args.out, engine="in-process" if args.in_process else "ray", address=args.address,
-                             hosts=args.hosts, progress=False if args.no_progress else None)
+        options = _run_options(args)
         return compare(scenario, designs, options).exit_status
     except (ConfigError, OSError) as exc:
         print(f"lodestore compare: {exc}", file=sys.stderr)
@@ -107,8 +111,7 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.scenario)
         scenario = _override(scenario, args)
-        options = RunOptions(out=args.out, engine="in-process" if args.in_process else "ray", address=args.address,
-                             hosts=args.hosts, progress=False if args.no_progress else None)
+        options = _run_options(args)
     except (ConfigError, OSError) as exc:
         print(f"lodestore simulate: {exc}", file=sys.stderr)
         return 2
