@@ -232,21 +232,7 @@ class LockLease:
                        else "another session held it")
                 raise LockTimeoutError(f"Failed to acquire lock for key {self.key!r} of store {cfg.name!r}: {why} "
                                        f"for {cfg.lock_wait:g} s")
-            await self._nap(acquire_wait(attempt, give_up - now), wake)
-
-    async def _nap(self, seconds: float, wake: asyncio.Future | None) -> None:
-        """Wait `seconds` between two attempts, or until `wake` is done."""
-        scheduler = self.rt.scheduler
-        if wake is None:
-            return await scheduler.sleep(seconds)
-        if wake.done():
-            return
-        slept = asyncio.get_running_loop().create_future()
-        timer = scheduler.call_later(seconds, lambda: slept.done() or slept.set_result(None))
-        try:
-            await asyncio.wait([slept, wake], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
+            await rt.scheduler.sleep_until(now + int(acquire_wait(attempt, give_up - now) * 1000), wake)
 
     # --------------------------------------------------------------------------------------- ending it
 

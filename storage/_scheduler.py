@@ -138,6 +138,21 @@ class Scheduler:
         self.call_later(seconds, lambda: future.done() or future.set_result(None))
         await future
 
+    async def sleep_until(self, due_ms: int | None, wake: asyncio.Future | None = None) -> bool:
+        """Wait until simulated time `due_ms` (None: without end), or less when `wake` is done first (`wake` is
+        only watched, never resolved); answers whether `wake` ended the wait. What a wait that something may cut
+        short (an unload of a loading key, a poke) is made of."""
+        if wake is not None and wake.done():
+            return True
+        slept = asyncio.get_running_loop().create_future()
+        timer = None if due_ms is None else self.call_at(due_ms, lambda: slept.done() or slept.set_result(None))
+        try:
+            await asyncio.wait([slept] if wake is None else [slept, wake], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return wake is not None and wake.done()
+
     def spawn(self, coro: Coroutine) -> asyncio.Task:
         """Run `coro` as a task that stays referenced until it ends; an exception goes to `on_error`."""
         task = asyncio.get_running_loop().create_task(coro)

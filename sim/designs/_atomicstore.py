@@ -693,15 +693,9 @@ class AtomicLayer(DataLayer):
             if not waited:
                 waited = True
                 self.counters.lock_waits += 1
-            await self._nap(min(self.options.lock_retry, (deadline - self.now()) / 1000), left)
-
-    async def _nap(self, seconds: float, left: asyncio.Future) -> None:
-        slept = asyncio.get_running_loop().create_future()
-        timer = self.scheduler.call_later(seconds, lambda: slept.done() or slept.set_result(None))
-        try:
-            await asyncio.wait([slept, left], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
+            now = self.now()
+            await self.scheduler.sleep_until(now + int(min(self.options.lock_retry, (deadline - now) / 1000) * 1000),
+                                             left)
 
     async def _try_lock(self, key: str, store: Any, session_id: str) -> Any:
         """One compare-and-set of the lock: the new session, or the id of the session holding the key."""

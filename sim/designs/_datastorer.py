@@ -479,17 +479,11 @@ class DataStorer:
 
     async def _nap(self, until: int | None) -> bool:
         """Sleep until `until` (ms) or a poke; True when poked."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiter = future
-        timer = None
-        if until is not None:
-            timer = self.scheduler.call_at(until, lambda: future.done() or future.set_result(False))
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            return await future
+            return await self.scheduler.sleep_until(until, self._waiter)
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def _poke(self) -> None:
         waiter = self._waiter

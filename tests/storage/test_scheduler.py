@@ -59,3 +59,26 @@ def test_a_clock_sleep_on_a_bound_manual_scheduler_ends_when_time_is_moved_past_
         assert Scheduler.for_loop(clock) is scheduler   # one scheduler per loop and clock
 
     asyncio.run(main())
+
+
+def test_sleep_until_ends_at_its_time_or_when_woken_and_never_resolves_the_wake():
+    async def main():
+        clock = ManualClock()
+        scheduler = Scheduler(clock)
+        t0 = clock.now()
+        timed = scheduler.spawn(scheduler.sleep_until(t0 + 5_000, asyncio.get_running_loop().create_future()))
+        await scheduler.advance(4)
+        assert not timed.done()
+        await scheduler.advance(1)
+        assert timed.result() is False and clock.now() == t0 + 5_000      # its time came: not woken
+
+        wake = asyncio.get_running_loop().create_future()
+        woken = scheduler.spawn(scheduler.sleep_until(clock.now() + 30_000, wake))
+        await scheduler.advance(2)
+        wake.set_result("unload")
+        await scheduler.advance(0)
+        assert woken.result() is True and wake.result() == "unload"        # cut short, the wake left as it was
+        assert scheduler.pending() == 0                                    # its timer is gone with it
+        assert await scheduler.sleep_until(None, wake) is True             # a wake already done: no wait at all
+
+    asyncio.run(main())
