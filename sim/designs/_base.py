@@ -162,6 +162,10 @@ class DataLayer(abc.ABC):
     def saved(self, key: str, since: int) -> None:
         """A save holding every change made before `since` (when the saved copy was taken) landed."""
         self.counters.saves += 1
+        self.durable(key, since)
+
+    def durable(self, key: str, since: int) -> None:
+        """Every change of `key` made before `since` is durable now (a save counted elsewhere landed)."""
         dirty = self._dirty.get(key)
         if dirty is not None and dirty <= since:
             self.counters.at_risk_ms += self.now() - dirty

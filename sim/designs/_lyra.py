@@ -104,11 +104,9 @@ class LyraLayer(DataLayer):
         return tokens, [e for s in snapshots for e in s.errors]
 
     def on_saved(self, key: str, taken: int) -> None:
-        """The Store's `save_callback`: a save that landed (or found nothing to write) at `taken`."""
-        dirty = self._dirty.get(key)
-        if dirty is not None and dirty <= taken:
-            self.counters.at_risk_ms += self.now() - dirty
-            del self._dirty[key]
+        """The Store's `save_callback`: a save that landed (or found nothing to write) at `taken`; the Store counts
+        its saves itself."""
+        self.durable(key, taken)
 
 
 async def _open(game: GameServer, scheduler: Scheduler, config: StoreConfig, options: LyraOptions) -> LyraLayer:
