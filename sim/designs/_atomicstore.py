@@ -76,7 +76,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 
 from lodestore.actors import StoreConfig
 from lodestore.storage import (ConfigError, DataStore, LodestoreError, OrderedDataStore, RequestType, Scheduler,
-                               Server, Timer, new_id)
+                               Server, new_id)
 from lodestore.sim.designs._base import DataLayer, Design, DesignError
 
 __all__ = ["AtomicStore", "Utility", "UtilityStatistics", "SafeRequest", "GeneralStore", "MultiStore",
@@ -523,22 +523,17 @@ class AtomicLayer(DataLayer):
         self.interval = (min(config.lock_refresh, config.autosave_interval) if options.session_lock
                          else config.autosave_interval)
         self._multi = (self.atomic.retrieve_multi_store(config.name) if options.store_kind == "multi" else None)
-        self._timer: Timer | None = None
-        self._tasks: set[asyncio.Task] = set()
         self._stalled_until = 0
-        self._arm(self.interval)
+        self.arm(self.interval, self._tick)
 
     # ------------------------------------------------------------------------------------------ background
-
-    def _arm(self, seconds: float) -> None:
-        self._timer = self.scheduler.call_later(seconds, self._tick)
 
     def _tick(self) -> None:
         """Every interval: save (and so refresh) every session, one after another."""
         if self.down:
             return
         if self.now() < self._stalled_until:
-            self._arm((self._stalled_until - self.now()) / 1000)
+            self.arm((self._stalled_until - self.now()) / 1000, self._tick)
             return
 
         async def run() -> None:
@@ -551,13 +546,8 @@ class AtomicLayer(DataLayer):
                 except LodestoreError:
                     pass     # warned; lost sessions are already gone; the next round tries again
             if not self.down:
-                self._arm(self.interval)
-        self._spawn(run())
-
-    def _spawn(self, coro) -> None:
-        task = self.scheduler.spawn(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+                self.arm(self.interval, self._tick)
+        self.spawn(run())
 
     def stall(self, seconds: float) -> None:
         """Fault injection: this server's background saves and refreshes stop for `seconds` (a frozen server)."""
@@ -627,11 +617,7 @@ class AtomicLayer(DataLayer):
         return ok
 
     def crash(self) -> None:
-        self.down = True
-        if self._timer is not None:
-            self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self.halt()
         for key, session in list(self.sessions.items()):
             if self.options.session_lock:
                 self.report("crashed", key, session.id, session.expires_at)   # the lock runs out by its TTL
@@ -641,9 +627,7 @@ class AtomicLayer(DataLayer):
         self.sessions.clear()
 
     async def close(self) -> None:
-        self.down = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self.halt(cancel_work=False)
 
     # ------------------------------------------------------------------------------------------------ loads
 

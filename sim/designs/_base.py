@@ -28,13 +28,14 @@ form but the storage layer's (msgpack values; transforms never travel in stored 
 from __future__ import annotations
 
 import abc
+import asyncio
 import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 from lodestore.actors import LogMessage, StoreConfig
-from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server
+from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, Timer
 
 __all__ = ["DataLayer", "Design", "DesignError", "LayerCounters", "ReplayChanges", "check_options", "read_values",
            "FOREVER_MS"]
@@ -97,6 +98,8 @@ class DataLayer(abc.ABC):
         self.config = config
         self.counters = LayerCounters()
         self._dirty: dict[str, int] = {}     # key -> when its oldest unsaved change was made
+        self._timer: Timer | None = None     # the background timer armed last (autosave, refresh)
+        self._tasks: set[asyncio.Task] = set()   # background work running
 
     # --------------------------------------------------------------------------------------- the contract
 
@@ -142,6 +145,27 @@ class DataLayer(abc.ABC):
         return out
 
     # ------------------------------------------------------------------------------------------ bookkeeping
+
+    def arm(self, seconds: float, fn: Callable[[], Any]) -> None:
+        """Run `fn` in `seconds` on the layer's background timer (autosave, refresh); `halt` cancels it."""
+        self._timer = self.scheduler.call_later(seconds, fn)
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        """Run `coro` as the layer's background work (an autosave round, a queued request); `halt` cancels it."""
+        task = self.scheduler.spawn(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def halt(self, cancel_work: bool = True) -> None:
+        """The server is down: nothing more starts (`check_up` refuses), the timer is cancelled, and the background
+        work too unless `cancel_work` is False (BindToClose lets it end)."""
+        self.down = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if cancel_work:
+            for task in list(self._tasks):
+                task.cancel()
 
     def check_up(self) -> None:
         """Refuse a call on a server that is down (reason "ServerGone")."""

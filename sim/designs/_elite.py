@@ -895,31 +895,21 @@ class EliteLayer(DataLayer):
                                            iteration_cycle=options.iteration_cycle)
         self.store = self.elite.get_data_store(config.name)
         self.players: dict[str, _Player] = {}
-        self._timer: Timer | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._arm()
-
-    def _arm(self) -> None:
-        self._timer = self.scheduler.call_later(self.config.autosave_interval, self._autosave)
+        self.arm(config.autosave_interval, self._autosave)
 
     def _autosave(self) -> None:
         """Every `autosave_interval`: a Set of every player, all at once (Elite queues what the budget cannot take)."""
         if self.down:
             return
         for key in list(self.players):
-            self._spawn(self._autosave_one(key))
-        self._arm()
+            self.spawn(self._autosave_one(key))
+        self.arm(self.config.autosave_interval, self._autosave)
 
     async def _autosave_one(self, key: str) -> None:
         try:
             await self._save(key, self.options.prioritize == "all")
         except DesignError:
             pass   # warned; the next round tries again
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = self.scheduler.spawn(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --------------------------------------------------------------------------------------------- contract
 
@@ -972,9 +962,7 @@ class EliteLayer(DataLayer):
         then the server ends and what is still queued with it."""
         if self.down:
             return
-        self.down = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self.halt(cancel_work=False)
         waiting = self.scheduler.spawn(self._shutdown_yield())
         limit = self.scheduler.spawn(self.scheduler.sleep(BIND_TO_CLOSE_LIMIT_S))
         await asyncio.wait([waiting, limit], return_when=asyncio.FIRST_COMPLETED)
@@ -987,11 +975,7 @@ class EliteLayer(DataLayer):
         await self.elite.wait_for_all_requests()
 
     def crash(self) -> None:
-        self.down = True
-        if self._timer is not None:
-            self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self.halt()
         self.elite.stop()
         for key, player in list(self.players.items()):
             self.report("lost", key, player.session)

@@ -17,13 +17,12 @@ Owns: `NaiveLayer` (one server's players) and the design's entry. Never does: lo
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lodestore.actors import StoreConfig
-from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, Timer, new_id
+from lodestore.storage import ConfigError, LodestoreError, Scheduler, Server, new_id
 from lodestore.sim.designs._base import DataLayer, Design, DesignError, ReplayChanges, read_values
 
 __all__ = ["NaiveOptions", "NaiveLayer", "NAIVE"]
@@ -57,12 +56,7 @@ class NaiveLayer(DataLayer):
         self.options = options
         self.store = server.datastores.get_data_store(config.name)
         self.players: dict[str, _Player] = {}
-        self._timer: Timer | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._arm()
-
-    def _arm(self) -> None:
-        self._timer = self.scheduler.call_later(self.config.autosave_interval, self._autosave)
+        self.arm(config.autosave_interval, self._autosave)
 
     def _autosave(self) -> None:
         """Every few minutes: save every player, one after another (a `while true do task.wait(...)` loop)."""
@@ -76,10 +70,8 @@ class NaiveLayer(DataLayer):
                 except LodestoreError:
                     pass   # the page's pcall: warned, and left for the next round
             if not self.down:
-                self._arm()
-        task = self.scheduler.spawn(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+                self.arm(self.config.autosave_interval, self._autosave)
+        self.spawn(run())
 
     # --------------------------------------------------------------------------------------------- contract
 
@@ -147,20 +139,14 @@ class NaiveLayer(DataLayer):
         return key in self.players
 
     def crash(self) -> None:
-        self.down = True
-        if self._timer is not None:
-            self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self.halt()
         for key, player in list(self.players.items()):
             self.report("lost", key, player.session)
         self.forget_all()
         self.players.clear()
 
     async def close(self) -> None:
-        self.down = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self.halt(cancel_work=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
 
