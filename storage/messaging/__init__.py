@@ -1,0 +1,1 @@
+"""The emulated MessagingService (cross-server messages): being built for issue 16."""

@@ -1,0 +1,1 @@
+"""`lodestore serve`: Roblox's Open Cloud HTTP API over an emulated world: being built for issue 16."""
