@@ -32,7 +32,7 @@ from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport
 from lodestore.storage.datastore._client import DataStoreService
 from lodestore.storage.memorystore._client import MemoryStoreService
 
-__all__ = ["World", "Server", "AsyncServer"]
+__all__ = ["World", "AsyncWorld", "Server", "AsyncServer"]
 
 _WORLD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BACKENDS = ("sqlite", "memory")
@@ -86,6 +86,7 @@ class World:
         self._transport = Transport(runtime, shards, info.clock)
         self._budget = budget  # the budget actor (a reference in the runtime), or None (no budgets)
         self._handles = owned_handles
+        self.aio = AsyncWorld(self)
 
     # ----------------------------------------------------------------------------------------------- creation
 
@@ -238,6 +239,18 @@ class World:
                 pass  # gone meanwhile
         _end_actors(handles, namespace)
 
+    # ------------------------------------------------------- the experience, as Open Cloud and its tools see it
+    # Operator calls a game server cannot make (Roblox offers them through Open Cloud and the Data Stores Manager);
+    # each has a coroutine twin in `AsyncWorld`. Grouped by service:
+
+    # -- DataStore: budgets and storage (open_cloud, statistics above)
+
+    # -- DataStore: data stores' lifecycle, snapshots and erasure
+
+    # -- MemoryStore
+
+    # -- MessagingService
+
     # ---------------------------------------------------------------------------------------------- plumbing
 
     def _shards(self, service: str) -> list:
@@ -252,6 +265,22 @@ class World:
     def _send(self, target, method: str, *args) -> None:
         """Like `_call`, without waiting for the answer."""
         self.runtime.send(target, method, *args)
+
+
+class AsyncWorld:
+    """`World`'s operator calls as coroutines (`world.aio`), for code on an event loop (the Open Cloud server, an
+    async actor): they await the world's actors instead of blocking the loop. Same effects as the blocking twins."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    # -- DataStore: budgets and storage
+
+    # -- DataStore: data stores' lifecycle, snapshots and erasure
+
+    # -- MemoryStore
+
+    # -- MessagingService
 
 
 def _check_players(players: Any) -> None:
