@@ -83,12 +83,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, help="override world.duration (simulated seconds)")
     parser.add_argument("--players", type=int, default=None, help="override players.population")
     parser.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start local Ray with its dashboard on 127.0.0.1 and print its URL")
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """The RunOptions of `simulate` and `compare` from their shared arguments (`_add_run_arguments`)."""
     return RunOptions(out=args.out, engine="in-process" if args.in_process else "ray", address=args.address,
-                      hosts=args.hosts, progress=False if args.no_progress else None)
+                      hosts=args.hosts, progress=False if args.no_progress else None, dashboard=args.dashboard)
 
 
 def _compare(args: argparse.Namespace) -> int:

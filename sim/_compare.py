@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
-from lodestore.sim._runner import RunOptions, RunResult, simulate
+from lodestore.sim._runner import RunOptions, RunResult, _say_dashboard, simulate
 from lodestore.sim._scenario import Scenario
 from lodestore.sim.designs import DESIGNS
 from lodestore.storage import ConfigError
@@ -106,7 +106,9 @@ def _ensure_ray(options: RunOptions) -> bool:
     from lodestore.storage import virtual
     if ray.is_initialized():
         return False
-    virtual.ensure_ray(options.address)
+    url = virtual.ensure_ray(options.address, dashboard=options.dashboard)
+    if url is not None:
+        _say_dashboard(options, url)
     return options.address is None
 
 

@@ -65,6 +65,7 @@ class RunOptions:
     stream: TextIO | None = None       # where progress and the summary go (default stdout)
     until: float | None = None         # stop the play at this simulated second: no BindToClose, no checks, no
                                        # report; the world file is left as it was then (`lodestore replay --until`)
+    dashboard: bool = False            # start local Ray with its dashboard on 127.0.0.1 (and say its URL)
 
     def __post_init__(self) -> None:
         if self.engine not in ("ray", "in-process"):
@@ -72,6 +73,11 @@ class RunOptions:
         if self.hosts is not None and (isinstance(self.hosts, bool) or not isinstance(self.hosts, int)
                                        or not 1 <= self.hosts <= 64):
             raise ConfigError(f"hosts must be an int from 1 to 64, got {self.hosts!r}")
+        if not isinstance(self.dashboard, bool):
+            raise ConfigError(f"dashboard must be true or false, got {self.dashboard!r}", field="dashboard")
+        if self.dashboard and (self.engine != "ray" or self.address is not None):
+            raise ConfigError("--dashboard starts local Ray with its dashboard: it needs the Ray engine without "
+                              "--in-process, and a cluster (--address) has its own dashboard", field="dashboard")
         if self.until is not None and (isinstance(self.until, bool) or not isinstance(self.until, (int, float))
                                        or not math.isfinite(self.until) or self.until < 0):
             raise ConfigError(f"until must be a number of simulated seconds >= 0, got {self.until!r}")
@@ -161,6 +167,14 @@ class _Display:
 def _clock(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _say_dashboard(options: RunOptions, url: str) -> None:
+    """Where Ray's dashboard of this run is (it closes with the run's Ray, when the run ends)."""
+    stream = options.stream or sys.stdout
+    stream.write(f"dashboard: {url} (Ray's dashboard of this run: actors, and the lodestore_sim_* metrics; it "
+                 f"closes when the run ends)\n")
+    stream.flush()
 
 
 class _Metrics:
@@ -701,11 +715,13 @@ class _Virtual(_Engine):
             import ray
             started_ray = not ray.is_initialized()
             try:
-                virtual.ensure_ray(self.options.address)
+                url = virtual.ensure_ray(self.options.address, dashboard=self.options.dashboard and started_ray)
             except (ConnectionError, ConfigError) as exc:
                 if isinstance(exc, ConfigError) and exc.field != "address":
                     raise
                 raise ConfigError(f"--address {self.options.address}: {exc}") from None
+            if url is not None:
+                _say_dashboard(self.options, url)
             self._metrics = _Metrics(sc.world.name)
         restore = self._catch_ctrl_c()
         try:

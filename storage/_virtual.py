@@ -360,11 +360,12 @@ def virtual_world(node: Node, info: Any) -> Any:
     return World(info, node.runtime, shards, budget, None)
 
 
-def ensure_ray(address: str | None) -> None:
+def ensure_ray(address: str | None, dashboard: bool = False) -> str | None:
     """Join the Ray cluster at `address`, or start a Ray of this process's own (loopback only), as `World.start`
-    does; nothing when Ray is up."""
+    does; nothing when Ray is up. With `dashboard`, that local Ray has its dashboard on 127.0.0.1: its URL is
+    returned (see `storage._world._ensure_ray`)."""
     from lodestore.storage._world import _ensure_ray
-    _ensure_ray(address)
+    return _ensure_ray(address, dashboard)
 
 
 def this_node() -> str:

@@ -463,18 +463,28 @@ def _close_on_ray(waves: list[list]) -> None:
         raise failed
 
 
-def _ensure_ray(address: str | None) -> None:
+def _ensure_ray(address: str | None, dashboard: bool = False) -> str | None:
     """Join the Ray cluster at `address`, or with no address start a Ray of this process's own (`_start_local_ray`);
     nothing when Ray is up already. Without token auth (RAY_AUTH_MODE=disabled, unless set): a local Ray is
-    reachable from this machine only, and a cluster's token is the cluster's business (cluster.yaml)."""
+    reachable from this machine only, and a cluster's token is the cluster's business (cluster.yaml).
+
+    `dashboard=True` starts that local Ray with its dashboard (on 127.0.0.1) and returns the dashboard's URL; a
+    cluster's dashboard is the cluster's own, so asking for one with an `address` is a ConfigError, as is asking
+    when Ray is already up (its dashboard was decided when it started)."""
+    if dashboard and address is not None:
+        raise ConfigError("--dashboard starts local Ray with its dashboard; a cluster (--address) has its own "
+                          "(see cluster.yaml)", field="dashboard")
     if ray.is_initialized():
-        return
+        if dashboard:
+            raise ConfigError("--dashboard: Ray is already running in this process, without the dashboard",
+                              field="dashboard")
+        return None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address is None:
-        _start_local_ray()
-    else:
-        _check_reachable(address)
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
+        return _start_local_ray(dashboard)
+    _check_reachable(address)
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
+    return None
 
 
 def _check_reachable(address: str) -> None:
@@ -495,10 +505,11 @@ def _check_reachable(address: str) -> None:
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _start_local_ray() -> None:
+def _start_local_ray(dashboard: bool = False) -> str | None:
     """Start a Ray of our own ("local": never a cluster that happens to run on this machine, which plain
     `ray.init()` would join), every socket of it (GCS, raylet, object manager, workers, agents) listening on
-    127.0.0.1 only, so no other machine can reach it; no dashboard.
+    127.0.0.1 only, so no other machine can reach it. No dashboard, unless `dashboard`: then Ray's dashboard
+    listens on 127.0.0.1 too (port 8265, or the next free one Ray finds), and its URL is returned.
 
     Ray binds its servers to loopback when its node address is 127.0.0.1, and takes 127.0.0.1 as the node address
     when its switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is off (its default on macOS and Windows, where Ray runs
@@ -512,8 +523,8 @@ def _start_local_ray() -> None:
     os.environ[_LOOPBACK_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                 configure_logging=True)
+        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                           log_to_driver=False, logging_level="WARNING", configure_logging=True)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_switch
         if saved_env is None:
@@ -526,3 +537,4 @@ def _start_local_ray() -> None:
         raise ConfigError(f"the local Ray started on {node_ip}, not on loopback (127.0.0.1), so other machines "
                           f"could reach it without a token; this Ray version ignores {_LOOPBACK_SWITCH}=0. "
                           f"Start Ray with token auth yourself and pass its address")
+    return f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
