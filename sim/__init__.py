@@ -16,8 +16,9 @@ Everything public is exported here; the `_`-prefixed modules are private.
 """
 
 from lodestore.sim._scenario import (REQUEST_TYPES, THRESHOLDS, ActionRates, FaultWindow, HotKeys, LatencyRange,
-                                     LatencySection, Players, Scenario, Servers, StoreSection, WorldSection,
-                                     datastore_latency, load_scenario, memorystore_latency, parse_scenario)
+                                     LatencySection, Players, Scenario, ServeSection, Servers, StoreSection,
+                                     WorldSection, datastore_latency, load_scenario, memorystore_latency,
+                                     parse_scenario)
 
 from lodestore.sim._cli import main
 from lodestore.sim._checkers import (CheckResult, History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation,
@@ -32,7 +33,7 @@ from lodestore.sim._workload import Planned, Planner
 __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", "write_report", "summary_table",
            "History", "LockEvent", "OpEvent", "CheckResult", "run_checks", "check_conservation",
            "check_acknowledged_writes", "check_single_holder", "check_no_duplicate_items", "check_hot_counters",
-           "load_scenario", "parse_scenario", "Scenario", "WorldSection", "Servers", "Players", "ActionRates",
+           "load_scenario", "parse_scenario", "Scenario", "ServeSection", "WorldSection", "Servers", "Players", "ActionRates",
            "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "LatencySection", "REQUEST_TYPES",
            "datastore_latency", "memorystore_latency", "THRESHOLDS", "compare", "CompareResult", "compare_table",
            "metrics", "check_thresholds"]

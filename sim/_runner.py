@@ -698,6 +698,7 @@ class _Virtual(_Engine):
         self._tasks = 0
         self._fake_seq = 0
         self._metrics: _Metrics | None = None
+        self._doors: list[_Door] = []   # calls from outside the run into its world (`storage._ingress`)
         self.busy: list = []    # wall seconds each node spent stepping (cloud first)
         self.node_errors: list[str] = []   # what failed in tasks nobody awaited (a message sent without an answer)
 
@@ -785,10 +786,13 @@ class _Virtual(_Engine):
                     self._next_drain += drain_ms
 
         def prepare_cloud(t: int, e: int) -> None:
-            """What the cloud's window [t, e] starts: the fault windows that begin or end in it."""
+            """What the cloud's window [t, e] starts: the fault windows that begin or end in it, and the calls that
+            came in from outside (answering those that ended)."""
             while self._boundaries and self._boundaries[0] <= e:
                 at = max(t, self._boundaries.pop(0))
                 self._set_faults(fault_config_at(sc, (at - t0) / 1000, t0), at)
+            for door in self._doors:
+                door.exchange(self)
 
         def after(e: int) -> None:
             self._take_drains()
@@ -803,7 +807,11 @@ class _Virtual(_Engine):
                 shown[0] = wall
                 self.display.update(self.sim_time_s, self.collector, wall)
 
-        k = self._windows(0, end, prepare_hosts, prepare_cloud, after, stop=lambda: self.interrupted)
+        self._open_doors(wall0)
+        try:
+            k = self._windows(0, end, prepare_hosts, prepare_cloud, after, stop=lambda: self.interrupted)
+        finally:
+            self._close_doors()
         self._take_drains()
         self.play_wall_s = time.monotonic() - wall0
         if self.options.until is not None:
@@ -875,6 +883,36 @@ class _Virtual(_Engine):
                 raise RuntimeError("the run's end is stuck: a task waits with nothing left to run")
             k = nxt if nxt is not None else k + 1
         return k
+
+    def _open_doors(self, wall0: float) -> None:
+        """A paced run on Ray opens its world to outside callers (`lodestore serve --world NAME`, `World.connect`)
+        through an ingress actor named in the scenario's world's namespace. Their clock follows the run's pace from
+        `wall0` (the play's start, `time.monotonic()`), when simulated time was `t0`."""
+        sc = self.scenario
+        if not (self.on_ray and sc.world.time_scale):
+            return
+        import ray
+        from lodestore.storage import namespace_of
+        from lodestore.storage import INGRESS_NAME, IngressActor
+        try:
+            actor = ray.remote(IngressActor).options(
+                name=INGRESS_NAME, namespace=namespace_of(sc.world.name), num_cpus=0, max_concurrency=1000,
+            ).remote(dataclasses.replace(self.info, name=sc.world.name), self.t0,
+                     time.time() - (time.monotonic() - wall0), sc.world.time_scale)
+            ray.get(actor.describe.remote())
+        except ValueError:   # the name is taken: another run of a world named so is serving
+            self.display.stream.write(f"note: another run of world {sc.world.name!r} is open to outside callers; "
+                                      f"this one is not\n")
+            return
+        self._doors.append(_Door(actor))
+        self.display.stream.write(f"world {sc.world.name!r} is open: `lodestore serve --world {sc.world.name}` "
+                                  f"serves it over Open Cloud while the run plays\n")
+        self.display.stream.flush()
+
+    def _close_doors(self) -> None:
+        doors, self._doors = self._doors, []
+        for door in doors:
+            door.close(self)
 
     def _start(self, node: int, name: str, method: str, args: tuple, at: int | None = None) -> int:
         """Start `name.method(*args)` on `node` at simulated time `at` (None, or a time before the node's next
@@ -949,6 +987,8 @@ class _Virtual(_Engine):
                 times.append(self._due[n])
             times.extend(m.at for m in self._msgs[n])
             times.extend(-1 if at is None else at for at, *_ in self._starts.get(n, ()))
+        if end is not None and self._doors:   # serving: every round is played, so outside calls never wait long
+            cloud_times.append(self._cloud_window(k)[0])
         if end is not None:
             nxt = self.planner.next_at()
             if nxt is not None:
@@ -1050,6 +1090,63 @@ class _Virtual(_Engine):
                                 "servers": crashed, "error": type(exc).__name__})
         self.display.stream.write(f"\nhost {index} lost ({type(exc).__name__}): servers {', '.join(crashed) or '-'} "
                                   f"crashed with it; their players reconnect elsewhere\n")
+
+
+class _Door:
+    """One ingress into the run's world (`storage._ingress`), in this process or a Ray actor: each cloud window
+    answers the outside calls that ended and starts those that came in, as tasks on the cloud node."""
+
+    POLL_S = 0.02   # an ingress actor is asked at most this often (wall seconds) when nothing waits for an answer
+
+    def __init__(self, ingress: Any) -> None:
+        from lodestore.storage import Ingress
+        self.ingress = ingress
+        self.local = isinstance(ingress, Ingress)
+        self.tasks: dict[int, int] = {}   # cloud task -> the ingress's call id
+        self.polled = 0.0
+
+    def _answers(self, engine: "_Virtual") -> list[tuple]:
+        """(call id, ok, value) of every outside call whose task ended; the others keep waiting."""
+        answers, waiting = [], {}
+        for task, call in self.tasks.items():
+            if task in engine._done:
+                answers.append((call, *engine._done.pop(task)))
+            else:
+                waiting[task] = call
+        self.tasks = waiting
+        return answers
+
+    def exchange(self, engine: "_Virtual") -> None:
+        answers = self._answers(engine)
+        if self.local:
+            calls = self.ingress.exchange(answers)
+        else:
+            now = time.monotonic()
+            if not answers and now - self.polled < self.POLL_S:
+                return
+            self.polled = now
+            import ray
+            calls = ray.get(self.ingress.exchange.remote(answers))
+        for call, name, method, args in calls:
+            self.tasks[engine._start(virtual.CLOUD, name, method, tuple(args))] = call
+
+    def close(self, engine: "_Virtual") -> None:
+        """Answer what ended; every other outside call hears SimulationEnded, and the ingress takes no more."""
+        why = "the simulation's play ended"
+        answers = self._answers(engine)
+        self.tasks = {}
+        if self.local:
+            self.ingress.answer(answers)
+            self.ingress.close(why)
+            return
+        import ray
+        try:
+            ray.get(self.ingress.exchange.remote(answers))
+            ray.get(self.ingress.close.remote(why))
+        except ACTOR_FAILURES:
+            pass   # gone already: its callers heard that from Ray
+        finally:
+            ray.kill(self.ingress, no_restart=True)
 
 
 def _hop_ms(scenario: Scenario) -> float:

@@ -288,6 +288,18 @@ class LatencySection:
 
 
 @dataclass(frozen=True)
+class ServeSection:
+    """`[serve]`: the run serves Roblox's Open Cloud API over its world while it plays (`lodestore serve`'s server,
+    from a thread of the driver, where the world is). Off unless `port` is given; a served run must be paced
+    (`world.time_scale`), since its clients live on the wall clock."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+    api_keys: tuple[str, ...] = ()    # each `KEY` or `KEY:permission,...` as `lodestore serve --api-key` takes them
+    universe_id: int = 1
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole validated scenario; `source` is the file path, or "<string>" for `parse_scenario` text."""
 
@@ -299,6 +311,7 @@ class Scenario:
     faults: tuple[FaultWindow, ...] = ()
     latency: LatencySection = field(default_factory=LatencySection)
     thresholds: dict[str, float] = field(default_factory=dict)   # `[thresholds]`: metric -> at most
+    serve: ServeSection = field(default_factory=ServeSection)
     source: str = "<string>"
 
     def faults_at(self, t: float) -> list[FaultWindow]:
@@ -566,6 +579,21 @@ def _thresholds(t: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _serve(t: dict[str, Any], world: WorldSection) -> ServeSection:
+    _known(t, "serve", ServeSection)
+    d = ServeSection()
+    serve = ServeSection(port=_int(t, "serve", "port", d.port, low=1, high=65535),
+                         host=_str(t, "serve", "host", d.host),
+                         api_keys=_str_list(t, "serve", "api_keys", d.api_keys),
+                         universe_id=_int(t, "serve", "universe_id", d.universe_id, low=1))
+    if serve.port is None and len(t) > 0:
+        raise _Bad("serve.port", "must be given for the run to serve (the other [serve] keys apply to it)")
+    if serve.port is not None and world.time_scale is None:
+        raise _Bad("serve.port", "needs world.time_scale: a served run is paced, since its Open Cloud clients live "
+                                 "on the wall clock (time_scale = 1 is real time)")
+    return serve
+
+
 def design_summary(scenario: "Scenario") -> dict[str, Any]:
     """The design a scenario runs, for its report: name, options, whether trades are atomic, how it locks."""
     chosen = design(scenario.store.design)
@@ -758,7 +786,7 @@ def memorystore_latency(scenario: "Scenario") -> Latency:
 def _scenario(data: dict[str, Any], source: str) -> Scenario:
     _known(data, "", Scenario, "section")
     sections = {name: _table(data[name], name)
-                for name in ("world", "servers", "players", "store", "hot_keys", "latency", "thresholds")
+                for name in ("world", "servers", "players", "store", "hot_keys", "latency", "thresholds", "serve")
                 if name in data}
     world = _world(sections.get("world", {}))
     servers = _servers(sections.get("servers", {}))
@@ -778,8 +806,9 @@ def _scenario(data: dict[str, Any], source: str) -> Scenario:
             faults.append(_fault(_table(item, f"faults[{i}]"), f"faults[{i}]", world.duration))
     latency = _latency_section(sections.get("latency", {}))
     thresholds = _thresholds(sections.get("thresholds", {}))
+    serve = _serve(sections.get("serve", {}), world)
     scenario = Scenario(world=world, servers=servers, players=players, store=store, hot_keys=hot_keys,
-                        faults=tuple(faults), latency=latency, thresholds=thresholds, source=source)
+                        faults=tuple(faults), latency=latency, thresholds=thresholds, serve=serve, source=source)
     _check_store(scenario)
     _check_size(scenario)
     return scenario
@@ -866,6 +895,8 @@ def scenario_toml(scenario: Scenario) -> str:
     table("latency.memorystore", {"default": _latency_shape(latency.memorystore)})
     if scenario.thresholds:
         table("thresholds", dict(scenario.thresholds))
+    if scenario.serve.port is not None:
+        table("serve", dataclasses.asdict(scenario.serve))
     return "\n".join(lines)
 
 

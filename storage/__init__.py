@@ -23,6 +23,7 @@ from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._errors import (ConfigError, DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
                                        TransformError)
 from lodestore.storage._faults import FaultConfig, Outage
+from lodestore.storage._ingress import INGRESS_NAME, Ingress, IngressActor, SimulationEnded, ingress_world
 from lodestore.storage._latency import Latency
 from lodestore.storage._ids import new_id, new_rng, seeded
 from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS,
@@ -52,6 +53,8 @@ __all__ = [
     "Runtime", "LocalRuntime", "RayRuntime", "Coalescer",
     # virtual time: a simulated world as nodes exchanging timestamped messages (`virtual.Node`, `virtual.Address`)
     "virtual",
+    # calls from outside a running simulation into its world (an Open Cloud server's door: `storage._ingress`)
+    "Ingress", "IngressActor", "SimulationEnded", "INGRESS_NAME", "ingress_world",
     # a world's actors by name, and which DataStore shard owns a key, for tools that reach the actors directly
     "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",

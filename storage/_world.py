@@ -22,6 +22,7 @@ from lodestore.storage._budget import bucket_map
 from lodestore.storage._clock import Clock, SimClock
 from lodestore.storage._errors import ConfigError, DataStoreError, ServerClosedError
 from lodestore.storage._faults import FaultConfig
+from lodestore.storage._ingress import INGRESS_NAME, ingress_world
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
 from lodestore.storage._runtime import ACTOR_FAILURES, LocalRuntime, RayRuntime, Runtime
 from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetServiceActor, DataStoreShardActor,
@@ -134,14 +135,20 @@ class World:
 
     @classmethod
     def connect(cls, name: str, address: str | None = None) -> "World":
-        """Attach to a running world (from a driver, a Ray task or an actor of the same cluster)."""
+        """Attach to a running world (from a driver, a Ray task or an actor of the same cluster): one that
+        `World.start` started, or the world of a paced simulation running on Ray under that world name, whose
+        storage calls then go through the run's ingress (`storage._ingress`)."""
         _check_config(name, "memory", 1, None)
         _ensure_ray(address)
         namespace = namespace_of(name)
         try:
             first = ray.get_actor(datastore_name(0), namespace=namespace)
         except ValueError:
-            raise ConfigError(f"no running world named {name!r}; start it with World.start({name!r})") from None
+            try:   # a simulation in virtual time: its world is reached through its ingress (`storage._ingress`)
+                ingress = ray.get_actor(INGRESS_NAME, namespace=namespace)
+            except ValueError:
+                raise ConfigError(f"no running world named {name!r}; start it with World.start({name!r})") from None
+            return ingress_world(ingress)
         info: WorldInfo = ray.get(first.describe.remote())
         datastores = [first] + [ray.get_actor(datastore_name(i), namespace=namespace) for i in range(1, info.shards)]
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace)

@@ -1,0 +1,119 @@
+"""Outside calls into a running simulation's world (`storage._ingress`): the door an Open Cloud server uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+import time
+
+import pytest
+
+from lodestore.sim import RunOptions, parse_scenario, simulate
+from lodestore.storage import ManualClock, World, namespace_of
+from lodestore.storage._ingress import INGRESS_NAME, Ingress, SimulationEnded, ingress_world
+from lodestore.storage._shards import MEMORYSTORE_NAME, WorldInfo, datastore_name
+from lodestore.storage._faults import FaultConfig
+
+
+def _info(**changes) -> WorldInfo:
+    return dataclasses.replace(WorldInfo("w", "memory", None, 1, ManualClock(1_000), FaultConfig()), **changes)
+
+
+def test_an_ingress_hands_calls_over_in_order_and_answers_each():
+    ingress = Ingress(_info(), 1_000, time.time(), 1.0)
+    first = ingress.submit(datastore_name(0), "execute", ([1],))
+    second = ingress.submit(MEMORYSTORE_NAME, "statistics", ())
+    taken = ingress.take()
+    assert [(name, method) for _, name, method, _ in taken] == [(datastore_name(0), "execute"),
+                                                               (MEMORYSTORE_NAME, "statistics")]
+    assert ingress.take() == []
+    ingress.answer([(taken[1][0], True, "stats"), (taken[0][0], False, KeyError("gone"))])
+    assert second.result(timeout=1) == "stats"
+    with pytest.raises(KeyError):
+        first.result(timeout=1)
+
+
+def test_an_ingress_reaches_storage_only_and_ends_with_the_run():
+    ingress = Ingress(_info(), 1_000, time.time(), 1.0)
+    with pytest.raises(LookupError, match="coordinator"):
+        ingress.submit("coordinator", "recover", ()).result(timeout=1)
+    waiting = ingress.submit(datastore_name(0), "execute", ([],))
+    ingress.close("the simulation's play ended")
+    with pytest.raises(SimulationEnded, match="play ended"):
+        waiting.result(timeout=1)
+    with pytest.raises(SimulationEnded):
+        ingress.submit(datastore_name(0), "execute", ([],)).result(timeout=1)
+    assert ingress.take() == []
+
+
+def test_the_world_behind_an_ingress_keeps_the_runs_pace():
+    wall_start = time.time() - 10.0     # the run's play began 10 wall seconds ago, at simulated ms 5,000,000
+    world = ingress_world(Ingress(_info(), 5_000_000, wall_start, 6.0))
+    assert abs(world.now() - (5_000_000 + 60_000)) < 5_000    # 10 wall s at 6x: a simulated minute on
+    assert world.info.shards == 1 and world.name == "w"
+
+
+_PACED = """
+[world]
+name = "doortest"
+duration = 40
+time_scale = 20
+seed = 3
+
+[servers]
+count = 2
+max_players = 10
+
+[players]
+population = 10
+join_rate = 0.5
+"""
+
+
+@pytest.mark.ray
+def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session, tmp_path):
+    """World.connect(NAME) of a running paced simulation reaches its world: a write made from outside while it
+    plays is in the run's world file afterwards, beside the players' data."""
+    import ray
+
+    scenario = parse_scenario(_PACED)
+    out = tmp_path / "run"
+    done: dict = {}
+
+    def run() -> None:
+        try:
+            done["result"] = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO()))
+        except BaseException as exc:   # the test thread reports it
+            done["error"] = exc
+
+    player = threading.Thread(target=run)
+    player.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "error" not in done:
+            try:
+                ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
+                break
+            except ValueError:
+                time.sleep(0.2)
+        assert "error" not in done, done.get("error")
+        world = World.connect("doortest")
+        server = world.server("support-tool")
+        store = server.datastores.get_data_store("support")
+        version = store.set("ticket_1", {"refund": 5})
+        value, info = store.get("ticket_1", use_cache=False)
+        assert value == {"refund": 5} and info.version == version
+        assert world.now() > 1_700_000_000_000   # the run's simulated clock, not this machine's
+    finally:
+        player.join(timeout=300)
+    assert "error" not in done, done.get("error")
+    assert done["result"].ok
+    with pytest.raises(Exception):   # the run is over: its door is gone
+        ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
+    after = World.in_process("after", backend="sqlite", path=str(out / "world.db"), budget=None)
+    try:
+        value, _ = after.server("reader", players=0).datastores.get_data_store("support").get("ticket_1")
+        assert value == {"refund": 5}
+    finally:
+        after.shutdown()
