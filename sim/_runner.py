@@ -170,10 +170,13 @@ def _clock(seconds: float) -> str:
 
 
 def _say_dashboard(options: RunOptions, url: str) -> None:
-    """Where Ray's dashboard of this run is (it closes with the run's Ray, when the run ends)."""
+    """Where Ray's dashboard of this run is, and its metrics for Prometheus (both close with the run's Ray)."""
+    from lodestore.storage import metrics_url
     stream = options.stream or sys.stdout
-    stream.write(f"dashboard: {url} (Ray's dashboard of this run: actors, and the lodestore_sim_* metrics; it "
-                 f"closes when the run ends)\n")
+    stream.write(f"dashboard: {url} (Ray's dashboard of this run; it closes when the run ends)\n")
+    metrics = metrics_url()
+    if metrics is not None:
+        stream.write(f"metrics: {metrics} (ray_lodestore_sim_* among Ray's own, for Prometheus)\n")
     stream.flush()
 
 

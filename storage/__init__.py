@@ -37,14 +37,14 @@ from lodestore.storage._transport import Permit, shard_of
 from lodestore.storage._types import SortDirection
 from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_metadata, check_store_name,
                                        check_user_ids, check_value, decode, encode)
-from lodestore.storage._world import AsyncServer, Server, World
+from lodestore.storage._world import AsyncServer, AsyncWorld, Server, World, metrics_url
 from lodestore.storage import _virtual as virtual
 from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreService, DataStoreStatistics, KeyInfo,
                                          OrderedDataStore, Page, RetryPolicy, SqliteBackend, UpdateResult, VersionInfo)
 from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
 
 __all__ = [
-    "World", "Server", "AsyncServer", "ShardStatistics",
+    "World", "AsyncWorld", "Server", "AsyncServer", "ShardStatistics", "metrics_url",
     "Clock", "SimClock", "ManualClock", "Scheduler", "Timer", "sleep", "Backoff", "retry",
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",

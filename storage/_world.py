@@ -545,3 +545,15 @@ def _start_local_ray(dashboard: bool = False) -> str | None:
                           f"could reach it without a token; this Ray version ignores {_LOOPBACK_SWITCH}=0. "
                           f"Start Ray with token auth yourself and pass its address")
     return f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None
+
+
+def metrics_url() -> str | None:
+    """Where this Ray node serves its metrics (`ray.util.metrics` figures among them) in Prometheus's text format,
+    or None when Ray is not up or says no port."""
+    if not ray.is_initialized():
+        return None
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here and node.get("MetricsExportPort"):
+            return f"http://{node.get('NodeManagerAddress', '127.0.0.1')}:{node['MetricsExportPort']}/metrics"
+    return None

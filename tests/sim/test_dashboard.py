@@ -34,16 +34,22 @@ def test_simulate_refuses_dashboard_in_process_before_running(tmp_path, capsys):
 
 
 @pytest.mark.ray
-def test_local_ray_dashboard_answers_on_loopback():
-    """In a process of its own (the test session's Ray has no dashboard): the URL is on 127.0.0.1 and answers."""
+def test_local_ray_dashboard_and_metrics_answer_on_loopback():
+    """In a process of its own (the test session's Ray has no dashboard): the dashboard's URL and the node's
+    metrics (Prometheus text) are on 127.0.0.1 and answer."""
     script = textwrap.dedent("""
         import json, urllib.request
         import ray
         from lodestore.storage._world import _ensure_ray
+        from lodestore.storage import metrics_url
         url = _ensure_ray(None, dashboard=True)
         with urllib.request.urlopen(url + "/api/version", timeout=30) as r:
             version = json.loads(r.read())
-        print(json.dumps({"url": url, "ray": version["ray_version"], "now": ray.__version__}))
+        metrics = metrics_url()
+        with urllib.request.urlopen(metrics, timeout=30) as r:
+            text = r.read().decode()
+        print(json.dumps({"url": url, "ray": version["ray_version"], "now": ray.__version__, "metrics": metrics,
+                          "prometheus": "# TYPE" in text}))
         ray.shutdown()
     """)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -52,3 +58,4 @@ def test_local_ray_dashboard_answers_on_loopback():
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["url"].startswith("http://127.0.0.1:")
     assert answer["ray"] == answer["now"]
+    assert answer["metrics"].startswith("http://127.0.0.1:") and answer["prometheus"]
