@@ -16,6 +16,9 @@ from lodestore.storage.datastore._backends import Backend, MemoryBackend, Sqlite
 from lodestore.storage.datastore._client import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore,
                                                  RetryPolicy, UpdateResult)
 from lodestore.storage.datastore._engine import DataStoreEngine
+from lodestore.storage.datastore._lifecycle import (DATASTORE_DELETED, DataStoreInfo, DataStoreState, DeleteStore,
+                                                    GetMeta, ListAllKeys, ListStores, PurgeKey, PutMeta, ReadVersions,
+                                                    Snapshot, SnapshotResult, UndeleteStore)
 from lodestore.storage.datastore._messages import (MISSING, Conflict, Entry, Get, GetVersion, GetVersionAtTime,
                                                    Increment, KeyInfo, ListKeys, ListVersions, OrderedConflict,
                                                    OrderedGet, OrderedIncrement, OrderedRange, OrderedRemove,
@@ -32,4 +35,7 @@ __all__ = [
     "ANY", "Get", "Set", "Increment", "Remove", "ListKeys", "ListVersions", "GetVersion", "GetVersionAtTime",
     "RemoveVersion", "OrderedGet", "OrderedSet", "OrderedIncrement", "OrderedRemove", "OrderedRange", "Sweep",
     "Entry", "MISSING", "Written", "Conflict", "OrderedValue", "OrderedConflict", "BatchReply",
+    # data stores' lifecycle: what a listing and an operator call answer, and the operator requests a shard runs
+    "DataStoreInfo", "DataStoreState", "SnapshotResult", "DATASTORE_DELETED", "ListStores", "DeleteStore",
+    "UndeleteStore", "Snapshot", "GetMeta", "PutMeta", "ReadVersions", "PurgeKey", "ListAllKeys",
 ]
