@@ -42,7 +42,8 @@ from lodestore.storage import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PA
                                VersionInfo, World, check_key, check_store_name, check_value)
 
 __all__ = ["InspectError", "add_parser", "run", "file_warnings", "list_stores", "list_keys", "show_key", "list_versions",
-           "restore_version", "export_store", "import_store", "read_import_file", "erase_user", "NOT_FOUND", "USAGE"]
+           "restore_version", "export_store", "import_store", "read_import_file", "erase_user", "NOT_FOUND",
+           "USAGE"]
 
 NOT_FOUND = 1
 """Exit status for an unknown store, key or version, and for stored data that does not decode."""

@@ -80,7 +80,8 @@ def test_the_coroutine_twin_lists_the_same():
         ds.get_data_store(name).set("k", 1)
     page = asyncio.run(ds.aio.list_data_stores(page_size=2))
     assert names(page) == ["a", "b"] and page.cursor is not None
-    assert asyncio.run(ds.aio.list_data_stores(cursor=page.cursor)).items == ds.list_data_stores(cursor=page.cursor).items
+    rest = asyncio.run(ds.aio.list_data_stores(cursor=page.cursor))
+    assert rest.items == ds.list_data_stores(cursor=page.cursor).items and names(rest) == ["c"]
 
 
 # ------------------------------------------------------------------------------------------ delete, undelete
