@@ -1,9 +1,9 @@
 """`lodestore inspect`: look at and repair the player data in one world's SQLite file, offline.
 
 Owns the `inspect` sub-command (`add_parser`) and one plain function per command (`list_stores`, `list_keys`,
-`show_key`, `list_versions`, `restore_version`, `export_store`, `import_store`, with `read_import_file` for the import
-file), each returning JSON-ready dicts and lists that the CLI layer only formats. Problems are `InspectError`s that
-carry the exit status (1 not found, 2 usage).
+`show_key`, `list_versions`, `restore_version`, `export_store`, `import_store`, `erase_user`, with
+`read_import_file` for the import file), each returning JSON-ready dicts and lists that the CLI layer only formats.
+Problems are `InspectError`s that carry the exit status (1 not found, 2 usage).
 
 The file is opened through the emulator itself (`World.in_process` on the file, no request budgets) with a manual
 clock standing at the file's last write, so reading never expires a backup the simulation could still see; every

@@ -6,9 +6,10 @@
 `_client` checks arguments, keeps the 4-second read cache and runs UpdateAsync's loop in the caller; `_engine`
 applies Roblox's rules (versions, hourly backups, tombstones, compare-and-set, per-key throughput) to one shard's
 entries; `_messages` holds the frozen requests and results they exchange; `_backends` keeps a shard's entries in
-memory or in SQLite. What the MemoryStore shares with it (`ANY`, `SortDirection`, `BatchReply`) is defined once in
-`storage._types`. Everything public is exported here; a game server's names are exported from `lodestore.storage`
-too. The `_`-prefixed modules are private.
+memory or in SQLite; `_lifecycle` keeps data stores' deletion and snapshots and answers a World's operator requests.
+What the MemoryStore shares with it (`ANY`, `SortDirection`, `BatchReply`) is defined once in `storage._types`.
+Everything public is exported here; a game server's names are exported from `lodestore.storage` too. The
+`_`-prefixed modules are private.
 """
 
 from lodestore.storage._types import ANY, BatchReply, SortDirection

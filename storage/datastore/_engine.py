@@ -189,7 +189,8 @@ class DataStoreEngine:
 
     def _write(self, k: EntryKey, latest: VersionRecord | None, now: int, *, value: bytes | None,
                user_ids: tuple[int, ...], metadata: dict, deleted: bool) -> VersionRecord:
-        """Write a new current version, keeping or replacing the previous one by the hourly backup rule."""
+        """Write a new current version, keeping or replacing the previous one by the hourly backup rule (a version
+        current at the latest snapshot is always kept: `StoreLifecycle.keeps_backup`)."""
         seq = latest.seq + 1 if latest else 1
         alive = latest is not None and not latest.deleted
         if latest is not None:

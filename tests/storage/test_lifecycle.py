@@ -233,3 +233,21 @@ def test_after_a_snapshot_the_next_write_of_each_key_keeps_a_backup_within_the_h
         assert len(versions) == 2
         assert store.get_version(key, versions[0].version)[0] == kept
         assert store.get(key, use_cache=False)[0] == 4
+
+
+# ------------------------------------------------------------------------------------------------------- on Ray
+
+
+def test_on_ray_a_deleted_store_is_refused_everywhere_and_a_user_is_erased(ray_world):
+    """One world on Ray: the operator calls reach its shard actors (their answers and errors travel back typed)."""
+    writer = ray_world.server("one").datastores.get_data_store("players")
+    writer.set("user_7", 1)
+    writer.set("user_8", 2)
+    assert ray_world.delete_data_store("players").state is DataStoreState.DELETED
+    with pytest.raises(DataStoreError) as err:
+        ray_world.server("two").datastores.get_data_store("players").get("user_8")
+    assert err.value.name == "DatastoreDeleted"
+    assert ray_world.undelete_data_store("players").state is DataStoreState.ACTIVE
+    ray_world.set_deletion_templates([("players", "global", "user_{UserId}")])
+    assert ray_world.erase_user(7).complete
+    assert writer.list_keys().items == ["user_8"]
