@@ -76,7 +76,7 @@ class Backend(Protocol):
     def put_meta(self, name: str, value: Any) -> None: ...
     def store_summaries(self, prefix: str, after: str | None, limit: int,
                         hidden: tuple[str, ...]) -> list[tuple[str, int, int]]: ...
-    def purge_store(self, store: str) -> int: ...
+    def purge_store(self, store: str, through_ms: int) -> int: ...
     def purge_key(self, k: EntryKey) -> int: ...
 
 
@@ -233,9 +233,16 @@ class MemoryBackend:
                     break
         return out
 
-    def purge_store(self, store):
-        names = self._names.pop(store, SortedList())
-        return sum(len(self._versions.pop((store, *name.split("/", 1)))) for name in names)
+    def purge_store(self, store, through_ms):
+        """Remove every version of `store` created at or before `through_ms`; how many went."""
+        removed = 0
+        for name in list(self._names.get(store, ())):
+            k = (store, *name.split("/", 1))
+            for rec in self.versions(k):
+                if rec.created_ms <= through_ms:
+                    self.delete_version(k, rec.seq)
+                    removed += 1
+        return removed
 
     def purge_key(self, k):
         recs = self._versions.pop(k, [])
@@ -458,8 +465,10 @@ class SqliteBackend:
         args.append(limit)
         return [tuple(row) for row in self._db.execute(sql, args)]
 
-    def purge_store(self, store):
-        return self._db.execute("DELETE FROM entry_versions WHERE store=?", (store,)).rowcount
+    def purge_store(self, store, through_ms):
+        """Remove every version of `store` created at or before `through_ms`; how many went."""
+        return self._db.execute("DELETE FROM entry_versions WHERE store=? AND created_ms <= ?",
+                                (store, through_ms)).rowcount
 
     def purge_key(self, k):
         return self._db.execute("DELETE FROM entry_versions WHERE store=? AND name=?",

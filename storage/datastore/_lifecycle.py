@@ -295,7 +295,9 @@ class StoreLifecycle:
         deleted = self.deleted.get(name)
         if deleted is None or now < deleted + PURGE_AFTER_MS:
             return False
-        self.backend.purge_store(name)
+        # Only what was written before the deletion: the shards of a shared file purge one after the other, and a
+        # late one must not take the versions of a new store of that name another shard wrote meanwhile.
+        self.backend.purge_store(name, deleted)
         del self.deleted[name]
         self._save_states()
         return True

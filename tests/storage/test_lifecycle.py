@@ -8,16 +8,25 @@ import asyncio
 import pytest
 
 from lodestore.storage import (DATASTORE_DELETED, HOUR_MS, DataStoreError, DataStoreInfo, DataStoreState, ManualClock,
-                               RequestType, SnapshotResult, World)
+                               RequestType, SnapshotResult, World, shard_of)
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % (24 * HOUR_MS) + 10 * HOUR_MS   # 10:00 UTC on some day
 DAY_MS = 24 * HOUR_MS
 THIRTY_DAYS_MS = 30 * DAY_MS
 
 
-def make_world(shards: int = 1, **kw) -> tuple[World, ManualClock]:
+def make_world(shards: int = 1, tmp_path=None, **kw) -> tuple[World, ManualClock]:
+    """An in-process world: in memory, or on a SQLite file in `tmp_path` when given."""
     clock = ManualClock(T0)
+    if tmp_path is not None:
+        kw.update(backend="sqlite", path=str(tmp_path / "w.db"))
     return World.in_process(clock=clock, shards=shards, **kw), clock
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def where(request, tmp_path):
+    """Where a test's world keeps its entries: None (memory) or a directory for its SQLite file."""
+    return None if request.param == "memory" else tmp_path
 
 
 def names(page) -> list[str]:
@@ -28,8 +37,8 @@ def names(page) -> list[str]:
 
 
 @pytest.mark.parametrize("shards", [1, 3])
-def test_list_data_stores_pages_in_name_order_over_every_shard(shards):
-    world, clock = make_world(shards)
+def test_list_data_stores_pages_in_name_order_over_every_shard(shards, where):
+    world, clock = make_world(shards, where)
     ds = world.server("s").datastores
     wanted = [f"store{i:02d}" for i in range(40)]
     for i, name in enumerate(reversed(wanted)):
@@ -41,8 +50,8 @@ def test_list_data_stores_pages_in_name_order_over_every_shard(shards):
     assert names(ds.list_data_stores("store3", page_size=5)) == wanted[30:35]
 
 
-def test_only_stores_that_hold_something_are_listed_with_their_times():
-    world, clock = make_world()
+def test_only_stores_that_hold_something_are_listed_with_their_times(where):
+    world, clock = make_world(1, where)
     ds = world.server("s").datastores
     ds.get_data_store("emptied").set("k", 1)
     ds.get_data_store("emptied").remove("k")
@@ -88,8 +97,8 @@ def test_the_coroutine_twin_lists_the_same():
 
 
 @pytest.mark.parametrize("shards", [1, 4])
-def test_a_deleted_store_is_refused_at_once_to_every_server_and_listed_only_with_show_deleted(shards):
-    world, clock = make_world(shards)
+def test_a_deleted_store_is_refused_at_once_to_every_server_and_listed_only_with_show_deleted(shards, where):
+    world, clock = make_world(shards, where)
     one, two = world.server("one").datastores, world.server("two").datastores
     for key in ("a", "b", "c", "d", "e"):
         one.get_data_store("players").set(key, key)
@@ -132,8 +141,8 @@ def test_undelete_within_30_days_gives_the_store_back_as_it_was_versions_include
 
 
 @pytest.mark.parametrize("touch", ["request", "sweep", "undelete"])
-def test_after_30_days_the_store_is_purged_and_cannot_be_undeleted(touch):
-    world, clock = make_world(2)
+def test_after_30_days_the_store_is_purged_and_cannot_be_undeleted(touch, where):
+    world, clock = make_world(2, where)
     ds = world.server("s").datastores
     store = ds.get_data_store("players")
     for key in ("a", "b"):
@@ -145,8 +154,11 @@ def test_after_30_days_the_store_is_purged_and_cannot_be_undeleted(touch):
     if touch == "request":
         assert store.get("a", use_cache=False) == (None, None)          # purged on first touch: an empty store
     elif touch == "sweep":
-        ds.get_data_store("other").set("x", 1)                          # any batch runs the hourly sweep
-        assert names(ds.list_data_stores(show_deleted=True)) == ["other"]
+        for i in range(8):                                              # a batch on each shard runs its sweep
+            ds.get_data_store("other").set(f"x{i}", 1)
+        for shard in world._transport.shards["datastore"]:              # nothing touched "players" itself
+            assert shard.engine.lifecycle.deleted == {}
+            assert all(shard.engine.backend.versions(("players", "global", k)) == [] for k in ("a", "b"))
     else:
         with pytest.raises(DataStoreError) as err:
             world.undelete_data_store("players")
@@ -156,6 +168,25 @@ def test_after_30_days_the_store_is_purged_and_cannot_be_undeleted(touch):
     assert store.list_keys().items == []
     store.set("a", "fresh")                                             # the name is free again
     assert store.get("a")[0] == "fresh"
+
+
+def test_a_shard_that_purges_late_keeps_what_another_shard_wrote_to_the_new_store(tmp_path):
+    """The shards of one SQLite file each purge on their own first touch: a late purge must not take the versions
+    of the new store of that name another shard wrote after its own purge."""
+    world, clock = make_world(2, tmp_path)
+    store = world.server("s").datastores.get_data_store("players")
+    key_of = {}
+    for i in range(20):
+        key_of.setdefault(shard_of(("players", "global", f"k{i}"), 2), f"k{i}")
+    first, second = key_of[0], key_of[1]
+    store.set(first, "old")
+    store.set(second, "old")
+    world.delete_data_store("players")
+    clock.advance(ms=THIRTY_DAYS_MS)
+    store.set(first, "new")                    # shard 0 purges the old store, then writes the new one
+    assert store.get(second, use_cache=False) == (None, None)   # shard 1 purges now, late
+    assert store.get(first, use_cache=False)[0] == "new"
+    assert len(store.list_versions(first).items) == 1
 
 
 def test_delete_refuses_a_store_that_holds_nothing_and_bad_names():
