@@ -9,8 +9,9 @@ refused for a deleted store. All of it is persisted in the shard's backend (`get
 restarted on the same SQLite file finds its deleted stores, its snapshot time and its templates again.
 
 Purging is lazy and measured on the world's clock: a deleted store past its 30 days is purged (every entry and every
-version of it removed; its name is free again) when a request or an operator call touches it, or at the engine's
-hourly sweep, whichever comes first. Until then its entries stay where they are and count toward storage.
+version written before its deletion removed; its name is free again) when a request or an operator call touches it,
+or at the engine's hourly sweep, whichever comes first. Until then its entries stay where they are and count toward
+storage.
 
 It must never decode a user value, and never change an entry of a store that is not deleted, except for an erasure's
 `PurgeKey` (the one request that removes a key with every version and leaves no tombstone).
