@@ -228,6 +228,10 @@ def erase(user_id: int, templates: tuple[DeletionTemplate, ...]) -> Steps:
         if n:
             removed.append(ErasedKey(*k, n, reason))
     left = yield from remaining(user_id, templates)
+    checked = {(k.store, k.scope, k.key) for k in left}
+    for k, (reason, _) in found.items():     # what only the purged keys pointed to (a record's chunks) too
+        if k not in checked and (n := len((yield ReadVersions(*k)))):
+            left.append(ErasedKey(*k, n, reason))
     return ErasureReport(user_id, tuple(removed), tuple(left))
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from lodestore.actors import TX_STORE, Load, LockLostError, Save, Unload, Update
 from lodestore.actors import records as rec
+from lodestore.storage.datastore import MemoryBackend
 
 from tests.actors._rig import Rig
 
@@ -128,3 +129,20 @@ def test_a_live_session_cannot_write_the_erased_record_back():
     rig = run(go())
     assert rig.records.list_versions("7").items == []
     assert rig.world.check_erased(7, TEMPLATES) == []
+
+
+def test_the_check_reports_chunks_that_stayed_although_their_record_went(monkeypatch):
+    """A purge that failed to take a record's chunks: only the keys found before the purge can tell (the record
+    that pointed to them is gone), and the report lists them."""
+    async def go():
+        rig = Rig()
+        await sharded_user(rig, "7")
+        return rig
+    rig = run(go())
+    purge = MemoryBackend.purge_key
+    monkeypatch.setattr(MemoryBackend, "purge_key",
+                        lambda self, k: 0 if k[0] == "lodestore/shards/players" else purge(self, k))
+    report = rig.world.erase_user(7, TEMPLATES)
+    assert not report.complete
+    assert {k.store for k in report.remaining} == {"lodestore/shards/players"}
+    assert {k.key for k in report.remaining} == set(every_key(rig.shards))
