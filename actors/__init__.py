@@ -36,6 +36,7 @@ from lodestore.actors._txn import (ABSENT, MAX_STORE_NAME, RECORDS_PREFIX, SHARD
                                    commit_if_pending, lock_map_name, marker_committed, records_store, shards_store,
                                    without_tx)
 from lodestore.actors._actor import KeyActor, key_actor_options
+from lodestore.actors._erasure import erase_records
 
 __all__ = [
     "KeyActor", "key_actor_options",
@@ -48,6 +49,8 @@ __all__ = [
     "TX_STORE", "RECORDS_PREFIX", "SHARDS_PREFIX", "MAX_STORE_NAME", "ABSENT", "records_store", "shards_store",
     "lock_map_name", "marker_committed", "abort_if_pending", "commit_if_pending", "without_tx",
     "records",
+    # the erasure of a user's records, shard chunks and transaction markers (registered with `World.erase_user`)
+    "erase_records",
     "StoreError", "KeyNotLoadedError", "LoadInProgressError", "StoreClosedError", "KeyClosedError", "LockLostError",
     "LockTimeoutError", "SchemaError", "MigrationError", "TxLockedError", "RecordError",
 ]

@@ -1,9 +1,9 @@
 """`lodestore inspect`: look at and repair the player data in one world's SQLite file, offline.
 
 Owns the `inspect` sub-command (`add_parser`) and one plain function per command (`list_stores`, `list_keys`,
-`show_key`, `list_versions`, `restore_version`, `export_store`, `import_store`, with `read_import_file` for the import
-file), each returning JSON-ready dicts and lists that the CLI layer only formats. Problems are `InspectError`s that
-carry the exit status (1 not found, 2 usage).
+`show_key`, `list_versions`, `restore_version`, `export_store`, `import_store`, `erase_user`, with
+`read_import_file` for the import file), each returning JSON-ready dicts and lists that the CLI layer only formats.
+Problems are `InspectError`s that carry the exit status (1 not found, 2 usage).
 
 The file is opened through the emulator itself (`World.in_process` on the file, no request budgets) with a manual
 clock standing at the file's last write, so reading never expires a backup the simulation could still see; every
@@ -22,6 +22,7 @@ only while no simulation uses the file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sqlite3
@@ -36,12 +37,13 @@ from typing import Any, NoReturn, TextIO
 
 from lodestore.actors import MAX_STORE_NAME, RECORDS_PREFIX, SHARDS_PREFIX, TX_STORE, marker_committed
 from lodestore.actors import records as rec
-from lodestore.storage import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, DataStore, DataStoreError, KeyInfo,
-                               LodestoreError, ManualClock, SortDirection, UpdateResult, VersionInfo, World, check_key,
-                               check_store_name, check_value)
+from lodestore.storage import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, ConfigError, DataStore,
+                               DataStoreError, KeyInfo, LodestoreError, ManualClock, SortDirection, UpdateResult,
+                               VersionInfo, World, check_key, check_store_name, check_value)
 
 __all__ = ["InspectError", "add_parser", "run", "file_warnings", "list_stores", "list_keys", "show_key", "list_versions",
-           "restore_version", "export_store", "import_store", "read_import_file", "NOT_FOUND", "USAGE"]
+           "restore_version", "export_store", "import_store", "read_import_file", "erase_user", "NOT_FOUND",
+           "USAGE"]
 
 NOT_FOUND = 1
 """Exit status for an unknown store, key or version, and for stored data that does not decode."""
@@ -584,6 +586,30 @@ def import_store(db: str | os.PathLike, store: str, entries: Mapping[str, Any],
             "sharded": [key for key, (_, chunks) in prepared.items() if chunks]}
 
 
+def erase_user(db: str | os.PathLike, user_id: Any, templates: Sequence[Sequence[str]] | None = None
+               ) -> dict[str, Any]:
+    """Erase a user's data from the file (`World.erase_user`: every key the templates name, every version and
+    backup, and the Store records' shard chunks and transaction markers of it), then check that nothing is left.
+    `templates` (each [store, scope, key] with `{UserId}`) replace the ones kept in the file (set by
+    `World.set_deletion_templates`); with neither it refuses (USAGE)."""
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
+        raise InspectError(f"USER_ID must be a Roblox user id (an int >= 1), got {user_id!r}", USAGE)
+    with _Inspector(db) as inspector:
+        used = [list(t) for t in templates] if templates else [
+            [t.store, t.scope, t.key] for t in inspector.world.deletion_templates()]
+        if not used:
+            raise InspectError(f"no deletion templates in {inspector.path} and none given: pass --template STORE "
+                               f"SCOPE KEY (with {{UserId}} in one of them), or set them with "
+                               f"World.set_deletion_templates", USAGE)
+        try:
+            report = inspector.world.erase_user(user_id, used)
+        except ConfigError as exc:
+            raise InspectError(f"bad --template: {exc}", USAGE) from None
+    return {"user_id": user_id, "templates": used,
+            "removed": [dataclasses.asdict(k) for k in report.removed],
+            "remaining": [dataclasses.asdict(k) for k in report.remaining]}
+
+
 def _prepare(key: str, data: Any, applied: Sequence[str], status: int = USAGE) -> tuple[Any, dict[str, str]]:
     """The file and chunks a session would store `data` in. The data must be what a session accepts (storable,
     at most 4,194,304 characters as JSON, as any update checks it), and an inline record must fit one value."""
@@ -643,6 +669,7 @@ Look at and repair the player data in one world's SQLite file, offline, through 
   inspect DB restore STORE KEY VERSION            make a version current again (a new write; old ones stay)
   inspect DB export STORE [--out FILE]            JSON {key: data} of every live key
   inspect DB import STORE FILE                    write each {key: data} of a JSON file as a fresh record
+  inspect DB erase USER_ID [--template S SC K]... erase a user's data, then check that nothing is left
 
 STORE is a Store's name (as given to create_store; its records are DataStore lodestore/records/STORE) or any
 DataStore name `stores` lists. Every command takes --json for machine-readable output.
@@ -657,7 +684,8 @@ file, so inspect cannot see which game server holds a key. A server holding a ke
 keeps its own copy in memory; at its next save it finds a record it did not write, so it loses the key (its
 on_lock_lost fires) and drops what it had not saved. Your write stays, but that player's latest progress is lost.
 
-Exit status: 0 done; 1 not found (store, key, version) or stored data that does not decode; 2 usage (missing
+Exit status: 0 done; 1 not found (store, key, version), stored data that does not decode, or something of
+the user left after `erase`; 2 usage (missing
 or unreadable DB, bad argument, bad import file)."""
 
 
@@ -704,6 +732,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "is checked first and nothing is written when any entry is bad")
     load.add_argument("store", metavar="STORE")
     load.add_argument("file", metavar="FILE")
+    erase = command("erase", _cmd_erase, "erase a user's data (right to erasure): every key the deletion "
+                                         "templates name, with every version, backup, shard chunk and transaction "
+                                         "marker; then check nothing is left (exit 1 if something is)")
+    erase.add_argument("user_id", metavar="USER_ID", type=_positive_int)
+    erase.add_argument("--template", nargs=3, action="append", metavar=("STORE", "SCOPE", "KEY"),
+                       help="a deletion template, {UserId} in one or more parts (repeatable; default: the "
+                            "templates kept in the file)")
     load.add_argument("--applied-migrations", metavar="NAME[,NAME...]", default="",
                       help="migration steps the data already has (default none: the next load runs every step); "
                            "`show` lists a key's")
@@ -840,6 +875,25 @@ def _cmd_export(args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
         return _dump({"store": args.store, "keys": len(exported), "out": os.path.abspath(args.out)}, out)
     out.write(f"exported {len(exported)} key(s) of store {args.store!r} to {args.out}\n")
+
+
+def _cmd_erase(args: argparse.Namespace, out: TextIO) -> None:
+    done = erase_user(args.db, args.user_id, args.template)
+    if args.json:
+        _dump(done, out)
+    else:
+        out.write(f"erased user {done['user_id']}: {len(done['removed'])} key(s) removed\n")
+        out.writelines(f"  removed  {k['store']} / {k['scope']} / {k['key']}  ({k['versions']} version(s); "
+                       f"{k['reason']})\n" for k in done["removed"])
+        if done["remaining"]:
+            out.write(f"check: {len(done['remaining'])} key(s) remain\n")
+            out.writelines(f"  remains  {k['store']} / {k['scope']} / {k['key']}  ({k['versions']} version(s))\n"
+                           for k in done["remaining"])
+        else:
+            out.write("check: nothing of the user is left\n")
+    if done["remaining"]:
+        raise InspectError(f"{len(done['remaining'])} key(s) of user {done['user_id']} remain after the erasure; "
+                           f"run it again", NOT_FOUND)
 
 
 def _cmd_import(args: argparse.Namespace, out: TextIO) -> None:

@@ -37,10 +37,12 @@ from lodestore.storage._transport import Permit, shard_of
 from lodestore.storage._types import SortDirection
 from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_metadata, check_store_name,
                                        check_user_ids, check_value, decode, encode)
+from lodestore.storage._erasure import DeletionTemplate, ErasedKey, ErasureReport, Rewrite, register_eraser
 from lodestore.storage._world import AsyncServer, AsyncWorld, Server, World, metrics_url
 from lodestore.storage import _virtual as virtual
 from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreService, DataStoreStatistics, KeyInfo,
-                                         OrderedDataStore, Page, RetryPolicy, SqliteBackend, UpdateResult, VersionInfo)
+                                         OrderedDataStore, Page, RetryPolicy, SqliteBackend, UpdateResult, VersionInfo,
+                                         DATASTORE_DELETED, DataStoreInfo, DataStoreState, SnapshotResult)
 from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
 
 __all__ = [
@@ -66,6 +68,9 @@ __all__ = [
     "canonical", "encode", "decode",
     # Roblox's documented limits other layers enforce too
     "MAX_KEY_NAME", "MAX_VALUE_CHARS", "MAX_LIST_PAGE", "DEFAULT_SCOPE", "HOUR_MS", "MS_MAX_EXPIRATION_S",
+    # data stores' lifecycle (list, delete, undelete, snapshot) and the right to erasure
+    "DataStoreInfo", "DataStoreState", "SnapshotResult", "DATASTORE_DELETED", "DeletionTemplate", "ErasureReport",
+    "ErasedKey", "Rewrite", "register_eraser",
     # the engine and backend of one shard, for tools that drive it directly (bench)
     "DataStoreEngine", "SqliteBackend",
 ]

@@ -135,6 +135,12 @@ class DataStoreShardActor:
     def set_faults(self, faults: FaultConfig) -> None:
         self.engine.set_faults(faults)
 
+    def administer(self, ops: list) -> list:
+        """A World's operator requests (see `DataStoreEngine.administer`); what a repeated delivery does is said
+        per request in `storage.datastore._lifecycle`."""
+        with self._one_at_a_time:
+            return self.engine.administer(ops)
+
     def describe(self) -> WorldInfo:
         """The world's info; ConfigError when this shard could not have its file (another world holds it)."""
         if self._refusal is not None:

@@ -14,12 +14,14 @@ import re
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
 from lodestore.storage._budget import bucket_map
 from lodestore.storage._clock import Clock, SimClock
+from lodestore.storage._erasure import (TEMPLATES_META, DeletionTemplate, ErasedKey, ErasureReport, Rewrite,
+                                        check_templates, check_user_id, erase, remaining)
 from lodestore.storage._errors import ConfigError, DataStoreError, ServerClosedError
 from lodestore.storage._faults import FaultConfig
 from lodestore.storage._ingress import INGRESS_NAME, ingress_world
@@ -29,8 +31,12 @@ from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetServ
                                       MemoryStoreShardActor, ShardStatistics, WorldInfo, actor_options, datastore_name,
                                       namespace_of)
 from lodestore.storage._throttle import BudgetGate, OpenGate
-from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport
+from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport, shard_of
+from lodestore.storage._values import check_store_name
 from lodestore.storage.datastore._client import DataStoreService
+from lodestore.storage.datastore._lifecycle import (DataStoreInfo, DeleteStore, DescribeStore, GetMeta, ListAllKeys,
+                                                    PutMeta, Snapshot, SnapshotResult, UndeleteStore, merge_infos,
+                                                    same_utc_day)
 from lodestore.storage.memorystore._client import MemoryStoreService
 
 __all__ = ["World", "AsyncWorld", "Server", "AsyncServer"]
@@ -87,6 +93,7 @@ class World:
         self._transport = Transport(runtime, shards, info.clock)
         self._budget = budget  # the budget actor (a reference in the runtime), or None (no budgets)
         self._handles = owned_handles
+        self._operator_server: Server | None = None
         self.aio = AsyncWorld(self)
 
     # ----------------------------------------------------------------------------------------------- creation
@@ -254,6 +261,115 @@ class World:
 
     # -- DataStore: data stores' lifecycle, snapshots and erasure
 
+    def delete_data_store(self, name: str) -> DataStoreInfo:
+        """Delete a data store (Open Cloud v2's delete): from now on every request of every server to it fails
+        with 410 `DatastoreDeleted`; it is listed with state DELETED and `expire_time` = now + 30 days by
+        `list_data_stores(show_deleted=True)`, can be undeleted until then, and is purged after (every entry and
+        version gone, its name free again), lazily: when a request or an operator call touches it, or at a shard's
+        hourly sweep. Until purged it keeps counting toward storage. 404 `DatastoreNotFound` when it holds nothing;
+        deleting a deleted store answers its info unchanged."""
+        check_store_name(name)
+        if not any(self._administer_all(DescribeStore(name))):
+            raise _store_not_found(name)
+        return _merged(self._administer_all(DeleteStore(name)), name)
+
+    def undelete_data_store(self, name: str) -> DataStoreInfo:
+        """Undo `delete_data_store` within its 30 days: the store is as it was, every version included. 400
+        `DatastoreNotDeleted` for a store that is not deleted, 404 `DatastoreNotFound` for one purged already."""
+        check_store_name(name)
+        return _merged(self._administer_all(UndeleteStore(name)), name)
+
+    def snapshot_data_stores(self) -> SnapshotResult:
+        """Open Cloud v2's data-stores:snapshot: once per UTC day, guarantee a backup of every key as it is now
+        (the next write of each key keeps the version it replaces, even within the same UTC hour). A second call
+        the same UTC day takes none and says so, with the time of the one taken."""
+        now = self.now()
+        latest = self._administer(self._shards(DATASTORE)[0], Snapshot(None))
+        if latest is not None and same_utc_day(latest, now):
+            return SnapshotResult(False, latest)
+        self._administer_all(Snapshot(now))
+        return SnapshotResult(True, now)
+
+    def set_deletion_templates(self, templates) -> None:
+        """Set the experience's deletion templates (Data Stores Manager's user data templates): up to 100, each a
+        `DeletionTemplate(store, scope, key)` or a (store, scope, key) tuple with a `{UserId}` token in one or more
+        of them; `erase_user` removes the keys they name. Kept in the world's file, for `lodestore inspect erase`.
+        A bad list raises ConfigError naming the problem and changes nothing."""
+        checked = check_templates(templates)
+        self._administer_all(PutMeta(TEMPLATES_META, [[t.store, t.scope, t.key] for t in checked]))
+
+    def deletion_templates(self) -> tuple[DeletionTemplate, ...]:
+        """The templates `set_deletion_templates` set (none at first)."""
+        stored = self._administer(self._shards(DATASTORE)[0], GetMeta(TEMPLATES_META))
+        return tuple(DeletionTemplate(*t) for t in stored or ())
+
+    def erase_user(self, user_id: int, templates=None) -> ErasureReport:
+        """Erase a user's data (Roblox's right to erasure): every key the deletion templates name for `user_id`
+        (or `templates`, when given), with every version and backup (no tombstone: nothing of the value is left),
+        also in a deleted store; and what lodestore's own layers keep of it (a Store's record, the shard chunks
+        any version of it points to, the transaction markers that name it; see `actors._erasure`). Then it checks
+        that nothing is left: `report.remaining` lists what still is (empty when complete).
+
+        A key a live session holds right now is erased all the same, as Roblox erases it whoever plays: the
+        session's next save finds its record gone and writes nothing (its fenced compare-and-set fails, and the
+        session ends as having lost its lock), so the erased data does not come back. Chunks such a save wrote just
+        before may be left; `remaining` then lists them, and erasing again removes them. Erase after the user left.
+
+        >>> world.set_deletion_templates([("players", "global", "user_{UserId}")])
+        >>> world.erase_user(42).remaining
+        ()
+        """
+        return self._drive(erase(check_user_id(user_id), self._templates(templates)))
+
+    def check_erased(self, user_id: int, templates=None) -> list[ErasedKey]:
+        """What `erase_user` would find of the user now: each key still stored (empty: nothing is left). Reads
+        only."""
+        return self._drive(remaining(check_user_id(user_id), self._templates(templates)))
+
+    def _templates(self, templates) -> tuple[DeletionTemplate, ...]:
+        return self.deletion_templates() if templates is None else check_templates(templates)
+
+    def _administer(self, shard, op):
+        result = self._call(shard, "administer", [op])[0]
+        if isinstance(result, DataStoreError):
+            raise result
+        return result
+
+    def _administer_all(self, op) -> list:
+        """`op` on every shard (each keeps its own copy of the lifecycle state); the first failure raised."""
+        results = [self._call(s, "administer", [op])[0] for s in self._shards(DATASTORE)]
+        return _raise_first(results)
+
+    def _route(self, request) -> tuple[list, Callable[[list], Any]]:
+        """For an erasure's shard request (see `storage._erasure`): the shards to ask, and how their answers make
+        one. A key's request goes to the shard that owns it; a listing to every shard (one, for a shared file)."""
+        shards = self._shards(DATASTORE)
+        if isinstance(request, ListAllKeys):
+            return (shards[:1] if self.info.shared_file else shards,
+                    lambda found: sorted({k for keys in found for k in keys})[:request.limit])
+        return [shards[shard_of((request.store, request.scope, request.key), len(shards))]], lambda found: found[0]
+
+    def _drive(self, steps):
+        """Run an erasure's generator (see `storage._erasure`) to its result."""
+        done, request = _advance(steps, None)
+        while not done:
+            if isinstance(request, Rewrite):
+                answer = self._rewritten(request).update(request.key, request.fn)
+            else:
+                shards, combine = self._route(request)
+                answer = combine([self._administer(s, request) for s in shards])
+            done, request = _advance(steps, answer)
+        return request
+
+    def _rewritten(self, request: Rewrite):
+        return self._operator().datastores.get_data_store(request.store, request.scope)
+
+    def _operator(self) -> "Server":
+        """An operator's client, outside every game server's budget (erasure's rewrites)."""
+        if self._operator_server is None:
+            self._operator_server = Server(self, "lodestore-operator", budgeted=False)
+        return self._operator_server
+
     # -- MemoryStore
 
     # -- MessagingService
@@ -285,9 +401,95 @@ class AsyncWorld:
 
     # -- DataStore: data stores' lifecycle, snapshots and erasure
 
+    async def delete_data_store(self, name: str) -> DataStoreInfo:
+        check_store_name(name)
+        if not any(await self._administer_all(DescribeStore(name))):
+            raise _store_not_found(name)
+        return _merged(await self._administer_all(DeleteStore(name)), name)
+
+    async def undelete_data_store(self, name: str) -> DataStoreInfo:
+        check_store_name(name)
+        return _merged(await self._administer_all(UndeleteStore(name)), name)
+
+    async def snapshot_data_stores(self) -> SnapshotResult:
+        world = self._world
+        now = world.now()
+        latest = await self._administer(world._shards(DATASTORE)[0], Snapshot(None))
+        if latest is not None and same_utc_day(latest, now):
+            return SnapshotResult(False, latest)
+        await self._administer_all(Snapshot(now))
+        return SnapshotResult(True, now)
+
+    async def set_deletion_templates(self, templates) -> None:
+        checked = check_templates(templates)
+        await self._administer_all(PutMeta(TEMPLATES_META, [[t.store, t.scope, t.key] for t in checked]))
+
+    async def deletion_templates(self) -> tuple[DeletionTemplate, ...]:
+        stored = await self._administer(self._world._shards(DATASTORE)[0], GetMeta(TEMPLATES_META))
+        return tuple(DeletionTemplate(*t) for t in stored or ())
+
+    async def erase_user(self, user_id: int, templates=None) -> ErasureReport:
+        return await self._drive(erase(check_user_id(user_id), await self._templates(templates)))
+
+    async def check_erased(self, user_id: int, templates=None) -> list[ErasedKey]:
+        return await self._drive(remaining(check_user_id(user_id), await self._templates(templates)))
+
+    async def _templates(self, templates) -> tuple[DeletionTemplate, ...]:
+        return await self.deletion_templates() if templates is None else check_templates(templates)
+
+    async def _administer(self, shard, op):
+        result = (await self._world._acall(shard, "administer", [op]))[0]
+        if isinstance(result, DataStoreError):
+            raise result
+        return result
+
+    async def _administer_all(self, op) -> list:
+        world = self._world
+        return _raise_first([(await world._acall(s, "administer", [op]))[0] for s in world._shards(DATASTORE)])
+
+    async def _drive(self, steps):
+        world = self._world
+        done, request = _advance(steps, None)
+        while not done:
+            if isinstance(request, Rewrite):
+                answer = await world._rewritten(request).aio.update(request.key, request.fn)
+            else:
+                shards, combine = world._route(request)
+                answer = combine([await self._administer(s, request) for s in shards])
+            done, request = _advance(steps, answer)
+        return request
+
     # -- MemoryStore
 
     # -- MessagingService
+
+
+def _advance(steps, answer) -> tuple[bool, Any]:
+    """(False, next request) of a generator given `answer`, or (True, its result)."""
+    try:
+        return False, steps.send(answer)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _raise_first(results: list) -> list:
+    for result in results:
+        if isinstance(result, DataStoreError):
+            raise result
+    return results
+
+
+def _store_not_found(name: str) -> DataStoreError:
+    return DataStoreError(404, "DatastoreNotFound", f"data store {name!r} holds nothing (no live key): there is "
+                          f"nothing to delete")
+
+
+def _merged(infos: list, name: str) -> DataStoreInfo:
+    """One store's info from every shard's answer (None: the shard holds nothing of it)."""
+    merged = merge_infos([[info] for info in infos if info is not None])
+    if not merged:
+        raise _store_not_found(name)
+    return merged[0]
 
 
 def _check_players(players: Any) -> None:

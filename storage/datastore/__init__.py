@@ -6,9 +6,10 @@
 `_client` checks arguments, keeps the 4-second read cache and runs UpdateAsync's loop in the caller; `_engine`
 applies Roblox's rules (versions, hourly backups, tombstones, compare-and-set, per-key throughput) to one shard's
 entries; `_messages` holds the frozen requests and results they exchange; `_backends` keeps a shard's entries in
-memory or in SQLite. What the MemoryStore shares with it (`ANY`, `SortDirection`, `BatchReply`) is defined once in
-`storage._types`. Everything public is exported here; a game server's names are exported from `lodestore.storage`
-too. The `_`-prefixed modules are private.
+memory or in SQLite; `_lifecycle` keeps data stores' deletion and snapshots and answers a World's operator requests.
+What the MemoryStore shares with it (`ANY`, `SortDirection`, `BatchReply`) is defined once in `storage._types`.
+Everything public is exported here; a game server's names are exported from `lodestore.storage` too. The
+`_`-prefixed modules are private.
 """
 
 from lodestore.storage._types import ANY, BatchReply, SortDirection
@@ -16,6 +17,9 @@ from lodestore.storage.datastore._backends import Backend, MemoryBackend, Sqlite
 from lodestore.storage.datastore._client import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore,
                                                  RetryPolicy, UpdateResult)
 from lodestore.storage.datastore._engine import DataStoreEngine
+from lodestore.storage.datastore._lifecycle import (DATASTORE_DELETED, DataStoreInfo, DataStoreState, DeleteStore,
+                                                    GetMeta, ListAllKeys, ListStores, PurgeKey, PutMeta, ReadVersions,
+                                                    Snapshot, SnapshotResult, UndeleteStore)
 from lodestore.storage.datastore._messages import (MISSING, Conflict, Entry, Get, GetVersion, GetVersionAtTime,
                                                    Increment, KeyInfo, ListKeys, ListVersions, OrderedConflict,
                                                    OrderedGet, OrderedIncrement, OrderedRange, OrderedRemove,
@@ -32,4 +36,7 @@ __all__ = [
     "ANY", "Get", "Set", "Increment", "Remove", "ListKeys", "ListVersions", "GetVersion", "GetVersionAtTime",
     "RemoveVersion", "OrderedGet", "OrderedSet", "OrderedIncrement", "OrderedRemove", "OrderedRange", "Sweep",
     "Entry", "MISSING", "Written", "Conflict", "OrderedValue", "OrderedConflict", "BatchReply",
+    # data stores' lifecycle: what a listing and an operator call answer, and the operator requests a shard runs
+    "DataStoreInfo", "DataStoreState", "SnapshotResult", "DATASTORE_DELETED", "ListStores", "DeleteStore",
+    "UndeleteStore", "Snapshot", "GetMeta", "PutMeta", "ReadVersions", "PurgeKey", "ListAllKeys",
 ]

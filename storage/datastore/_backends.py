@@ -18,11 +18,12 @@ would drop SQLite's own POSIX locks of the process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sqlite3
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import msgpack
 from sortedcontainers import SortedList
@@ -70,6 +71,13 @@ class Backend(Protocol):
     def ordered_range(self, store: str, scope: str, ascending: bool, limit: int, min_value: int | None,
                       max_value: int | None, after: tuple[int, str] | None) -> list[tuple[str, int]]: ...
     def close(self) -> None: ...
+    # Data stores' lifecycle and erasure (`_lifecycle`): world settings as JSON, stores as wholes, keys as wholes.
+    def get_meta(self, name: str) -> Any: ...
+    def put_meta(self, name: str, value: Any) -> None: ...
+    def store_summaries(self, prefix: str, after: str | None, limit: int,
+                        hidden: tuple[str, ...]) -> list[tuple[str, int, int]]: ...
+    def purge_store(self, store: str, through_ms: int) -> int: ...
+    def purge_key(self, k: EntryKey) -> int: ...
 
 
 def _full_name(scope: str, key: str) -> str:
@@ -106,6 +114,7 @@ class MemoryBackend:
         self._names: dict[str, SortedList] = {}  # store -> sorted "scope/key" of keys with any version
         self._ordered: dict[EntryKey, tuple[int, int]] = {}
         self._ordered_index: dict[tuple[str, str], SortedList] = {}  # (store, scope) -> sorted (value, key)
+        self._meta: dict[str, str] = {}  # name -> JSON
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -204,6 +213,43 @@ class MemoryBackend:
     def close(self) -> None:
         pass
 
+    def get_meta(self, name):
+        got = self._meta.get(name)
+        return None if got is None else json.loads(got)
+
+    def put_meta(self, name, value):
+        self._meta[name] = json.dumps(value)
+
+    def store_summaries(self, prefix, after, limit, hidden):
+        """(store, earliest key creation, latest write) of each store with a live key, in name order."""
+        out = []
+        for store in sorted(self._names):
+            if not store.startswith(prefix) or (after is not None and store <= after) or store in hidden:
+                continue
+            recs = [r for name in self._names[store] for r in self._versions[(store, *name.split("/", 1))]]
+            if any(r.superseded_ms is None and not r.deleted for r in recs):
+                out.append((store, min(r.key_created_ms for r in recs), max(r.created_ms for r in recs)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def purge_store(self, store, through_ms):
+        """Remove every version of `store` created at or before `through_ms`; how many went."""
+        removed = 0
+        for name in list(self._names.get(store, ())):
+            k = (store, *name.split("/", 1))
+            for rec in self.versions(k):
+                if rec.created_ms <= through_ms:
+                    self.delete_version(k, rec.seq)
+                    removed += 1
+        return removed
+
+    def purge_key(self, k):
+        recs = self._versions.pop(k, [])
+        if recs:
+            self._names[k[0]].discard(_full_name(k[1], k[2]))
+        return len(recs)
+
 
 # -------------------------------------------------------------------------------------------------------- sqlite
 
@@ -232,6 +278,10 @@ CREATE TABLE IF NOT EXISTS ordered_entries (
     PRIMARY KEY (store, scope, key)
 );
 CREATE INDEX IF NOT EXISTS ordered_by_value ON ordered_entries(store, scope, value, key);
+CREATE TABLE IF NOT EXISTS world_meta (
+    name TEXT PRIMARY KEY,            -- "data_stores", "snapshot_ms", "deletion_templates" (see _lifecycle)
+    value TEXT NOT NULL               -- JSON
+);
 """
 
 _COLUMNS = "seq, version, created_ms, key_created_ms, superseded_ms, deleted, value, info"
@@ -389,6 +439,40 @@ class SqliteBackend:
         sql += f" ORDER BY value {order}, key {order} LIMIT ?"
         args.append(limit)
         return [(row[0], row[1]) for row in self._db.execute(sql, args)]
+
+    def get_meta(self, name):
+        row = self._db.execute("SELECT value FROM world_meta WHERE name=?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_meta(self, name, value):
+        self._db.execute("INSERT OR REPLACE INTO world_meta (name, value) VALUES (?, ?)", (name, json.dumps(value)))
+
+    def store_summaries(self, prefix, after, limit, hidden):
+        """(store, earliest key creation, latest write) of each store with a live key, in name order."""
+        sql = "SELECT store, MIN(key_created_ms), MAX(created_ms) FROM entry_versions WHERE store >= ?"
+        args: list = [prefix]
+        high = _prefix_end(prefix) if prefix else None
+        if high is not None:
+            sql += " AND store < ?"
+            args.append(high)
+        if after is not None:
+            sql += " AND store > ?"
+            args.append(after)
+        if hidden:
+            sql += f" AND store NOT IN ({','.join('?' * len(hidden))})"
+            args.extend(hidden)
+        sql += " GROUP BY store HAVING SUM(superseded_ms IS NULL AND deleted = 0) > 0 ORDER BY store LIMIT ?"
+        args.append(limit)
+        return [tuple(row) for row in self._db.execute(sql, args)]
+
+    def purge_store(self, store, through_ms):
+        """Remove every version of `store` created at or before `through_ms`; how many went."""
+        return self._db.execute("DELETE FROM entry_versions WHERE store=? AND created_ms <= ?",
+                                (store, through_ms)).rowcount
+
+    def purge_key(self, k):
+        return self._db.execute("DELETE FROM entry_versions WHERE store=? AND name=?",
+                                (k[0], _full_name(k[1], k[2]))).rowcount
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file (and truncate it), then close the connection: afterwards the

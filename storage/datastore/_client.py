@@ -28,6 +28,7 @@ from lodestore.storage._errors import ConfigError, DataStoreError
 from lodestore.storage._ids import new_rng
 from lodestore.storage._limits import (DEFAULT_SCOPE, INT64_MAX, INT64_MIN, LIST_KEYS_DEFAULT_PAGE,
                                       LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_SORTED_PAGE,
+                                      MAX_STORE_NAME,
                                       READ_CACHE_MS, RequestType)
 from lodestore.storage._scheduler import sleep
 from lodestore.storage._throttle import GateStatistics, KeyLanes
@@ -36,6 +37,7 @@ from lodestore.storage._types import SortDirection, check_direction, is_int
 from lodestore.storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name,
                                        check_user_ids, check_value, decode, encode)
 from lodestore.storage.datastore import _messages as m
+from lodestore.storage.datastore._lifecycle import LIST_STORES_DEFAULT_PAGE, ListStores, merge_infos
 
 __all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult",
            "DataStoreStatistics", "RetryPolicy"]
@@ -167,6 +169,31 @@ class DataStoreService:
         check_store_name(name)
         check_scope(scope)
         return OrderedDataStore(self, name, scope)
+
+    def list_data_stores(self, prefix: str = "", page_size: int = 0, cursor: str | None = None, *,
+                         show_deleted: bool = False) -> m.Page:
+        """One page of `DataStoreInfo` in name order (ListDataStoresAsync): the standard data stores whose names
+        start with `prefix` and that hold something (a live key); 0 = 32 per page. One StandardList request.
+        `show_deleted` lists deleted stores too (state DELETED, with the time they are purged), as Open Cloud's
+        `showDeleted` does; otherwise they are left out.
+
+        >>> page = server.datastores.list_data_stores("player")
+        >>> [info.name for info in page.items]
+        ['players', 'players-v2']
+        """
+        return self._run(functools.partial(self._op_list_data_stores, prefix, page_size, cursor, show_deleted))
+
+    def _op_list_data_stores(self, prefix="", page_size=0, cursor=None, show_deleted=False):
+        if not isinstance(prefix, str) or len(prefix) > MAX_STORE_NAME:
+            raise DataStoreError(102, "KeyNameLimit", f"prefix must be a string of at most {MAX_STORE_NAME} "
+                                 f"characters, got {prefix!r}")
+        limit = check_page_size(page_size, default=LIST_STORES_DEFAULT_PAGE, maximum=MAX_LIST_PAGE)
+        op = ListStores(prefix, _decode_cursor("stores", cursor), limit, bool(show_deleted))
+        yield Permit(op.request_type, call="list_data_stores")
+        self._count(op.request_type)
+        replies = yield self._listing_calls(op)
+        infos = merge_infos([self._check(reply[0]) for reply in replies])[:limit]
+        return m.Page(infos, _encode_cursor("stores", infos[-1].name) if len(infos) == limit else None)
 
     def configure(self, *, retry: RetryPolicy | None = None) -> None:
         """Turn automatic retries on (a RetryPolicy) or off (None, the default)."""
@@ -334,6 +361,13 @@ class AsyncDataStoreService:
         if service._budget is None:
             return held
         return held + await service._budget.aavailable(service.job_id, rtype)
+
+    async def list_data_stores(self, prefix: str = "", page_size: int = 0, cursor: str | None = None, *,
+                               show_deleted: bool = False) -> m.Page:
+        """Coroutine version of `DataStoreService.list_data_stores`."""
+        service = self._service
+        return await service._arun(functools.partial(service._op_list_data_stores, prefix, page_size, cursor,
+                                                     show_deleted))
 
 
 class DataStore:

@@ -22,6 +22,7 @@ from lodestore.storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, INT64_MAX, 
                                       KEY_WINDOW_MS, KEY_WRITE_BYTES_PER_MINUTE, VERSION_AT_TIME_FUTURE_MS)
 from lodestore.storage.datastore import _messages as m
 from lodestore.storage.datastore._backends import Backend, EntryKey, VersionRecord
+from lodestore.storage.datastore._lifecycle import StoreLifecycle
 
 __all__ = ["DataStoreEngine", "KeyThroughput"]
 
@@ -117,13 +118,14 @@ class DataStoreEngine:
         self.conflicts = 0
         self._next_sweep_ms = 0
         self._closed = False
+        self.lifecycle = StoreLifecycle(backend)   # deleted stores, snapshots, operator requests
         self._handlers = {
             m.Get: self._get, m.Set: self._set, m.Increment: self._increment, m.Remove: self._remove,
             m.ListKeys: self._list_keys, m.ListVersions: self._list_versions, m.GetVersion: self._get_version,
             m.GetVersionAtTime: self._get_version_at_time, m.RemoveVersion: self._remove_version,
             m.OrderedGet: self._ordered_get, m.OrderedSet: self._ordered_set,
             m.OrderedIncrement: self._ordered_increment, m.OrderedRemove: self._ordered_remove,
-            m.OrderedRange: self._ordered_range, m.Sweep: self._sweep,
+            m.OrderedRange: self._ordered_range, m.Sweep: self._sweep, **self.lifecycle.handlers(),
         }
 
     def set_faults(self, faults: FaultConfig) -> None:
@@ -168,6 +170,7 @@ class DataStoreEngine:
                                                   decision.fail_message))
                     continue
                 try:
+                    self.lifecycle.admit(op, now)
                     result = handler(op, now)
                 except DataStoreError as exc:
                     result = exc
@@ -186,11 +189,12 @@ class DataStoreEngine:
 
     def _write(self, k: EntryKey, latest: VersionRecord | None, now: int, *, value: bytes | None,
                user_ids: tuple[int, ...], metadata: dict, deleted: bool) -> VersionRecord:
-        """Write a new current version, keeping or replacing the previous one by the hourly backup rule."""
+        """Write a new current version, keeping or replacing the previous one by the hourly backup rule (a version
+        current at the latest snapshot is always kept: `StoreLifecycle.keeps_backup`)."""
         seq = latest.seq + 1 if latest else 1
         alive = latest is not None and not latest.deleted
         if latest is not None:
-            if latest.created_ms // HOUR_MS == now // HOUR_MS:
+            if latest.created_ms // HOUR_MS == now // HOUR_MS and not self.lifecycle.keeps_backup(latest):
                 self.backend.delete_version(k, latest.seq)
             else:
                 self.backend.supersede(k, latest.seq, now)
@@ -330,8 +334,25 @@ class DataStoreEngine:
         return self.backend.ordered_range(op.store, op.scope, op.ascending, op.limit, op.min_value, op.max_value,
                                           op.after)
 
+    def administer(self, ops: list) -> list:
+        """Run a World's operator requests (`_lifecycle`: delete, undelete, snapshot, settings, an erasure's raw
+        reads and purges) in one backend transaction: no budget, no faults, never refused for a deleted store.
+        A request that fails yields its DataStoreError in its slot."""
+        if self._closed:
+            return [DataStoreError(500, "InternalServerError", "this DataStore shard is closed") for _ in ops]
+        now = self.clock.now()
+        results: list = []
+        with self.backend.transaction():
+            for op in ops:
+                try:
+                    results.append(self.lifecycle.administer(op, now))
+                except DataStoreError as exc:
+                    results.append(exc)
+        return results
+
     # ---------------------------------------------------------------------------------------------- upkeep
 
     def _sweep(self, op: m.Sweep, now: int) -> int:
         self._next_sweep_ms = now + _SWEEP_EVERY_MS
+        self.lifecycle.purge_expired(now)
         return self.backend.delete_backups_before(now - BACKUP_RETENTION_MS)
