@@ -17,6 +17,7 @@ from lodestore.storage.memorystore import (HashMapGet, HashMapList, HashMapSet, 
 from lodestore.storage.memorystore import _engine as ms
 from lodestore.storage.memorystore import _messages
 from lodestore.storage.memorystore._structures import TrailingPeak, hash_partition
+from tests.storage.test_memorystore import refused, run
 
 T0 = 1_700_000_000_000
 DAY_MS = 24 * 3600 * 1000
@@ -25,19 +26,6 @@ DAY_MS = 24 * 3600 * 1000
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(T0)
-
-
-def run(engine: MemoryStoreEngine, op):
-    [result] = engine.execute([op])
-    if isinstance(result, MemoryStoreError):
-        raise result
-    return result
-
-
-def refused(engine: MemoryStoreEngine, op) -> MemoryStoreError:
-    [result] = engine.execute([op])
-    assert isinstance(result, MemoryStoreError), result
-    return result
 
 
 def same_partition_keys(partitions: int, n: int, partition: int = 0) -> list[str]:
