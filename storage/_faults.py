@@ -133,7 +133,8 @@ class FaultConfig:
             raise ConfigError(f"faults memorystore_error_rate must be a mapping of structure kind or operation to "
                               f"rate, got {self.memorystore_error_rate!r}", field="memorystore_error_rate")
         rates = {_memorystore_key(k, "faults memorystore_error_rate"):
-                 _check_rate(f"faults memorystore_error_rate[{k!r}]", v) for k, v in self.memorystore_error_rate.items()}
+                 _check_rate(f"faults memorystore_error_rate[{k!r}]", v)
+                 for k, v in self.memorystore_error_rate.items()}
         object.__setattr__(self, "memorystore_error_rate", rates)
         latencies = self.memorystore_latency
         if not isinstance(latencies, Mapping):

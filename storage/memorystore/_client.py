@@ -156,7 +156,8 @@ class HashMap(_Structure):
                 item = result.current
                 continue
             return decode(data)
-        raise MemoryStoreError(ms.UPDATE_CONFLICT, f"update of {self.name!r} key {key!r}: exceeded max number of retries")
+        raise MemoryStoreError(ms.UPDATE_CONFLICT,
+                               f"update of {self.name!r} key {key!r}: exceeded max number of retries")
 
     def _op_remove(self, key):
         yield from self._request(ms.HashMapRemove(self.name, key))
@@ -224,7 +225,8 @@ class SortedMap(_Structure):
                 item = result.current
                 continue
             return decode(data), out[1]
-        raise MemoryStoreError(ms.UPDATE_CONFLICT, f"update of {self.name!r} key {key!r}: exceeded max number of retries")
+        raise MemoryStoreError(ms.UPDATE_CONFLICT,
+                               f"update of {self.name!r} key {key!r}: exceeded max number of retries")
 
     def _op_remove(self, key):
         yield from self._request(ms.SortedMapRemove(self.name, key))

@@ -394,8 +394,8 @@ class MemoryStoreEngine:
         results: list[Any] = []
         delays: list[float] | None = None
         for i, op in enumerate(ops):
-            fault = self.faults.decide_memorystore(type(op).__name__, latency_key(op)[0], latency_key(op),
-                                                   self._clock.now())
+            key = latency_key(op)        # (structure kind, structure name, item key): what the draws count on
+            fault = self.faults.decide_memorystore(type(op).__name__, key[0], key, self._clock.now())
             if fault.delay_ms:
                 delays = delays if delays is not None else [0.0] * len(ops)
                 delays[i] = fault.delay_ms

@@ -1,10 +1,11 @@
 """How the MemoryStore engine holds items: hash maps, sorted maps and queues as indexed Python structures.
 
-Owns the in-memory shapes of one experience's MemoryStore: keyed structures (a hash map indexed by key, a sorted map
-by sort key class, sort key and key), queues (visible values in priority order, reads that hide values until their
-invisibility ends), the order a sorted map sorts in, and the sliding minute of request units. It knows nothing of
-Roblox's limits, never reads a clock (times are passed in), never raises for a request and never looks inside a
-value: the engine decides, these only keep what it decided.
+Owns the in-memory shapes of one experience's MemoryStore: keyed structures (a hash map indexed by partition and
+key, a sorted map by sort key class, sort key and key), queues (visible values in priority order, reads that hide
+values until their invisibility ends), the order a sorted map sorts in, which partition a hash-map key is in, the
+sliding minute of request units (per structure and per partition), and the trailing peak the memory quota follows.
+It knows nothing of Roblox's limits, never reads a clock (times are passed in), never raises for a request and never
+looks inside a value: the engine decides, these only keep what it decided.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class MapEntry:
 
 
 class KeyedStructure:
-    """A hash map (ordered by key, for listing) or a sorted map (ordered by sort key class, sort key, key)."""
+    """A hash map (ordered by partition and key, for listing) or a sorted map (ordered by sort key class, sort key,
+    key)."""
 
     def __init__(self, sid: StructureId) -> None:
         self.sid = sid

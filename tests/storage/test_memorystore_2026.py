@@ -363,3 +363,16 @@ def test_flush_empties_every_structure_and_keeps_the_quotas(clock: ManualClock) 
     clock.advance(seconds=600)                                     # old expiry timers are gone with the flush
     assert engine.statistics().items == 0
 
+
+
+def test_on_ray_set_faults_and_flush_reach_the_memorystore_actor(ray_world) -> None:
+    hmap = ray_world.server("a", players=5).memorystores.get_hash_map("m")
+    hmap.set("k", 1, 600)
+    ray_world.set_faults(FaultConfig(memorystore_error_rate={"HashMapGet": 1.0}))
+    with pytest.raises(MemoryStoreError) as err:
+        hmap.get("k")
+    assert err.value.name == "InternalError"
+    ray_world.set_faults(FaultConfig())
+    assert ray_world.flush_memory_store() == MemoryStoreFlushed(structures=1, items=1, bytes=2)
+    assert asyncio.run(ray_world.aio.flush_memory_store()) == MemoryStoreFlushed(0, 0, 0)
+    assert hmap.get("k") is None
