@@ -8,7 +8,8 @@ import asyncio
 
 from lodestore.actors import IsLoaded, Load, ProbeLockActive, Save, Update
 from lodestore.actors._lease import LockLease
-from lodestore.storage import FaultConfig
+from lodestore.actors._session import _retryable
+from lodestore.storage import FaultConfig, MemoryStoreError
 from tests.actors._rig import Rig, run, until_done
 
 LOCKS_DOWN = FaultConfig(seed=3, memorystore_error_rate={"HashMap": 1.0})
@@ -63,3 +64,12 @@ def test_a_session_loads_saves_and_keeps_its_lock_through_intermittent_memorysto
         assert await a(ProbeLockActive, "u1") and await a(Save, "u1") is True
         assert rig.record("u1")["file"]["data"]["committed_data"]["coins"] == 5
     run(main())
+
+
+def test_a_session_retries_the_memorystore_errors_roblox_names_retryable_and_no_others():
+    for name in ("InternalError", "TotalRequestsOverLimit", "DataStructureRequestsOverLimit",
+                 "PartitionRequestsOverLimit"):
+        assert _retryable(MemoryStoreError(name, "try again"))
+    for name in ("TotalMemoryOverLimit", "DataStructureMemoryOverLimit", "DataStructureItemsOverLimit",
+                 "ItemValueSizeTooLarge", "TransformCallbackFailed", "InvalidRequest", "RequestThrottled"):
+        assert not _retryable(MemoryStoreError(name, "no"))
