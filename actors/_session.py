@@ -162,7 +162,9 @@ class StoreRuntime:
                 self.log("error", f"changed callback raised {type(exc).__name__}: {exc}", key=key)
 
 
-_MS_RETRYABLE = frozenset({"InternalError", "RequestThrottled", "TotalRequestsOverLimit"})
+# Roblox's MemoryStore errors worth retrying: the service failed the request, or a request-unit limit was spent.
+_MS_RETRYABLE = frozenset({"InternalError", "TotalRequestsOverLimit", "DataStructureRequestsOverLimit",
+                           "PartitionRequestsOverLimit"})
 STORAGE_BACKOFF = Backoff(base=1.0, cap=30.0)   # a session's storage retries and lock waits: 1, 2, 4 ... 30 s
 
 

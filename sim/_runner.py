@@ -46,8 +46,8 @@ from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary
                                      scenario_toml, store_config)
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.sim.designs import design
-from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, ConfigError, FaultConfig, Latency, ManualClock, Outage,
-                               datastore_name, virtual)
+from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, ConfigError, FaultConfig,
+                               Latency, ManualClock, Outage, datastore_name, virtual)
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at", "history_digest"]
 
@@ -114,7 +114,8 @@ class RunResult:
 
 def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
     """The storage faults of every window active at simulated second `t_s`, with all outage windows (absolute ms),
-    on top of the scenario's modelled service times (`[latency]`)."""
+    on top of the scenario's modelled service times (`[latency]`); a window's MemoryStore rates (and its
+    `memorystore_outage`, a rate of 1 for every structure kind) combine the same way."""
     windows = scenario.faults_at(t_s)
     rates: dict[str, float] = {}
     for w in windows:
@@ -128,8 +129,15 @@ def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
         latency = {r.value: Latency.uniform(lo, hi) for r in RequestType}
     ambiguous = 1 - math.prod(1 - w.ambiguous_write_rate for w in windows)
     outages = tuple(Outage(t0 + int(w.start * 1000), t0 + int(w.end * 1000)) for w in scenario.faults if w.outage)
+    ms_rates: dict[str, float] = {}
+    for w in windows:
+        for key, p in w.memorystore_error_rate.items():
+            ms_rates[key] = 1 - (1 - ms_rates.get(key, 0.0)) * (1 - p)
+    if any(w.memorystore_outage for w in windows):   # the MemoryStore is down: every operation fails
+        ms_rates = dict.fromkeys(MEMORYSTORE_FAULT_KEYS, 1.0)
     return FaultConfig(seed=scenario.world.seed, error_rate=rates, latency=latency, outages=outages,
-                       ambiguous_write_rate=ambiguous, base_latency=datastore_latency(scenario))
+                       ambiguous_write_rate=ambiguous, base_latency=datastore_latency(scenario),
+                       memorystore_error_rate=ms_rates)
 
 
 def _fault_boundaries(scenario: Scenario) -> list[float]:
@@ -927,6 +935,7 @@ class _Virtual(_Engine):
     def _set_faults(self, faults: FaultConfig, at: int | None = None) -> None:
         for i in range(self.scenario.world.shards):
             self._start(virtual.CLOUD, datastore_name(i), "set_faults", (faults,), at)
+        self._start(virtual.CLOUD, MEMORYSTORE_NAME, "set_faults", (faults,), at)
 
     def _dispatch(self, nodes: list[int], t: int, e: int) -> Any:
         """Send the window [t, e] to each of `nodes` with something to do in it; answers the nodes' handle, or None."""

@@ -50,7 +50,10 @@ Sections and defaults (every key is optional; an empty file is a valid scenario)
     start, end (required; simulated seconds, 0 <= start < end, start < world.duration);
     error_rate = {} (request type -> probability; types in `REQUEST_TYPES`); latency_ms = absent
     ({min, max}, 0 <= min <= max <= 600,000); outage = false; ambiguous_write_rate = 0, server_crash_rate = 0,
-    lock_stall_rate = 0 (probabilities).
+    lock_stall_rate = 0 (probabilities); memorystore_error_rate = {} (MemoryStore structure kind or operation ->
+    probability; keys in `storage.MEMORYSTORE_FAULT_KEYS`: "HashMap", "SortedMap", "Queue", "HashMapSet", ...; a
+    failed operation gets Roblox's InternalError); memorystore_outage = false (the MemoryStore fails every operation
+    in the window).
 ``[latency]``
     hop_ms = 50 (one-way network time of every message between a game server and the cloud, simulated ms 1..10,000).
 ``[latency.datastore]``
@@ -84,7 +87,7 @@ from typing import Any
 
 from lodestore.actors import MAX_LOCK_TTL_S, MIN_PERIOD_S, StoreConfig
 from lodestore.sim.designs import DESIGNS, check_options, design
-from lodestore.storage import ConfigError, Latency, RequestType
+from lodestore.storage import MEMORYSTORE_FAULT_KEYS, ConfigError, Latency, RequestType
 
 __all__ = [
     "REQUEST_TYPES",
@@ -245,6 +248,8 @@ class FaultWindow:
 
     `error_rate` maps a request type (see `REQUEST_TYPES`) to a failure probability; treat it as read-only.
     `lock_stall_rate` is the probability a session-lock holder stops refreshing but keeps running.
+    `memorystore_error_rate` maps a MemoryStore structure kind or operation (`storage.MEMORYSTORE_FAULT_KEYS`) to a
+    failure probability; `memorystore_outage` fails every MemoryStore operation of the window.
     """
 
     start: float
@@ -255,6 +260,8 @@ class FaultWindow:
     ambiguous_write_rate: float = 0.0
     server_crash_rate: float = 0.0
     lock_stall_rate: float = 0.0
+    memorystore_error_rate: dict[str, float] = field(default_factory=dict)
+    memorystore_outage: bool = False
 
 
 _READ_TYPES: tuple[str, ...] = ("StandardRead", "StandardList", "OrderedRead", "OrderedList")
@@ -387,6 +394,26 @@ def _over(path: str, value: Any, what: str | None = None) -> None:
 
 def _prob(table: dict[str, Any], path: str, key: str, default: float) -> float:
     return _number(table, path, key, default, low=0.0, high=1.0)
+
+
+def _rates(t: dict[str, Any], path: str, key: str, known: tuple[str, ...], what: str, whats: str) -> dict[str, float]:
+    """`t[key]`: a table of names (each one of `known`, a `what`) to probabilities; {} when absent."""
+    rates: dict[str, float] = {}
+    if key in t:
+        p = f"{path}.{key}"
+        table = _table(t[key], p)
+        for name in table:
+            if name not in known:
+                raise _Bad(_join(p, name), f"unknown {what}; known {whats}: {', '.join(known)}")
+            rates[name] = _prob(table, p, name, 0.0)
+    return rates
+
+
+def _bool(t: dict[str, Any], path: str, key: str) -> bool:
+    value = t.get(key, False)
+    if not isinstance(value, bool):
+        raise _Bad(f"{path}.{key}", f"must be a boolean, {_got(value)}")
+    return value
 
 
 def _int(table: dict[str, Any], path: str, key: str, default: int, *, low: int | None = None,
@@ -661,14 +688,7 @@ def _fault(t: dict[str, Any], path: str, duration: float) -> FaultWindow:
         raise _Bad(f"{path}.start", f"must be < {path}.end ({end:g}), got {start:g}")
     if start >= duration:
         raise _Bad(f"{path}.start", f"must be < world.duration ({duration:g}), got {start:g}")
-    error_rate: dict[str, float] = {}
-    if "error_rate" in t:
-        ep = f"{path}.error_rate"
-        er = _table(t["error_rate"], ep)
-        for kind in er:
-            if kind not in REQUEST_TYPES:
-                raise _Bad(_join(ep, kind), f"unknown request type; known request types: {', '.join(REQUEST_TYPES)}")
-            error_rate[kind] = _prob(er, ep, kind, 0.0)
+    error_rate = _rates(t, path, "error_rate", REQUEST_TYPES, "request type", "request types")
     latency = None
     if "latency_ms" in t:
         lp = f"{path}.latency_ms"
@@ -683,20 +703,24 @@ def _fault(t: dict[str, Any], path: str, duration: float) -> FaultWindow:
             raise _Bad(f"{lp}.min", f"must be <= {lp}.max ({hi:g}), got {lo:g}")
         _over(f"{lp}.max", hi, "latency_ms")
         latency = LatencyRange(lo, hi)
-    outage = t.get("outage", False)
-    if not isinstance(outage, bool):
-        raise _Bad(f"{path}.outage", f"must be a boolean, {_got(outage)}")
+    outage, memorystore_outage = (_bool(t, path, key) for key in ("outage", "memorystore_outage"))
+    memorystore_error_rate = _rates(t, path, "memorystore_error_rate", MEMORYSTORE_FAULT_KEYS,
+                                    "MemoryStore structure kind or operation", "kinds and operations")
     window = FaultWindow(
         start=start, end=end, error_rate=error_rate, latency_ms=latency, outage=outage,
         ambiguous_write_rate=_prob(t, path, "ambiguous_write_rate", 0.0),
         server_crash_rate=_prob(t, path, "server_crash_rate", 0.0),
         lock_stall_rate=_prob(t, path, "lock_stall_rate", 0.0),
+        memorystore_error_rate=memorystore_error_rate, memorystore_outage=memorystore_outage,
     )
     if not (window.outage or window.latency_ms or any(window.error_rate.values()) or window.ambiguous_write_rate
-            or window.server_crash_rate or window.lock_stall_rate):
+            or window.server_crash_rate or window.lock_stall_rate or any(window.memorystore_error_rate.values())
+            or window.memorystore_outage):
         raise _Bad(path, "sets no fault; give at least one of error_rate, latency_ms, outage, "
-                         "ambiguous_write_rate, server_crash_rate, lock_stall_rate")
+                         "ambiguous_write_rate, server_crash_rate, lock_stall_rate, memorystore_error_rate, "
+                         "memorystore_outage")
     return window
+
 
 
 _LATENCY_SHAPES = (("fixed",), ("min", "max"), ("median", "sigma"))

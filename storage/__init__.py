@@ -22,7 +22,7 @@ from lodestore.storage._backoff import Backoff, retry
 from lodestore.storage._clock import Clock, ManualClock, SimClock
 from lodestore.storage._errors import (ConfigError, DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
                                        TransformError)
-from lodestore.storage._faults import FaultConfig, Outage
+from lodestore.storage._faults import MEMORYSTORE_FAULT_KEYS, FaultConfig, Outage
 from lodestore.storage._ingress import INGRESS_NAME, Ingress, IngressActor, SimulationEnded, ingress_world
 from lodestore.storage._latency import Latency
 from lodestore.storage._ids import new_id, new_rng, seeded
@@ -51,7 +51,7 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
-    "FaultConfig", "Latency", "Outage", "actor_options", "pinned", "spread_nodes",
+    "FaultConfig", "Latency", "Outage", "MEMORYSTORE_FAULT_KEYS", "actor_options", "pinned", "spread_nodes",
     "Runtime", "LocalRuntime", "RayRuntime", "Coalescer",
     # virtual time: a simulated world as nodes exchanging timestamped messages (`virtual.Node`, `virtual.Address`)
     "virtual",

@@ -55,7 +55,7 @@ class DataStoreError(LodestoreError):
 
 
 class MemoryStoreError(LodestoreError):
-    """A MemoryStore request failed; `name` is Roblox's error name (DataUpdateConflict, RequestThrottled, ...)."""
+    """A MemoryStore request failed; `name` is Roblox's error name (TotalMemoryOverLimit, InternalError, ...)."""
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(name, message)

@@ -1,5 +1,6 @@
 """Fault injection for the emulated DataStore: errors, latency, outages and ambiguous writes, and the modelled
-service time every request takes (`FaultConfig.base_latency`; the distributions are `storage._latency`'s).
+service time every request takes (`FaultConfig.base_latency`; the distributions are `storage._latency`'s); and for
+the MemoryStore: errors, latency and outages per structure kind or operation (the `memorystore_*` fields).
 
 A `FaultConfig` is a frozen description a world carries and can swap while running; a `FaultInjector` turns it into
 a decision per request. Decisions are deterministic under the seed: each one is drawn from a hash of (seed, request
@@ -18,7 +19,7 @@ from lodestore.storage._errors import ConfigError
 from lodestore.storage._latency import Latency, quantile
 from lodestore.storage._limits import RequestType
 
-__all__ = ["FaultConfig", "Latency", "Outage"]
+__all__ = ["FaultConfig", "Latency", "Outage", "MEMORYSTORE_FAULT_KEYS"]
 
 WRITE_TYPES = frozenset({RequestType.STANDARD_WRITE, RequestType.STANDARD_REMOVE, RequestType.REMOVE_VERSION,
                          RequestType.ORDERED_WRITE, RequestType.ORDERED_REMOVE})
@@ -36,6 +37,22 @@ def _request_type(name: object, what: str) -> RequestType:
     except ValueError:
         known = ", ".join(t.value for t in RequestType)
         raise ConfigError(f"{what}: unknown request type {name!r}; known: {known}") from None
+
+
+MEMORYSTORE_KINDS = ("HashMap", "SortedMap", "Queue")
+MEMORYSTORE_OPERATIONS = ("HashMapGet", "HashMapSet", "HashMapRemove", "HashMapList", "SortedMapGet", "SortedMapSet",
+                          "SortedMapRemove", "SortedMapGetRange", "SortedMapGetSize", "QueueAdd", "QueueRead",
+                          "QueueRemove", "QueueGetSize")
+MEMORYSTORE_FAULT_KEYS = MEMORYSTORE_KINDS + MEMORYSTORE_OPERATIONS
+"""What a `memorystore_*` fault field is keyed by: a structure kind (every operation on it) or one operation (the
+names of `storage.memorystore`'s request messages; an operation's own entry wins over its kind's)."""
+
+
+def _memorystore_key(name: object, what: str) -> str:
+    if name not in MEMORYSTORE_FAULT_KEYS:
+        raise ConfigError(f"{what}: unknown MemoryStore structure kind or operation {name!r}; known: "
+                          f"{', '.join(MEMORYSTORE_FAULT_KEYS)}", field=what.removeprefix("faults "))
+    return name
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,18 @@ class FaultConfig:
     is its base latency plus its fault `latency`, drawn apart, and a failed request takes it too. A config with only
     `base_latency` is active but injects no errors.
 
+    The MemoryStore's faults are their own fields, keyed by a structure kind ("HashMap", "SortedMap", "Queue") or an
+    operation ("HashMapSet", "QueueRead", ...: `MEMORYSTORE_FAULT_KEYS`; an operation's entry wins over its kind's):
+    `memorystore_error_rate` fails an operation before it runs (nothing changes, no units are spent) with Roblox's
+    `InternalError`, which the client and the session locks treat as retryable; `memorystore_latency` adds a delay
+    (on top of the MemoryStore's modelled service time); `memorystore_outages=True` lets every `outages` window fail
+    the MemoryStore too (a whole-cloud outage; the window's DataStore `code` does not apply: the name is
+    InternalError). The defaults inject nothing.
+
+    >>> FaultConfig(seed=7, memorystore_error_rate={"HashMap": 0.2, "HashMapGet": 0.0},
+    ...             memorystore_latency={"Queue": Latency.fixed(40)})
+    FaultConfig(...)
+
     >>> FaultConfig(seed=7, error_rate={"StandardWrite": 0.05}, ambiguous_write_rate=0.01,
     ...             latency={"StandardRead": Latency.uniform(200, 500)},
     ...             base_latency={"StandardRead": Latency.lognormal(60, 0.5)})
@@ -73,6 +102,10 @@ class FaultConfig:
     outages: tuple[Outage, ...] = ()
     ambiguous_write_rate: float = 0.0
     base_latency: Mapping[str, Latency] = field(default_factory=dict)
+    # -- MemoryStore (see above; every default injects nothing)
+    memorystore_error_rate: Mapping[str, float] = field(default_factory=dict)
+    memorystore_latency: Mapping[str, Latency] = field(default_factory=dict)
+    memorystore_outages: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -93,11 +126,41 @@ class FaultConfig:
                 raise ConfigError(f"faults outages must hold Outage values, got {o!r}")
         object.__setattr__(self, "outages", outages)
         _check_rate("faults ambiguous_write_rate", self.ambiguous_write_rate)
+        self._check_memorystore()
+
+    def _check_memorystore(self) -> None:
+        if not isinstance(self.memorystore_error_rate, Mapping):
+            raise ConfigError(f"faults memorystore_error_rate must be a mapping of structure kind or operation to "
+                              f"rate, got {self.memorystore_error_rate!r}", field="memorystore_error_rate")
+        rates = {_memorystore_key(k, "faults memorystore_error_rate"):
+                 _check_rate(f"faults memorystore_error_rate[{k!r}]", v)
+                 for k, v in self.memorystore_error_rate.items()}
+        object.__setattr__(self, "memorystore_error_rate", rates)
+        latencies = self.memorystore_latency
+        if not isinstance(latencies, Mapping):
+            raise ConfigError(f"faults memorystore_latency must be a mapping of structure kind or operation to "
+                              f"Latency, got {latencies!r}", field="memorystore_latency")
+        for k, v in latencies.items():
+            _memorystore_key(k, "faults memorystore_latency")
+            if not isinstance(v, Latency):
+                raise ConfigError(f"faults memorystore_latency[{k!r}] must be a Latency, got {v!r}",
+                                  field="memorystore_latency")
+        object.__setattr__(self, "memorystore_latency", dict(latencies))
+        if not isinstance(self.memorystore_outages, bool):
+            raise ConfigError(f"faults memorystore_outages must be a bool, got {self.memorystore_outages!r}",
+                              field="memorystore_outages")
 
     @property
     def active(self) -> bool:
+        """Whether anything is injected into, or modelled for, the DataStore."""
         return bool(self.error_rate or self.latency or self.outages or self.ambiguous_write_rate
                     or self.base_latency)
+
+    @property
+    def memorystore_active(self) -> bool:
+        """Whether anything is injected into the MemoryStore."""
+        return bool(self.memorystore_error_rate or self.memorystore_latency
+                    or (self.memorystore_outages and self.outages))
 
 
 def _latencies(name: str, value: object) -> dict[RequestType, Latency]:
@@ -126,6 +189,14 @@ class Decision(NamedTuple):
 
 
 NO_FAULT = Decision(None, "", False, 0.0)
+
+
+class MemoryStoreFault(NamedTuple):
+    error: str | None      # fail with InternalError and this message, before doing anything
+    delay_ms: float
+
+
+NO_MEMORYSTORE_FAULT = MemoryStoreFault(None, 0.0)
 
 
 class FaultInjector:
@@ -172,3 +243,24 @@ class FaultInjector:
             return Decision(cfg.error_code, "API Services rejected request with error: HTTP 500 (injected)",
                             True, delay)
         return Decision(None, "", False, delay) if delay else NO_FAULT
+
+    def decide_memorystore(self, operation: str, kind: str, k: tuple, now_ms: int) -> MemoryStoreFault:
+        """What the MemoryStore faults do to one operation (`operation`, a message's name, on a structure of `kind`;
+        `k` the key its draws count on). Drawn like `decide`: from (seed, operation, k, how many MemoryStore
+        operations k had seen), so a run's faults follow its per-key order."""
+        cfg = self.config
+        if not cfg.memorystore_active:
+            return NO_MEMORYSTORE_FAULT
+        counted = ("MemoryStore",) + tuple(k)
+        n = self._counters.get(counted, 0)
+        self._counters[counted] = n + 1
+        latency = cfg.memorystore_latency.get(operation, cfg.memorystore_latency.get(kind))
+        delay = latency.sample(quantile(cfg.seed, "memorystore latency", operation, k, n)) if latency else 0.0
+        if cfg.memorystore_outages and any(o.start_ms <= now_ms < o.end_ms for o in cfg.outages):
+            self.injected_errors += 1
+            return MemoryStoreFault("MemoryStore outage (injected): the service is unavailable", delay)
+        rate = cfg.memorystore_error_rate.get(operation, cfg.memorystore_error_rate.get(kind, 0.0))
+        if rate and quantile(cfg.seed, "memorystore error", operation, k, n) < rate:
+            self.injected_errors += 1
+            return MemoryStoreFault("the MemoryStore failed the request (injected)", delay)
+        return MemoryStoreFault(None, delay)

@@ -3,7 +3,8 @@
 Each actor is a thin shell: it builds a plain-Python engine at start-up and answers batches with it. Options for
 every actor come from one factory. Delivered twice (Ray retried a call that had in fact run), `execute` would apply
 a batch twice, so these actors are created with `max_task_retries=0` and a caller sees a failed call as ambiguous;
-`set_faults`, `set_players`, the MemoryStore's `set_latency` and a DataStore shard's `close` are idempotent.
+`set_faults`, `set_players`, the MemoryStore's `set_latency`, `set_hash_map_request_limit` and `flush`, and a
+DataStore shard's `close` are idempotent.
 
 A DataStore shard that opens a SQLite file another world holds (see `storage.datastore._backends`) raises
 ConfigError: in process from its constructor, on Ray from every call (a constructor that raises would only read
@@ -168,14 +169,33 @@ class MemoryStoreShardActor:
     each operation takes once `set_latency` is given one (until then its replies carry no delays)."""
 
     def __init__(self, info: WorldInfo) -> None:
-        self.engine = MemoryStoreEngine(info.clock)
+        self.engine = MemoryStoreEngine(info.clock, faults=info.faults)
         self.players: dict[str, int] = {}
         self.service_times = ServiceTimes()
         self._one_at_a_time = threading.Lock()   # see DataStoreShardActor
 
     def execute(self, ops: list) -> BatchReply:
+        """The engine's answers, each delayed by its modelled service time plus what the faults add."""
         with self._one_at_a_time:
-            return BatchReply(self.engine.execute(ops), self.service_times.delays(ops, latency_key))
+            reply = self.engine.execute_batch(ops)
+            service = self.service_times.delays(ops, latency_key)
+            if reply.delays_ms is None or service is None:
+                return BatchReply(reply.results, service if reply.delays_ms is None else reply.delays_ms)
+            return BatchReply(reply.results, [a + b for a, b in zip(service, reply.delays_ms)])
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        """The MemoryStore fields of `faults` apply from now on."""
+        with self._one_at_a_time:
+            self.engine.set_faults(faults)
+
+    def set_hash_map_request_limit(self, limit: int | None) -> None:
+        with self._one_at_a_time:
+            self.engine.set_hash_map_request_limit(limit)
+
+    def flush(self):
+        """Empty every structure (`MemoryStoreEngine.flush`)."""
+        with self._one_at_a_time:
+            return self.engine.flush()
 
     def set_latency(self, latency: Latency | None, seed: int = 0) -> None:
         """From now on every operation takes a draw of `latency` (simulated ms, in `BatchReply.delays_ms`): one

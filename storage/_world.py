@@ -38,6 +38,7 @@ from lodestore.storage.datastore._lifecycle import (DataStoreInfo, DeleteStore, 
                                                     PutMeta, Snapshot, SnapshotResult, UndeleteStore, merge_infos,
                                                     same_utc_day)
 from lodestore.storage.memorystore._client import MemoryStoreService
+from lodestore.storage.memorystore._messages import MemoryStoreFlushed
 
 __all__ = ["World", "AsyncWorld", "Server", "AsyncServer"]
 
@@ -210,9 +211,9 @@ class World:
         return server
 
     def set_faults(self, faults: FaultConfig) -> None:
-        """Change what goes wrong, from now on, on every shard."""
+        """Change what goes wrong, from now on, on every shard and in the MemoryStore."""
         _check_config(self.name, self.info.backend, self.info.shards, faults)
-        for shard in self._shards(DATASTORE):
+        for shard in self._shards(DATASTORE) + self._shards(MEMORYSTORE):
             self._call(shard, "set_faults", faults)
 
     def statistics(self) -> list[ShardStatistics]:
@@ -372,6 +373,23 @@ class World:
 
     # -- MemoryStore
 
+    def flush_memory_store(self) -> MemoryStoreFlushed:
+        """Empty every hash map, sorted map and queue of the experience at once (Open Cloud's memory-store:flush),
+        and say what was emptied. The quotas stay as they were: the memory is free at once, the request units
+        spent in the last minute stay spent, and the memory quota keeps its 8-day peak of players (see
+        `MemoryStoreEngine.flush`). Flushing twice is flushing once.
+
+        >>> world.flush_memory_store()
+        MemoryStoreFlushed(structures=3, items=120, bytes=5210)
+        """
+        return self._call(self._shards(MEMORYSTORE)[0], "flush")
+
+    def set_hash_map_request_limit(self, limit: int | None) -> None:
+        """Give every hash map a request limit of its own, `limit` units per minute as a whole (None, the default:
+        none, only each partition's; whether Roblox has one is disputed). Over it a request fails with
+        DataStructureRequestsOverLimit."""
+        self._call(self._shards(MEMORYSTORE)[0], "set_hash_map_request_limit", limit)
+
     # -- MessagingService
 
     # ---------------------------------------------------------------------------------------------- plumbing
@@ -460,6 +478,14 @@ class AsyncWorld:
         return request
 
     # -- MemoryStore
+
+    async def flush_memory_store(self) -> MemoryStoreFlushed:
+        """Coroutine version of `World.flush_memory_store`."""
+        return await self._world._acall(self._world._shards(MEMORYSTORE)[0], "flush")
+
+    async def set_hash_map_request_limit(self, limit: int | None) -> None:
+        """Coroutine version of `World.set_hash_map_request_limit`."""
+        await self._world._acall(self._world._shards(MEMORYSTORE)[0], "set_hash_map_request_limit", limit)
 
     # -- MessagingService
 

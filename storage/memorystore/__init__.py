@@ -14,11 +14,15 @@ defined once in `storage._types`. Everything public is exported here; a game ser
 
 from lodestore.storage.memorystore._client import HashMap, MemoryStoreService, Queue, SortedMap
 from lodestore.storage.memorystore._engine import MemoryStoreEngine
-from lodestore.storage.memorystore._messages import (ANY, INVALID_EXPIRATION_TIME, INVALID_REQUEST,
-                                                     ITEM_VALUE_SIZE_TOO_LARGE, MEMORY_QUOTA_EXCEEDED,
-                                                     REQUEST_THROTTLED, STRUCTURE_MEMORY_OVER_LIMIT,
-                                                     TOTAL_REQUESTS_OVER_LIMIT, AnyVersion, Conflict, HashMapGet,
-                                                     HashMapList, HashMapPage, HashMapRemove, HashMapSet, Item,
+from lodestore.storage.memorystore._messages import (ANY, DATA_STRUCTURE_ITEMS_OVER_LIMIT,
+                                                     DATA_STRUCTURE_MEMORY_OVER_LIMIT,
+                                                     DATA_STRUCTURE_REQUESTS_OVER_LIMIT, INTERNAL_ERROR,
+                                                     INVALID_EXPIRATION_TIME, INVALID_REQUEST,
+                                                     ITEM_VALUE_SIZE_TOO_LARGE, NO_ITEM_FOUND,
+                                                     PARTITION_REQUESTS_OVER_LIMIT, SUCCESS, TOTAL_MEMORY_OVER_LIMIT,
+                                                     TOTAL_REQUESTS_OVER_LIMIT, TRANSFORM_CALLBACK_FAILED,
+                                                     UPDATE_CONFLICT, AnyVersion, Conflict, HashMapGet, HashMapList,
+                                                     HashMapPage, HashMapRemove, HashMapSet, Item, MemoryStoreFlushed,
                                                      MemoryStoreStatistics, QueueAdd, QueueBatch, QueueGetSize,
                                                      QueueRead, QueueRemove, QueueRemoved, SortDirection,
                                                      SortedMapGet, SortedMapGetRange, SortedMapGetSize,
@@ -28,13 +32,15 @@ __all__ = [
     # the client
     "MemoryStoreService", "HashMap", "SortedMap", "Queue",
     # the engine and its snapshot
-    "MemoryStoreEngine", "MemoryStoreStatistics",
+    "MemoryStoreEngine", "MemoryStoreStatistics", "MemoryStoreFlushed",
     # requests, results and error names
     "ANY", "AnyVersion", "SortDirection",
     "HashMapGet", "HashMapSet", "HashMapRemove", "HashMapList",
     "SortedMapGet", "SortedMapSet", "SortedMapRemove", "SortedMapGetRange", "SortedMapGetSize",
     "QueueAdd", "QueueRead", "QueueRemove", "QueueGetSize",
     "Item", "Written", "Conflict", "HashMapPage", "QueueBatch", "QueueRemoved",
-    "INVALID_REQUEST", "ITEM_VALUE_SIZE_TOO_LARGE", "INVALID_EXPIRATION_TIME", "REQUEST_THROTTLED",
-    "TOTAL_REQUESTS_OVER_LIMIT", "MEMORY_QUOTA_EXCEEDED", "STRUCTURE_MEMORY_OVER_LIMIT",
+    "INVALID_REQUEST", "ITEM_VALUE_SIZE_TOO_LARGE", "INVALID_EXPIRATION_TIME", "TOTAL_REQUESTS_OVER_LIMIT",
+    "TOTAL_MEMORY_OVER_LIMIT", "DATA_STRUCTURE_MEMORY_OVER_LIMIT", "DATA_STRUCTURE_ITEMS_OVER_LIMIT",
+    "DATA_STRUCTURE_REQUESTS_OVER_LIMIT", "PARTITION_REQUESTS_OVER_LIMIT", "NO_ITEM_FOUND", "TRANSFORM_CALLBACK_FAILED",
+    "INTERNAL_ERROR", "UPDATE_CONFLICT", "SUCCESS",
 ]

@@ -12,7 +12,7 @@ import functools
 import json
 from typing import Any, Callable
 
-from lodestore.storage._clients import async_twin, call_transform
+from lodestore.storage._clients import async_twin
 from lodestore.storage._errors import DataStoreError, MemoryStoreError
 from lodestore.storage._limits import MS_MAX_VALUE_BYTES, MS_QUEUE_DEFAULT_INVISIBILITY_S
 from lodestore.storage._transport import MEMORYSTORE, Call, Gate, Sleep, Transport, TransportFailure, arun, run
@@ -23,6 +23,16 @@ __all__ = ["MemoryStoreService", "HashMap", "SortedMap", "Queue"]
 
 MAX_UPDATE_ATTEMPTS = 30
 _QUEUE_POLL_S = 0.25  # simulated seconds between polls of an empty queue while `read` waits
+
+
+def _transform(fn: Callable, key: str, *args: Any) -> Any:
+    """`fn(*args)`; an exception it raises fails the update with Roblox's TransformCallbackFailed (the original is
+    `__cause__`), and nothing is written."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise MemoryStoreError(ms.TRANSFORM_CALLBACK_FAILED, f"the update transform for key {key!r} raised "
+                               f"{type(exc).__name__}: {exc}") from exc
 
 
 def _encoded(value: Any) -> tuple[bytes, int]:
@@ -59,13 +69,13 @@ class MemoryStoreService:
         try:
             return run(make(), self._transport, self._gate)
         except TransportFailure as exc:
-            raise MemoryStoreError("InternalError", f"{exc}; the request may or may not have taken effect") from exc
+            raise MemoryStoreError(ms.INTERNAL_ERROR, f"{exc}; the request may or may not have taken effect") from exc
 
     async def _arun(self, make: Callable, lane: Any = None, write: bool = False) -> Any:
         try:
             return await arun(make(), self._transport, self._gate)
         except TransportFailure as exc:
-            raise MemoryStoreError("InternalError", f"{exc}; the request may or may not have taken effect") from exc
+            raise MemoryStoreError(ms.INTERNAL_ERROR, f"{exc}; the request may or may not have taken effect") from exc
 
 
 class _Structure:
@@ -109,14 +119,16 @@ class HashMap(_Structure):
         return self._service._run(*self._plan("set", key, value, expiration))
 
     def update(self, key: str, fn: Callable[[Any], Any], expiration: float) -> Any:
-        """`fn(old)` returns the new value, or None to cancel; re-run on conflict. Returns the stored value."""
+        """`fn(old)` returns the new value, or None to cancel; re-run on conflict. Returns the stored value. When
+        `fn` raises, `MemoryStoreError("TransformCallbackFailed")` (the exception is `__cause__`)."""
         return self._service._run(*self._plan("update", key, fn, expiration))
 
     def remove(self, key: str) -> None:
         return self._service._run(*self._plan("remove", key))
 
     def list_items(self, count: int, cursor: str | None = None) -> tuple[list[tuple[str, Any]], str | None]:
-        """One page of (key, value) in key order, and the cursor of the next page (None when done)."""
+        """One page of (key, value), and the cursor of the next page (None when done). Pages go through the map's
+        partitions in turn (not in key order); a page costs the partitions it scanned plus the items it returned."""
         return self._service._run(*self._plan("list_items", count, cursor))
 
     def _op_get(self, key):
@@ -133,7 +145,7 @@ class HashMap(_Structure):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
         item = yield from self._request(ms.HashMapGet(self.name, key))
         for _ in range(MAX_UPDATE_ATTEMPTS):
-            new = call_transform(fn, key, None if item is None else decode(item.value))
+            new = _transform(fn, key, None if item is None else decode(item.value))
             if new is None:
                 return None
             data, size = _encoded(new)
@@ -144,7 +156,8 @@ class HashMap(_Structure):
                 item = result.current
                 continue
             return decode(data)
-        raise MemoryStoreError("UpdateConflict", f"update of {self.name!r} key {key!r}: exceeded max number of retries")
+        raise MemoryStoreError(ms.UPDATE_CONFLICT,
+                               f"update of {self.name!r} key {key!r}: exceeded max number of retries")
 
     def _op_remove(self, key):
         yield from self._request(ms.HashMapRemove(self.name, key))
@@ -198,7 +211,7 @@ class SortedMap(_Structure):
         item = yield from self._request(ms.SortedMapGet(self.name, key))
         for _ in range(MAX_UPDATE_ATTEMPTS):
             old = (None, None) if item is None else (decode(item.value), item.sort_key)
-            out = call_transform(fn, key, *old)
+            out = _transform(fn, key, *old)
             if out is None:
                 return None
             if not isinstance(out, tuple) or len(out) != 2:
@@ -212,7 +225,8 @@ class SortedMap(_Structure):
                 item = result.current
                 continue
             return decode(data), out[1]
-        raise MemoryStoreError("UpdateConflict", f"update of {self.name!r} key {key!r}: exceeded max number of retries")
+        raise MemoryStoreError(ms.UPDATE_CONFLICT,
+                               f"update of {self.name!r} key {key!r}: exceeded max number of retries")
 
     def _op_remove(self, key):
         yield from self._request(ms.SortedMapRemove(self.name, key))
@@ -239,7 +253,8 @@ class Queue(_Structure):
 
     def read(self, count: int = 1, all_or_nothing: bool = False,
              wait_timeout: float = 0) -> tuple[list[Any], str | None]:
-        """(values, read_id). Waits up to `wait_timeout` simulated seconds for items (not on a manual clock)."""
+        """(values, read_id). Waits up to `wait_timeout` simulated seconds for items (not on a manual clock), and
+        pays one extra request unit per 2 s it waited (or part of 2 s)."""
         return self._service._run(*self._plan("read", count, all_or_nothing, wait_timeout))
 
     def remove(self, read_id: str) -> None:
@@ -254,12 +269,16 @@ class Queue(_Structure):
 
     def _op_read(self, count=1, all_or_nothing=False, wait_timeout=0):
         clock = self._service._clock
-        deadline = clock.now() + max(float(wait_timeout), 0.0) * 1000
+        start = clock.now()
+        wait_ms = max(float(wait_timeout), 0.0) * 1000
         can_wait = clock.real_seconds(1.0) > 0
+        last = None       # how long the read had waited at its previous attempt (None: this is the first)
         while True:
-            batch = yield from self._request(
-                ms.QueueRead(self.name, count, all_or_nothing, self.invisibility_timeout))
-            if batch.values or not can_wait or clock.now() >= deadline:
+            waited = int(min(clock.now() - start, wait_ms))
+            batch = yield from self._request(ms.QueueRead(self.name, count, all_or_nothing, self.invisibility_timeout,
+                                                          waited_ms=waited, last_waited_ms=last))
+            last = waited
+            if batch.values or not can_wait or clock.now() >= start + wait_ms:
                 return [decode(v) for v in batch.values], batch.read_id
             yield Sleep(_QUEUE_POLL_S)
 

@@ -2,10 +2,18 @@
 
 Owns the items of the experience's MemoryStore structures, their versions (for compare-and-set), their expiry on the
 simulated clock, queue invisibility, and Roblox's MemoryStore limits: item sizes and expiration, per-structure size
-and request units, the experience-wide memory and request-unit quotas; and which key an operation's modelled latency
-counts against (`latency_key`; the shard draws the latency). A Ray actor elsewhere serves it; clients send batches
-of the operation messages of `_messages` to `MemoryStoreEngine.execute`; the structures that hold the items are in
-`_structures`.
+and request units (sorted maps and queues), hash-map partitions and their request units, the experience-wide memory
+quota (on the peak player count of the last 8 days) and request-unit quota; the MemoryStore faults of the world's
+`FaultConfig`; the response statuses Roblox's observability dashboard counts; flushing every structure (Open
+Cloud's memory-store:flush); and which key an operation's modelled latency counts against (`latency_key`; the shard
+draws the latency). A Ray actor elsewhere serves it; clients send batches of the operation messages of `_messages`
+to `MemoryStoreEngine.execute`; the structures that hold the items are in `_structures`.
+
+Hash maps, as Roblox's since 2025, span partitions (`HASH_MAP_PARTITIONS` by default): the 1,000,000-item and 100 MB
+limits and the 100,000 units per minute of one structure apply to sorted maps and queues only; each partition of a
+hash map has its own `PARTITION_UNITS_PER_MINUTE`, so one hot key gets PartitionRequestsOverLimit while the rest of
+the map goes on. Whether a hash map as a whole has a request limit is disputed: `hash_map_request_limit` sets one
+(default none).
 
 It must never decode, pickle or copy into another form the values it holds (they are opaque msgpack `bytes`, counted
 by the `size` the client computed), read the wall clock (time is the injected clock's), import Ray, sleep, or raise
@@ -26,6 +34,7 @@ from typing import Any, Callable
 
 from lodestore.storage._clock import Clock
 from lodestore.storage._errors import ConfigError, MemoryStoreError
+from lodestore.storage._faults import FaultConfig, FaultInjector
 from lodestore.storage._limits import (
     MS_HASHMAP_LIST_MAX,
     MS_MAX_BYTES_PER_STRUCTURE,
@@ -41,14 +50,19 @@ from lodestore.storage._limits import (
     MS_UNITS_BASE_MINUTE,
     MS_UNITS_PER_CCU_MINUTE,
 )
-from lodestore.storage._types import ANY, SortDirection, check_direction, is_int, is_number
+from lodestore.storage._types import ANY, BatchReply, SortDirection, check_direction, is_int, is_number
 from lodestore.storage.memorystore._messages import (
+    DATA_STRUCTURE_ITEMS_OVER_LIMIT,
+    DATA_STRUCTURE_MEMORY_OVER_LIMIT,
+    DATA_STRUCTURE_REQUESTS_OVER_LIMIT,
+    INTERNAL_ERROR,
     INVALID_EXPIRATION_TIME,
     INVALID_REQUEST,
     ITEM_VALUE_SIZE_TOO_LARGE,
-    MEMORY_QUOTA_EXCEEDED,
-    REQUEST_THROTTLED,
-    STRUCTURE_MEMORY_OVER_LIMIT,
+    NO_ITEM_FOUND,
+    PARTITION_REQUESTS_OVER_LIMIT,
+    SUCCESS,
+    TOTAL_MEMORY_OVER_LIMIT,
     TOTAL_REQUESTS_OVER_LIMIT,
     Conflict,
     HashMapGet,
@@ -57,6 +71,7 @@ from lodestore.storage.memorystore._messages import (
     HashMapRemove,
     HashMapSet,
     Item,
+    MemoryStoreFlushed,
     MemoryStoreStatistics,
     Operation,
     QueueAdd,
@@ -83,13 +98,27 @@ from lodestore.storage.memorystore._structures import (
     QueueEntry,
     QueueStructure,
     StructureId,
+    TrailingPeak,
     UnitLedger,
+    hash_partition,
     sorted_order,
 )
 
-__all__ = ["MemoryStoreEngine", "latency_key"]
+__all__ = ["MemoryStoreEngine", "latency_key", "HASH_MAP_PARTITIONS", "PARTITION_UNITS_PER_MINUTE",
+           "MEMORY_QUOTA_TRACEBACK_MS", "QUEUE_WAIT_S_PER_UNIT"]
 
 MAX_SORT_KEY_CHARS = 128      # a string sort key, like a key, is at most 128 characters
+
+HASH_MAP_PARTITIONS = 8
+"""How many partitions a hash map spans. Roblox does not publish it; 8 keeps a listing cheap (a full scan of an empty
+map costs 8 units) while one hot key throttles only its own eighth of the map."""
+PARTITION_UNITS_PER_MINUTE = 100_000
+"""Request units one hash-map partition serves per minute: what one sorted map or queue serves (Roblox does not
+publish the partition limit; a partition is the unit its backend scales by, as a whole sorted map or queue is)."""
+MEMORY_QUOTA_TRACEBACK_MS = 8 * 24 * 3600 * 1000
+"""The memory quota follows the peak player count of the last 8 days: it rises at once and falls 8 days later."""
+QUEUE_WAIT_S_PER_UNIT = 2
+"""A queue read that waits pays one extra unit per 2 s it waited (or part of 2 s), on top of its items."""
 
 
 _KINDS: dict[type, Kind] = {
@@ -245,6 +274,33 @@ def _check_population(users: object, ccu: object) -> tuple[int, int]:
     return users, ccu
 
 
+def _wait_units(waited_ms: object, last_waited_ms: object) -> int:
+    """The units a queue read's waiting adds at this attempt: one per 2 s (or part) waited, less what its previous
+    attempts paid."""
+    if not is_int(waited_ms) or waited_ms < 0:
+        raise MemoryStoreError(INVALID_REQUEST, f"waited_ms must be an int >= 0, got {waited_ms!r}")
+    if last_waited_ms is not None and (not is_int(last_waited_ms) or not 0 <= last_waited_ms <= waited_ms):
+        raise MemoryStoreError(INVALID_REQUEST, f"last_waited_ms must be None or an int in 0..waited_ms "
+                                                f"({waited_ms}), got {last_waited_ms!r}")
+    per_unit = QUEUE_WAIT_S_PER_UNIT * 1000
+    return math.ceil(waited_ms / per_unit) - math.ceil((last_waited_ms or 0) / per_unit)
+
+
+def _check_request_limit(limit: object) -> int | None:
+    if limit is not None and (not is_int(limit) or limit < 1):
+        raise ConfigError(f"hash_map_request_limit must be None (no limit) or an int >= 1 (units per minute), got "
+                          f"{limit!r}", field="hash_map_request_limit")
+    return limit
+
+
+def _found_nothing(op: object, result: object) -> bool:
+    """Whether a request that succeeded found nothing (Roblox's NoItemFound status): a Get of an absent item, or a
+    Queue Remove whose read id matched nothing still hidden."""
+    if isinstance(op, (HashMapGet, SortedMapGet)):
+        return result is None
+    return isinstance(op, QueueRemove) and result.count == 0
+
+
 def _condition_holds(current: MapEntry | None, if_version: Version) -> bool:
     if if_version is ANY:
         return True
@@ -266,18 +322,31 @@ class MemoryStoreEngine:
     >>> got is None, type(written).__name__
     (True, 'Written')
 
-    `users` and `ccu` set the experience quotas (memory 64 KB + 1.2 KB x users; request units 1000 + 120 x CCU per
-    minute); `enforce_quotas=False` turns those and the per-structure unit limit off, while item limits (key, value,
-    expiration) and structure size limits (1,000,000 items, 100 MB) stay.
+    `users` and `ccu` set the experience quotas (memory 64 KB + 1.2 KB x the peak users of the last 8 days; request
+    units 1000 + 120 x CCU per minute); `enforce_quotas=False` turns those and the per-structure and per-partition
+    unit limits off, while item limits (key, value, expiration) and structure size limits (1,000,000 items, 100 MB,
+    sorted maps and queues only) stay. `hash_map_partitions` is how many partitions a hash map spans;
+    `hash_map_request_limit` is the request units per minute one hash map may spend as a whole (None: no limit, only
+    its partitions' `PARTITION_UNITS_PER_MINUTE`). `faults` is the world's `FaultConfig` (its MemoryStore fields).
 
     Versions come from one counter for the whole engine: they only grow and are never reused, even after an item
-    is removed and written again, so a stale `if_version` can never match a newer item.
+    is removed and written again (or the MemoryStore is flushed), so a stale `if_version` can never match a newer
+    item.
     """
 
-    def __init__(self, clock: Clock, *, users: int = 0, ccu: int = 0, enforce_quotas: bool = True) -> None:
+    def __init__(self, clock: Clock, *, users: int = 0, ccu: int = 0, enforce_quotas: bool = True,
+                 hash_map_partitions: int = HASH_MAP_PARTITIONS, hash_map_request_limit: int | None = None,
+                 faults: FaultConfig | None = None) -> None:
         self._clock = clock
         self._users, self._ccu = _check_population(users, ccu)
+        self._peak_users = TrailingPeak(MEMORY_QUOTA_TRACEBACK_MS, self._users)
         self._enforce_quotas = bool(enforce_quotas)
+        if not is_int(hash_map_partitions) or not 1 <= hash_map_partitions <= 1024:
+            raise ConfigError(f"hash_map_partitions must be an int in 1..1024, got {hash_map_partitions!r}",
+                              field="hash_map_partitions")
+        self._partitions = hash_map_partitions
+        self._hash_map_request_limit = _check_request_limit(hash_map_request_limit)
+        self.faults = FaultInjector(faults)
         self._structures: dict[StructureId, KeyedStructure | QueueStructure] = {}
         self._timers: list[tuple[int, int, MapEntry | QueueEntry | PendingRead]] = []   # expiries and read timeouts
         self._timer_seq = itertools.count()
@@ -289,6 +358,7 @@ class MemoryStoreEngine:
         self._active_reads = 0
         self._units = UnitLedger()
         self._requests: Counter = Counter()
+        self._statuses: Counter = Counter()
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             HashMapGet: self._hash_map_get,
             HashMapSet: self._hash_map_set,
@@ -316,13 +386,28 @@ class MemoryStoreEngine:
         (new version, same value); a conditional Set answers `Conflict` whose `current.value` is the value it wrote;
         `QueueAdd` adds a second copy and `QueueRead` hides a second batch, which reappears after its timeout.
         """
+        return self.execute_batch(ops).results
+
+    def execute_batch(self, ops: list[Operation]) -> BatchReply:
+        """`execute`, with the delay the MemoryStore faults add to each operation (simulated ms; None when no fault
+        latency applies to the batch). An operation the faults fail gets `MemoryStoreError("InternalError")`."""
         results: list[Any] = []
-        for op in ops:
+        delays: list[float] | None = None
+        for i, op in enumerate(ops):
+            key = latency_key(op)        # (structure kind, structure name, item key): what the draws count on
+            fault = self.faults.decide_memorystore(type(op).__name__, key[0], key, self._clock.now())
+            if fault.delay_ms:
+                delays = delays if delays is not None else [0.0] * len(ops)
+                delays[i] = fault.delay_ms
             try:
+                if fault.error is not None:
+                    self._requests[type(op).__name__] += 1
+                    raise MemoryStoreError(INTERNAL_ERROR, f"{type(op).__name__}: {fault.error}")
                 results.append(self.execute_one(op))
             except MemoryStoreError as error:
+                self._statuses[error.name] += 1
                 results.append(error)
-        return results
+        return BatchReply(results, delays)
 
     def execute_one(self, op: Operation) -> Any:
         """Run one operation and return its result; raise `MemoryStoreError` when it is refused."""
@@ -332,16 +417,49 @@ class MemoryStoreEngine:
         now = self._clock.now()
         self._advance(now)
         self._requests[type(op).__name__] += 1
-        return handler(op, now)
+        result = handler(op, now)
+        self._statuses[NO_ITEM_FOUND if _found_nothing(op, result) else SUCCESS] += 1
+        return result
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        """Apply the MemoryStore fields of `faults` from now on (the per-key draw counts carry on)."""
+        self.faults.reconfigure(faults)
 
     def set_population(self, users: int, ccu: int) -> None:
-        """Change the experience's users and CCU; the quotas follow from the next call on (held data is kept)."""
+        """Change the experience's users and CCU. The request-unit quota follows from the next call on; the memory
+        quota rises at once with the users and falls only when the count has stayed lower for 8 days (held data is
+        kept either way: only writes that need more room are refused)."""
         self._users, self._ccu = _check_population(users, ccu)
+        self._peak_users.set(self._clock.now(), self._users)
+
+    def set_hash_map_request_limit(self, limit: int | None) -> None:
+        """The request units per minute one hash map may spend as a whole, from now on (None: no such limit)."""
+        self._hash_map_request_limit = _check_request_limit(limit)
+
+    @property
+    def quota_users(self) -> int:
+        """The users the memory quota counts: the most the experience had at any time in the last 8 days."""
+        return self._peak_users.peak(self._clock.now())
 
     @property
     def memory_quota_bytes(self) -> int:
-        """64 KB + 1.2 KB x users."""
-        return MS_MEMORY_BASE_BYTES + MS_MEMORY_PER_USER_BYTES * self._users
+        """64 KB + 1.2 KB x the peak users of the last 8 days (`quota_users`)."""
+        return MS_MEMORY_BASE_BYTES + MS_MEMORY_PER_USER_BYTES * self.quota_users
+
+    def flush(self) -> MemoryStoreFlushed:
+        """Empty every structure of the experience at once (Open Cloud's memory-store:flush): every item, queue
+        value and pending read is gone, and the memory they held is free at once.
+
+        The quotas are the experience's, not the data's, so they stay: the request units spent in the last minute
+        stay spent (a flush costs none), the memory quota keeps its 8-day peak, and versions keep growing (an
+        `if_version` from before the flush never matches). Delivered twice: the second flush finds nothing.
+        """
+        self._advance(self._clock.now())
+        flushed = MemoryStoreFlushed(len(self._structures), self._items, self._bytes)
+        self._structures.clear()
+        self._timers.clear()
+        self._items = self._bytes = self._active_reads = 0
+        return flushed
 
     @property
     def units_quota_per_minute(self) -> int:
@@ -363,6 +481,9 @@ class MemoryStoreEngine:
             units_last_minute=self._units.total,
             units_quota_per_minute=self.units_quota_per_minute,
             users=self._users,
+            quota_users=self.quota_users,
+            statuses=dict(self._statuses),
+            injected_errors=self.faults.injected_errors,
             ccu=self._ccu,
             enforce_quotas=self._enforce_quotas,
             requests=dict(self._requests),
@@ -383,17 +504,24 @@ class MemoryStoreEngine:
         self._remove(sid, _check_key(op.key), now)
 
     def _hash_map_list(self, op: HashMapList, now: int) -> HashMapPage:
+        """A page goes through the partitions in turn (key order within each), from the one the cursor's key is
+        in: it costs one unit per partition scanned plus one per item returned; a page that reaches the end of the
+        map scanned every partition left."""
         sid = (Kind.HASH_MAP, _check_name(op.map, "hash map"))
         count = _check_count(op.count, MS_HASHMAP_LIST_MAX)
         after = _decode_cursor(op.cursor)
+        first = hash_partition(after, self._partitions) if after is not None else 0
         structure = self._structures.get(sid)
         entries: list[MapEntry] = []
         if structure is not None:
-            span = structure.index.irange_key(min_key=after, inclusive=(False, True))
-            entries = list(islice(span, count + 1))
+            start = (first, after) if after is not None else None
+            entries = list(islice(structure.index.irange_key(min_key=start, inclusive=(False, True)), count + 1))
         more = len(entries) > count
         entries = entries[:count]
-        self._spend(sid, max(1, len(entries)), now)
+        last = entries[-1].order[0] if more else self._partitions - 1
+        per_partition = Counter(entry.order[0] for entry in entries)
+        scanned = tuple(((*sid, p), 1 + per_partition[p]) for p in range(first, last + 1))
+        self._spend(((sid, len(scanned) + len(entries)),) + scanned, now)
         cursor = _encode_cursor(entries[-1].key) if more else None
         return HashMapPage(tuple(entry.item() for entry in entries), cursor)
 
@@ -423,19 +551,19 @@ class MemoryStoreEngine:
         if structure is not None:
             span = structure.index.irange_key(low, high, inclusive=(False, False), reverse=descending)
             entries = list(islice(span, count))
-        self._spend(sid, max(1, len(entries)), now)
+        self._spend(self._charges(sid, max(1, len(entries))), now)
         return tuple(entry.item() for entry in entries)
 
     def _sorted_map_get_size(self, op: SortedMapGetSize, now: int) -> int:
         sid = (Kind.SORTED_MAP, _check_name(op.map, "sorted map"))
-        self._spend(sid, 1, now)
+        self._spend(self._charges(sid, 1), now)
         structure = self._structures.get(sid)
         return structure.items if structure is not None else 0
 
     # -- keyed structures (hash maps and sorted maps alike) -------------------------------------------------------
 
     def _get(self, sid: StructureId, key: str, now: int) -> Item | None:
-        self._spend(sid, 1, now)
+        self._spend(self._charges(sid, 1, key), now)
         entry = self._entry(sid, key)
         return entry.item() if entry is not None else None
 
@@ -445,11 +573,11 @@ class MemoryStoreEngine:
         size = _check_value(value, size)
         lifetime_ms = _expiration_ms(expiration_s)
         if_version = _check_if_version(if_version)
-        units = 1 if if_version is ANY else 2
-        self._check_units(sid, units)
+        charges = self._charges(sid, 1 if if_version is ANY else 2, key)
+        self._check_units(charges)
         current = self._entry(sid, key)
         if not _condition_holds(current, if_version):
-            self._spend(sid, units, now)
+            self._spend(charges, now)
             return Conflict(current.item() if current is not None else None)
         footprint = size + len(key) if lifetime_ms > 0 else 0
         self._check_room(sid, current.footprint if current is not None else None, footprint)
@@ -458,17 +586,18 @@ class MemoryStoreEngine:
             self._unstore(current)
         if lifetime_ms > 0:
             structure = self._structure(sid)
-            order = key if sid[0] is Kind.HASH_MAP else sorted_order(sort_key, key)
+            order = ((hash_partition(key, self._partitions), key) if sid[0] is Kind.HASH_MAP
+                     else sorted_order(sort_key, key))
             entry = MapEntry(structure, key, value, size, version, sort_key, now + lifetime_ms, order)
             structure.add(entry)
             self._items += 1
             self._bytes += entry.footprint
             self._schedule(entry.expires_at, entry)
-        self._spend(sid, units, now)
+        self._spend(charges, now)
         return Written(version)
 
     def _remove(self, sid: StructureId, key: str, now: int) -> None:
-        self._spend(sid, 1, now)
+        self._spend(self._charges(sid, 1, key), now)
         entry = self._entry(sid, key)
         if entry is not None:
             self._unstore(entry)
@@ -486,7 +615,7 @@ class MemoryStoreEngine:
         priority = op.priority
         if not is_number(priority) or not math.isfinite(priority):
             raise MemoryStoreError(INVALID_REQUEST, f"priority must be a finite number, got {priority!r}")
-        self._check_units(sid, 1)
+        self._check_units(self._charges(sid, 1))
         if lifetime_ms > 0:
             self._check_room(sid, None, size)
             queue = self._structure(sid)
@@ -497,20 +626,22 @@ class MemoryStoreEngine:
             self._items += 1
             self._bytes += size
             self._schedule(item.expires_at, item)
-        self._spend(sid, 1, now)
+        self._spend(self._charges(sid, 1), now)
 
     def _queue_read(self, op: QueueRead, now: int) -> QueueBatch:
         sid = (Kind.QUEUE, _check_name(op.queue, "queue"))
         count = _check_count(op.count, MS_QUEUE_READ_MAX)
         all_or_nothing = _check_bool(op.all_or_nothing, "all_or_nothing")
         invisibility_s = _check_number(op.invisibility_s, "invisibility_s", 0, MS_MAX_EXPIRATION_S, low_open=True)
+        waiting = _wait_units(op.waited_ms, op.last_waited_ms)
         queue = self._structures.get(sid)
         taken: list[QueueEntry] = list(islice(queue.visible, count)) if queue is not None else []
         if all_or_nothing and len(taken) < count:
             taken = []
-        self._check_units(sid, max(1, len(taken)))
+        charges = self._charges(sid, max(0 if op.last_waited_ms is not None else 1, len(taken)) + waiting)
+        self._check_units(charges)
         if not taken:
-            self._spend(sid, 1, now)
+            self._spend(charges, now)
             return QueueBatch((), None)
         read = PendingRead(queue, f"r{next(self._read_ids)}", taken, now + max(1, round(invisibility_s * 1000)))
         del queue.visible[:len(taken)]
@@ -519,14 +650,14 @@ class MemoryStoreEngine:
         queue.reads[read.read_id] = read
         self._active_reads += 1
         self._schedule(read.invisible_until, read)
-        self._spend(sid, len(taken), now)
+        self._spend(charges, now)
         return QueueBatch(tuple(item.value for item in taken), read.read_id)
 
     def _queue_remove(self, op: QueueRemove, now: int) -> QueueRemoved:
         sid = (Kind.QUEUE, _check_name(op.queue, "queue"))
         if not isinstance(op.read_id, str):
             raise MemoryStoreError(INVALID_REQUEST, f"read_id must be a string, got {op.read_id!r}")
-        self._spend(sid, 1, now)
+        self._spend(self._charges(sid, 1), now)
         queue = self._structures.get(sid)
         read = queue.reads.pop(op.read_id, None) if queue is not None else None
         if read is None:
@@ -540,7 +671,7 @@ class MemoryStoreEngine:
     def _queue_get_size(self, op: QueueGetSize, now: int) -> int:
         sid = (Kind.QUEUE, _check_name(op.queue, "queue"))
         exclude_invisible = _check_bool(op.exclude_invisible, "exclude_invisible")
-        self._spend(sid, 1, now)
+        self._spend(self._charges(sid, 1), now)
         queue = self._structures.get(sid)
         if queue is None:
             return 0
@@ -617,45 +748,68 @@ class MemoryStoreEngine:
 
     def _check_room(self, sid: StructureId, old: int | None, new: int) -> None:
         """Refuse a write that needs room it does not have. `old`: footprint of the item it replaces (None when it
-        adds one); `new`: footprint after the write (0 when the write removes the item)."""
+        adds one); `new`: footprint after the write (0 when the write removes the item). A write that does not grow
+        what is held (a removal, a same-size or smaller value) is never refused, even over a quota that fell."""
         if new == 0:
             return
         structure = self._structures.get(sid)
         items = structure.items if structure is not None else 0
         used = structure.bytes if structure is not None else 0
         kind, name = sid
-        if old is None and items >= MS_MAX_ITEMS_PER_STRUCTURE:
-            raise MemoryStoreError(STRUCTURE_MEMORY_OVER_LIMIT, f"{kind.value} {name!r} holds {items} items, "
-                                                                f"the limit is {MS_MAX_ITEMS_PER_STRUCTURE}")
+        bounded = kind is not Kind.HASH_MAP     # a hash map spans partitions: no item or size limit of its own
+        if bounded and old is None and items >= MS_MAX_ITEMS_PER_STRUCTURE:
+            raise MemoryStoreError(DATA_STRUCTURE_ITEMS_OVER_LIMIT, f"{kind.value} {name!r} holds {items} items, "
+                                                                    f"the limit is {MS_MAX_ITEMS_PER_STRUCTURE}")
         growth = new - (old or 0)
         if growth <= 0:
             return
-        if used + growth > MS_MAX_BYTES_PER_STRUCTURE:
-            raise MemoryStoreError(STRUCTURE_MEMORY_OVER_LIMIT,
+        if bounded and used + growth > MS_MAX_BYTES_PER_STRUCTURE:
+            raise MemoryStoreError(DATA_STRUCTURE_MEMORY_OVER_LIMIT,
                                    f"{kind.value} {name!r} holds {used} bytes, {growth} more would pass the "
                                    f"limit of {MS_MAX_BYTES_PER_STRUCTURE}")
         quota = self.memory_quota_bytes
         if self._enforce_quotas and self._bytes + growth > quota:
-            raise MemoryStoreError(MEMORY_QUOTA_EXCEEDED,
+            raise MemoryStoreError(TOTAL_MEMORY_OVER_LIMIT,
                                    f"the experience holds {self._bytes} bytes, {growth} more would pass its quota "
-                                   f"of {quota} (64 KB + 1.2 KB x {self._users} users)")
+                                   f"of {quota} (64 KB + 1.2 KB x {self.quota_users} users, the peak of the last "
+                                   f"8 days)")
 
-    def _check_units(self, sid: StructureId, units: int) -> None:
+    def _charges(self, sid: StructureId, units: int, key: str | None = None) -> tuple:
+        """What a request of `units` counts against: its structure (first, with the request's units), and for a
+        hash map item the partition `key` is in."""
+        if sid[0] is not Kind.HASH_MAP:
+            return ((sid, units),)
+        return ((sid, units), ((*sid, hash_partition(key, self._partitions)), units))
+
+    def _limit(self, bucket: tuple) -> tuple[int | None, str, str]:
+        """A bucket's units per minute (None: unlimited), the error its overrun is, and how to name it."""
+        if len(bucket) == 3:
+            kind, name, partition = bucket
+            return PARTITION_UNITS_PER_MINUTE, PARTITION_REQUESTS_OVER_LIMIT, f"partition {partition} of hash map " \
+                                                                               f"{name!r}"
+        kind, name = bucket
+        if kind is Kind.HASH_MAP:
+            return self._hash_map_request_limit, DATA_STRUCTURE_REQUESTS_OVER_LIMIT, f"hash map {name!r}"
+        return MS_MAX_UNITS_PER_STRUCTURE_MINUTE, DATA_STRUCTURE_REQUESTS_OVER_LIMIT, f"{kind.value} {name!r}"
+
+    def _check_units(self, charges: tuple) -> None:
         if not self._enforce_quotas:
             return
+        units = charges[0][1]
         quota = self.units_quota_per_minute
         if self._units.total + units > quota:
             raise MemoryStoreError(TOTAL_REQUESTS_OVER_LIMIT,
                                    f"the experience spent {self._units.total} request units in the last minute, "
                                    f"{units} more would pass its quota of {quota} (1000 + 120 x {self._ccu} CCU)")
-        spent = self._units.by_structure.get(sid, 0)
-        if spent + units > MS_MAX_UNITS_PER_STRUCTURE_MINUTE:
-            kind, name = sid
-            raise MemoryStoreError(REQUEST_THROTTLED,
-                                   f"{kind.value} {name!r} spent {spent} request units in the last minute, {units} "
-                                   f"more would pass its limit of {MS_MAX_UNITS_PER_STRUCTURE_MINUTE}")
+        for bucket, more in charges:
+            limit, error, what = self._limit(bucket)
+            spent = self._units.by_bucket.get(bucket, 0)
+            if limit is not None and spent + more > limit:
+                raise MemoryStoreError(error, f"{what} spent {spent} request units in the last minute, {more} more "
+                                              f"would pass its limit of {limit}")
 
-    def _spend(self, sid: StructureId, units: int, now: int) -> None:
-        """Charge `units` to the experience and the structure; refuse (changing nothing) when they are not there."""
-        self._check_units(sid, units)
-        self._units.spend(now, sid, units)
+    def _spend(self, charges: tuple, now: int) -> None:
+        """Charge a request to the experience and its buckets (`_charges`: the structure first, with the request's
+        units); refuse (changing nothing) when they are not there."""
+        self._check_units(charges)
+        self._units.spend(now, charges[0][1], charges)

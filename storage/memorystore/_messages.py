@@ -20,19 +20,30 @@ __all__ = [
     "SortedMapGet", "SortedMapSet", "SortedMapRemove", "SortedMapGetRange", "SortedMapGetSize",
     "QueueAdd", "QueueRead", "QueueRemove", "QueueGetSize",
     "Item", "Written", "Conflict", "HashMapPage", "QueueBatch", "QueueRemoved", "MemoryStoreStatistics",
-    "INVALID_REQUEST", "ITEM_VALUE_SIZE_TOO_LARGE", "INVALID_EXPIRATION_TIME", "REQUEST_THROTTLED",
-    "TOTAL_REQUESTS_OVER_LIMIT", "MEMORY_QUOTA_EXCEEDED", "STRUCTURE_MEMORY_OVER_LIMIT",
+    "MemoryStoreFlushed",
+    "INVALID_REQUEST", "ITEM_VALUE_SIZE_TOO_LARGE", "INVALID_EXPIRATION_TIME", "TOTAL_REQUESTS_OVER_LIMIT",
+    "TOTAL_MEMORY_OVER_LIMIT", "DATA_STRUCTURE_MEMORY_OVER_LIMIT", "DATA_STRUCTURE_ITEMS_OVER_LIMIT",
+    "DATA_STRUCTURE_REQUESTS_OVER_LIMIT", "PARTITION_REQUESTS_OVER_LIMIT", "NO_ITEM_FOUND", "TRANSFORM_CALLBACK_FAILED",
+    "INTERNAL_ERROR", "UPDATE_CONFLICT", "SUCCESS",
 ]
 
-# Error names carried on MemoryStoreError.name. The first five are Roblox's; INVALID_REQUEST covers every malformed
-# argument (bad structure name, key, count, cursor, direction, bound, sort key, priority, version, read id).
+# Error names carried on MemoryStoreError.name, and the response statuses Roblox's MemoryStore observability dashboard
+# counts (`MemoryStoreStatistics.statuses`). All but INVALID_REQUEST are Roblox's own; INVALID_REQUEST covers every
+# malformed argument (bad structure name, key, count, cursor, direction, bound, sort key, priority, version, read id).
 INVALID_REQUEST = "InvalidRequest"
 ITEM_VALUE_SIZE_TOO_LARGE = "ItemValueSizeTooLarge"
 INVALID_EXPIRATION_TIME = "InvalidExpirationTime"
-REQUEST_THROTTLED = "RequestThrottled"                      # one structure spent its 100,000 units this minute
-TOTAL_REQUESTS_OVER_LIMIT = "TotalRequestsOverLimit"        # the experience spent its 1000 + 120 x CCU units
-MEMORY_QUOTA_EXCEEDED = "MemoryQuotaExceeded"               # the experience holds 64 KB + 1.2 KB x users
-STRUCTURE_MEMORY_OVER_LIMIT = "StructureMemoryOverLimit"    # one structure holds 1,000,000 items or 100 MB
+TOTAL_REQUESTS_OVER_LIMIT = "TotalRequestsOverLimit"            # the experience spent its 1000 + 120 x CCU units
+TOTAL_MEMORY_OVER_LIMIT = "TotalMemoryOverLimit"                # the experience holds 64 KB + 1.2 KB x users
+DATA_STRUCTURE_MEMORY_OVER_LIMIT = "DataStructureMemoryOverLimit"   # a sorted map or queue holds 100 MB
+DATA_STRUCTURE_ITEMS_OVER_LIMIT = "DataStructureItemsOverLimit"     # a sorted map or queue holds 1,000,000 items
+DATA_STRUCTURE_REQUESTS_OVER_LIMIT = "DataStructureRequestsOverLimit"   # a sorted map or queue spent 100,000 units
+PARTITION_REQUESTS_OVER_LIMIT = "PartitionRequestsOverLimit"    # one partition of a hash map spent its units
+NO_ITEM_FOUND = "NoItemFound"                   # a status, not an error: a Get or a Queue Remove found nothing
+TRANSFORM_CALLBACK_FAILED = "TransformCallbackFailed"   # an update's transform raised (raised by the client)
+INTERNAL_ERROR = "InternalError"                # the service failed the request (a fault, an unanswered call)
+UPDATE_CONFLICT = "UpdateConflict"              # an update lost its compare-and-set more times than it retries
+SUCCESS = "Success"                             # a status: the request did what it was asked
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -78,9 +89,11 @@ class HashMapRemove:
 
 @dataclass(frozen=True, slots=True)
 class HashMapList:
-    """One page of a hash map in key order: `HashMapPage`. 1 unit per item returned, at least 1.
+    """One page of a hash map: `HashMapPage`. 1 unit per partition scanned plus 1 per item returned.
 
-    Start with `cursor=None` (or ""), then pass the page's `cursor` until it is None.
+    A hash map spans partitions; a page goes through them in turn, in key order within each, so the whole listing
+    gives every item once, in an order that is the same in every run but is not key order. Start with
+    `cursor=None` (or ""), then pass the page's `cursor` until it is None.
     """
 
     map: str
@@ -163,12 +176,19 @@ class QueueRead:
 
     With `all_or_nothing`, fewer than `count` visible values read nothing. Values not removed with the batch's
     `read_id` before the invisibility ends become visible again in their old place.
+
+    A read that waits for values (`Queue.read`'s `wait_timeout`) asks again while it waits: each attempt says how
+    long the read had waited by then (`waited_ms`) and at its previous attempt (`last_waited_ms`, None on the
+    first). A later attempt costs 1 unit per item it takes (none when it takes nothing) plus the waiting it adds:
+    one extra unit per 2 s waited, or part of 2 s, as Roblox charges.
     """
 
     queue: str
     count: int
     all_or_nothing: bool = False
     invisibility_s: float = MS_QUEUE_DEFAULT_INVISIBILITY_S
+    waited_ms: int = 0
+    last_waited_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +271,16 @@ class QueueRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryStoreFlushed:
+    """What a flush (Open Cloud's memory-store:flush, `World.flush_memory_store`) emptied: structures, items
+    (hash map and sorted map items and queue values, hidden ones too) and the bytes they held."""
+
+    structures: int
+    items: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryStoreStatistics:
     """A snapshot of one experience's MemoryStore: what it holds and how much of its quotas it uses."""
 
@@ -267,3 +297,6 @@ class MemoryStoreStatistics:
     ccu: int
     enforce_quotas: bool
     requests: dict = field(default_factory=dict)    # operation name ("HashMapUpdate", ...) -> operations run
+    quota_users: int = 0         # the users the memory quota counts: the peak of the last 8 days
+    statuses: dict = field(default_factory=dict)    # response status ("Success", "NoItemFound", an error) -> count
+    injected_errors: int = 0     # operations the MemoryStore faults failed (InternalError)

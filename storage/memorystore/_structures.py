@@ -1,10 +1,11 @@
 """How the MemoryStore engine holds items: hash maps, sorted maps and queues as indexed Python structures.
 
-Owns the in-memory shapes of one experience's MemoryStore: keyed structures (a hash map indexed by key, a sorted map
-by sort key class, sort key and key), queues (visible values in priority order, reads that hide values until their
-invisibility ends), the order a sorted map sorts in, and the sliding minute of request units. It knows nothing of
-Roblox's limits, never reads a clock (times are passed in), never raises for a request and never looks inside a
-value: the engine decides, these only keep what it decided.
+Owns the in-memory shapes of one experience's MemoryStore: keyed structures (a hash map indexed by partition and
+key, a sorted map by sort key class, sort key and key), queues (visible values in priority order, reads that hide
+values until their invisibility ends), the order a sorted map sorts in, which partition a hash-map key is in, the
+sliding minute of request units (per structure and per partition), and the trailing peak the memory quota follows.
+It knows nothing of Roblox's limits, never reads a clock (times are passed in), never raises for a request and never
+looks inside a value: the engine decides, these only keep what it decided.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from dataclasses import dataclass
 from enum import Enum
 from operator import attrgetter
 from typing import Any
+from zlib import crc32
 
 from sortedcontainers import SortedKeyList
 
 from lodestore.storage.memorystore._messages import Item, SortKey
 
 __all__ = ["Kind", "StructureId", "AFTER", "sorted_order", "MapEntry", "KeyedStructure", "QueueEntry", "PendingRead",
-           "QueueStructure", "UnitLedger", "UNIT_WINDOW_MS"]
+           "QueueStructure", "UnitLedger", "TrailingPeak", "UNIT_WINDOW_MS", "hash_partition"]
 
 UNIT_WINDOW_MS = 60_000       # request units are counted over the last 60 simulated seconds
 
@@ -80,7 +82,8 @@ class MapEntry:
 
 
 class KeyedStructure:
-    """A hash map (ordered by key, for listing) or a sorted map (ordered by sort key class, sort key, key)."""
+    """A hash map (ordered by partition and key, for listing) or a sorted map (ordered by sort key class, sort key,
+    key)."""
 
     def __init__(self, sid: StructureId) -> None:
         self.sid = sid
@@ -142,33 +145,67 @@ class QueueStructure:
 
 
 class UnitLedger:
-    """Request units spent in the last minute, experience-wide and per structure, as one sliding window."""
+    """Request units spent in the last minute, experience-wide and per bucket, as one sliding window.
+
+    A bucket is whatever a limit counts: a structure (its `StructureId`), or one partition of a hash map
+    (`(Kind.HASH_MAP, name, partition)`). One request may charge several buckets (a hash map's partition and the
+    map itself; a listing every partition it scanned); the experience total counts its units once.
+    """
 
     def __init__(self) -> None:
-        self._spent: deque[list] = deque()     # [time_ms, structure id, units], oldest first
+        self._spent: deque[tuple] = deque()     # (time_ms, units, ((bucket, units), ...)), oldest first
         self.total = 0
-        self.by_structure: dict[StructureId, int] = {}
+        self.by_bucket: dict[tuple, int] = {}
 
     def forget_until(self, now: int) -> None:
         """Drop what was spent 60 s or more before `now`."""
         cutoff = now - UNIT_WINDOW_MS
         while self._spent and self._spent[0][0] <= cutoff:
-            _, sid, units = self._spent.popleft()
+            _, units, charges = self._spent.popleft()
             self.total -= units
-            left = self.by_structure[sid] - units
-            if left:
-                self.by_structure[sid] = left
-            else:
-                del self.by_structure[sid]
+            for bucket, spent in charges:
+                left = self.by_bucket[bucket] - spent
+                if left:
+                    self.by_bucket[bucket] = left
+                else:
+                    del self.by_bucket[bucket]
 
-    def spend(self, now: int, sid: StructureId, units: int) -> None:
-        last = self._spent[-1] if self._spent else None
-        if last is not None and last[0] == now and last[1] == sid:
-            last[2] += units
-        else:
-            self._spent.append([now, sid, units])
+    def spend(self, now: int, units: int, charges: tuple) -> None:
+        """Count `units` against the experience and each `(bucket, units)` of `charges` against its bucket."""
+        self._spent.append((now, units, charges))
         self.total += units
-        self.by_structure[sid] = self.by_structure.get(sid, 0) + units
+        for bucket, spent in charges:
+            self.by_bucket[bucket] = self.by_bucket.get(bucket, 0) + spent
+
+
+class TrailingPeak:
+    """The largest value a step function took over a trailing window (a player count over the last 8 days).
+
+    `set(now, value)` records that the value is `value` from `now` on; `peak(now)` is the largest value in effect at
+    any time in (now - window, now]. A monotonic deque: a value that a later, larger one outlasts can never be the
+    peak again, so it is dropped; each value is added and dropped once.
+    """
+
+    def __init__(self, window_ms: int, value: int = 0) -> None:
+        self.window_ms = window_ms
+        self._values: deque[list] = deque([[value, None]])     # [value, ms when it stopped holding (None: holds)]
+
+    def set(self, now: int, value: int) -> None:
+        self._values[-1][1] = now               # the value in effect until now (always the last one)
+        while self._values and self._values[-1][0] <= value:
+            self._values.pop()
+        self._values.append([value, None])
+
+    def peak(self, now: int) -> int:
+        cutoff = now - self.window_ms
+        while self._values[0][1] is not None and self._values[0][1] <= cutoff:
+            self._values.popleft()
+        return self._values[0][0]
+
+
+def hash_partition(key: str, partitions: int) -> int:
+    """Which of a hash map's `partitions` holds `key`: a stable hash, the same in every process and run."""
+    return crc32(key.encode("utf-8", "surrogatepass")) % partitions
 
 
 def sorted_order(sort_key: SortKey, key: Any) -> tuple:

@@ -1071,9 +1071,9 @@ def test_hash_map_update_errors(ms):
     def fail(old):
         raise boom
 
-    with pytest.raises(TransformError) as err:
+    with pytest.raises(MemoryStoreError) as err:        # Roblox's status for a transform that errors
         hmap.update("k", fail, 60)
-    assert err.value.__cause__ is boom
+    assert err.value.name == "TransformCallbackFailed" and err.value.__cause__ is boom
     with pytest.raises(TypeError):
         hmap.update("k", "not callable", 60)
     with pytest.raises(MemoryStoreError) as err:
@@ -1090,12 +1090,12 @@ def test_hash_map_list_items_pages(ms):
     for i in range(5):
         hmap.set(f"k{i}", i, 60)
     items, cursor = hmap.list_items(2)
-    assert items == [("k0", 0), ("k1", 1)] and cursor is not None
+    assert len(items) == 2 and cursor is not None
     seen = list(items)
     while cursor is not None:
         items, cursor = hmap.list_items(2, cursor)
         seen.extend(items)
-    assert seen == [(f"k{i}", i) for i in range(5)]
+    assert sorted(seen) == [(f"k{i}", i) for i in range(5)] and len(seen) == 5   # each once, partition by partition
 
 
 def test_sorted_map_get_range_order_and_update(ms):

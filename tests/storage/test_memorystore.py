@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from lodestore.storage._clock import ManualClock
 from lodestore.storage._errors import ConfigError, MemoryStoreError
 from lodestore.storage.memorystore import _engine as ms
+from lodestore.storage.memorystore._structures import hash_partition
 from lodestore.storage.memorystore import (
     ANY,
     Conflict,
@@ -146,7 +147,12 @@ def test_conditional_write_costs_two_units(engine: MemoryStoreEngine) -> None:
     assert engine.statistics().units_last_minute == 5
 
 
-def test_list_items_pages_in_key_order(engine: MemoryStoreEngine) -> None:
+def partition_order(names) -> list[str]:
+    """The order a hash map lists `names` in: partition by partition, key order within each."""
+    return sorted(names, key=lambda k: (hash_partition(k, ms.HASH_MAP_PARTITIONS), k))
+
+
+def test_list_items_pages_give_every_item_once_partition_by_partition(engine: MemoryStoreEngine) -> None:
     names = [f"k{i:03d}" for i in range(25)]
     for name in reversed(names):
         run(engine, hset(name))
@@ -159,7 +165,7 @@ def test_list_items_pages_in_key_order(engine: MemoryStoreEngine) -> None:
         cursor = page.cursor
         if cursor is None:
             break
-    assert seen == names and pages == 3
+    assert seen == partition_order(names) and sorted(seen) == names and pages == 3
     assert run(engine, HashMapList("m", 5, "")) == run(engine, HashMapList("m", 5))
 
 
@@ -167,16 +173,17 @@ def test_list_items_exact_fit_has_no_next_cursor_and_missing_map_is_empty(engine
     for name in "abc":
         run(engine, hset(name))
     page = run(engine, HashMapList("m", 3))
-    assert keys(page.items) == ["a", "b", "c"] and page.cursor is None
+    assert keys(page.items) == partition_order("abc") and page.cursor is None
     assert run(engine, HashMapList("nothing", 200)) == HashMapPage((), None)
 
 
 def test_list_items_cursor_survives_removal_of_its_key(engine: MemoryStoreEngine) -> None:
-    for name in "abcd":
+    order = partition_order("abcd")
+    for name in order:
         run(engine, hset(name))
     page = run(engine, HashMapList("m", 2))
-    run(engine, HashMapRemove("m", "b"))
-    assert keys(run(engine, HashMapList("m", 2, page.cursor)).items) == ["c", "d"]
+    run(engine, HashMapRemove("m", order[1]))           # the key the cursor points after
+    assert keys(run(engine, HashMapList("m", 2, page.cursor)).items) == order[2:]
 
 
 def test_list_items_refuses_bad_counts_and_cursors(engine: MemoryStoreEngine) -> None:
@@ -187,13 +194,21 @@ def test_list_items_refuses_bad_counts_and_cursors(engine: MemoryStoreEngine) ->
     assert refused(engine, HashMapList("m", 10, 42)).name == "InvalidRequest"
 
 
-def test_list_items_charges_one_unit_per_item_at_least_one(engine: MemoryStoreEngine) -> None:
-    run(engine, HashMapList("m", 10))
-    assert engine.statistics().units_last_minute == 1
-    for name in "abcd":
-        run(engine, hset(name))
-    run(engine, HashMapList("m", 3))
-    assert engine.statistics().units_last_minute == 1 + 4 + 3
+def test_list_items_charges_the_partitions_scanned_plus_the_items(clock: ManualClock) -> None:
+    engine = MemoryStoreEngine(clock, users=10_000, ccu=10_000, hash_map_partitions=4)
+    run(engine, HashMapList("m", 10))                  # an empty map: every partition scanned, nothing returned
+    assert engine.statistics().units_last_minute == 4
+    by_partition = {p: [k for k in (f"k{i}" for i in range(40)) if hash_partition(k, 4) == p][:2] for p in range(4)}
+    for p in (0, 2):                                   # partitions 1 and 3 stay empty
+        for key in by_partition[p]:
+            run(engine, hset(key))
+    spent = engine.statistics().units_last_minute
+    page = run(engine, HashMapList("m", 3))            # 2 items of partition 0, 1 of partition 2, over empty 1
+    assert keys(page.items) == by_partition[0] + by_partition[2][:1] and page.cursor is not None
+    assert engine.statistics().units_last_minute == spent + 3 + 3
+    page = run(engine, HashMapList("m", 3, page.cursor))   # the rest of partition 2, then 3 (empty): the end
+    assert keys(page.items) == by_partition[2][1:] and page.cursor is None
+    assert engine.statistics().units_last_minute == spent + 6 + 2 + 1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -307,31 +322,42 @@ def test_refused_op_changes_nothing_and_spends_no_units(engine: MemoryStoreEngin
 def test_structure_item_limit(engine: MemoryStoreEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ms, "MS_MAX_ITEMS_PER_STRUCTURE", 3)
     for name in "abc":
-        run(engine, hset(name))
-    error = refused(engine, hset("d"))
-    assert error.name == "StructureMemoryOverLimit" and "3" in error.message
-    assert isinstance(run(engine, hset("a", b"overwrite")), Written)     # replacing an item needs no new slot
-    assert isinstance(run(engine, HashMapSet("other", "d", b"v", 1, 60)), Written)   # the limit is per structure
+        run(engine, sset(name))
+    error = refused(engine, sset("d"))
+    assert error.name == "DataStructureItemsOverLimit" and "3" in error.message
+    assert isinstance(run(engine, sset("a", value=b"overwrite")), Written)     # replacing an item needs no new slot
+    assert isinstance(run(engine, SortedMapSet("other", "d", b"v", 1, 60)), Written)   # the limit is per structure
     for i in range(3):
         run(engine, QueueAdd("q", b"v", 1, 60))
-    assert refused(engine, QueueAdd("q", b"v", 1, 60)).name == "StructureMemoryOverLimit"
-    run(engine, HashMapRemove("m", "b"))
-    assert isinstance(run(engine, hset("d")), Written)
+    assert refused(engine, QueueAdd("q", b"v", 1, 60)).name == "DataStructureItemsOverLimit"
+    run(engine, SortedMapRemove("s", "b"))
+    assert isinstance(run(engine, sset("d")), Written)
 
 
 def test_structure_byte_limit(engine: MemoryStoreEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ms, "MS_MAX_BYTES_PER_STRUCTURE", 100)
-    run(engine, HashMapSet("m", "a", b"v", 90, 60))                        # 90 + len("a") = 91 bytes
-    assert refused(engine, HashMapSet("m", "b", b"v", 9, 60)).name == "StructureMemoryOverLimit"
-    assert isinstance(run(engine, HashMapSet("m", "b", b"v", 8, 60)), Written)   # exactly 100
-    assert isinstance(run(engine, HashMapSet("m", "a", b"v", 10, 60)), Written)  # shrinking is always fine
+    run(engine, SortedMapSet("s", "a", b"v", 90, 60))                        # 90 + len("a") = 91 bytes
+    assert refused(engine, SortedMapSet("s", "b", b"v", 9, 60)).name == "DataStructureMemoryOverLimit"
+    assert isinstance(run(engine, SortedMapSet("s", "b", b"v", 8, 60)), Written)   # exactly 100
+    assert isinstance(run(engine, SortedMapSet("s", "a", b"v", 10, 60)), Written)  # shrinking is always fine
+    run(engine, QueueAdd("q", b"v", 100, 60))
+    assert refused(engine, QueueAdd("q", b"v", 1, 60)).name == "DataStructureMemoryOverLimit"
+
+
+def test_hash_maps_span_partitions_so_structure_size_limits_do_not_apply(
+        engine: MemoryStoreEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ms, "MS_MAX_ITEMS_PER_STRUCTURE", 2)
+    monkeypatch.setattr(ms, "MS_MAX_BYTES_PER_STRUCTURE", 100)
+    for name in "abcde":
+        assert isinstance(run(engine, HashMapSet("m", name, b"v", 60, 60)), Written)
+    assert engine.statistics().items == 5 and engine.statistics().bytes_used == 5 * 61
 
 
 def test_structure_limits_stay_when_quotas_are_off(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ms, "MS_MAX_ITEMS_PER_STRUCTURE", 1)
     engine = MemoryStoreEngine(clock, enforce_quotas=False)
-    run(engine, hset("a"))
-    assert refused(engine, hset("b")).name == "StructureMemoryOverLimit"
+    run(engine, sset("a"))
+    assert refused(engine, sset("b")).name == "DataStructureItemsOverLimit"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -522,24 +548,22 @@ def test_memory_quota_follows_users(clock: ManualClock) -> None:
     run(engine, HashMapSet("m", "b", b"v", 32_768 - 1, 600))
     assert engine.statistics().bytes_used == 65_536
     error = refused(engine, QueueAdd("q", b"v", 1, 600))
-    assert error.name == "MemoryQuotaExceeded" and "65536" in error.message
+    assert error.name == "TotalMemoryOverLimit" and "65536" in error.message
     engine.set_population(users=1, ccu=1000)
     assert engine.memory_quota_bytes == 65_536 + 1200
     run(engine, QueueAdd("q", b"v", 1200, 600))
-    assert refused(engine, QueueAdd("q", b"v", 1, 600)).name == "MemoryQuotaExceeded"
-    # Fewer users: held data stays, growth is refused, shrinking and removing still work.
+    assert refused(engine, QueueAdd("q", b"v", 1, 600)).name == "TotalMemoryOverLimit"
+    # Fewer users: the quota stays at its 8-day peak (see test_memory_quota_drops_only_8_days_after_players_leave).
     engine.set_population(users=0, ccu=1000)
-    assert run(engine, HashMapGet("m", "a")) is not None
-    assert refused(engine, HashMapSet("m", "a", b"v", 32_768, 600)).name == "MemoryQuotaExceeded"
-    assert isinstance(run(engine, HashMapSet("m", "a", b"v", 10, 600)), Written)
-    assert engine.statistics().bytes_used == 10 + 1 + 32_768 + 1200
+    assert engine.memory_quota_bytes == 65_536 + 1200
+    assert refused(engine, QueueAdd("q", b"v", 1, 600)).name == "TotalMemoryOverLimit"
 
 
 def test_expired_items_free_memory_quota(clock: ManualClock) -> None:
     engine = MemoryStoreEngine(clock, users=0, ccu=1000)
     run(engine, HashMapSet("m", "a", b"v", 32_000, 10))
     run(engine, HashMapSet("m", "b", b"v", 32_000, 600))
-    assert refused(engine, HashMapSet("m", "c", b"v", 32_000, 600)).name == "MemoryQuotaExceeded"
+    assert refused(engine, HashMapSet("m", "c", b"v", 32_000, 600)).name == "TotalMemoryOverLimit"
     clock.advance(seconds=10)
     assert isinstance(run(engine, HashMapSet("m", "c", b"v", 32_000, 600)), Written)
 
@@ -582,11 +606,14 @@ def test_multi_unit_call_needs_all_its_units(clock: ManualClock) -> None:
 def test_structure_unit_limit(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ms, "MS_MAX_UNITS_PER_STRUCTURE_MINUTE", 10)
     engine = MemoryStoreEngine(clock, users=1000, ccu=1000)
-    assert engine.execute([HashMapGet("hot", "a")] * 10) == [None] * 10
-    assert refused(engine, HashMapGet("hot", "a")).name == "RequestThrottled"
-    assert run(engine, HashMapGet("cold", "a")) is None          # other structures are not throttled
+    assert engine.execute([SortedMapGet("hot", "a")] * 10) == [None] * 10
+    assert refused(engine, SortedMapGet("hot", "b")).name == "DataStructureRequestsOverLimit"
+    assert run(engine, SortedMapGet("cold", "a")) is None          # other structures are not throttled
+    assert engine.execute([QueueGetSize("q")] * 10) == [0] * 10
+    assert refused(engine, QueueGetSize("q")).name == "DataStructureRequestsOverLimit"
+    assert engine.execute([HashMapGet("hash", f"k{i}") for i in range(20)]) == [None] * 20   # hash maps: no limit
     clock.advance(seconds=60)
-    assert run(engine, HashMapGet("hot", "a")) is None
+    assert run(engine, SortedMapGet("hot", "a")) is None
 
 
 def test_quotas_off(clock: ManualClock) -> None:
