@@ -37,7 +37,11 @@ async def write_entry(store, key: str, value: Any, users: list[int], attributes:
                       exclusive_create: bool = False, match_version: str | None = None,
                       must_exist: bool = False) -> tuple[Any, KeyInfo]:
     """Write `value` with `users` and `attributes` if the condition holds (raise `Refused` if not); the value
-    and KeyInfo written."""
+    and KeyInfo written. Without a condition it is one plain set: the KeyInfo written comes from the data store
+    object's read cache, which holds what its set wrote (no second request)."""
+    if not (exclusive_create or match_version is not None or must_exist):
+        await store.set(key, value, users, attributes)
+        return await store.get(key)
     refused: list[Refused] = []
 
     def transform(old: Any, info: KeyInfo | None) -> Any:

@@ -112,19 +112,15 @@ async def set_entry(oc, request: Request) -> Response:
         raise ApiError(400, "exclusiveCreate and matchVersion cannot both be set",
                        v1_code="ExclusiveCreateAndMatchVersionCannotBeSet")
     users, attributes = _user_ids(request) or [], _attributes(request) or {}
-    if exclusive or match:
-        try:
-            _, info = await write_entry(store, key, value, users, attributes, exclusive_create=exclusive,
-                                        match_version=match)
-        except Refused as refused:
-            message = ("A value already exists for this key." if refused.reason == "exists"
-                       else f"The current version is not {match!r}.")
-            if refused.info is None:
-                raise ApiError(412, message, v1_code="PreconditionFailed") from None
-            return _value_response(refused.value, refused.info, 412)
-    else:
-        await store.set(key, value, users, attributes)
-        _, info = await store.get(key)   # the data store object's read cache holds what the set just wrote
+    try:
+        _, info = await write_entry(store, key, value, users, attributes, exclusive_create=exclusive,
+                                    match_version=match)
+    except Refused as refused:
+        message = ("A value already exists for this key." if refused.reason == "exists"
+                   else f"The current version is not {match!r}.")
+        if refused.info is None:
+            raise ApiError(412, message, v1_code="PreconditionFailed") from None
+        return _value_response(refused.value, refused.info, 412)
     return json_response({"version": info.version, "deleted": False, "contentLength": len(body),
                           "createdTime": rfc3339(info.updated_time), "objectCreatedTime": rfc3339(info.created_time)})
 

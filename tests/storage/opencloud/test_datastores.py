@@ -134,3 +134,13 @@ def test_v2_list_revisions_pages(served, clock):
     rest = served.request("GET", f"{base}/u1:listRevisions?maxPageSize=3&pageToken={first['nextPageToken']}").json()
     revisions = [r["revisionId"] for r in first["dataStoreEntries"] + rest["dataStoreEntries"]]
     assert len(revisions) == 5 == len(set(revisions)) and rest["nextPageToken"] == ""
+
+
+def test_a_plain_set_is_one_write_request_and_a_get_is_never_cached(experience, served):
+    store = experience.get_datastore("players")
+    store.set_entry("u", 1)
+    served.request("PATCH", f"{V2}/players/entries/u?allowMissing=true", json={"value": 2})
+    counted = served.app.state.opencloud.server.datastores.statistics().requests
+    assert counted == {"StandardWrite": 2}
+    served.world.server("game").datastores.get_data_store("players").set("u", 3)
+    assert store.get_entry("u")[0] == 3   # Open Cloud reads what a game server wrote a moment ago
