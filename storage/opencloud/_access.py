@@ -9,8 +9,9 @@ the experience budget Open Cloud shares with game servers), not here.
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -103,31 +104,31 @@ class LimitVerdict:
         out = {"x-ratelimit-limit": str(self.limit), "x-ratelimit-remaining": str(self.remaining),
                "x-ratelimit-reset": str(max(0, round(self.reset_s)))}
         if not self.allowed:
-            out["retry-after"] = str(max(1, round(self.retry_after_s + 0.4999)))
+            out["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))
         return out
 
 
 class _Window:
-    """Amounts spent in a sliding minute, as (time, amount) in arrival order."""
+    """Amounts spent in the sliding minute before now, as (time, amount) in arrival order."""
 
     def __init__(self) -> None:
-        self.spent: list[tuple[int, int]] = []
+        self.spent: deque[tuple[int, int]] = deque()
 
     def total(self, now: int) -> int:
-        cut = now - WINDOW_MS
-        while self.spent and self.spent[0][0] <= cut:
-            self.spent.pop(0)
+        while self.spent and self.spent[0][0] <= now - WINDOW_MS:
+            self.spent.popleft()
         return sum(a for _, a in self.spent)
 
-    def free_at(self, now: int, amount: int, limit: int) -> int:
-        """When enough has left the window for `amount` more to fit under `limit`."""
-        total = self.total(now) + amount
+    def wait_ms(self, now: int, room: int) -> int:
+        """How long until at most `room` is spent in the window (the oldest amounts leave it first)."""
+        total = self.total(now)
+        if total <= room:
+            return 0
         for t, a in self.spent:
-            if total <= limit:
-                break
             total -= a
-            now = t + WINDOW_MS
-        return now
+            if total <= room:
+                return t + WINDOW_MS - now
+        return WINDOW_MS   # room < 0: more than the whole minute's allowance, at no time
 
 
 class V1Limits:
@@ -139,38 +140,37 @@ class V1Limits:
         self._now = now
         self._lock = threading.Lock()
         self._rate = requests_per_minute
-        self._bytes = {"write": write_bytes, "read": read_bytes}
+        self._write_limit, self._read_limit = write_bytes, read_bytes
         self._requests = {c: _Window() for c in V1_CLASSES}
-        self._traffic = {"write": _Window(), "read": _Window()}
+        self._written, self._read = _Window(), _Window()
 
     def admit(self, op_class: str, write_bytes: int = 0) -> LimitVerdict:
         """Spend one request of `op_class` (and `write_bytes` written) if the minute has room; else a verdict with
-        the wait. A refused request spends nothing. The read bytes are counted after the answer (`count_read`): a
-        request is refused once the minute's reads are spent."""
+        the wait. A refused request spends nothing. Bytes read are counted once answered (`count_read`): reads are
+        refused while the minute's read bytes are spent."""
         with self._lock:
             now = self._now()
             window = self._requests[op_class]
             used = window.total(now)
-            reset = (window.spent[0][0] + WINDOW_MS - now) / 1000 if window.spent else WINDOW_MS / 1000
-            checks = [(window, 1, self._rate, f"{self._rate} {op_class} requests a minute")]
+            reset_s = ((window.spent[0][0] + WINDOW_MS - now) if window.spent else WINDOW_MS) / 1000
+            checks = [(window, self._rate - 1, f"{self._rate} {op_class} requests a minute")]
             if write_bytes:
-                checks.append((self._traffic["write"], write_bytes, self._bytes["write"],
-                               f"{self._bytes['write']} bytes written a minute"))
-            if op_class == "read" or op_class == "list":
-                checks.append((self._traffic["read"], 1, self._bytes["read"] + 1,
-                               f"{self._bytes['read']} bytes read a minute"))
-            for w, amount, limit, what in checks:
-                if w.total(now) + amount > limit:
-                    wait = (w.free_at(now, amount, limit) - now) / 1000
-                    return LimitVerdict(False, self._rate, max(0, self._rate - used), reset, max(wait, 0.001), what)
+                checks.append((self._written, self._write_limit - write_bytes,
+                               f"{self._write_limit} bytes written a minute"))
+            if op_class != "write":
+                checks.append((self._read, self._read_limit - 1, f"{self._read_limit} bytes read a minute"))
+            for spent, room, what in checks:
+                if spent.total(now) > room:
+                    return LimitVerdict(False, self._rate, max(0, self._rate - used), reset_s,
+                                        spent.wait_ms(now, room) / 1000, what)
             window.spent.append((now, 1))
             if write_bytes:
-                self._traffic["write"].spent.append((now, write_bytes))
-            return LimitVerdict(True, self._rate, self._rate - used - 1, reset)
+                self._written.spent.append((now, write_bytes))
+            return LimitVerdict(True, self._rate, self._rate - used - 1, reset_s)
 
     def count_read(self, nbytes: int) -> None:
         with self._lock:
-            self._traffic["read"].spent.append((self._now(), nbytes))
+            self._read.spent.append((self._now(), nbytes))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,9 @@ from lodestore.storage import MAX_VALUE_CHARS, World
 from lodestore.storage.opencloud._access import ApiKey, RequestStatistics, V1Limits
 from lodestore.storage.opencloud._errors import ApiError, Shape, error_response, from_exception
 
-__all__ = ["OpenCloud", "Endpoints", "open_cloud_server", "flag", "page_size", "json_body", "read_body", "rfc3339",
-           "parse_time", "MAX_BODY_BYTES"]
+__all__ = ["OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "flag", "page_size", "query_int", "required",
+           "read_body", "parse_json", "json_body", "json_object", "rfc3339", "parse_time", "user_ids_from_names",
+           "MAX_BODY_BYTES"]
 
 log = logging.getLogger("lodestore.opencloud")
 

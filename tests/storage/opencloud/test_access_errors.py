@@ -8,6 +8,7 @@ from rblxopencloud import Forbidden, RateLimited
 
 from lodestore.storage import ConfigError, DataStoreError, FaultConfig, MemoryStoreError, Outage, World
 from lodestore.storage.opencloud import DEFAULT_API_KEY, PERMISSIONS, create_app, parse_api_keys
+from lodestore.storage.opencloud._access import V1Limits
 from lodestore.storage.opencloud._errors import from_exception
 from tests.storage.opencloud.conftest import START_MS, serve
 
@@ -166,3 +167,15 @@ def test_statistics_count_requests_by_endpoint_and_status(served):
     endpoint = "GET /datastores/v1/universes/{universe}/standard-datastores/datastore/entries/entry"
     assert stats.requests[endpoint] == {401: 1, 404: 1}
     assert stats.requests["unknown"] == {404: 1} and stats.total == 3
+
+
+def test_v1_limits_refuse_reads_once_the_minutes_read_bytes_are_spent():
+    now = [0]
+    limits = V1Limits(lambda: now[0])
+    assert limits.admit("read").allowed
+    limits.count_read(20 * 1024 * 1024)
+    refused = limits.admit("list")
+    assert not refused.allowed and refused.headers()["retry-after"] == "60"
+    assert limits.admit("write", 100).allowed          # writes spend another allowance
+    now[0] = 60_000
+    assert limits.admit("read").allowed
