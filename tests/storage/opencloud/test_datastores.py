@@ -3,7 +3,11 @@ send, as raw HTTP."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from rblxopencloud import NotFound, PreconditionFailed
@@ -144,3 +148,48 @@ def test_a_plain_set_is_one_write_request_and_a_get_is_never_cached(experience, 
     assert counted == {"StandardWrite": 2}
     served.world.server("game").datastores.get_data_store("players").set("u", 3)
     assert store.get_entry("u")[0] == 3   # Open Cloud reads what a game server wrote a moment ago
+
+
+V1 = "datastores/v1/universes/1/standard-datastores/datastore/entries"
+
+
+def test_v1_reference_shapes_the_client_does_not_send(served, clock):
+    entry = {"datastoreName": "players", "scope": "global", "entryKey": "u1"}
+    body = b'{"coins":1}'
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    written = served.request("POST", f"{V1}/entry", params=entry, data=body,
+                             headers={"content-md5": md5, "roblox-entry-userids": "5,6",
+                                      "roblox-entry-attributes": '{"a": 1}'})
+    assert written.status_code == 200
+    got = served.request("GET", f"{V1}/entry", params=entry)
+    assert got.json() == {"coins": 1} and got.headers["content-md5"] == md5
+    assert json.loads(got.headers["roblox-entry-userids"]) == [5, 6]
+    assert json.loads(got.headers["roblox-entry-attributes"]) == {"a": 1}
+    assert got.headers["roblox-entry-version"] == written.json()["version"]
+    missing = served.request("GET", f"{V1}/entry", params={**entry, "entryKey": "nobody"})
+    assert missing.status_code == 404
+    assert missing.json()["errorDetails"] == [{"errorDetailType": "DatastoreErrorInfo",
+                                               "datastoreErrorCode": "EntryNotFound"}]
+    clock.advance(3600)
+    served.request("POST", f"{V1}/entry", params=entry, data=b'{"coins":2}')
+    served.request("POST", f"{V1}/entry", params={**entry, "scope": "s2", "entryKey": "u2"}, data=b"1")
+    versions = served.request("GET", f"{V1}/entry/versions", params={**entry, "sortOrder": "Descending"}).json()
+    assert [v["version"] for v in versions["versions"]][1] == written.json()["version"]
+    old = served.request("GET", f"{V1}/entry/versions/version", params={**entry, "versionId": written.json()["version"]})
+    assert old.json() == {"coins": 1}
+    listed = served.request("GET", V1, params={"datastoreName": "players", "allScopes": "true", "limit": 1}).json()
+    rest = served.request("GET", V1, params={"datastoreName": "players", "allScopes": "true",
+                                             "cursor": listed["nextPageCursor"]}).json()
+    assert listed["keys"] + rest["keys"] == [{"scope": "global", "key": "u1"}, {"scope": "s2", "key": "u2"}]
+    assert rest["nextPageCursor"] == ""
+
+
+def test_concurrent_increments_through_http_lose_nothing(served):
+    url = f"{V2}/counters/scopes/global/entries/hits:increment"
+
+    def bump(_: int) -> int:
+        return served.request("POST", url, json={"amount": 1}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(bump, range(64))) == {200}
+    assert served.world.server("g").datastores.get_data_store("counters").get("hits")[0] == 64
