@@ -82,7 +82,6 @@ class OpenCloud:
         self.server = open_cloud_server(world)
         self.limits = V1Limits(world.now)
         self.counts = RequestStatistics()
-        self._queues: dict[tuple[str, float], Any] = {}
 
     def statistics(self):
         """Requests answered so far, by endpoint and status (`OpenCloudStatistics`)."""
