@@ -1,5 +1,6 @@
 """The `lodestore` command: `lodestore simulate SCENARIO.toml` (the main job), `lodestore replay RUN_DIR`,
-`lodestore compare SCENARIO.toml --designs ...` and `lodestore inspect DB ...`.
+`lodestore compare SCENARIO.toml --designs ...`, `lodestore inspect DB ...` and `lodestore serve` (Open Cloud's HTTP
+API over a running or new world).
 
 Owns: argument parsing and exit statuses. `simulate` exits 0 when every checker passed, 1 when one failed (the
 counterexample is printed), 2 on a bad scenario, option or path (a message, no traceback), 3 when the checks passed
@@ -8,7 +9,8 @@ Ctrl-C (BindToClose, the checks and the report still ran; a second Ctrl-C abando
 `replay` exits 0 when the replay's history digest matches the run's (or `--until` stopped where asked), 1 when it
 differs, 2 on a directory that is not a run's. `compare` exits 0 when every design met the scenario's
 `[thresholds]` (a design failing a checker is a result), 1 when one did not, 2 on bad input. `simulate` also exits 1
-when a threshold did not hold.
+when a threshold did not hold. `serve` exits 0 when stopped by Ctrl-C, 2 on a bad option, a port in use or a world
+that cannot be joined or started (nothing is started then).
 
 Never does: anything a library call could not do as well (it calls `sim.simulate` and `sim._inspect`).
 """
@@ -68,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(cmp)
     cmp.set_defaults(func=_compare, time_scale=None)
     add_inspect_parser(sub)
+    srv = sub.add_parser("serve", help="serve Roblox's Open Cloud HTTP API over a world, until Ctrl-C",
+                         description="Serve Open Cloud (Data Stores v1 and v2, ordered data stores, MemoryStore "
+                                     "sorted maps and queues) over the running world NAME, or over a new one "
+                                     "(time scale 1, SQLite at lodestore-data/NAME.db) when none runs; Ctrl-C stops "
+                                     "it (and the world, if this command started it).")
+    srv.add_argument("--world", default="default", help="the world's name (default: default)")
+    srv.add_argument("--port", type=int, default=8787, help="the port to listen on (default 8787)")
+    srv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                                                         "machine only); plain HTTP, so anything else warns")
+    srv.add_argument("--api-key", action="append", default=None, metavar="KEY[:PERM,...]",
+                     help="an accepted API key, with every permission or those listed (datastores.read, "
+                          "datastores.write, memorystore.read, memorystore.write, ...); repeat for more. "
+                          "Default: lodestore-test-key with every permission")
+    srv.add_argument("--universe-id", type=int, default=1, help="the universe id served (default 1)")
+    srv.add_argument("--address", default=None, help="join a running Ray cluster; default: local Ray")
+    srv.set_defaults(func=_serve)
     return parser
 
 
@@ -175,6 +193,55 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
     print(f"replay differs: digest {digest}, the run's {expected}", file=sys.stderr)
     return 1
+
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve Open Cloud over the world `args.world` (joined, or started when none runs) until Ctrl-C; shut down
+    only what this command started."""
+    import socket
+
+    import uvicorn
+
+    from lodestore.storage import World
+    from lodestore.storage.opencloud import DEFAULT_API_KEY, create_app, parse_api_keys
+    try:
+        parse_api_keys(args.api_key)   # every check that needs no world first: a refusal starts nothing
+        if not 0 < args.port < 65536:
+            raise ConfigError(f"--port must be from 1 to 65535, got {args.port}")
+        if args.universe_id <= 0:
+            raise ConfigError(f"--universe-id must be a positive integer, got {args.universe_id}")
+        try:
+            with socket.create_server((args.host, args.port)):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        try:
+            world, started = World.connect(args.world, address=args.address), False
+        except ConfigError:
+            world, started = World.start(args.world, time_scale=1.0, address=args.address), True
+    except (ConfigError, OSError) as exc:
+        print(f"lodestore serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(world, api_keys=args.api_key, universe_id=args.universe_id)
+        how = "started" if started else "joined"
+        print(f"lodestore serve: Open Cloud for world {args.world!r} ({how}), universe {args.universe_id}, at "
+              f"http://{args.host}:{args.port}/")
+        if not args.api_key:
+            print(f"lodestore serve: accepting the API key {DEFAULT_API_KEY!r} (every permission); give --api-key "
+                  f"to choose keys")
+        if args.host not in _LOCAL_HOSTS:
+            print(f"lodestore serve: warning: listening on {args.host}, beyond this machine, over plain HTTP: "
+                  f"keys and data travel unencrypted", file=sys.stderr)
+        print("lodestore serve: Ctrl-C stops" + (" (and shuts the world down)" if started else ""))
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if started:
+            world.shutdown()
+    return 0
 
 
 def _override(scenario, args: argparse.Namespace):
