@@ -66,6 +66,7 @@ class RunOptions:
     until: float | None = None         # stop the play at this simulated second: no BindToClose, no checks, no
                                        # report; the world file is left as it was then (`lodestore replay --until`)
     dashboard: bool = False            # start local Ray with its dashboard on 127.0.0.1 (and say its URL)
+    stop: threading.Event | None = None   # set it to stop the play as a Ctrl-C does (BindToClose, checks, report)
 
     def __post_init__(self) -> None:
         if self.engine not in ("ray", "in-process"):
@@ -78,6 +79,8 @@ class RunOptions:
         if self.dashboard and (self.engine != "ray" or self.address is not None):
             raise ConfigError("--dashboard starts local Ray with its dashboard: it needs the Ray engine without "
                               "--in-process, and a cluster (--address) has its own dashboard", field="dashboard")
+        if self.stop is not None and not isinstance(self.stop, threading.Event):
+            raise ConfigError(f"stop must be a threading.Event, got {self.stop!r}", field="stop")
         if self.until is not None and (isinstance(self.until, bool) or not isinstance(self.until, (int, float))
                                        or not math.isfinite(self.until) or self.until < 0):
             raise ConfigError(f"until must be a number of simulated seconds >= 0, got {self.until!r}")
@@ -820,7 +823,7 @@ class _Virtual(_Engine):
 
         self._open_doors(wall0)
         try:
-            k = self._windows(0, end, prepare_hosts, prepare_cloud, after, stop=lambda: self.interrupted)
+            k = self._windows(0, end, prepare_hosts, prepare_cloud, after, stop=self._stop_asked)
         finally:
             self._close_doors()
         self._take_drains()
@@ -894,6 +897,12 @@ class _Virtual(_Engine):
                 raise RuntimeError("the run's end is stuck: a task waits with nothing left to run")
             k = nxt if nxt is not None else k + 1
         return k
+
+    def _stop_asked(self) -> bool:
+        """Ctrl-C, or the caller's `RunOptions.stop` event: the play ends (the run is marked stopped early)."""
+        if self.options.stop is not None and self.options.stop.is_set():
+            self.interrupted = True
+        return self.interrupted
 
     def _open_doors(self, wall0: float) -> None:
         """A paced run on Ray opens its world to outside callers (`lodestore serve --world NAME`, `World.connect`)

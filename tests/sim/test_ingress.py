@@ -57,8 +57,8 @@ def test_the_world_behind_an_ingress_keeps_the_runs_pace():
 _PACED = """
 [world]
 name = "doortest"
-duration = 40
-time_scale = 20
+duration = 3600
+time_scale = 10
 seed = 3
 
 [servers]
@@ -80,10 +80,12 @@ def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session
     scenario = parse_scenario(_PACED)
     out = tmp_path / "run"
     done: dict = {}
+    stop = threading.Event()   # the run would take 6 wall minutes: the test ends it once its calls are done
 
     def run() -> None:
         try:
-            done["result"] = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO()))
+            done["result"] = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO(),
+                                                           stop=stop))
         except BaseException as exc:   # the test thread reports it
             done["error"] = exc
 
@@ -106,9 +108,10 @@ def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session
         assert value == {"refund": 5} and info.version == version
         assert world.now() > 1_700_000_000_000   # the run's simulated clock, not this machine's
     finally:
+        stop.set()
         player.join(timeout=300)
     assert "error" not in done, done.get("error")
-    assert done["result"].ok
+    assert done["result"].ok and done["result"].report["run"]["stopped_early"]
     with pytest.raises(Exception):   # the run is over: its door is gone
         ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
     after = World.in_process("after", backend="sqlite", path=str(out / "world.db"), budget=None)
