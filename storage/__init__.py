@@ -20,8 +20,10 @@ cluster tests). The `_`-prefixed modules are private.
 
 from lodestore.storage._backoff import Backoff, retry
 from lodestore.storage._clock import Clock, ManualClock, SimClock
-from lodestore.storage._errors import (ConfigError, DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
-                                       TransformError)
+from lodestore.storage._errors import (DATASTORE_DELETED, DATASTORE_THROTTLED, INVALID_EXCLUSIVE_START_KEY,
+                                       KEY_THROTTLED, REQUEST_DROPPED, THROTTLE_NAMES, THROTTLED_CODE, ConfigError,
+                                       DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
+                                       TransformError, throttled_name)
 from lodestore.storage._faults import FaultConfig, Outage
 from lodestore.storage._latency import Latency
 from lodestore.storage._ids import new_id, new_rng, seeded
@@ -30,7 +32,8 @@ from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX
 from lodestore.storage._placement import actor_options, namespace_of, pinned, spread_nodes
 from lodestore.storage._scheduler import Scheduler, Timer, sleep
 from lodestore.storage._runtime import ACTOR_FAILURES, Coalescer, LocalRuntime, RayRuntime, Runtime
-from lodestore.storage._shards import BUDGET_NAME, MEMORYSTORE_NAME, ShardStatistics, datastore_name
+from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, ShardStatistics, StorageUsage, WorldStatistics,
+                                      datastore_name)
 from lodestore.storage._throttle import GateStatistics, emergency
 from lodestore.storage._transport import Permit, shard_of
 from lodestore.storage._types import SortDirection
@@ -38,12 +41,13 @@ from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_me
                                        check_user_ids, check_value, decode, encode)
 from lodestore.storage._world import AsyncServer, Server, World
 from lodestore.storage import _virtual as virtual
-from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreService, DataStoreStatistics, KeyInfo,
-                                         OrderedDataStore, Page, RetryPolicy, SqliteBackend, UpdateResult, VersionInfo)
+from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreLimits, DataStoreService,
+                                         DataStoreStatistics, KeyInfo, OrderedDataStore, Page, RetryPolicy,
+                                         SqliteBackend, UpdateResult, VersionInfo)
 from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
 
 __all__ = [
-    "World", "Server", "AsyncServer", "ShardStatistics",
+    "World", "Server", "AsyncServer", "ShardStatistics", "WorldStatistics", "StorageUsage", "DataStoreLimits",
     "Clock", "SimClock", "ManualClock", "Scheduler", "Timer", "sleep", "Backoff", "retry",
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",
@@ -56,6 +60,9 @@ __all__ = [
     "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
     "ServerClosedError",
+    # Roblox's error names and codes other layers raise or recognise (part of them chosen where Roblox gives none)
+    "THROTTLE_NAMES", "THROTTLED_CODE", "throttled_name", "DATASTORE_DELETED", "DATASTORE_THROTTLED", "KEY_THROTTLED",
+    "REQUEST_DROPPED", "INVALID_EXCLUSIVE_START_KEY",
     # ids and random sources: random outside a simulation, seeded inside one
     "new_id", "new_rng", "seeded",
     # what a DataStore may hold, and the bytes kept for it (other layers check and encode values the same way)

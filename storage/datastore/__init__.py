@@ -15,7 +15,7 @@ from lodestore.storage._types import ANY, BatchReply, SortDirection
 from lodestore.storage.datastore._backends import Backend, MemoryBackend, SqliteBackend
 from lodestore.storage.datastore._client import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore,
                                                  RetryPolicy, UpdateResult)
-from lodestore.storage.datastore._engine import DataStoreEngine
+from lodestore.storage.datastore._engine import DataStoreEngine, DataStoreLimits
 from lodestore.storage.datastore._messages import (MISSING, Conflict, Entry, Get, GetVersion, GetVersionAtTime,
                                                    Increment, KeyInfo, ListKeys, ListVersions, OrderedConflict,
                                                    OrderedGet, OrderedIncrement, OrderedRange, OrderedRemove,
@@ -27,7 +27,7 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection", "DataStoreStatistics",
     "RetryPolicy", "KeyInfo", "VersionInfo", "Page",
     # the engine and where it keeps entries
-    "DataStoreEngine", "Backend", "MemoryBackend", "SqliteBackend",
+    "DataStoreEngine", "DataStoreLimits", "Backend", "MemoryBackend", "SqliteBackend",
     # requests and results
     "ANY", "Get", "Set", "Increment", "Remove", "ListKeys", "ListVersions", "GetVersion", "GetVersionAtTime",
     "RemoveVersion", "OrderedGet", "OrderedSet", "OrderedIncrement", "OrderedRemove", "OrderedRange", "Sweep",

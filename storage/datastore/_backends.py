@@ -69,6 +69,7 @@ class Backend(Protocol):
     def ordered_delete(self, k: EntryKey) -> None: ...
     def ordered_range(self, store: str, scope: str, ascending: bool, limit: int, min_value: int | None,
                       max_value: int | None, after: tuple[int, str] | None) -> list[tuple[str, int]]: ...
+    def latest_values(self) -> Iterator[bytes]: ...
     def close(self) -> None: ...
 
 
@@ -200,6 +201,15 @@ class MemoryBackend:
             if len(out) >= limit:
                 break
         return out
+
+    def latest_values(self) -> Iterator[bytes]:
+        """The stored bytes of every key's latest live version (no tombstones, no backups), then every ordered
+        entry's value as msgpack: what counts toward the experience's storage."""
+        for recs in self._versions.values():
+            if recs and not recs[-1].deleted and recs[-1].value is not None:
+                yield recs[-1].value
+        for value, _ in self._ordered.values():
+            yield msgpack.packb(value)
 
     def close(self) -> None:
         pass
@@ -389,6 +399,16 @@ class SqliteBackend:
         sql += f" ORDER BY value {order}, key {order} LIMIT ?"
         args.append(limit)
         return [(row[0], row[1]) for row in self._db.execute(sql, args)]
+
+    def latest_values(self) -> Iterator[bytes]:
+        """See `MemoryBackend.latest_values`."""
+        rows = self._db.execute("SELECT value FROM entry_versions WHERE superseded_ms IS NULL AND deleted = 0 "
+                                "AND value IS NOT NULL").fetchall()
+        ordered = self._db.execute("SELECT value FROM ordered_entries").fetchall()
+        for (value,) in rows:
+            yield value
+        for (value,) in ordered:
+            yield msgpack.packb(value)
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file (and truncate it), then close the connection: afterwards the
