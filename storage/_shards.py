@@ -33,7 +33,8 @@ from lodestore.storage.datastore._backends import open_backend
 from lodestore.storage.datastore._engine import DataStoreEngine, DataStoreLimits
 from lodestore.storage.memorystore._engine import MemoryStoreEngine, latency_key
 
-__all__ = ["WorldInfo", "ShardStatistics", "StorageUsage", "WorldStatistics", "actor_options", "DataStoreShardActor", "MemoryStoreShardActor",
+__all__ = ["WorldInfo", "ShardStatistics", "StorageUsage", "WorldStatistics", "actor_options", "DataStoreShardActor",
+           "MemoryStoreShardActor",
            "BudgetServiceActor",
            "datastore_name", "namespace_of", "MEMORYSTORE_NAME", "BUDGET_NAME"]
 

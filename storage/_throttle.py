@@ -23,7 +23,8 @@ from lodestore.storage._limits import RequestType
 from lodestore.storage._scheduler import wait_for
 from lodestore.storage._transport import Permit
 
-__all__ = ["BudgetGate", "OpenGate", "ExperienceGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics", "QUEUE_LIMIT"]
+__all__ = ["BudgetGate", "OpenGate", "ExperienceGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics",
+           "QUEUE_LIMIT"]
 
 QUEUE_LIMIT = 30
 MIN_LEASE = 20            # tokens a lease asks for beyond what the waiting requests need, at first

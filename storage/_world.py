@@ -269,8 +269,7 @@ class World:
     def set_datastore_limits(self, limits: DataStoreLimits) -> None:
         """Change, from now on, how much one data store as a whole may read and write per minute before its
         requests get 429 DatastoreThrottled (see `DataStoreLimits`: Roblox publishes no number)."""
-        if not isinstance(limits, DataStoreLimits):
-            raise ConfigError(f"limits must be a storage.DataStoreLimits, got {type(limits).__name__}")
+        _check_limits(limits)
         for shard in self._shards(DATASTORE):
             self._call(shard, "set_limits", limits)
 
@@ -279,8 +278,9 @@ class World:
         as a game server's, outside every game server. Its DataStore requests spend only the experience-wide
         budgets (read, write, list, remove: shared with every game server, as since 2026-04), never a server's
         bucket, and never queue: when the experience's bucket is spent they fail at once with 429
-        `<RequestType>ExperienceThrottled` and `retry_after_ms`. It has no players and never joins the CCU. A world
-        without request budgets (`budget=None`) lets every request go.
+        `<RequestType>ExperienceThrottled` and `retry_after_ms`. It has no players, never joins the CCU and has no
+        budget of its own (`get_request_budget` answers 0, `set_rate_limit` lowers nothing). A world without
+        request budgets (`budget=None`) lets every request go.
 
         >>> cloud = world.open_cloud()
         >>> cloud.datastores.get_data_store("players").get("user_1")
@@ -336,11 +336,22 @@ class AsyncWorld:
         _check_players(users, "users")
         await self._world._acall(self._world._shards(MEMORYSTORE)[0], "set_lifetime_users", users)
 
+    async def set_datastore_limits(self, limits: DataStoreLimits) -> None:
+        """`World.set_datastore_limits`, awaiting the shards."""
+        _check_limits(limits)
+        for shard in self._world._shards(DATASTORE):
+            await self._world._acall(shard, "set_limits", limits)
+
     # -- DataStore: data stores' lifecycle, snapshots and erasure
 
     # -- MemoryStore
 
     # -- MessagingService
+
+
+def _check_limits(limits: Any) -> None:
+    if not isinstance(limits, DataStoreLimits):
+        raise ConfigError(f"limits must be a storage.DataStoreLimits, got {type(limits).__name__}")
 
 
 def _check_players(players: Any, what: str = "players") -> None:

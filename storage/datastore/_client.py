@@ -293,7 +293,8 @@ class DataStoreService:
         """Simulated ms a request whose key is throttled waits in its queue before it is sent again, or None: the
         result is final (not a KeyThrottled, or waiting longer would pass `KEY_THROTTLE_MAX_WAIT_MS` in all)."""
         if not (isinstance(result, DataStoreError) and result.name == "KeyThrottled"
-                and result.retry_after_ms is not None and waited_ms + result.retry_after_ms <= KEY_THROTTLE_MAX_WAIT_MS):
+                and result.retry_after_ms is not None
+                and waited_ms + result.retry_after_ms <= KEY_THROTTLE_MAX_WAIT_MS):
             return None
         with self._counters.lock:
             self._counters.key_throttle_waits += 1

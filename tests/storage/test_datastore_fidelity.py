@@ -326,6 +326,8 @@ def test_world_datastore_limits_split_over_the_shards():
     assert sum(s.datastore_throttled for s in world.statistics()) == refusals
     with pytest.raises(ConfigError):
         world.set_datastore_limits({"write_bytes_per_minute": 1})
+    asyncio.run(world.aio.set_datastore_limits(DataStoreLimits()))            # back to the default: room again
+    store.set("k0", "again")
 
 
 def test_a_throttled_key_s_request_waits_in_the_queue_on_the_simulated_clock():
