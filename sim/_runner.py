@@ -47,7 +47,7 @@ from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.sim.designs import design
 from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, ConfigError, FaultConfig,
-                               Latency, ManualClock, Outage, datastore_name, virtual)
+                               Latency, ManualClock, Outage, StorageUsage, datastore_name, virtual)
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at", "history_digest"]
 
@@ -1060,10 +1060,16 @@ class _Virtual(_Engine):
             datastore.update(stats.requests_by_type)
             stored += stats.stored_bytes
         memory = self.nodes.call_cloud(MEMORYSTORE_NAME, "statistics")
+        # Roblox's storage limit: the compressed latest versions (the shards of one shared file each see all of it),
+        # against 500 MB + 1 MB per lifetime user; every player of the scenario's population counts as one.
+        holders = [0] if self.info.shared_file else range(self.info.shards)
+        compressed = sum(self.nodes.call_cloud(datastore_name(i), "storage_bytes") for i in holders)
+        usage = StorageUsage.figures(compressed, self.scenario.players.population)
+        usage["estimated_monthly_cost_usd"] = round(usage["estimated_monthly_cost_usd"], 6)
         return {"requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
                              "memorystore": dict(sorted(memory.requests.items())),
                              "memorystore_total": sum(memory.requests.values())},
-                "storage": {"datastore_bytes": stored, "memorystore_bytes": memory.bytes_used}}
+                "storage": {"datastore_bytes": stored, "memorystore_bytes": memory.bytes_used, **usage}}
 
     def _close_storage(self) -> None:
         """Close the world's files (each shard's WAL checkpointed in), the shards holding a file's lock last, as

@@ -28,12 +28,13 @@ from lodestore.storage._ingress import INGRESS_NAME, ingress_world
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
 from lodestore.storage._runtime import ACTOR_FAILURES, LocalRuntime, RayRuntime, Runtime
 from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetServiceActor, DataStoreShardActor,
-                                      MemoryStoreShardActor, ShardStatistics, WorldInfo, actor_options, datastore_name,
-                                      namespace_of)
-from lodestore.storage._throttle import BudgetGate, OpenGate
+                                      MemoryStoreShardActor, ShardStatistics, WorldInfo, WorldStatistics, actor_options,
+                                      datastore_name, namespace_of)
+from lodestore.storage._throttle import BudgetGate, ExperienceGate, OpenGate
 from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport, shard_of
 from lodestore.storage._values import check_store_name
 from lodestore.storage.datastore._client import DataStoreService
+from lodestore.storage.datastore._engine import DataStoreLimits
 from lodestore.storage.datastore._lifecycle import (DataStoreInfo, DeleteStore, DescribeStore, GetMeta, ListAllKeys,
                                                     PutMeta, Snapshot, SnapshotResult, UndeleteStore, merge_infos,
                                                     same_utc_day)
@@ -47,6 +48,8 @@ BACKENDS = ("sqlite", "memory")
 
 
 BUDGET_PROFILES = ("current", "legacy", None)
+OPEN_CLOUD_JOB_ID = "open-cloud"
+"""The job id of `World.open_cloud()`'s client (it is no game server: the budget ledger never registers it)."""
 
 
 def _check_config(name: Any, backend: Any, shards: Any, faults: Any, budget: Any = "current",
@@ -216,10 +219,6 @@ class World:
         for shard in self._shards(DATASTORE) + self._shards(MEMORYSTORE):
             self._call(shard, "set_faults", faults)
 
-    def statistics(self) -> list[ShardStatistics]:
-        """One frozen snapshot per DataStore shard, in shard order (see `ShardStatistics`)."""
-        return [self._call(s, "statistics") for s in self._shards(DATASTORE)]
-
     def budget_statistics(self):
         """The budget ledger's snapshot (every server's buckets, the experience buckets, leases), or None."""
         return None if self._budget is None else self._call(self._budget, "statistics")
@@ -258,13 +257,61 @@ class World:
     # Operator calls a game server cannot make (Roblox offers them through Open Cloud and the Data Stores Manager);
     # each has a coroutine twin in `AsyncWorld`. Grouped by service:
 
-    # -- DataStore: budgets and storage (open_cloud, statistics above)
+    # -- DataStore: budgets and storage
+
+    def statistics(self) -> WorldStatistics:
+        """The world's DataStore figures: one frozen `ShardStatistics` per shard, in shard order (the result
+        iterates and indexes as that list), and the experience's storage against Roblox's limit (`storage_bytes`,
+        `lifetime_users`, `storage_limit_bytes`, `over_limit`, `estimated_monthly_cost_usd`: see `StorageUsage`).
+        The storage is measured now, by reading every latest version (an operator's call, not a hot path).
+
+        >>> world.statistics().storage_limit_bytes
+        524288000
+        """
+        shards = tuple(self._call(s, "statistics") for s in self._shards(DATASTORE))
+        measured = self._storage_holders()
+        storage = sum(self._call(s, "storage_bytes") for s in measured)
+        users = self._call(self._shards(MEMORYSTORE)[0], "lifetime_users")
+        return WorldStatistics(**WorldStatistics.figures(storage, users), shards=shards)
+
+    def set_lifetime_users(self, users: int) -> None:
+        """Tell the world how many distinct users have ever played the experience (a simulator knows its player
+        population), for the storage limit (500 MB + 1 MB per lifetime user). The world also counts the most
+        players it saw online at once, and uses the larger of the two. Setting it again replaces it."""
+        _check_players(users, "users")
+        self._call(self._shards(MEMORYSTORE)[0], "set_lifetime_users", users)
+
+    def set_datastore_limits(self, limits: DataStoreLimits) -> None:
+        """Change, from now on, how much one data store as a whole may read and write per minute before its
+        requests get 429 DatastoreThrottled (see `DataStoreLimits`: Roblox publishes no number)."""
+        _check_limits(limits)
+        for shard in self._shards(DATASTORE):
+            self._call(shard, "set_limits", limits)
+
+    def open_cloud(self) -> "Server":
+        """The client an Open Cloud v2 server uses (`lodestore serve`): the same DataStore and MemoryStore clients
+        as a game server's, outside every game server. Its DataStore requests spend only the experience-wide
+        budgets (read, write, list, remove: shared with every game server, as since 2026-04), never a server's
+        bucket, and never queue: when the experience's bucket is spent they fail at once with 429
+        `<RequestType>ExperienceThrottled` and `retry_after_ms`. It has no players, never joins the CCU and has no
+        budget of its own (`get_request_budget` answers 0, `set_rate_limit` lowers nothing). A world without
+        request budgets (`budget=None`) lets every request go.
+
+        >>> cloud = world.open_cloud()
+        >>> cloud.datastores.get_data_store("players").get("user_1")
+        """
+        return Server(self, OPEN_CLOUD_JOB_ID, budgeted=False, open_cloud=True)
+
+    def _storage_holders(self) -> list:
+        """The shards whose backends together hold every entry once: every shard, or the first of a shared file."""
+        shards = self._shards(DATASTORE)
+        return shards[:1] if self.info.shared_file else shards
 
     # -- DataStore: data stores' lifecycle, snapshots and erasure
 
     def delete_data_store(self, name: str) -> DataStoreInfo:
         """Delete a data store (Open Cloud v2's delete): from now on every request of every server to it fails
-        with 410 `DatastoreDeleted`; it is listed with state DELETED and `expire_time` = now + 30 days by
+        with 404 `DatastoreDeleted`; it is listed with state DELETED and `expire_time` = now + 30 days by
         `list_data_stores(show_deleted=True)`, can be undeleted until then, and is purged after (every entry and
         version gone, its name free again), lazily: when a request or an operator call touches it, or at a shard's
         hourly sweep. Until purged it keeps counting toward storage. 404 `DatastoreNotFound` when it holds nothing;
@@ -417,6 +464,25 @@ class AsyncWorld:
 
     # -- DataStore: budgets and storage
 
+    async def statistics(self) -> WorldStatistics:
+        """`World.statistics`, awaiting the shards."""
+        w = self._world
+        shards = tuple([await w._acall(s, "statistics") for s in w._shards(DATASTORE)])
+        storage = sum([await w._acall(s, "storage_bytes") for s in w._storage_holders()])
+        users = await w._acall(w._shards(MEMORYSTORE)[0], "lifetime_users")
+        return WorldStatistics(**WorldStatistics.figures(storage, users), shards=shards)
+
+    async def set_lifetime_users(self, users: int) -> None:
+        """`World.set_lifetime_users`, awaiting the actor."""
+        _check_players(users, "users")
+        await self._world._acall(self._world._shards(MEMORYSTORE)[0], "set_lifetime_users", users)
+
+    async def set_datastore_limits(self, limits: DataStoreLimits) -> None:
+        """`World.set_datastore_limits`, awaiting the shards."""
+        _check_limits(limits)
+        for shard in self._world._shards(DATASTORE):
+            await self._world._acall(shard, "set_limits", limits)
+
     # -- DataStore: data stores' lifecycle, snapshots and erasure
 
     async def delete_data_store(self, name: str) -> DataStoreInfo:
@@ -518,9 +584,14 @@ def _merged(infos: list, name: str) -> DataStoreInfo:
     return merged[0]
 
 
-def _check_players(players: Any) -> None:
+def _check_limits(limits: Any) -> None:
+    if not isinstance(limits, DataStoreLimits):
+        raise ConfigError(f"limits must be a storage.DataStoreLimits, got {type(limits).__name__}")
+
+
+def _check_players(players: Any, what: str = "players") -> None:
     if isinstance(players, bool) or not isinstance(players, int) or players < 0:
-        raise ConfigError(f"players must be an int >= 0, got {players!r}")
+        raise ConfigError(f"{what} must be an int >= 0, got {players!r}", field=what)
 
 
 def _unanswered(exc: BaseException) -> DataStoreError:
@@ -560,20 +631,35 @@ class _BudgetLink:
     async def aavailable(self, server_id: str, request_type) -> int:
         return await self._world._acall(self._world._budget, "available", server_id, request_type)
 
+    def set_rate_limit(self, server_id: str, request_type, base: int, per_player: int) -> int:
+        return self._world._call(self._world._budget, "set_rate_limit", server_id, request_type, base, per_player)
+
+    async def aset_rate_limit(self, server_id: str, request_type, base: int, per_player: int) -> int:
+        return await self._world._acall(self._world._budget, "set_rate_limit", server_id, request_type, base,
+                                        per_player)
+
+    def take_experience(self, request_type, count: int) -> int:
+        return self._world._call(self._world._budget, "take_experience", request_type, count)
+
+    async def atake_experience(self, request_type, count: int) -> int:
+        return await self._world._acall(self._world._budget, "take_experience", request_type, count)
+
 
 class Server:
     """One simulated Roblox game server (a JobId) with `players` players, and its service clients.
 
     `budgeted=False` makes a client outside every game server's request budget (an operator's tool, or a
-    simulator's verifier reading the final data); game servers are always budgeted when the world has budgets."""
+    simulator's verifier reading the final data); game servers are always budgeted when the world has budgets.
+    `open_cloud=True` (with `budgeted=False`: `World.open_cloud`) spends the experience-wide budgets instead."""
 
-    def __init__(self, world: World, job_id: str, budgeted: bool = True) -> None:
+    def __init__(self, world: World, job_id: str, budgeted: bool = True, open_cloud: bool = False) -> None:
         self.world = world
         self.job_id = job_id
         self.players = 0
         self.closed = False
         link = _BudgetLink(world, self) if world._budget is not None and budgeted else None
         gate = (BudgetGate(link, world.clock, job_id, buckets=bucket_map(world.info.budget)) if link is not None
+                else ExperienceGate(_BudgetLink(world, self)) if open_cloud and world._budget is not None
                 else OpenGate())
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
                                            shared_storage=world.info.shared_file)
