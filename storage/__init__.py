@@ -1,4 +1,4 @@
-"""lodestore's emulated Roblox cloud: DataStore and MemoryStore services shared by simulated game servers.
+"""lodestore's emulated Roblox cloud: DataStore, MemoryStore and MessagingService shared by simulated game servers.
 
     >>> from lodestore.storage import World
     >>> world = World.start("demo")                       # local Ray + SQLite at lodestore-data/demo.db
@@ -8,8 +8,9 @@
     >>> store.update("user_1", lambda old, info: {**old, "coins": old["coins"] + 5})
     >>> world.shutdown()
 
-Each service has the same shape: `lodestore.storage.datastore` and `lodestore.storage.memorystore` each hold a
-client, an engine and the messages between them, with their own public face. What both use (`SortDirection`, the
+Each service has the same shape: `lodestore.storage.datastore`, `lodestore.storage.memorystore` and
+`lodestore.storage.messaging` each hold a client, an engine and the messages between them, with their own public
+face. What both use (`SortDirection`, the
 `ANY` write condition, argument checks) is defined once in `_types`; the world, its actors, budgets and transport
 live beside them. Everything a game server, another lodestore layer or a tool needs is exported here: the clients,
 the value rules (`check_value`, `canonical`, `encode`, ...) and Roblox's limits other layers enforce too. A world's
@@ -41,6 +42,8 @@ from lodestore.storage import _virtual as virtual
 from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreService, DataStoreStatistics, KeyInfo,
                                          OrderedDataStore, Page, RetryPolicy, SqliteBackend, UpdateResult, VersionInfo)
 from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
+from lodestore.storage.messaging import (MESSAGING_NAME, MessagingService, MessagingServiceError, MessagingStatistics,
+                                         Subscription)
 
 __all__ = [
     "World", "Server", "AsyncServer", "ShardStatistics",
@@ -48,12 +51,13 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
+    "MessagingService", "Subscription", "MessagingStatistics", "MessagingServiceError",
     "FaultConfig", "Latency", "Outage", "actor_options", "pinned", "spread_nodes",
     "Runtime", "LocalRuntime", "RayRuntime", "Coalescer",
     # virtual time: a simulated world as nodes exchanging timestamped messages (`virtual.Node`, `virtual.Address`)
     "virtual",
     # a world's actors by name, and which DataStore shard owns a key, for tools that reach the actors directly
-    "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "shard_of",
+    "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "MESSAGING_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
     "ServerClosedError",
     # ids and random sources: random outside a simulation, seeded inside one

@@ -18,7 +18,10 @@ from lodestore.storage._errors import ConfigError
 from lodestore.storage._latency import Latency, quantile
 from lodestore.storage._limits import RequestType
 
-__all__ = ["FaultConfig", "Latency", "Outage"]
+__all__ = ["FaultConfig", "Latency", "Outage", "MESSAGING_DELAY"]
+
+MESSAGING_DELAY = Latency.uniform(1_000, 2_000)
+"""How long a MessagingService message takes to arrive by default: Roblox says "typically within 1-2 seconds"."""
 
 WRITE_TYPES = frozenset({RequestType.STANDARD_WRITE, RequestType.STANDARD_REMOVE, RequestType.REMOVE_VERSION,
                          RequestType.ORDERED_WRITE, RequestType.ORDERED_REMOVE})
@@ -73,6 +76,11 @@ class FaultConfig:
     outages: tuple[Outage, ...] = ()
     ambiguous_write_rate: float = 0.0
     base_latency: Mapping[str, Latency] = field(default_factory=dict)
+    # MessagingService (storage.messaging): delivery is best effort. Each reception (one message reaching one
+    # subscribing server) takes a draw of `messaging_delay` and is lost with probability `messaging_drop_rate`,
+    # drawn from (seed, topic, server, the topic's publish count). Not DataStore faults: `active` ignores them.
+    messaging_delay: Latency = MESSAGING_DELAY
+    messaging_drop_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -93,6 +101,10 @@ class FaultConfig:
                 raise ConfigError(f"faults outages must hold Outage values, got {o!r}")
         object.__setattr__(self, "outages", outages)
         _check_rate("faults ambiguous_write_rate", self.ambiguous_write_rate)
+        if not isinstance(self.messaging_delay, Latency):
+            raise ConfigError(f"faults messaging_delay must be a Latency, got {self.messaging_delay!r}",
+                              field="messaging_delay")
+        _check_rate("faults messaging_drop_rate", self.messaging_drop_rate)
 
     @property
     def active(self) -> bool:

@@ -31,6 +31,9 @@ from lodestore.storage._throttle import BudgetGate, OpenGate
 from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport
 from lodestore.storage.datastore._client import DataStoreService
 from lodestore.storage.memorystore._client import MemoryStoreService
+from lodestore.storage.messaging._client import MessagingService
+from lodestore.storage.messaging._engine import MAX_CONCURRENCY, MESSAGING, MESSAGING_NAME, MessagingActor
+from lodestore.storage.messaging._messages import MessagingStatistics, check_topic, encode_message
 
 __all__ = ["World", "AsyncWorld", "Server", "AsyncServer"]
 
@@ -117,20 +120,24 @@ class World:
                                                                                   node=nodes[i]))
                       for i in range(shards)]
         memorystore = runtime.spawn(MemoryStoreShardActor, info, **actor_options(MEMORYSTORE_NAME, name, node=nodes[0]))
-        owned = datastores + [memorystore]
+        messaging = runtime.spawn(MessagingActor, info, **actor_options(MESSAGING_NAME, name, node=nodes[0],
+                                                                        max_concurrency=MAX_CONCURRENCY))
+        owned = datastores + [memorystore, messaging]
         budget_actor = None
         if budget is not None:
             budget_actor = runtime.spawn(BudgetServiceActor, info, **actor_options(BUDGET_NAME, name))
             owned.append(budget_actor)
         try:
-            ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
+            ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote(),
+                                                                 messaging.statistics.remote()]
                     + ([budget_actor.statistics.remote()] if budget_actor else []))
         except BaseException as exc:   # nothing of a world that did not start stays (its names would block a retry)
             _end_actors(owned, namespace)
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, ConfigError):
                 raise exc.cause from None   # a shard's file is another world's
             raise
-        return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget_actor, owned)
+        return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore], MESSAGING: [messaging]},
+                   budget_actor, owned)
 
     @classmethod
     def connect(cls, name: str, address: str | None = None) -> "World":
@@ -145,8 +152,10 @@ class World:
         info: WorldInfo = ray.get(first.describe.remote())
         datastores = [first] + [ray.get_actor(datastore_name(i), namespace=namespace) for i in range(1, info.shards)]
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace)
+        messaging = ray.get_actor(MESSAGING_NAME, namespace=namespace)
         budget = ray.get_actor(BUDGET_NAME, namespace=namespace) if info.budget is not None else None
-        return cls(info, RayRuntime(), {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget, None)
+        return cls(info, RayRuntime(), {DATASTORE: datastores, MEMORYSTORE: [memorystore], MESSAGING: [messaging]},
+                   budget, None)
 
     @classmethod
     def in_process(cls, name: str = "local", backend: str = "memory", path: str | None = None,
@@ -162,7 +171,7 @@ class World:
         except RuntimeError:
             runtime = LocalRuntime(name)
         local = {DATASTORE: [DataStoreShardActor(info, i) for i in range(shards)],
-                 MEMORYSTORE: [MemoryStoreShardActor(info)]}
+                 MEMORYSTORE: [MemoryStoreShardActor(info)], MESSAGING: [MessagingActor(info)]}
         budget_service = BudgetServiceActor(info) if budget is not None else None
         return cls(info, runtime, local, budget_service, None)
 
@@ -200,6 +209,7 @@ class World:
         _check_config(self.name, self.info.backend, self.info.shards, faults)
         for shard in self._shards(DATASTORE):
             self._call(shard, "set_faults", faults)
+        self._call(self._shards(MESSAGING)[0], "set_faults", faults)
 
     def statistics(self) -> list[ShardStatistics]:
         """One frozen snapshot per DataStore shard, in shard order (see `ShardStatistics`)."""
@@ -229,7 +239,7 @@ class World:
             self._kill_actors()
 
     def _kill_actors(self) -> None:
-        handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
+        handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE) + self._shards(MESSAGING)
                                          + ([self._budget] if self._budget is not None else [])))
         namespace = namespace_of(self.name)
         for name in _names_in(namespace):  # others of the world: its coordinator
@@ -250,6 +260,17 @@ class World:
     # -- MemoryStore
 
     # -- MessagingService
+
+    def publish(self, topic: str, message: Any) -> None:
+        """Open Cloud's publish (universe-messaging-service:publish): `message` to every server subscribed to
+        `topic`, from outside any game server. Same topic and message rules as a server's `publish`; no server's
+        send limit applies, the receive limits do (what is over them is dropped, counted in the statistics)."""
+        text = encode_message(message)
+        self._call(self._shards(MESSAGING)[0], "publish", None, 0, check_topic(topic), text)
+
+    def messaging_statistics(self) -> MessagingStatistics:
+        """The MessagingService's snapshot: publishes, deliveries, drops by reason (see `MessagingStatistics`)."""
+        return self._call(self._shards(MESSAGING)[0], "statistics")
 
     # ---------------------------------------------------------------------------------------------- plumbing
 
@@ -281,6 +302,15 @@ class AsyncWorld:
     # -- MemoryStore
 
     # -- MessagingService
+
+    async def publish(self, topic: str, message: Any) -> None:
+        w = self._world
+        text = encode_message(message)
+        await w._acall(w._shards(MESSAGING)[0], "publish", None, 0, check_topic(topic), text)
+
+    async def messaging_statistics(self) -> MessagingStatistics:
+        w = self._world
+        return await w._acall(w._shards(MESSAGING)[0], "statistics")
 
 
 def _check_players(players: Any) -> None:
@@ -343,6 +373,7 @@ class Server:
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
                                            shared_storage=world.info.shared_file)
         self.memorystores = MemoryStoreService(world._transport, world.clock, OpenGate(), job_id)
+        self.messaging = MessagingService(world, job_id, lambda: self.players)
         self.aio = AsyncServer(self)
 
     def __repr__(self) -> str:
@@ -379,6 +410,7 @@ class Server:
         the same again (each step is idempotent)."""
         self.closed = True
         self.datastores.release_leases()
+        self.messaging.close()
         self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
         if self.world._budget is not None:
             self.world._call(self.world._budget, "remove_server", self.job_id)
@@ -415,6 +447,7 @@ class AsyncServer:
         s = self._server
         s.closed = True
         s.datastores.release_leases()
+        await s.messaging.aio.close()
         await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, 0)
         if s.world._budget is not None:
             await s.world._acall(s.world._budget, "remove_server", s.job_id)
