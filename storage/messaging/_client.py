@@ -17,6 +17,7 @@ import json
 import logging
 from typing import Any, Callable
 
+from lodestore.storage._clock import ManualClock
 from lodestore.storage._errors import ServerClosedError
 from lodestore.storage._scheduler import sleep
 from lodestore.storage.messaging import _messages as mm
@@ -25,6 +26,7 @@ __all__ = ["MessagingService", "AsyncMessagingService", "Subscription"]
 
 _log = logging.getLogger("lodestore.messaging")
 _RETRY_S = 1.0   # simulated seconds before a pump asks again when the messaging actor did not answer (restarting)
+_WATCH_S = 0.01  # real seconds between looks at a manual clock no scheduler of the pump's loop keeps (see `_pumping`)
 
 
 class Subscription:
@@ -92,7 +94,7 @@ class MessagingService:
         MessagingServiceError for a bad topic or over this server's subscription limits."""
         subscription = self._new(topic, callback)
         self._world._call(self._actor, "subscribe", self.job_id, self._players(), topic)
-        self._world.runtime.block(self._added(subscription))
+        self._world.runtime.block(self._added(subscription, watch=True))
         return subscription
 
     def _new(self, topic: str, callback: Any) -> Subscription:
@@ -104,11 +106,11 @@ class MessagingService:
                                                                 f"{type(callback).__name__}")
         return Subscription(self, topic, callback)
 
-    async def _added(self, subscription: Subscription) -> None:
+    async def _added(self, subscription: Subscription, watch: bool = False) -> None:
         """Keep the subscription (the engine has it) and make sure this loop's pump runs."""
         self._subscriptions.setdefault(subscription.topic, []).append(subscription)
         if self._pump is None or self._pump.done():
-            self._pump = asyncio.get_running_loop().create_task(self._pumping())
+            self._pump = asyncio.get_running_loop().create_task(self._pumping(watch))
 
     def _forget(self, subscription: Subscription) -> None:
         subscriptions = self._subscriptions.get(subscription.topic, [])
@@ -135,9 +137,11 @@ class MessagingService:
 
     # ------------------------------------------------------------------------------------------ delivering
 
-    async def _pumping(self) -> None:
+    async def _pumping(self, watch: bool) -> None:
         """The long poll: take what the engine queued for this server, deliver each at its time; until this server
-        subscribes to nothing or closes."""
+        subscribes to nothing or closes. `watch`: the pump runs on the runtime's background loop (a blocking
+        `subscribe`), where no scheduler is advanced; a manual clock is then watched (the test moves it from its own
+        thread) instead of waited on through a scheduler."""
         world = self._world
         while self._subscriptions and not self.closed:
             try:
@@ -146,14 +150,17 @@ class MessagingService:
                 await sleep(world.clock, _RETRY_S)
                 continue
             for delivery in deliveries:
-                task = asyncio.get_running_loop().create_task(self._deliver(delivery))
+                task = asyncio.get_running_loop().create_task(self._deliver(delivery, watch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, delivery: mm.Delivery) -> None:
-        wait_ms = delivery.due_ms - self._world.clock.now()
-        if wait_ms > 0:
-            await sleep(self._world.clock, wait_ms / 1000.0)
+    async def _deliver(self, delivery: mm.Delivery, watch: bool) -> None:
+        clock = self._world.clock
+        if watch and isinstance(clock, ManualClock):
+            while clock.now() < delivery.due_ms:
+                await asyncio.sleep(_WATCH_S)
+        elif delivery.due_ms > clock.now():
+            await sleep(clock, (delivery.due_ms - clock.now()) / 1000.0)
         for subscription in list(self._subscriptions.get(delivery.topic, ())):
             if not subscription.connected or self.closed:
                 continue

@@ -10,8 +10,10 @@ on its own loop when each message is due.
 `MessagingActor` is the thin shell the world runs (a Ray actor named `MESSAGING_NAME`, an object in process, an object
 on a virtual world's cloud node). Its `receive(job_id)` is a long poll: it answers a server's queued deliveries as
 soon as there are any (or an empty list once the server has no subscription left or closed), so a subscriber costs
-one outstanding call, not a poll per tick. Every method is a coroutine, so that all of them run on the actor's one
-event loop. Delivered twice: `publish` would publish twice (the caller sees one success; Ray never retries it:
+one outstanding call, not a poll per tick. `publish` and `subscribe` are coroutines, so that in process they run on
+the actor's loop even for a blocking caller on another thread; `unsubscribe` and `close_server` are plain methods,
+so that a `disconnect` takes effect before the caller's next request (in process a plain method runs at once), and
+wake a long poll on its own loop from any thread. Delivered twice: `publish` would publish twice (the caller sees one success; Ray never retries it:
 `max_task_retries=0`); `subscribe` would count a subscription twice, `unsubscribe`, `close_server` and `set_faults`
 are idempotent.
 """
@@ -54,7 +56,7 @@ class _Window:
 
 
 class _Server:
-    __slots__ = ("players", "topics", "inbox", "sent", "subscribes", "wake")
+    __slots__ = ("players", "topics", "inbox", "sent", "subscribes", "wake", "loop")
 
     def __init__(self) -> None:
         self.players = 0
@@ -63,13 +65,23 @@ class _Server:
         self.sent = _Window()
         self.subscribes = _Window()
         self.wake: asyncio.Event | None = None    # the long poll waiting on this inbox, if any
+        self.loop: asyncio.AbstractEventLoop | None = None   # ... and the loop it waits on
 
     def subscriptions(self) -> int:
         return sum(self.topics.values())
 
     def poke(self) -> None:
-        if self.wake is not None:
+        """Wake the long poll (from its loop, or from another thread: a blocking caller in process)."""
+        if self.wake is None:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self.loop:
             self.wake.set()
+        else:
+            self.loop.call_soon_threadsafe(self.wake.set)
 
 
 class MessagingEngine:
@@ -220,10 +232,10 @@ class MessagingActor:
     async def subscribe(self, job_id: str, players: int, topic: str) -> None:
         self.engine.subscribe(job_id, players, topic)
 
-    async def unsubscribe(self, job_id: str, topic: str) -> None:
+    def unsubscribe(self, job_id: str, topic: str) -> None:
         self.engine.unsubscribe(job_id, topic)
 
-    async def close_server(self, job_id: str) -> None:
+    def close_server(self, job_id: str) -> None:
         self.engine.close_server(job_id)
 
     async def receive(self, job_id: str) -> list[mm.Delivery]:
@@ -231,14 +243,14 @@ class MessagingActor:
         while self.engine.waiting(job_id):
             server = self.engine.server(job_id)
             if server.wake is None:
-                server.wake = asyncio.Event()
+                server.wake, server.loop = asyncio.Event(), asyncio.get_running_loop()
             wake = server.wake
             await wake.wait()
             wake.clear()
         return self.engine.take(job_id)
 
-    async def set_faults(self, faults: FaultConfig) -> None:
+    def set_faults(self, faults: FaultConfig) -> None:
         self.engine.set_faults(faults)
 
-    async def statistics(self) -> mm.MessagingStatistics:
+    def statistics(self) -> mm.MessagingStatistics:
         return self.engine.statistics()
