@@ -46,8 +46,8 @@ from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary
                                      scenario_toml, store_config)
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.sim.designs import design
-from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, ConfigError, FaultConfig, Latency, ManualClock, Outage,
-                               datastore_name, virtual)
+from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_NAME, MESSAGING_NAME, ConfigError, FaultConfig, Latency,
+                               ManualClock, Outage, datastore_name, virtual)
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at", "history_digest"]
 
@@ -123,7 +123,13 @@ def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
     ambiguous = 1 - math.prod(1 - w.ambiguous_write_rate for w in windows)
     outages = tuple(Outage(t0 + int(w.start * 1000), t0 + int(w.end * 1000)) for w in scenario.faults if w.outage)
     return FaultConfig(seed=scenario.world.seed, error_rate=rates, latency=latency, outages=outages,
-                       ambiguous_write_rate=ambiguous, base_latency=datastore_latency(scenario))
+                       ambiguous_write_rate=ambiguous, base_latency=datastore_latency(scenario),
+                       **_messaging_faults(scenario))
+
+
+def _messaging_faults(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's `[messaging]` as FaultConfig fields: they hold the whole run, whatever the fault windows."""
+    return {"messaging_delay": scenario.messaging.delay, "messaging_drop_rate": scenario.messaging.drop_rate}
 
 
 def _fault_boundaries(scenario: Scenario) -> list[float]:
@@ -693,7 +699,9 @@ class _Virtual(_Engine):
         sc = self.scenario
         budget = None if sc.world.budget == "none" else sc.world.budget
         info = self.info = virtual.WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
-                                             ManualClock(virtual.EPOCH_MS), FaultConfig(), budget, sc.world.storage)
+                                             ManualClock(virtual.EPOCH_MS),
+                                             FaultConfig(seed=sc.world.seed, **_messaging_faults(sc)), budget,
+                                             sc.world.storage)
         builds = [functools.partial(_build_cloud, info)]
         builds += [functools.partial(_build_host, info, sc, i, self.t0) for i in range(self.host_count)]
         started_ray = False
@@ -792,7 +800,8 @@ class _Virtual(_Engine):
         self.play_wall_s = time.monotonic() - wall0
         if self.options.until is not None:
             return
-        self._set_faults(FaultConfig(seed=sc.world.seed, base_latency=datastore_latency(sc)))   # the faults end
+        self._set_faults(FaultConfig(seed=sc.world.seed, base_latency=datastore_latency(sc),   # the faults end
+                                     **_messaging_faults(sc)))
         finish = {self._start(_host_node(i), "sim", "finish", ()): i for i in self._live()}
         k = self._run_until(finish, k)
         for task, i in finish.items():
@@ -870,6 +879,7 @@ class _Virtual(_Engine):
     def _set_faults(self, faults: FaultConfig, at: int | None = None) -> None:
         for i in range(self.scenario.world.shards):
             self._start(virtual.CLOUD, datastore_name(i), "set_faults", (faults,), at)
+        self._start(virtual.CLOUD, MESSAGING_NAME, "set_faults", (faults,), at)
 
     def _dispatch(self, nodes: list[int], t: int, e: int) -> Any:
         """Send the window [t, e] to each of `nodes` with something to do in it; answers the nodes' handle, or None."""
