@@ -984,8 +984,9 @@ class _Virtual(_Engine):
                     self._take(i, self._result(task))
 
     def _storage_figures(self) -> dict:
-        """What the run asked of the cloud: DataStore requests by type, MemoryStore operations by kind, and the
-        bytes the DataStore holds (every key's current value) and the MemoryStore."""
+        """What the run asked of the cloud: DataStore requests by type, MemoryStore operations by kind, the bytes
+        the DataStore holds (every key's current value) and the MemoryStore, and MessagingService's messages
+        (published, refused over a send limit, delivered to a subscribing server, dropped by reason)."""
         datastore: Counter = Counter()
         stored = 0
         for i in range(self.info.shards):
@@ -993,7 +994,10 @@ class _Virtual(_Engine):
             datastore.update(stats.requests_by_type)
             stored += stats.stored_bytes
         memory = self.nodes.call_cloud(MEMORYSTORE_NAME, "statistics")
-        return {"requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
+        messaging = self.nodes.call_cloud(MESSAGING_NAME, "statistics")
+        return {"messaging": {"published": messaging.published, "throttled": messaging.throttled,
+                              "delivered": messaging.delivered, "dropped": dict(messaging.dropped)},
+                "requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
                              "memorystore": dict(sorted(memory.requests.items())),
                              "memorystore_total": sum(memory.requests.values())},
                 "storage": {"datastore_bytes": stored, "memorystore_bytes": memory.bytes_used}}

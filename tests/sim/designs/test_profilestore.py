@@ -740,3 +740,23 @@ def test_a_player_who_leaves_while_the_session_starts_cancels_it_at_the_next_try
         assert b.counters.load_failures == 0 and not await b.is_loaded("player_00001")
         assert [k for k, _ in rig.kinds("player_00001")] == ["acquired"]   # only a ever held it
     run(main())
+
+
+# ------------------------------------------------------------------------------------------- in the simulator
+
+def test_in_the_simulator_force_loads_reach_the_holder_through_the_cloud_s_messaging_service():
+    """A teleport storm on profilestore: every new server's force-load publishes EndSession to the holder's session
+    topic; messages cross simulator hosts through the cloud node's MessagingService, in virtual time."""
+    import dataclasses
+    import io
+
+    from lodestore.sim import RunOptions, parse_scenario, simulate
+    from tests.sim.test_compare import TELEPORTS
+
+    scenario = parse_scenario(TELEPORTS)
+    scenario = dataclasses.replace(scenario, store=dataclasses.replace(scenario.store, design="profilestore"),
+                                   world=dataclasses.replace(scenario.world, duration=150))
+    result = simulate(scenario, RunOptions(engine="in-process", write_files=False, stream=io.StringIO()))
+    messaging = result.report["messaging"]
+    assert messaging["published"] > 0 and messaging["delivered"] > 0 and messaging["throttled"] == 0
+    assert {c.name: c.ok for c in result.checks}["single_holder"]
