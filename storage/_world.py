@@ -195,7 +195,8 @@ class World:
         return self.info.clock.now()
 
     def server(self, job_id: str | None = None, players: int = 0) -> "Server":
-        """A simulated game server: its identity, its player count, and its DataStore and MemoryStore clients."""
+        """A simulated game server: its identity, its player count, and its DataStore, MemoryStore and
+        MessagingService clients (one `Server` per job id: its messaging client is the one that receives)."""
         if job_id is None:
             job_id = uuid.uuid4().hex[:12]
         if not isinstance(job_id, str) or not job_id:
@@ -265,8 +266,8 @@ class World:
         """Open Cloud's publish (universe-messaging-service:publish): `message` to every server subscribed to
         `topic`, from outside any game server. Same topic and message rules as a server's `publish`; no server's
         send limit applies, the receive limits do (what is over them is dropped, counted in the statistics)."""
-        text = encode_message(message)
-        self._call(self._shards(MESSAGING)[0], "publish", None, 0, check_topic(topic), text)
+        topic, text = check_topic(topic), encode_message(message)
+        self._call(self._shards(MESSAGING)[0], "publish", None, 0, topic, text)
 
     def messaging_statistics(self) -> MessagingStatistics:
         """The MessagingService's snapshot: publishes, deliveries, drops by reason (see `MessagingStatistics`)."""
@@ -305,8 +306,8 @@ class AsyncWorld:
 
     async def publish(self, topic: str, message: Any) -> None:
         w = self._world
-        text = encode_message(message)
-        await w._acall(w._shards(MESSAGING)[0], "publish", None, 0, check_topic(topic), text)
+        topic, text = check_topic(topic), encode_message(message)
+        await w._acall(w._shards(MESSAGING)[0], "publish", None, 0, topic, text)
 
     async def messaging_statistics(self) -> MessagingStatistics:
         w = self._world

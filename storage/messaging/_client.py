@@ -21,6 +21,7 @@ from lodestore.storage._clock import ManualClock
 from lodestore.storage._errors import ServerClosedError
 from lodestore.storage._scheduler import sleep
 from lodestore.storage.messaging import _messages as mm
+from lodestore.storage.messaging._engine import MESSAGING
 
 __all__ = ["MessagingService", "AsyncMessagingService", "Subscription"]
 
@@ -70,7 +71,6 @@ class MessagingService:
 
     @property
     def _actor(self) -> Any:
-        from lodestore.storage.messaging._engine import MESSAGING
         return self._world._shards(MESSAGING)[0]
 
     def _check_open(self) -> None:
@@ -84,9 +84,9 @@ class MessagingService:
         `topic`, this one included; best effort, each arriving after the world's messaging delay or never.
         MessagingServiceError for a bad topic or message, or over this server's send limit."""
         self._check_open()
-        text = mm.encode_message(message)
+        topic, text = mm.check_topic(topic), mm.encode_message(message)
         self.used = True
-        self._world._call(self._actor, "publish", self.job_id, self._players(), mm.check_topic(topic), text)
+        self._world._call(self._actor, "publish", self.job_id, self._players(), topic, text)
 
     def subscribe(self, topic: str, callback: Callable[[dict], Any]) -> Subscription:
         """SubscribeAsync: `callback({"Data": message, "Sent": seconds})` for every message published to `topic`
@@ -185,9 +185,9 @@ class AsyncMessagingService:
     async def publish(self, topic: str, message: Any) -> None:
         s = self._service
         s._check_open()
-        text = mm.encode_message(message)
+        topic, text = mm.check_topic(topic), mm.encode_message(message)
         s.used = True
-        await s._world._acall(s._actor, "publish", s.job_id, s._players(), mm.check_topic(topic), text)
+        await s._world._acall(s._actor, "publish", s.job_id, s._players(), topic, text)
 
     async def subscribe(self, topic: str, callback: Callable[[dict], Any]) -> Subscription:
         s = self._service

@@ -85,7 +85,11 @@ class _Server:
 
 
 class MessagingEngine:
-    """Topics, limits and inboxes of one experience (see the module docstring)."""
+    """Topics, limits and inboxes of one experience (see the module docstring).
+
+    "Servers" in the receive limits are the game servers the engine knows: those that published or subscribed and
+    have not closed (Roblox counts every running server; one that never calls MessagingService raises no limit
+    here). A publish to a topic nobody subscribes to counts as published and reaches no one."""
 
     def __init__(self, clock: Any, faults: FaultConfig | None = None) -> None:
         self.clock = clock
@@ -128,12 +132,15 @@ class MessagingEngine:
                                                f"in the last minute: at most 600 + 240 x players ({sender.players})")
             sender.sent.add(now)
         self.published += 1
+        subscribers = self._subscribers.get(topic)
+        if not subscribers:
+            return   # nobody listens: nothing is received, nothing counts against the receive limits
         n = self._publishes.get(topic, 0)
         self._publishes[topic] = n + 1
         servers = len(self._servers)
         topic_window = self._topic_windows.setdefault(topic, _Window())
         cfg = self.faults
-        for target in self._subscribers.get(topic, ()):
+        for target in subscribers:
             if quantile(cfg.seed, "messaging-drop", topic, target, n) < cfg.messaging_drop_rate:
                 self._drop(mm.DROP_LOST)
             elif topic_window.count(now) >= mm.topic_receives_per_minute(servers):
@@ -180,10 +187,7 @@ class MessagingEngine:
         server.topics[topic] -= 1
         if server.topics[topic] <= 0:
             del server.topics[topic]
-            subscribers = self._subscribers.get(topic, {})
-            subscribers.pop(job_id, None)
-            if not subscribers:
-                self._subscribers.pop(topic, None)
+            self._leave(topic, job_id)
         if not server.topics:
             server.poke()
 
@@ -193,13 +197,20 @@ class MessagingEngine:
         if server is None:
             return
         for topic in server.topics:
-            subscribers = self._subscribers.get(topic, {})
-            subscribers.pop(job_id, None)
-            if not subscribers:
-                self._subscribers.pop(topic, None)
+            self._leave(topic, job_id)
         server.topics.clear()
         server.inbox.clear()
         server.poke()
+
+    def _leave(self, topic: str, job_id: str) -> None:
+        """`job_id` no longer subscribes to `topic`; a topic nobody subscribes to is forgotten (its receive window
+        and draw counter too: a session's "PS_<id>" topic lives as long as the session)."""
+        subscribers = self._subscribers.get(topic, {})
+        subscribers.pop(job_id, None)
+        if not subscribers:
+            self._subscribers.pop(topic, None)
+            self._topic_windows.pop(topic, None)
+            self._publishes.pop(topic, None)
 
     def take(self, job_id: str) -> list[mm.Delivery]:
         """Everything queued for `job_id` (each with its arrival time), emptying its inbox."""
