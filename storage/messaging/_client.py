@@ -100,10 +100,10 @@ class MessagingService:
     def _new(self, topic: str, callback: Any) -> Subscription:
         self._check_open()
         mm.check_topic(topic)
-        self.used = True
         if not callable(callback):
             raise mm.MessagingServiceError(mm.INVALID_CALLBACK, f"callback must be a function, got "
                                                                 f"{type(callback).__name__}")
+        self.used = True
         return Subscription(self, topic, callback)
 
     async def _added(self, subscription: Subscription, watch: bool = False) -> None:

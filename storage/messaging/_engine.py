@@ -13,9 +13,10 @@ soon as there are any (or an empty list once the server has no subscription left
 one outstanding call, not a poll per tick. `publish` and `subscribe` are coroutines, so that in process they run on
 the actor's loop even for a blocking caller on another thread; `unsubscribe` and `close_server` are plain methods,
 so that a `disconnect` takes effect before the caller's next request (in process a plain method runs at once), and
-wake a long poll on its own loop from any thread. Delivered twice: `publish` would publish twice (the caller sees one success; Ray never retries it:
-`max_task_retries=0`); `subscribe` would count a subscription twice, `unsubscribe`, `close_server` and `set_faults`
-are idempotent.
+wake a long poll on its own loop from any thread. Delivered twice: `publish` would publish twice (the caller sees
+one success; Ray never retries it: `max_task_retries=0`); `subscribe` would count a subscription twice;
+`unsubscribe` of a server's last subscription, `close_server` and `set_faults` are idempotent; `receive` twice
+splits a server's deliveries between the two answers (its client polls once at a time).
 """
 
 from __future__ import annotations
