@@ -262,6 +262,20 @@ def test_receptions_over_the_topic_and_game_limits_are_dropped_and_counted():
     run(main())
 
 
+def test_the_receive_limits_grow_with_the_servers_the_service_knows():
+    async def main():
+        rig = Rig()
+        got = []
+        for job in ("A", "B"):
+            await rig.world.server(job).messaging.aio.subscribe("t", got.append)
+        sender = rig.world.server("C").messaging                  # a publisher counts too: 3 servers
+        for n in range(141):                                      # 40 + 80 x 3 = 280 receptions: 140 messages
+            await sender.aio.publish("t", n)
+        await rig.advance(3)
+        assert len(got) == 280 and rig.stats().dropped == {"topic_limit": 2} and rig.stats().servers == 3
+    run(main())
+
+
 def test_a_server_holds_at_most_20_plus_8_per_player_subscriptions_and_asks_240_a_minute():
     async def main():
         rig = Rig()
@@ -332,3 +346,30 @@ def test_on_ray_a_message_crosses_processes_both_ways(ray_world):
     assert ray.get(listener.received.remote()) == [{"hello": "remote"}]
     assert ray_world.messaging_statistics().delivered == 2
     ray.kill(listener)
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+
+def test_the_engine_queues_a_delivery_per_subscribing_server_and_forgets_a_topic_nobody_holds():
+    clock = ManualClock()
+    engine = msg.MessagingEngine(clock)
+    engine.subscribe("A", 0, "PS_1")
+    engine.subscribe("A", 0, "PS_1")                          # two subscriptions, one reception per message
+    engine.publish("B", 0, "PS_1", '{"LoadCount":1}')
+    [delivery] = engine.take("A")
+    assert delivery.topic == "PS_1" and delivery.message == '{"LoadCount":1}' and delivery.sent_ms == clock.now()
+    assert clock.now() + 1000 <= delivery.due_ms <= clock.now() + 2000
+    assert engine.take("A") == [] and engine.waiting("A")      # the inbox is emptied; its long poll would wait
+    engine.unsubscribe("A", "PS_1")
+    assert engine.waiting("A")
+    engine.unsubscribe("A", "PS_1")
+    assert not engine.waiting("A")                            # nothing held: the poll answers at once
+    engine.publish("B", 0, "PS_1", "1")
+    assert engine.take("A") == [] and engine.statistics().published == 2 and engine.statistics().delivered == 1
+    clock.advance(59.999)
+    for _ in range(598):                                       # B's two publishes still count: 598 more
+        engine.publish("B", 0, "x", "1")
+    with pytest.raises(MessagingServiceError):
+        engine.publish("B", 0, "x", "1")
+    clock.advance(0.001)                                       # the first two are a minute old: out
+    engine.publish("B", 0, "x", "1")
