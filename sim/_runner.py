@@ -46,8 +46,8 @@ from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary
                                      scenario_toml, store_config)
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.sim.designs import design
-from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, ConfigError, FaultConfig,
-                               Latency, ManualClock, Outage, StorageUsage, datastore_name, virtual)
+from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, MESSAGING_NAME, ConfigError,
+                               FaultConfig, Latency, ManualClock, Outage, StorageUsage, datastore_name, virtual)
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at", "history_digest"]
 
@@ -140,7 +140,12 @@ def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
         ms_rates = dict.fromkeys(MEMORYSTORE_FAULT_KEYS, 1.0)
     return FaultConfig(seed=scenario.world.seed, error_rate=rates, latency=latency, outages=outages,
                        ambiguous_write_rate=ambiguous, base_latency=datastore_latency(scenario),
-                       memorystore_error_rate=ms_rates)
+                       memorystore_error_rate=ms_rates, **_messaging_faults(scenario))
+
+
+def _messaging_faults(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's `[messaging]` as FaultConfig fields: they hold the whole run, whatever the fault windows."""
+    return {"messaging_delay": scenario.messaging.delay, "messaging_drop_rate": scenario.messaging.drop_rate}
 
 
 def _fault_boundaries(scenario: Scenario) -> list[float]:
@@ -722,7 +727,9 @@ class _Virtual(_Engine):
         sc = self.scenario
         budget = None if sc.world.budget == "none" else sc.world.budget
         info = self.info = virtual.WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
-                                             ManualClock(virtual.EPOCH_MS), FaultConfig(), budget, sc.world.storage)
+                                             ManualClock(virtual.EPOCH_MS),
+                                             FaultConfig(seed=sc.world.seed, **_messaging_faults(sc)), budget,
+                                             sc.world.storage)
         builds = [functools.partial(_build_cloud, info)]
         builds += [functools.partial(_build_host, info, sc, i, self.t0) for i in range(self.host_count)]
         started_ray = False
@@ -830,7 +837,8 @@ class _Virtual(_Engine):
         self.play_wall_s = time.monotonic() - wall0
         if self.options.until is not None:
             return
-        self._set_faults(FaultConfig(seed=sc.world.seed, base_latency=datastore_latency(sc)))   # the faults end
+        self._set_faults(FaultConfig(seed=sc.world.seed, base_latency=datastore_latency(sc),   # the faults end
+                                     **_messaging_faults(sc)))
         finish = {self._start(_host_node(i), "sim", "finish", ()): i for i in self._live()}
         k = self._run_until(finish, k)
         for task, i in finish.items():
@@ -945,6 +953,7 @@ class _Virtual(_Engine):
         for i in range(self.scenario.world.shards):
             self._start(virtual.CLOUD, datastore_name(i), "set_faults", (faults,), at)
         self._start(virtual.CLOUD, MEMORYSTORE_NAME, "set_faults", (faults,), at)
+        self._start(virtual.CLOUD, MESSAGING_NAME, "set_faults", (faults,), at)
 
     def _dispatch(self, nodes: list[int], t: int, e: int) -> Any:
         """Send the window [t, e] to each of `nodes` with something to do in it; answers the nodes' handle, or None."""
@@ -1051,8 +1060,9 @@ class _Virtual(_Engine):
                     self._take(i, self._result(task))
 
     def _storage_figures(self) -> dict:
-        """What the run asked of the cloud: DataStore requests by type, MemoryStore operations by kind, and the
-        bytes the DataStore holds (every key's current value) and the MemoryStore."""
+        """What the run asked of the cloud: DataStore requests by type, MemoryStore operations by kind, the bytes
+        the DataStore holds (every key's current value) and the MemoryStore, and MessagingService's messages
+        (published, refused over a send limit, delivered to a subscribing server, dropped by reason)."""
         datastore: Counter = Counter()
         stored = 0
         for i in range(self.info.shards):
@@ -1066,7 +1076,10 @@ class _Virtual(_Engine):
         compressed = sum(self.nodes.call_cloud(datastore_name(i), "storage_bytes") for i in holders)
         usage = StorageUsage.figures(compressed, self.scenario.players.population)
         usage["estimated_monthly_cost_usd"] = round(usage["estimated_monthly_cost_usd"], 6)
-        return {"requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
+        messaging = self.nodes.call_cloud(MESSAGING_NAME, "statistics")
+        return {"messaging": {"published": messaging.published, "throttled": messaging.throttled,
+                              "delivered": messaging.delivered, "dropped": dict(messaging.dropped)},
+                "requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
                              "memorystore": dict(sorted(memory.requests.items())),
                              "memorystore_total": sum(memory.requests.values())},
                 "storage": {"datastore_bytes": stored, "memorystore_bytes": memory.bytes_used, **usage}}

@@ -1,4 +1,4 @@
-"""lodestore's emulated Roblox cloud: DataStore and MemoryStore services shared by simulated game servers.
+"""lodestore's emulated Roblox cloud: DataStore, MemoryStore and MessagingService shared by simulated game servers.
 
     >>> from lodestore.storage import World
     >>> world = World.start("demo")                       # local Ray + SQLite at lodestore-data/demo.db
@@ -8,8 +8,9 @@
     >>> store.update("user_1", lambda old, info: {**old, "coins": old["coins"] + 5})
     >>> world.shutdown()
 
-Each service has the same shape: `lodestore.storage.datastore` and `lodestore.storage.memorystore` each hold a
-client, an engine and the messages between them, with their own public face. What both use (`SortDirection`, the
+Each service has the same shape: `lodestore.storage.datastore`, `lodestore.storage.memorystore` and
+`lodestore.storage.messaging` each hold a client, an engine and the messages between them, with their own public
+face. What both use (`SortDirection`, the
 `ANY` write condition, argument checks) is defined once in `_types`; the world, its actors, budgets and transport
 live beside them. Everything a game server, another lodestore layer or a tool needs is exported here: the clients,
 the value rules (`check_value`, `canonical`, `encode`, ...) and Roblox's limits other layers enforce too. A world's
@@ -47,6 +48,8 @@ from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreIn
                                          DataStoreState, DataStoreStatistics, KeyInfo, OrderedDataStore, Page,
                                          RetryPolicy, SnapshotResult, SqliteBackend, UpdateResult, VersionInfo)
 from lodestore.storage.memorystore import HashMap, MemoryStoreService, MemoryStoreStatistics, Queue, SortedMap
+from lodestore.storage.messaging import (MESSAGING_NAME, MessagingService, MessagingServiceError, MessagingStatistics,
+                                         Subscription)
 
 __all__ = [
     "World", "AsyncWorld", "Server", "AsyncServer", "ShardStatistics", "WorldStatistics", "StorageUsage",
@@ -55,6 +58,7 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",
     "MemoryStoreService", "HashMap", "SortedMap", "Queue", "MemoryStoreStatistics",
+    "MessagingService", "Subscription", "MessagingStatistics", "MessagingServiceError",
     "FaultConfig", "Latency", "Outage", "MEMORYSTORE_FAULT_KEYS", "actor_options", "pinned", "spread_nodes",
     "Runtime", "LocalRuntime", "RayRuntime", "Coalescer",
     # virtual time: a simulated world as nodes exchanging timestamped messages (`virtual.Node`, `virtual.Address`)
@@ -62,7 +66,7 @@ __all__ = [
     # calls from outside a running simulation into its world (an Open Cloud server's door: `storage._ingress`)
     "Ingress", "IngressActor", "SimulationEnded", "INGRESS_NAME", "ingress_world",
     # a world's actors by name, and which DataStore shard owns a key, for tools that reach the actors directly
-    "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "shard_of",
+    "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "MESSAGING_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",
     "ServerClosedError",
     # Roblox's error names and codes other layers raise or recognise (part of them chosen where Roblox gives none)

@@ -40,6 +40,9 @@ from lodestore.storage.datastore._lifecycle import (DataStoreInfo, DeleteStore, 
                                                     same_utc_day)
 from lodestore.storage.memorystore._client import MemoryStoreService
 from lodestore.storage.memorystore._messages import MemoryStoreFlushed
+from lodestore.storage.messaging._client import MessagingService
+from lodestore.storage.messaging._engine import MAX_CONCURRENCY, MESSAGING, MESSAGING_NAME, MessagingActor
+from lodestore.storage.messaging._messages import MessagingStatistics, check_topic, encode_message
 
 __all__ = ["World", "AsyncWorld", "Server", "AsyncServer"]
 
@@ -129,20 +132,24 @@ class World:
                                                                                   node=nodes[i]))
                       for i in range(shards)]
         memorystore = runtime.spawn(MemoryStoreShardActor, info, **actor_options(MEMORYSTORE_NAME, name, node=nodes[0]))
-        owned = datastores + [memorystore]
+        messaging = runtime.spawn(MessagingActor, info, **actor_options(MESSAGING_NAME, name, node=nodes[0],
+                                                                        max_concurrency=MAX_CONCURRENCY))
+        owned = datastores + [memorystore, messaging]
         budget_actor = None
         if budget is not None:
             budget_actor = runtime.spawn(BudgetServiceActor, info, **actor_options(BUDGET_NAME, name))
             owned.append(budget_actor)
         try:
-            ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
+            ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote(),
+                                                                 messaging.statistics.remote()]
                     + ([budget_actor.statistics.remote()] if budget_actor else []))
         except BaseException as exc:   # nothing of a world that did not start stays (its names would block a retry)
             _end_actors(owned, namespace)
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, ConfigError):
                 raise exc.cause from None   # a shard's file is another world's
             raise
-        return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget_actor, owned)
+        return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore], MESSAGING: [messaging]},
+                   budget_actor, owned)
 
     @classmethod
     def connect(cls, name: str, address: str | None = None) -> "World":
@@ -163,8 +170,10 @@ class World:
         info: WorldInfo = ray.get(first.describe.remote())
         datastores = [first] + [ray.get_actor(datastore_name(i), namespace=namespace) for i in range(1, info.shards)]
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace)
+        messaging = ray.get_actor(MESSAGING_NAME, namespace=namespace)
         budget = ray.get_actor(BUDGET_NAME, namespace=namespace) if info.budget is not None else None
-        return cls(info, RayRuntime(), {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget, None)
+        return cls(info, RayRuntime(), {DATASTORE: datastores, MEMORYSTORE: [memorystore], MESSAGING: [messaging]},
+                   budget, None)
 
     @classmethod
     def in_process(cls, name: str = "local", backend: str = "memory", path: str | None = None,
@@ -180,7 +189,7 @@ class World:
         except RuntimeError:
             runtime = LocalRuntime(name)
         local = {DATASTORE: [DataStoreShardActor(info, i) for i in range(shards)],
-                 MEMORYSTORE: [MemoryStoreShardActor(info)]}
+                 MEMORYSTORE: [MemoryStoreShardActor(info)], MESSAGING: [MessagingActor(info)]}
         budget_service = BudgetServiceActor(info) if budget is not None else None
         return cls(info, runtime, local, budget_service, None)
 
@@ -204,7 +213,8 @@ class World:
         return self.info.clock.now()
 
     def server(self, job_id: str | None = None, players: int = 0) -> "Server":
-        """A simulated game server: its identity, its player count, and its DataStore and MemoryStore clients."""
+        """A simulated game server: its identity, its player count, and its DataStore, MemoryStore and
+        MessagingService clients (one `Server` per job id: its messaging client is the one that receives)."""
         if job_id is None:
             job_id = uuid.uuid4().hex[:12]
         if not isinstance(job_id, str) or not job_id:
@@ -218,6 +228,7 @@ class World:
         _check_config(self.name, self.info.backend, self.info.shards, faults)
         for shard in self._shards(DATASTORE) + self._shards(MEMORYSTORE):
             self._call(shard, "set_faults", faults)
+        self._call(self._shards(MESSAGING)[0], "set_faults", faults)
 
     def budget_statistics(self):
         """The budget ledger's snapshot (every server's buckets, the experience buckets, leases), or None."""
@@ -243,7 +254,7 @@ class World:
             self._kill_actors()
 
     def _kill_actors(self) -> None:
-        handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
+        handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE) + self._shards(MESSAGING)
                                          + ([self._budget] if self._budget is not None else [])))
         namespace = namespace_of(self.name)
         for name in _names_in(namespace):  # others of the world: its coordinator
@@ -439,6 +450,17 @@ class World:
 
     # -- MessagingService
 
+    def publish(self, topic: str, message: Any) -> None:
+        """Open Cloud's publish (universe-messaging-service:publish): `message` to every server subscribed to
+        `topic`, from outside any game server. Same topic and message rules as a server's `publish`; no server's
+        send limit applies, the receive limits do (what is over them is dropped, counted in the statistics)."""
+        topic, text = check_topic(topic), encode_message(message)
+        self._call(self._shards(MESSAGING)[0], "publish", None, 0, topic, text)
+
+    def messaging_statistics(self) -> MessagingStatistics:
+        """The MessagingService's snapshot: publishes, deliveries, drops by reason (see `MessagingStatistics`)."""
+        return self._call(self._shards(MESSAGING)[0], "statistics")
+
     # ---------------------------------------------------------------------------------------------- plumbing
 
     def _shards(self, service: str) -> list:
@@ -555,6 +577,15 @@ class AsyncWorld:
 
     # -- MessagingService
 
+    async def publish(self, topic: str, message: Any) -> None:
+        w = self._world
+        topic, text = check_topic(topic), encode_message(message)
+        await w._acall(w._shards(MESSAGING)[0], "publish", None, 0, topic, text)
+
+    async def messaging_statistics(self) -> MessagingStatistics:
+        w = self._world
+        return await w._acall(w._shards(MESSAGING)[0], "statistics")
+
 
 def _advance(steps, answer) -> tuple[bool, Any]:
     """(False, next request) of a generator given `answer`, or (True, its result)."""
@@ -664,6 +695,7 @@ class Server:
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
                                            shared_storage=world.info.shared_file)
         self.memorystores = MemoryStoreService(world._transport, world.clock, OpenGate(), job_id)
+        self.messaging = MessagingService(world, job_id, lambda: self.players)
         self.aio = AsyncServer(self)
 
     def __repr__(self) -> str:
@@ -700,6 +732,7 @@ class Server:
         the same again (each step is idempotent)."""
         self.closed = True
         self.datastores.release_leases()
+        self.messaging.close()
         self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
         if self.world._budget is not None:
             self.world._call(self.world._budget, "remove_server", self.job_id)
@@ -736,6 +769,7 @@ class AsyncServer:
         s = self._server
         s.closed = True
         s.datastores.release_leases()
+        await s.messaging.aio.close()
         await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, 0)
         if s.world._budget is not None:
             await s.world._acall(s.world._budget, "remove_server", s.job_id)
