@@ -387,6 +387,8 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     report["totals"]["players"]["teleports"] = engine.router.teleports
     report.update(engine.storage_figures)
     report["design"] = design_summary(scenario)
+    if engine.open_cloud is not None:
+        report["open_cloud"] = engine.open_cloud
     report["metrics"] = metrics(checks, report)
     report["thresholds"] = check_thresholds(scenario.thresholds, report["metrics"])
     history_json = collector.history.to_json()
@@ -718,6 +720,8 @@ class _Virtual(_Engine):
         self._fake_seq = 0
         self._metrics: _Metrics | None = None
         self._doors: list[_Door] = []   # calls from outside the run into its world (`storage._ingress`)
+        self.server: Any = None         # the run's Open Cloud server (`[serve]`), while it plays
+        self.open_cloud: dict | None = None   # what it answered, by endpoint and status (for the report)
         self.busy: list = []    # wall seconds each node spent stepping (cloud first)
         self.node_errors: list[str] = []   # what failed in tasks nobody awaited (a message sent without an answer)
 
@@ -725,6 +729,10 @@ class _Virtual(_Engine):
 
     def run(self) -> None:
         sc = self.scenario
+        if sc.serve.port is not None:   # what would stop the run's server is refused before anything starts
+            from lodestore.storage.opencloud import check_listen, parse_api_keys
+            parse_api_keys(list(sc.serve.api_keys) or None)
+            check_listen(sc.serve.host, sc.serve.port)
         budget = None if sc.world.budget == "none" else sc.world.budget
         info = self.info = virtual.WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
                                              ManualClock(virtual.EPOCH_MS),
@@ -913,34 +921,66 @@ class _Virtual(_Engine):
         return self.interrupted
 
     def _open_doors(self, wall0: float) -> None:
-        """A paced run on Ray opens its world to outside callers (`lodestore serve --world NAME`, `World.connect`)
-        through an ingress actor named in the scenario's world's namespace. Their clock follows the run's pace from
-        `wall0` (the play's start, `time.monotonic()`), when simulated time was `t0`."""
+        """A paced run opens its world to outside callers: with `[serve]` to its own Open Cloud server (a thread of
+        this process, through an in-process ingress), and on Ray to other processes (`lodestore serve --world
+        NAME`, `World.connect`) through an ingress actor named in the scenario's world's namespace. Their clock
+        follows the run's pace from `wall0` (the play's start, `time.monotonic()`), when simulated time was `t0`."""
         sc = self.scenario
-        if not (self.on_ray and sc.world.time_scale):
+        if not sc.world.time_scale:
             return
-        import ray
-        from lodestore.storage import namespace_of
-        from lodestore.storage import INGRESS_NAME, IngressActor
-        try:
-            actor = ray.remote(IngressActor).options(
-                name=INGRESS_NAME, namespace=namespace_of(sc.world.name), num_cpus=0, max_concurrency=1000,
-            ).remote(dataclasses.replace(self.info, name=sc.world.name), self.t0,
-                     time.time() - (time.monotonic() - wall0), sc.world.time_scale)
-            ray.get(actor.describe.remote())
-        except ValueError:   # the name is taken: another run of a world named so is serving
-            self.display.stream.write(f"note: another run of world {sc.world.name!r} is open to outside callers; "
-                                      f"this one is not\n")
-            return
-        self._doors.append(_Door(actor))
-        self.display.stream.write(f"world {sc.world.name!r} is open: `lodestore serve --world {sc.world.name}` "
-                                  f"serves it over Open Cloud while the run plays\n")
+        pace = (dataclasses.replace(self.info, name=sc.world.name), self.t0, time.time() - (time.monotonic() - wall0),
+                sc.world.time_scale)
+        if sc.serve.port is not None:
+            self._serve(pace)
+        if self.on_ray:
+            self._open_to_ray(pace)
         self.display.stream.flush()
 
+    def _serve(self, pace: tuple) -> None:
+        from lodestore.storage import Ingress, ingress_world
+        from lodestore.storage.opencloud import DEFAULT_API_KEY, LOOPBACK_HOSTS, ServerThread, create_app
+        serve = self.scenario.serve
+        ingress = Ingress(*pace)
+        world = ingress_world(ingress)
+        self._doors.append(_Door(ingress))
+        self.server = ServerThread(lambda: create_app(world, api_keys=list(serve.api_keys) or None,
+                                                      universe_id=serve.universe_id), serve.host, serve.port).start()
+        say = self.display.stream.write
+        say(f"serving Open Cloud for this run at {self.server.url} (universe {serve.universe_id})\n")
+        if not serve.api_keys:
+            say(f"  accepting the API key {DEFAULT_API_KEY!r} (every permission); [serve] api_keys chooses keys\n")
+        if serve.host not in LOOPBACK_HOSTS:
+            say(f"  warning: listening on {serve.host}, beyond this machine, over plain HTTP\n")
+
+    def _open_to_ray(self, pace: tuple) -> None:
+        import ray
+        from lodestore.storage import INGRESS_NAME, IngressActor, namespace_of
+        name = self.scenario.world.name
+        try:
+            actor = ray.remote(IngressActor).options(name=INGRESS_NAME, namespace=namespace_of(name), num_cpus=0,
+                                                     max_concurrency=1000).remote(*pace)
+            ray.get(actor.describe.remote())
+        except ValueError:   # the name is taken: another run of a world named so is open
+            self.display.stream.write(f"note: another run of world {name!r} is open to outside callers; this one "
+                                      f"is not\n")
+            return
+        self._doors.append(_Door(actor))
+        join = "" if self.options.address is not None else f" --address {ray.get_runtime_context().gcs_address}"
+        self.display.stream.write(f"world {name!r} is open: `lodestore serve --world {name}{join}` serves it over "
+                                  f"Open Cloud while the run plays\n")
+
     def _close_doors(self) -> None:
+        """The play ended: outside calls hear so, the run's Open Cloud server stops and its figures are kept."""
         doors, self._doors = self._doors, []
         for door in doors:
             door.close(self)
+        if self.server is not None:
+            self.server.stop()
+            if self.server.app is not None:
+                stats = self.server.app.state.opencloud.statistics()
+                self.open_cloud = {"url": self.server.url, "total": stats.total,
+                                   "requests": {endpoint: {str(status): n for status, n in by_status.items()}
+                                                for endpoint, by_status in stats.requests.items()}}
 
     def _start(self, node: int, name: str, method: str, args: tuple, at: int | None = None) -> int:
         """Start `name.method(*args)` on `node` at simulated time `at` (None, or a time before the node's next

@@ -8,13 +8,14 @@ simulated game server's identity and its clients. This module wires things toget
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import socket
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -838,8 +839,21 @@ def _ensure_ray(address: str | None, dashboard: bool = False) -> str | None:
     if address is None:
         return _start_local_ray(dashboard)
     _check_reachable(address)
-    ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
+    with _on_loopback() if _is_loopback(address) else contextlib.nullcontext():
+        # another process's local Ray (a simulation's, at 127.0.0.1:PORT): joined as one of its own processes
+        # would, or Ray would swap the loopback address for the machine's outward one and never reach it
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
     return None
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_reachable(address: str) -> None:
@@ -860,6 +874,25 @@ def _check_reachable(address: str) -> None:
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+@contextlib.contextmanager
+def _on_loopback() -> Iterator[None]:
+    """Ray's switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER off while Ray starts or joins (see `_start_local_ray`), in
+    the environment and in this process's copy of it, then as it was."""
+    from ray._private import ray_constants  # Ray's own switch; no public option binds a local Ray to loopback
+
+    saved_env, saved_switch = os.environ.get(_LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_SWITCH, None)
+        else:
+            os.environ[_LOOPBACK_SWITCH] = saved_env
+
+
 def _start_local_ray(dashboard: bool = False) -> str | None:
     """Start a Ray of our own ("local": never a cluster that happens to run on this machine, which plain
     `ray.init()` would join), every socket of it (GCS, raylet, object manager, workers, agents) listening on
@@ -872,20 +905,9 @@ def _start_local_ray(dashboard: bool = False) -> str | None:
     do it: Ray replaces a loopback address with the machine's outward one. The switch is read when ray is imported,
     so it is turned off in this process's copy too while Ray starts; Ray's processes inherit the variable. The
     run's Ray ends with this process however it ends (Ray's fate sharing: PR_SET_PDEATHSIG on Linux)."""
-    from ray._private import ray_constants  # Ray's own switch; no public option binds a local Ray to loopback
-
-    saved_env, saved_switch = os.environ.get(_LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_LOOPBACK_SWITCH] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with _on_loopback():
         context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                            log_to_driver=False, logging_level="WARNING", configure_logging=True)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
-        if saved_env is None:
-            os.environ.pop(_LOOPBACK_SWITCH, None)
-        else:
-            os.environ[_LOOPBACK_SWITCH] = saved_env
     node_ip = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node_ip).is_loopback:   # a Ray that changed how it picks the address: fail closed
         ray.shutdown()

@@ -15,6 +15,8 @@ from lodestore.storage._ingress import INGRESS_NAME, Ingress, SimulationEnded, i
 from lodestore.storage._shards import MEMORYSTORE_NAME, WorldInfo, datastore_name
 from lodestore.storage._faults import FaultConfig
 
+from tests.sim._paced import paced_scenario
+
 
 def _info(**changes) -> WorldInfo:
     return dataclasses.replace(WorldInfo("w", "memory", None, 1, ManualClock(1_000), FaultConfig()), **changes)
@@ -54,30 +56,13 @@ def test_the_world_behind_an_ingress_keeps_the_runs_pace():
     assert world.info.shards == 1 and world.name == "w"
 
 
-_PACED = """
-[world]
-name = "doortest"
-duration = 3600
-time_scale = 10
-seed = 3
-
-[servers]
-count = 2
-max_players = 10
-
-[players]
-population = 10
-join_rate = 0.5
-"""
-
-
 @pytest.mark.ray
 def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session, tmp_path):
     """World.connect(NAME) of a running paced simulation reaches its world: a write made from outside while it
     plays is in the run's world file afterwards, beside the players' data."""
     import ray
 
-    scenario = parse_scenario(_PACED)
+    scenario = parse_scenario(paced_scenario("doortest", seed=3))
     out = tmp_path / "run"
     done: dict = {}
     stop = threading.Event()   # the run would take 6 wall minutes: the test ends it once its calls are done
