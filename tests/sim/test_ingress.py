@@ -105,3 +105,81 @@ def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session
         assert value == {"refund": 5}
     finally:
         after.shutdown()
+
+
+@pytest.mark.ray
+def test_lodestore_serve_joins_a_paced_run_on_ray_and_serves_its_world(ray_session, tmp_path):
+    """`lodestore serve --world NAME --address ADDR`, in a process of its own, serves the running simulation's
+    world: what it writes is in the run's world file afterwards."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import ray
+    import requests
+
+    scenario = parse_scenario(paced_scenario("servejoin", seed=4))
+    out = tmp_path / "run"
+    done: dict = {}
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            done["result"] = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO(),
+                                                           stop=stop))
+        except BaseException as exc:   # the test thread reports it
+            done["error"] = exc
+
+    player = threading.Thread(target=run)
+    player.start()
+    server = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:   # the run's start, not a behaviour under test
+            assert "error" not in done, done.get("error")
+            try:
+                ray.get_actor(INGRESS_NAME, namespace=namespace_of("servejoin"))
+                break
+            except ValueError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = ["serve", "--world", "servejoin", "--address", ray.get_runtime_context().gcs_address,
+                   "--port", str(port)]
+        server = subprocess.Popen([sys.executable, "-c", "import sys; from lodestore.sim import main; "
+                                   "sys.exit(main(sys.argv[1:]))", *command],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        http = requests.Session()
+        http.trust_env = False
+        base = f"http://127.0.0.1:{port}/cloud/v2/universes/1/data-stores/support/entries"
+        key = {"x-api-key": "lodestore-test-key"}
+        deadline = time.monotonic() + 120
+        while True:   # the server's start
+            assert server.poll() is None, server.stdout.read()
+            try:
+                written = http.patch(f"{base}/ticket_9?allowMissing=true", json={"value": [1, 2]}, headers=key,
+                                     timeout=30)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert written.status_code == 200, written.text
+        assert http.get(f"{base}/ticket_9", headers=key, timeout=30).json()["value"] == [1, 2]
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGINT)   # Ctrl-C: it stops serving; the world is the run's, left alone
+            printed, _ = server.communicate(timeout=60)
+        stop.set()
+        player.join(timeout=300)
+    assert "error" not in done, done.get("error")
+    assert "(joined)" in printed and done["result"].ok
+    after = World.in_process("after-join", backend="sqlite", path=str(out / "world.db"), budget=None)
+    try:
+        assert after.server("reader").datastores.get_data_store("support").get("ticket_9")[0] == [1, 2]
+    finally:
+        after.shutdown()
