@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import io
-import threading
 import time
 
 import pytest
 
-from lodestore.sim import RunOptions, parse_scenario, simulate
 from lodestore.storage import ManualClock, World, namespace_of
 from lodestore.storage._ingress import INGRESS_NAME, Ingress, SimulationEnded, ingress_world
 from lodestore.storage._shards import MEMORYSTORE_NAME, WorldInfo, datastore_name
 from lodestore.storage._faults import FaultConfig
 
-from tests.sim._paced import paced_scenario
+from tests.sim._paced import paced_scenario, playing, stored, wait_until_open
 
 
 def _info(**changes) -> WorldInfo:
@@ -62,29 +59,9 @@ def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session
     plays is in the run's world file afterwards, beside the players' data."""
     import ray
 
-    scenario = parse_scenario(paced_scenario("doortest", seed=3))
     out = tmp_path / "run"
-    done: dict = {}
-    stop = threading.Event()   # the run would take 6 wall minutes: the test ends it once its calls are done
-
-    def run() -> None:
-        try:
-            done["result"] = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO(),
-                                                           stop=stop))
-        except BaseException as exc:   # the test thread reports it
-            done["error"] = exc
-
-    player = threading.Thread(target=run)
-    player.start()
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "error" not in done:
-            try:
-                ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
-                break
-            except ValueError:
-                time.sleep(0.2)
-        assert "error" not in done, done.get("error")
+    with playing(paced_scenario("doortest", seed=3), out) as done:
+        wait_until_open("doortest", done)
         world = World.connect("doortest")
         server = world.server("support-tool")
         store = server.datastores.get_data_store("support")
@@ -92,19 +69,10 @@ def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session
         value, info = store.get("ticket_1", use_cache=False)
         assert value == {"refund": 5} and info.version == version
         assert world.now() > 1_700_000_000_000   # the run's simulated clock, not this machine's
-    finally:
-        stop.set()
-        player.join(timeout=300)
-    assert "error" not in done, done.get("error")
     assert done["result"].ok and done["result"].report["run"]["stopped_early"]
     with pytest.raises(Exception):   # the run is over: its door is gone
         ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
-    after = World.in_process("after", backend="sqlite", path=str(out / "world.db"), budget=None)
-    try:
-        value, _ = after.server("reader", players=0).datastores.get_data_store("support").get("ticket_1")
-        assert value == {"refund": 5}
-    finally:
-        after.shutdown()
+    assert stored(out, "support", "ticket_1") == {"refund": 5}
 
 
 @pytest.mark.ray
@@ -120,31 +88,9 @@ def test_lodestore_serve_joins_a_paced_run_on_ray_and_serves_its_world(ray_sessi
     import ray
     import requests
 
-    scenario = parse_scenario(paced_scenario("servejoin", seed=4))
     out = tmp_path / "run"
-    done: dict = {}
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            done["result"] = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO(),
-                                                           stop=stop))
-        except BaseException as exc:   # the test thread reports it
-            done["error"] = exc
-
-    player = threading.Thread(target=run)
-    player.start()
-    server = None
-    try:
-        deadline = time.monotonic() + 120
-        while True:   # the run's start, not a behaviour under test
-            assert "error" not in done, done.get("error")
-            try:
-                ray.get_actor(INGRESS_NAME, namespace=namespace_of("servejoin"))
-                break
-            except ValueError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+    with playing(paced_scenario("servejoin", seed=4), out) as done:
+        wait_until_open("servejoin", done)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -154,32 +100,25 @@ def test_lodestore_serve_joins_a_paced_run_on_ray_and_serves_its_world(ray_sessi
                                    "sys.exit(main(sys.argv[1:]))", *command],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-        http = requests.Session()
-        http.trust_env = False
-        base = f"http://127.0.0.1:{port}/cloud/v2/universes/1/data-stores/support/entries"
-        key = {"x-api-key": "lodestore-test-key"}
-        deadline = time.monotonic() + 120
-        while True:   # the server's start
-            assert server.poll() is None, server.stdout.read()
-            try:
-                written = http.patch(f"{base}/ticket_9?allowMissing=true", json={"value": [1, 2]}, headers=key,
-                                     timeout=30)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-        assert written.status_code == 200, written.text
-        assert http.get(f"{base}/ticket_9", headers=key, timeout=30).json()["value"] == [1, 2]
-    finally:
-        if server is not None:
+        try:
+            http = requests.Session()
+            http.trust_env = False
+            base = f"http://127.0.0.1:{port}/cloud/v2/universes/1/data-stores/support/entries"
+            key = {"x-api-key": "lodestore-test-key"}
+            deadline = time.monotonic() + 120
+            while True:   # the server's start
+                assert server.poll() is None, server.stdout.read()
+                try:
+                    written = http.patch(f"{base}/ticket_9?allowMissing=true", json={"value": [1, 2]},
+                                         headers=key, timeout=30)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert written.status_code == 200, written.text
+            assert http.get(f"{base}/ticket_9", headers=key, timeout=30).json()["value"] == [1, 2]
+        finally:
             server.send_signal(signal.SIGINT)   # Ctrl-C: it stops serving; the world is the run's, left alone
             printed, _ = server.communicate(timeout=60)
-        stop.set()
-        player.join(timeout=300)
-    assert "error" not in done, done.get("error")
     assert "(joined)" in printed and done["result"].ok
-    after = World.in_process("after-join", backend="sqlite", path=str(out / "world.db"), budget=None)
-    try:
-        assert after.server("reader").datastores.get_data_store("support").get("ticket_9")[0] == [1, 2]
-    finally:
-        after.shutdown()
+    assert stored(out, "support", "ticket_9") == [1, 2]

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
 import time
 
 import pytest
 import requests
 
 from lodestore.sim import RunOptions, parse_scenario, simulate
-from lodestore.storage import ConfigError, World
+from lodestore.storage import ConfigError
 
-from tests.sim._paced import paced_scenario
+from tests.sim._paced import paced_scenario, playing, stored
 
 V2 = "cloud/v2/universes/7/data-stores/support/entries"
 
@@ -36,24 +35,11 @@ api_keys = ["admin", "viewer:datastores.read"]
 def test_a_served_run_answers_open_cloud_while_it_plays_and_reports_it(tmp_path):
     port = _free_port()
     out = tmp_path / "run"
-    stop = threading.Event()    # the run would take 6 wall minutes: the test ends it once its requests are done
-    done: dict = {}
     stream = io.StringIO()
-
-    def run() -> None:
-        try:
-            done["result"] = simulate(parse_scenario(_scenario(port)),
-                                      RunOptions(out=out, engine="in-process", progress=False, stream=stream,
-                                                 stop=stop))
-        except BaseException as exc:   # the test thread reports it
-            done["error"] = exc
-
-    player = threading.Thread(target=run)
-    player.start()
     http = requests.Session()
     http.trust_env = False
     base = f"http://127.0.0.1:{port}/"
-    try:
+    with playing(_scenario(port), out, engine="in-process", stream=stream) as done:
         deadline = time.monotonic() + 60
         while True:   # the server's start, not a behaviour under test
             assert "error" not in done, done.get("error")
@@ -71,10 +57,6 @@ def test_a_served_run_answers_open_cloud_while_it_plays_and_reports_it(tmp_path)
         refused = http.patch(f"{base}{V2}/ticket_2?allowMissing=true", json={"value": 1},
                              headers={"x-api-key": "viewer"}, timeout=30)
         assert refused.status_code == 403
-    finally:
-        stop.set()
-        player.join(timeout=300)
-    assert "error" not in done, done.get("error")
     result = done["result"]
     assert result.ok
     assert f"serving Open Cloud for this run at http://127.0.0.1:{port}/" in stream.getvalue()
@@ -82,11 +64,7 @@ def test_a_served_run_answers_open_cloud_while_it_plays_and_reports_it(tmp_path)
     entry = "/cloud/v2/universes/{universe}/data-stores/{data_store}/entries/{entry}"
     assert served["requests"][f"PATCH {entry}"] == {"200": 1, "403": 1}
     assert served["requests"][f"GET {entry}"] == {"200": 1}
-    world = World.in_process("after", backend="sqlite", path=str(out / "world.db"), budget=None)
-    try:
-        assert world.server("r").datastores.get_data_store("support").get("ticket_1")[0] == {"refund": 5}
-    finally:
-        world.shutdown()
+    assert stored(out, "support", "ticket_1") == {"refund": 5}
     with pytest.raises(requests.ConnectionError):   # the server ended with the run
         http.get(base, timeout=5)
 
