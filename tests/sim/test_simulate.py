@@ -326,7 +326,7 @@ def test_a_teleporting_player_is_online_once():
     """During a teleport a player is on two servers (leaving one, loading on the other): still one player online
     (teleport_storm counted 137 online at once out of a population of 120)."""
     text = (Path(__file__).resolve().parents[2] / "examples" / "scenarios" / "teleport_storm.toml").read_text()
-    result = run_in_process(text, duration=600)
+    result = run_in_process(text, duration=150)
     players = result.report["totals"]["players"]
     assert players["teleports"] > 50
     assert 0 < players["peak_online"] <= 120
