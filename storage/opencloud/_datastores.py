@@ -1,6 +1,8 @@
 """Data stores themselves over Open Cloud v2 (`cloud/v2/universes/{universe}/data-stores`): list (maxPageSize,
 pageToken, showDeleted, filter `id.startsWith("prefix")`), delete and `:undelete` (answering the data store), and
-`data-stores:snapshot`, in v2's error shape, behind `datastores.manage`.
+`data-stores:snapshot`, in v2's error shape; and v1's list (`datastores/v1/universes/{universe}/standard-datastores`:
+prefix, limit, cursor -> `{datastores: [{name, createdTime}], nextPageCursor}`, v1's shape and list limit; 32 a page
+by default, ListDataStoresAsync's, as v1's entry listing takes ListKeysAsync's). All behind `datastores.manage`.
 
 Each calls the world: the list is the Open Cloud client's `list_data_stores` (one StandardList request of the
 experience budget shared with game servers; only stores that hold something), delete, undelete and snapshot are the
@@ -16,7 +18,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lodestore.storage import DataStoreInfo, DataStoreState
+from lodestore.storage import MAX_LIST_PAGE, DataStoreInfo, DataStoreState
 from lodestore.storage.opencloud._errors import ApiError, Shape, json_response
 from lodestore.storage.opencloud._routes import Endpoints, flag, json_object, page_size, rfc3339, starts_with_filter
 
@@ -27,6 +29,7 @@ _STORES = "/cloud/v2/universes/{universe}/data-stores"
 _MANAGE = "datastores.manage"
 LIST_DEFAULT, LIST_MAX = 10, 100
 """List Data Stores' page: 10 by default, at most 100 (a larger maxPageSize is taken as 100, as Roblox does)."""
+V1_LIST_DEFAULT, V1_LIST_MAX = 32, MAX_LIST_PAGE
 
 
 def data_store_json(universe_id: int, info: DataStoreInfo) -> dict:
@@ -46,6 +49,16 @@ async def list_data_stores(oc, request: Request) -> Response:
         request.query_params.get("pageToken") or None, show_deleted=flag(request, "showDeleted"))
     return json_response({"dataStores": [data_store_json(oc.universe_id, info) for info in page.items],
                           "nextPageToken": page.cursor or ""})
+
+
+@ENDPOINTS.add("GET", "/datastores/v1/universes/{universe}/standard-datastores", shape=Shape.V1, permission=_MANAGE,
+               v1_class="list")
+async def list_data_stores_v1(oc, request: Request) -> Response:
+    page = await oc.server.datastores.aio.list_data_stores(
+        request.query_params.get("prefix", ""), page_size(request, ("limit",), V1_LIST_DEFAULT, V1_LIST_MAX),
+        request.query_params.get("cursor") or None)
+    return json_response({"datastores": [{"name": info.name, "createdTime": rfc3339(info.created_time)}
+                                         for info in page.items], "nextPageCursor": page.cursor or ""})
 
 
 @ENDPOINTS.add("DELETE", _STORES + "/{data_store}", shape=Shape.V2, permission=_MANAGE)

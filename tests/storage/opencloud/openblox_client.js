@@ -6,7 +6,7 @@
 
 const { createOpenbloxConfig, setDefaultOpenbloxConfig } = require("openblox/config");
 const { HttpResponse } = require("openblox/http");
-const { MemoryStoresApi, StandardDataStoresApi_V2 } = require("openblox/cloud");
+const { MemoryStoresApi, StandardDataStoresApi_V1, StandardDataStoresApi_V2 } = require("openblox/cloud");
 
 const [base, cloudKey] = process.argv.slice(2);
 const ROBLOX = "https://apis.roblox.com/";
@@ -38,6 +38,7 @@ const main = async () => {
   out.got = (await StandardDataStoresApi_V2.standardDataStoreEntry({ ...entry, entryId: "user_1" })).data;
   await StandardDataStoresApi_V2.createStandardDataStoreEntry({ ...entry, entryId: "user_2", value: { coins: 1 } });
   out.listed = (await StandardDataStoresApi_V2.listStandardDataStoreEntries({ ...entry })).data.map((e) => e.id);
+  out.stores = (await StandardDataStoresApi_V1.listStandardDatastores({ universeId })).data.map((s) => s.name);
   const visits = { universeId, dataStore: "counters", scope: "global", entryId: "visits" };
   await StandardDataStoresApi_V2.incrementStandardDatastoreEntry({ ...visits, amount: 3 });
   out.incremented = (await StandardDataStoresApi_V2.incrementStandardDatastoreEntry({ ...visits, amount: 4 })).data;

@@ -49,6 +49,20 @@ def test_list_data_stores_with_a_prefix_and_every_page(experience, served):
     assert served.request("GET", V2, params={"pageToken": "not-a-token"}).status_code == 400
 
 
+def test_v1_lists_data_stores_in_its_shape_with_a_prefix_and_pages(served):
+    fill(served, "players", "players-v2", "settings")
+    url = "datastores/v1/universes/1/standard-datastores"
+    first = served.request("GET", url, params={"prefix": "players", "limit": 1})
+    assert first.status_code == 200 and "x-ratelimit-limit" in first.headers   # v1's list limit applies
+    assert first.json()["datastores"] == [{"name": "players", "createdTime": "2026-05-28T20:26:40.000Z"}]
+    rest = served.request("GET", url, params={"prefix": "players", "cursor": first.json()["nextPageCursor"]}).json()
+    assert [s["name"] for s in rest["datastores"]] == ["players-v2"] and rest["nextPageCursor"] == ""
+    assert [s["name"] for s in served.request("GET", url).json()["datastores"]] == ["players", "players-v2",
+                                                                                     "settings"]
+    bad = served.request("GET", url, params={"cursor": "nope"})
+    assert bad.status_code == 400 and bad.json()["errorDetails"][0]["errorDetailType"] == "DatastoreErrorInfo"
+
+
 def test_delete_makes_the_entries_unreachable_and_undelete_brings_them_back(experience, served, clock):
     store = experience.get_datastore("players")
     store.set_entry("user_1", {"coins": 5})
@@ -129,6 +143,8 @@ def test_data_store_management_needs_its_permission(clock):
             editor.get_datastore("players").delete()
         with pytest.raises(Forbidden):
             editor.snapshot_datastores()
+        v1 = served.request("GET", "datastores/v1/universes/1/standard-datastores", key="editor")
+        assert v1.status_code == 403 and v1.json()["errorDetails"][0]["datastoreErrorCode"] == "InsufficientScope"
         refused = served.request("POST", f"{V2}/players:undelete", key="editor")
         assert refused.status_code == 403 and refused.json()["code"] == "PERMISSION_DENIED"
         assert editor.get_datastore("players").get_entry("k")[0] == "players"   # nothing was deleted

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(NODE is None or NODE_MODULES is None,
                                 reason="needs node and openblox (npm install --prefix .ci/node openblox@1.0.62)")
 
 
-def test_openblox_sets_gets_lists_increments_and_uses_a_sorted_map(served):
+def test_openblox_sets_gets_lists_increments_and_uses_a_sorted_map_and_flush(served):
     done = subprocess.run([NODE, str(SCRIPT), served.url, "lodestore-test-key"], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
     assert done.returncode == 0, done.stderr
@@ -39,6 +39,7 @@ def test_openblox_sets_gets_lists_increments_and_uses_a_sorted_map(served):
     assert out["created"]["value"] == {"coins": 5} and out["created"]["users"] == ["users/1"]
     assert out["got"]["value"] == {"coins": 5} and out["got"]["revisionId"] == out["created"]["revisionId"]
     assert out["listed"] == ["user_1", "user_2"]
+    assert out["stores"] == ["players"]
     assert out["incremented"]["value"] == 7
     assert out["missingStatus"] == 404
     assert out["item"]["value"] == {"n": 1} and out["item"]["numericSortKey"] == 10
