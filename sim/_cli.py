@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "datastores.write, memorystore.read, memorystore.write, ...); repeat for more. "
                           "Default: lodestore-test-key with every permission")
     srv.add_argument("--universe-id", type=int, default=1, help="the universe id served (default 1)")
-    srv.add_argument("--address", default=None, help="join a running Ray cluster; default: local Ray")
+    srv.add_argument("--address", default=None,
+                     help="the Ray that runs the world: a cluster's, or a paced simulation's local Ray (it prints "
+                          "the address); default: a local Ray of this command's own")
+    srv.add_argument("--dashboard", action="store_true",
+                     help="start the local Ray with its dashboard on 127.0.0.1 and print its URL")
     srv.set_defaults(func=_serve)
     return parser
 
@@ -195,29 +199,22 @@ def _replay(args: argparse.Namespace) -> int:
     return 1
 
 
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
 def _serve(args: argparse.Namespace) -> int:
     """Serve Open Cloud over the world `args.world` (joined, or started when none runs) until Ctrl-C; shut down
     only what this command started."""
-    import socket
-
     import uvicorn
 
-    from lodestore.storage import World
-    from lodestore.storage.opencloud import DEFAULT_API_KEY, create_app, parse_api_keys
+    from lodestore.storage import World, virtual
+    from lodestore.storage.opencloud import DEFAULT_API_KEY, LOOPBACK_HOSTS, check_listen, create_app, parse_api_keys
     try:
         parse_api_keys(args.api_key)   # every check that needs no world first: a refusal starts nothing
         if not 0 < args.port < 65536:
             raise ConfigError(f"--port must be from 1 to 65535, got {args.port}")
         if args.universe_id <= 0:
             raise ConfigError(f"--universe-id must be a positive integer, got {args.universe_id}")
-        try:
-            with socket.create_server((args.host, args.port)):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        check_listen(args.host, args.port)
+        if args.dashboard:
+            print(f"lodestore serve: dashboard: {virtual.ensure_ray(args.address, dashboard=True)}")
         try:
             world, started = World.connect(args.world, address=args.address), False
         except ConfigError:
@@ -233,7 +230,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.api_key:
             print(f"lodestore serve: accepting the API key {DEFAULT_API_KEY!r} (every permission); give --api-key "
                   f"to choose keys")
-        if args.host not in _LOCAL_HOSTS:
+        if args.host not in LOOPBACK_HOSTS:
             print(f"lodestore serve: warning: listening on {args.host}, beyond this machine, over plain HTTP: "
                   f"keys and data travel unencrypted", file=sys.stderr)
         print("lodestore serve: Ctrl-C stops" + (" (and shuts the world down)" if started else ""))

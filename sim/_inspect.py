@@ -2,8 +2,8 @@
 
 Owns the `inspect` sub-command (`add_parser`) and one plain function per command (`list_stores`, `list_keys`,
 `show_key`, `list_versions`, `restore_version`, `export_store`, `import_store`, `erase_user`, with
-`read_import_file` for the import file), each returning JSON-ready dicts and lists that the CLI layer only formats.
-Problems are `InspectError`s that carry the exit status (1 not found, 2 usage).
+`read_import_file` for the import file; `storage_usage`), each returning JSON-ready dicts and lists that the CLI
+layer only formats. Problems are `InspectError`s that carry the exit status (1 not found, 2 usage).
 
 The file is opened through the emulator itself (`World.in_process` on the file, no request budgets) with a manual
 clock standing at the file's last write, so reading never expires a backup the simulation could still see; every
@@ -38,12 +38,12 @@ from typing import Any, NoReturn, TextIO
 from lodestore.actors import MAX_STORE_NAME, RECORDS_PREFIX, SHARDS_PREFIX, TX_STORE, marker_committed
 from lodestore.actors import records as rec
 from lodestore.storage import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, ConfigError, DataStore,
-                               DataStoreError, KeyInfo, LodestoreError, ManualClock, SortDirection, UpdateResult,
-                               VersionInfo, World, check_key, check_store_name, check_value)
+                               DataStoreError, KeyInfo, LodestoreError, ManualClock, SortDirection, StorageUsage,
+                               UpdateResult, VersionInfo, World, check_key, check_store_name, check_value)
 
-__all__ = ["InspectError", "add_parser", "run", "file_warnings", "list_stores", "list_keys", "show_key", "list_versions",
-           "restore_version", "export_store", "import_store", "read_import_file", "erase_user", "NOT_FOUND",
-           "USAGE"]
+__all__ = ["InspectError", "add_parser", "run", "file_warnings", "list_stores", "list_keys", "show_key",
+           "list_versions", "restore_version", "export_store", "import_store", "read_import_file", "erase_user",
+           "storage_usage", "NOT_FOUND", "USAGE"]
 
 NOT_FOUND = 1
 """Exit status for an unknown store, key or version, and for stored data that does not decode."""
@@ -392,6 +392,17 @@ class _Inspector:
                 self.clock.set((hour + 1) * HOUR_MS)
 
 
+def storage_usage(db: str | os.PathLike, lifetime_users: int = 0) -> dict[str, Any]:
+    """The file's DataStore storage as Roblox counts it (`storage.StorageUsage`: the zlib-compressed size of every
+    key's latest version, against 500 MB + 1 MB x `lifetime_users`, and the estimated monthly cost of the excess).
+    The file does not record how many users played, so the caller says (default 0: the base limit)."""
+    if isinstance(lifetime_users, bool) or not isinstance(lifetime_users, int) or lifetime_users < 0:
+        raise InspectError(f"lifetime users must be an int >= 0, got {lifetime_users!r}", USAGE)
+    with _Inspector(db) as inspector:
+        measured = inspector.world.statistics().storage_bytes
+    return dataclasses.asdict(StorageUsage.of(measured, lifetime_users))
+
+
 def _orphans(old: Any, new_file: Any) -> list[dict]:
     """The shard sets a record replacing `old` must still remove: old's orphans and old's own sharded file."""
     if not rec.is_record(old):
@@ -670,6 +681,7 @@ Look at and repair the player data in one world's SQLite file, offline, through 
   inspect DB export STORE [--out FILE]            JSON {key: data} of every live key
   inspect DB import STORE FILE                    write each {key: data} of a JSON file as a fresh record
   inspect DB erase USER_ID [--template S SC K]... erase a user's data, then check that nothing is left
+  inspect DB storage [--lifetime-users N]         compressed size of the latest versions against Roblox's limit
 
 STORE is a Store's name (as given to create_store; its records are DataStore lodestore/records/STORE) or any
 DataStore name `stores` lists. Every command takes --json for machine-readable output.
@@ -742,17 +754,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     load.add_argument("--applied-migrations", metavar="NAME[,NAME...]", default="",
                       help="migration steps the data already has (default none: the next load runs every step); "
                            "`show` lists a key's")
+    storage = command("storage", _cmd_storage, "the file's DataStore storage as Roblox counts it (zlib-compressed "
+                                               "latest versions) against the limit of 500 MB + 1 MB per lifetime "
+                                               "user, and the monthly cost of going over")
+    storage.add_argument("--lifetime-users", type=_count, default=0, metavar="N",
+                         help="users who ever played (the file does not record them; default 0)")
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an int >= `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -894,6 +918,17 @@ def _cmd_erase(args: argparse.Namespace, out: TextIO) -> None:
     if done["remaining"]:
         raise InspectError(f"{len(done['remaining'])} key(s) of user {done['user_id']} remain after the erasure; "
                            f"run it again", NOT_FOUND)
+
+
+def _cmd_storage(args: argparse.Namespace, out: TextIO) -> None:
+    usage = storage_usage(args.db, args.lifetime_users)
+    if args.json:
+        return _dump(usage, out)
+    mb = 1024 * 1024
+    out.write(f"storage: {usage['storage_bytes'] / mb:.3f} MB (compressed latest versions) of "
+              f"{usage['storage_limit_bytes'] / mb:.0f} MB (500 MB + 1 MB x {usage['lifetime_users']} lifetime "
+              f"users); {'OVER the limit' if usage['over_limit'] else 'within the limit'}; "
+              f"estimated cost ${usage['estimated_monthly_cost_usd']:.2f}/month\n")
 
 
 def _cmd_import(args: argparse.Namespace, out: TextIO) -> None:

@@ -29,7 +29,9 @@ The report dict (the contract of report.json, ``"format": 1``) is plain JSON-com
      "design": {"name": str, "summary": str, "options": dict, "transactions": bool, "lock": str, "trades": str},
      "requests": {"datastore": {request type: int}, "datastore_total": int, "memorystore": {operation: int},
                   "memorystore_total": int},                  # what the run asked (the final read excluded)
-     "storage": {"datastore_bytes": int, "memorystore_bytes": int},
+     "storage": {"datastore_bytes": int, "memorystore_bytes": int,   # datastore_bytes: current values, uncompressed
+                 "storage_bytes": int, "lifetime_users": int, "storage_limit_bytes": int, "over_limit": bool,
+                 "estimated_monthly_cost_usd": float},   # Roblox's limit (storage.StorageUsage); users: population
      "metrics": {metric: number or None},   # what [thresholds] bound (sim._metrics.metrics)
      "thresholds": [{"metric": str, "at_most": float, "value": number or None, "ok": bool}],
      "series": {

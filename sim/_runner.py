@@ -46,8 +46,8 @@ from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary
                                      scenario_toml, store_config)
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.sim.designs import design
-from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, ConfigError, FaultConfig,
-                               Latency, ManualClock, Outage, datastore_name, virtual)
+from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, MESSAGING_NAME, ConfigError,
+                               FaultConfig, Latency, ManualClock, Outage, StorageUsage, datastore_name, virtual)
 
 __all__ = ["RunOptions", "RunResult", "simulate", "fault_config_at", "history_digest"]
 
@@ -66,6 +66,7 @@ class RunOptions:
     until: float | None = None         # stop the play at this simulated second: no BindToClose, no checks, no
                                        # report; the world file is left as it was then (`lodestore replay --until`)
     dashboard: bool = False            # start local Ray with its dashboard on 127.0.0.1 (and say its URL)
+    stop: threading.Event | None = None   # set it to stop the play as a Ctrl-C does (BindToClose, checks, report)
 
     def __post_init__(self) -> None:
         if self.engine not in ("ray", "in-process"):
@@ -78,6 +79,8 @@ class RunOptions:
         if self.dashboard and (self.engine != "ray" or self.address is not None):
             raise ConfigError("--dashboard starts local Ray with its dashboard: it needs the Ray engine without "
                               "--in-process, and a cluster (--address) has its own dashboard", field="dashboard")
+        if self.stop is not None and not isinstance(self.stop, threading.Event):
+            raise ConfigError(f"stop must be a threading.Event, got {self.stop!r}", field="stop")
         if self.until is not None and (isinstance(self.until, bool) or not isinstance(self.until, (int, float))
                                        or not math.isfinite(self.until) or self.until < 0):
             raise ConfigError(f"until must be a number of simulated seconds >= 0, got {self.until!r}")
@@ -137,7 +140,12 @@ def fault_config_at(scenario: Scenario, t_s: float, t0: int) -> FaultConfig:
         ms_rates = dict.fromkeys(MEMORYSTORE_FAULT_KEYS, 1.0)
     return FaultConfig(seed=scenario.world.seed, error_rate=rates, latency=latency, outages=outages,
                        ambiguous_write_rate=ambiguous, base_latency=datastore_latency(scenario),
-                       memorystore_error_rate=ms_rates)
+                       memorystore_error_rate=ms_rates, **_messaging_faults(scenario))
+
+
+def _messaging_faults(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's `[messaging]` as FaultConfig fields: they hold the whole run, whatever the fault windows."""
+    return {"messaging_delay": scenario.messaging.delay, "messaging_drop_rate": scenario.messaging.drop_rate}
 
 
 def _fault_boundaries(scenario: Scenario) -> list[float]:
@@ -379,6 +387,8 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     report["totals"]["players"]["teleports"] = engine.router.teleports
     report.update(engine.storage_figures)
     report["design"] = design_summary(scenario)
+    if engine.open_cloud is not None:
+        report["open_cloud"] = engine.open_cloud
     report["metrics"] = metrics(checks, report)
     report["thresholds"] = check_thresholds(scenario.thresholds, report["metrics"])
     history_json = collector.history.to_json()
@@ -710,6 +720,8 @@ class _Virtual(_Engine):
         self._fake_seq = 0
         self._metrics: _Metrics | None = None
         self._doors: list[_Door] = []   # calls from outside the run into its world (`storage._ingress`)
+        self.server: Any = None         # the run's Open Cloud server (`[serve]`), while it plays
+        self.open_cloud: dict | None = None   # what it answered, by endpoint and status (for the report)
         self.busy: list = []    # wall seconds each node spent stepping (cloud first)
         self.node_errors: list[str] = []   # what failed in tasks nobody awaited (a message sent without an answer)
 
@@ -717,9 +729,15 @@ class _Virtual(_Engine):
 
     def run(self) -> None:
         sc = self.scenario
+        if sc.serve.port is not None:   # what would stop the run's server is refused before anything starts
+            from lodestore.storage.opencloud import check_listen, parse_api_keys
+            parse_api_keys(list(sc.serve.api_keys) or None)
+            check_listen(sc.serve.host, sc.serve.port)
         budget = None if sc.world.budget == "none" else sc.world.budget
         info = self.info = virtual.WorldInfo(self.world_name, sc.world.backend, self.path, sc.world.shards,
-                                             ManualClock(virtual.EPOCH_MS), FaultConfig(), budget, sc.world.storage)
+                                             ManualClock(virtual.EPOCH_MS),
+                                             FaultConfig(seed=sc.world.seed, **_messaging_faults(sc)), budget,
+                                             sc.world.storage)
         builds = [functools.partial(_build_cloud, info)]
         builds += [functools.partial(_build_host, info, sc, i, self.t0) for i in range(self.host_count)]
         started_ray = False
@@ -820,14 +838,15 @@ class _Virtual(_Engine):
 
         self._open_doors(wall0)
         try:
-            k = self._windows(0, end, prepare_hosts, prepare_cloud, after, stop=lambda: self.interrupted)
+            k = self._windows(0, end, prepare_hosts, prepare_cloud, after, stop=self._stop_asked)
         finally:
             self._close_doors()
         self._take_drains()
         self.play_wall_s = time.monotonic() - wall0
         if self.options.until is not None:
             return
-        self._set_faults(FaultConfig(seed=sc.world.seed, base_latency=datastore_latency(sc)))   # the faults end
+        self._set_faults(FaultConfig(seed=sc.world.seed, base_latency=datastore_latency(sc),   # the faults end
+                                     **_messaging_faults(sc)))
         finish = {self._start(_host_node(i), "sim", "finish", ()): i for i in self._live()}
         k = self._run_until(finish, k)
         for task, i in finish.items():
@@ -895,35 +914,73 @@ class _Virtual(_Engine):
             k = nxt if nxt is not None else k + 1
         return k
 
+    def _stop_asked(self) -> bool:
+        """Ctrl-C, or the caller's `RunOptions.stop` event: the play ends (the run is marked stopped early)."""
+        if self.options.stop is not None and self.options.stop.is_set():
+            self.interrupted = True
+        return self.interrupted
+
     def _open_doors(self, wall0: float) -> None:
-        """A paced run on Ray opens its world to outside callers (`lodestore serve --world NAME`, `World.connect`)
-        through an ingress actor named in the scenario's world's namespace. Their clock follows the run's pace from
-        `wall0` (the play's start, `time.monotonic()`), when simulated time was `t0`."""
+        """A paced run opens its world to outside callers: with `[serve]` to its own Open Cloud server (a thread of
+        this process, through an in-process ingress), and on Ray to other processes (`lodestore serve --world
+        NAME`, `World.connect`) through an ingress actor named in the scenario's world's namespace. Their clock
+        follows the run's pace from `wall0` (the play's start, `time.monotonic()`), when simulated time was `t0`."""
         sc = self.scenario
-        if not (self.on_ray and sc.world.time_scale):
+        if not sc.world.time_scale:
             return
-        import ray
-        from lodestore.storage import namespace_of
-        from lodestore.storage import INGRESS_NAME, IngressActor
-        try:
-            actor = ray.remote(IngressActor).options(
-                name=INGRESS_NAME, namespace=namespace_of(sc.world.name), num_cpus=0, max_concurrency=1000,
-            ).remote(dataclasses.replace(self.info, name=sc.world.name), self.t0,
-                     time.time() - (time.monotonic() - wall0), sc.world.time_scale)
-            ray.get(actor.describe.remote())
-        except ValueError:   # the name is taken: another run of a world named so is serving
-            self.display.stream.write(f"note: another run of world {sc.world.name!r} is open to outside callers; "
-                                      f"this one is not\n")
-            return
-        self._doors.append(_Door(actor))
-        self.display.stream.write(f"world {sc.world.name!r} is open: `lodestore serve --world {sc.world.name}` "
-                                  f"serves it over Open Cloud while the run plays\n")
+        pace = (dataclasses.replace(self.info, name=sc.world.name), self.t0, time.time() - (time.monotonic() - wall0),
+                sc.world.time_scale)
+        if sc.serve.port is not None:
+            self._serve(pace)
+        if self.on_ray:
+            self._open_to_ray(pace)
         self.display.stream.flush()
 
+    def _serve(self, pace: tuple) -> None:
+        from lodestore.storage import Ingress, ingress_world
+        from lodestore.storage.opencloud import DEFAULT_API_KEY, LOOPBACK_HOSTS, ServerThread, create_app
+        serve = self.scenario.serve
+        ingress = Ingress(*pace)
+        world = ingress_world(ingress)
+        self._doors.append(_Door(ingress))
+        self.server = ServerThread(lambda: create_app(world, api_keys=list(serve.api_keys) or None,
+                                                      universe_id=serve.universe_id), serve.host, serve.port).start()
+        say = self.display.stream.write
+        say(f"serving Open Cloud for this run at {self.server.url} (universe {serve.universe_id})\n")
+        if not serve.api_keys:
+            say(f"  accepting the API key {DEFAULT_API_KEY!r} (every permission); [serve] api_keys chooses keys\n")
+        if serve.host not in LOOPBACK_HOSTS:
+            say(f"  warning: listening on {serve.host}, beyond this machine, over plain HTTP\n")
+
+    def _open_to_ray(self, pace: tuple) -> None:
+        import ray
+        from lodestore.storage import INGRESS_NAME, IngressActor, namespace_of
+        name = self.scenario.world.name
+        try:
+            actor = ray.remote(IngressActor).options(name=INGRESS_NAME, namespace=namespace_of(name), num_cpus=0,
+                                                     max_concurrency=1000).remote(*pace)
+            ray.get(actor.describe.remote())
+        except ValueError:   # the name is taken: another run of a world named so is open
+            self.display.stream.write(f"note: another run of world {name!r} is open to outside callers; this one "
+                                      f"is not\n")
+            return
+        self._doors.append(_Door(actor))
+        join = "" if self.options.address is not None else f" --address {ray.get_runtime_context().gcs_address}"
+        self.display.stream.write(f"world {name!r} is open: `lodestore serve --world {name}{join}` serves it over "
+                                  f"Open Cloud while the run plays\n")
+
     def _close_doors(self) -> None:
+        """The play ended: outside calls hear so, the run's Open Cloud server stops and its figures are kept."""
         doors, self._doors = self._doors, []
         for door in doors:
             door.close(self)
+        if self.server is not None:
+            self.server.stop()
+            if self.server.app is not None:
+                stats = self.server.app.state.opencloud.statistics()
+                self.open_cloud = {"url": self.server.url, "total": stats.total,
+                                   "requests": {endpoint: {str(status): n for status, n in by_status.items()}
+                                                for endpoint, by_status in stats.requests.items()}}
 
     def _start(self, node: int, name: str, method: str, args: tuple, at: int | None = None) -> int:
         """Start `name.method(*args)` on `node` at simulated time `at` (None, or a time before the node's next
@@ -936,6 +993,7 @@ class _Virtual(_Engine):
         for i in range(self.scenario.world.shards):
             self._start(virtual.CLOUD, datastore_name(i), "set_faults", (faults,), at)
         self._start(virtual.CLOUD, MEMORYSTORE_NAME, "set_faults", (faults,), at)
+        self._start(virtual.CLOUD, MESSAGING_NAME, "set_faults", (faults,), at)
 
     def _dispatch(self, nodes: list[int], t: int, e: int) -> Any:
         """Send the window [t, e] to each of `nodes` with something to do in it; answers the nodes' handle, or None."""
@@ -1042,8 +1100,9 @@ class _Virtual(_Engine):
                     self._take(i, self._result(task))
 
     def _storage_figures(self) -> dict:
-        """What the run asked of the cloud: DataStore requests by type, MemoryStore operations by kind, and the
-        bytes the DataStore holds (every key's current value) and the MemoryStore."""
+        """What the run asked of the cloud: DataStore requests by type, MemoryStore operations by kind, the bytes
+        the DataStore holds (every key's current value) and the MemoryStore, and MessagingService's messages
+        (published, refused over a send limit, delivered to a subscribing server, dropped by reason)."""
         datastore: Counter = Counter()
         stored = 0
         for i in range(self.info.shards):
@@ -1051,10 +1110,19 @@ class _Virtual(_Engine):
             datastore.update(stats.requests_by_type)
             stored += stats.stored_bytes
         memory = self.nodes.call_cloud(MEMORYSTORE_NAME, "statistics")
-        return {"requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
+        # Roblox's storage limit: the compressed latest versions (the shards of one shared file each see all of it),
+        # against 500 MB + 1 MB per lifetime user; every player of the scenario's population counts as one.
+        holders = [0] if self.info.shared_file else range(self.info.shards)
+        compressed = sum(self.nodes.call_cloud(datastore_name(i), "storage_bytes") for i in holders)
+        usage = StorageUsage.figures(compressed, self.scenario.players.population)
+        usage["estimated_monthly_cost_usd"] = round(usage["estimated_monthly_cost_usd"], 6)
+        messaging = self.nodes.call_cloud(MESSAGING_NAME, "statistics")
+        return {"messaging": {"published": messaging.published, "throttled": messaging.throttled,
+                              "delivered": messaging.delivered, "dropped": dict(messaging.dropped)},
+                "requests": {"datastore": dict(sorted(datastore.items())), "datastore_total": sum(datastore.values()),
                              "memorystore": dict(sorted(memory.requests.items())),
                              "memorystore_total": sum(memory.requests.values())},
-                "storage": {"datastore_bytes": stored, "memorystore_bytes": memory.bytes_used}}
+                "storage": {"datastore_bytes": stored, "memorystore_bytes": memory.bytes_used, **usage}}
 
     def _close_storage(self) -> None:
         """Close the world's files (each shard's WAL checkpointed in), the shards holding a file's lock last, as

@@ -68,6 +68,10 @@ Sections and defaults (every key is optional; an empty file is a valid scenario)
     its only key).
     Every draw is capped at 10,000 ms, or at the latency's own fixed or max when that is longer (a lognormal whose
     median is longer, at 600,000 ms). `datastore_latency` and `memorystore_latency` give the resolved latencies.
+``[messaging]``
+    delay = {min = 1000, max = 2000} (how long a MessagingService message takes to reach one subscribing server,
+    simulated ms, one latency shape as in `[latency.datastore]`; Roblox says "typically within 1-2 seconds");
+    drop_rate = 0 (the probability that a message is lost on its way to one server: delivery is best effort).
 ``[thresholds]``
     metric = at most (numbers >= 0; metrics in `THRESHOLDS`, e.g. lost_writes = 0, p99_load_ms = 2000): a run or a
     comparison that exceeds one exits 1, as a load tester's thresholds do.
@@ -102,6 +106,7 @@ __all__ = [
     "LatencyRange",
     "FaultWindow",
     "LatencySection",
+    "MessagingSection",
     "Scenario",
     "load_scenario",
     "parse_scenario",
@@ -307,6 +312,15 @@ class ServeSection:
 
 
 @dataclass(frozen=True)
+class MessagingSection:
+    """`[messaging]`: MessagingService's best-effort delivery, what `FaultConfig.messaging_delay` and
+    `messaging_drop_rate` take (a steady model of the service, not a fault window: it holds the whole run)."""
+
+    delay: Latency = Latency.uniform(1_000.0, 2_000.0, _LATENCY_CAP_MS)
+    drop_rate: float = 0.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole validated scenario; `source` is the file path, or "<string>" for `parse_scenario` text."""
 
@@ -317,6 +331,7 @@ class Scenario:
     hot_keys: HotKeys = field(default_factory=HotKeys)
     faults: tuple[FaultWindow, ...] = ()
     latency: LatencySection = field(default_factory=LatencySection)
+    messaging: MessagingSection = field(default_factory=MessagingSection)
     thresholds: dict[str, float] = field(default_factory=dict)   # `[thresholds]`: metric -> at most
     serve: ServeSection = field(default_factory=ServeSection)
     source: str = "<string>"
@@ -807,10 +822,18 @@ def memorystore_latency(scenario: "Scenario") -> Latency:
     return scenario.latency.memorystore
 
 
+def _messaging(t: dict[str, Any]) -> MessagingSection:
+    _known(t, "messaging", MessagingSection)
+    d = MessagingSection()
+    delay = _latency(t["delay"], "messaging.delay") if "delay" in t else d.delay
+    return MessagingSection(delay=delay, drop_rate=_prob(t, "messaging", "drop_rate", d.drop_rate))
+
+
 def _scenario(data: dict[str, Any], source: str) -> Scenario:
     _known(data, "", Scenario, "section")
     sections = {name: _table(data[name], name)
-                for name in ("world", "servers", "players", "store", "hot_keys", "latency", "thresholds", "serve")
+                for name in ("world", "servers", "players", "store", "hot_keys", "latency", "messaging", "thresholds",
+                             "serve")
                 if name in data}
     world = _world(sections.get("world", {}))
     servers = _servers(sections.get("servers", {}))
@@ -829,10 +852,12 @@ def _scenario(data: dict[str, Any], source: str) -> Scenario:
         for i, item in enumerate(raw):
             faults.append(_fault(_table(item, f"faults[{i}]"), f"faults[{i}]", world.duration))
     latency = _latency_section(sections.get("latency", {}))
+    messaging = _messaging(sections.get("messaging", {}))
     thresholds = _thresholds(sections.get("thresholds", {}))
     serve = _serve(sections.get("serve", {}), world)
     scenario = Scenario(world=world, servers=servers, players=players, store=store, hot_keys=hot_keys,
-                        faults=tuple(faults), latency=latency, thresholds=thresholds, serve=serve, source=source)
+                        faults=tuple(faults), latency=latency, messaging=messaging, thresholds=thresholds,
+                        serve=serve, source=source)
     _check_store(scenario)
     _check_size(scenario)
     return scenario
@@ -917,6 +942,7 @@ def scenario_toml(scenario: Scenario) -> str:
     table("latency", {"hop_ms": latency.hop_ms})
     table("latency.datastore", {k: _latency_shape(v) for k, v in sorted(latency.datastore.items())})
     table("latency.memorystore", {"default": _latency_shape(latency.memorystore)})
+    table("messaging", {"delay": _latency_shape(scenario.messaging.delay), "drop_rate": scenario.messaging.drop_rate})
     if scenario.thresholds:
         table("thresholds", dict(scenario.thresholds))
     if scenario.serve.port is not None:

@@ -10,7 +10,9 @@ both the server's bucket and the experience bucket at that moment. Tokens leave 
 granted, not when they are spent, and come back only when the holder says, once and in time, that it left them
 unused; so no order or number of deliveries of these messages lets a server spend more than its budget.
 
-Not here yet: per-key throughput windows, the 30-deep throttle queues and emergency priority (see DESIGN.md).
+Also here: a server's own lowered limits (`set_rate_limit`, Roblox's SetRateLimitForRequestType) and the requests
+that spend only the experience buckets (`take_experience`: Open Cloud v2, which shares them with game servers). The
+per-key throughput windows live in the shard that owns the key, the throttle queues in the server (`_throttle`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ __all__ = [
     "BudgetStatistics", "ServerBudgetStatistics", "ExperienceBucketStatistics",
     "CURRENT_RATES", "LEGACY_RATES", "LEGACY_SHARED_BUCKETS", "STARTUP_BURST", "EXPERIENCE_RATES",
     "EXPERIENCE_CATEGORY", "BUCKET_CAP_MINUTES", "SHUTDOWN_BOOST_SECONDS", "EXPERIENCE_CAP_MINUTES",
-    "DEFAULT_LEASE_TTL_MS", "DEFAULT_RELEASE_GRACE_MS",
+    "DEFAULT_LEASE_TTL_MS", "DEFAULT_RELEASE_GRACE_MS", "RATE_LIMIT_MAX_BASE", "RATE_LIMIT_MAX_PER_PLAYER",
+    "check_rate_limit",
 ]
 
 _RT = RequestType
@@ -138,6 +141,10 @@ EXPERIENCE_CATEGORY: dict[RequestType, ExperienceCategory] = {
     _RT.REMOVE_VERSION: ExperienceCategory.REMOVE,
 }
 
+# SetRateLimitForRequestType's bounds for the request types of 2025 (the creator docs of 2026-08).
+RATE_LIMIT_MAX_BASE = 10_000
+RATE_LIMIT_MAX_PER_PLAYER = 200
+
 DEFAULT_LEASE_TTL_MS = 10_000      # a lease's tokens may be spent for 10 simulated seconds
 DEFAULT_RELEASE_GRACE_MS = 5_000   # a release is still honoured up to 5 s after its lease expired
 
@@ -176,6 +183,7 @@ class Lease:
     granted: int
     expires_at: int
     retry_after_ms: int
+    limited_by: str = ""      # on a zero grant: "GameServer" (the server's bucket was empty) or "Experience"
 
 
 class ReleaseOutcome(str, Enum):
@@ -274,14 +282,20 @@ class _Bucket:
         self.units = max(self.units, min(units, self.cap_units))
 
     def ms_until_one(self) -> int:
+        """Simulated ms until the bucket holds a whole token; a bucket set to 0 per minute never refills, so the
+        answer is then one minute (when to look again: its rate may have been raised meanwhile)."""
         deficit = _UNITS - self.units
-        return 0 if deficit <= 0 else -(-deficit // self.rate)
+        if deficit <= 0:
+            return 0
+        return -(-deficit // self.rate) if self.rate else 60_000
 
 
 class _Server:
-    __slots__ = ("players", "buckets", "settled_at", "shutting_down", "granted", "returned", "denied", "lease_ids")
+    __slots__ = ("players", "buckets", "settled_at", "shutting_down", "granted", "returned", "denied", "lease_ids",
+                 "limits")
 
     def __init__(self, players: int, buckets: dict[RequestType, _Bucket], now: int) -> None:
+        self.limits: dict[RequestType, Rate] = {}   # bucket owner -> the server's own lowered rate (set_rate_limit)
         self.players = players
         self.buckets = buckets                      # keyed by the request type that owns the bucket
         self.settled_at = now
@@ -305,6 +319,25 @@ def _check_int(value: Any, what: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{what} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def check_rate_limit(request_type: Any, base: Any, per_player: Any) -> tuple[RequestType, Rate]:
+    """SetRateLimitForRequestType's arguments, checked: (request type, Rate), or ConfigError naming the problem.
+
+    The request types are lodestore's `RequestType`s (Roblox's request types of 2025). UpdateAsync and OnUpdate
+    cannot be set on Roblox; in lodestore an update spends StandardRead and StandardWrite (lower those) and OnUpdate
+    does not exist, so both names are refused with a message that says so.
+    """
+    if request_type in ("UpdateAsync", "OnUpdate"):
+        raise ConfigError(f"the rate limit of {request_type} cannot be set (Roblox refuses it too); an update spends "
+                          f"StandardRead and StandardWrite: lower those instead", field="request_type")
+    request_type = _check_request_type(request_type)
+    for what, value, top in (("base", base, RATE_LIMIT_MAX_BASE), ("per_player", per_player,
+                                                                  RATE_LIMIT_MAX_PER_PLAYER)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            raise ConfigError(f"rate limit {what} of {request_type.value} must be an int from 0 to {top}, "
+                              f"got {value!r}", field=what)
+    return request_type, Rate(base, per_player)
 
 
 def _check_server_id(server_id: Any) -> str:
@@ -459,10 +492,55 @@ class BudgetLedger:
         now = self._clock.now()
         self._settle_server(server, now)
         self._settle_experience(now)
+        server.players, old = players, server.players
         for owner, bucket in server.buckets.items():
-            bucket.set_rate(self._rates[owner].per_minute(players))
-        self._set_ccu(self._ccu - server.players + players)
-        server.players = players
+            bucket.set_rate(self._rate(server, owner))
+        self._set_ccu(self._ccu - old + players)
+
+    def set_rate_limit(self, server_id: str, request_type: RequestType | str, base: int, per_player: int) -> int:
+        """SetRateLimitForRequestType: lower one server's own limit of `request_type` to `base + per_player x n`
+        per minute (bounds [0, 10000] and [0, 200], see `check_rate_limit`); the server's rate becomes the lower of
+        Roblox's and this one, so it never rises above Roblox's. Returns the new per-minute rate.
+
+        Setting it again replaces the previous setting (Roblox's own limit again: set it at or above Roblox's
+        numbers). Under `legacy`, a type that shares a bucket sets the shared bucket (StandardRemove sets
+        StandardWrite's). The bucket first refills at the old rate; a lower rate lowers its cap and drops the tokens
+        above it. The experience-wide buckets are not changed. Delivered twice: the same setting again, no change.
+        An unknown server is registered first (with 0 players), so a limit set before the first request holds.
+        Forgotten with the server (`remove_server`) and by a restarted ledger.
+        """
+        request_type, rate = check_rate_limit(request_type, base, per_player)
+        self.register_server(server_id, 0)
+        server = self._server(server_id)
+        self._settle_server(server, self._clock.now())
+        owner = self._bucket_of[request_type]
+        server.limits[owner] = rate
+        bucket = server.buckets[owner]
+        bucket.set_rate(self._rate(server, owner))
+        return bucket.rate
+
+    def _rate(self, server: _Server, owner: RequestType) -> int:
+        """A server's per-minute rate for the bucket `owner`: Roblox's, or its own lower limit."""
+        rate = self._rates[owner].per_minute(server.players)
+        limit = server.limits.get(owner)
+        return rate if limit is None else min(rate, limit.per_minute(server.players))
+
+    def take_experience(self, request_type: RequestType | str, count: int = 1) -> int:
+        """Spend `count` tokens of the experience-wide bucket of `request_type` for a request that no game server
+        makes (Open Cloud v2 shares these buckets with the game servers): 0 when taken, otherwise the simulated ms
+        until they will be there (nothing is taken). With `enforce_experience_limits=False` it always takes
+        (the bucket may then run dry but never below 0). Delivered twice: the tokens are taken twice (the budget
+        is under-used, never over-used).
+        """
+        request_type = _check_request_type(request_type)
+        count = _check_int(count, "count", 1)
+        self._settle_experience(self._clock.now())
+        shared = self._experience[EXPERIENCE_CATEGORY[request_type]]
+        if self._enforce_experience and shared.whole < count:
+            missing = count * _UNITS - shared.units
+            return max(1, -(-missing // shared.rate))
+        shared.units = max(0, shared.units - count * _UNITS)
+        return 0
 
     def begin_shutdown(self, server_id: str) -> bool:
         """BindToClose: raise each of the server's buckets to max(current, 150 x rate / 60) tokens, once.
@@ -535,7 +613,8 @@ class BudgetLedger:
             wait = bucket.ms_until_one()
             if self._enforce_experience:
                 wait = max(wait, shared.ms_until_one())
-            return Lease(lease_id, server_id, request_type, 0, expires_at, max(wait, 1))
+            limited_by = "GameServer" if bucket.whole == 0 else "Experience"
+            return Lease(lease_id, server_id, request_type, 0, expires_at, max(wait, 1), limited_by)
         bucket.units -= granted * _UNITS
         shared.units = max(0, shared.units - granted * _UNITS)
         self._leases[lease_id] = _LeaseRecord(server_id, request_type, granted, expires_at)

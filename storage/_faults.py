@@ -19,7 +19,10 @@ from lodestore.storage._errors import ConfigError
 from lodestore.storage._latency import Latency, quantile
 from lodestore.storage._limits import RequestType
 
-__all__ = ["FaultConfig", "Latency", "Outage", "MEMORYSTORE_FAULT_KEYS"]
+__all__ = ["FaultConfig", "Latency", "Outage", "MEMORYSTORE_FAULT_KEYS", "MESSAGING_DELAY"]
+
+MESSAGING_DELAY = Latency.uniform(1_000, 2_000)
+"""How long a MessagingService message takes to arrive by default: Roblox says "typically within 1-2 seconds"."""
 
 WRITE_TYPES = frozenset({RequestType.STANDARD_WRITE, RequestType.STANDARD_REMOVE, RequestType.REMOVE_VERSION,
                          RequestType.ORDERED_WRITE, RequestType.ORDERED_REMOVE})
@@ -106,6 +109,11 @@ class FaultConfig:
     memorystore_error_rate: Mapping[str, float] = field(default_factory=dict)
     memorystore_latency: Mapping[str, Latency] = field(default_factory=dict)
     memorystore_outages: bool = False
+    # MessagingService (storage.messaging): delivery is best effort. Each reception (one message reaching one
+    # subscribing server) takes a draw of `messaging_delay` and is lost with probability `messaging_drop_rate`,
+    # drawn from (seed, topic, server, the topic's publish count). Not DataStore faults: `active` ignores them.
+    messaging_delay: Latency = MESSAGING_DELAY
+    messaging_drop_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -126,6 +134,10 @@ class FaultConfig:
                 raise ConfigError(f"faults outages must hold Outage values, got {o!r}")
         object.__setattr__(self, "outages", outages)
         _check_rate("faults ambiguous_write_rate", self.ambiguous_write_rate)
+        if not isinstance(self.messaging_delay, Latency):
+            raise ConfigError(f"faults messaging_delay must be a Latency, got {self.messaging_delay!r}",
+                              field="messaging_delay")
+        _check_rate("faults messaging_drop_rate", self.messaging_drop_rate)
         self._check_memorystore()
 
     def _check_memorystore(self) -> None:

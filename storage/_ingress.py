@@ -47,14 +47,11 @@ class SimulationEnded(LodestoreError):
 
 def reachable(info: WorldInfo) -> frozenset[str]:
     """The cloud objects an outside caller may reach: the world's storage services, nothing of the simulator."""
-    names = {datastore_name(i) for i in range(info.shards)} | {MEMORYSTORE_NAME}
+    from lodestore.storage.messaging._engine import MESSAGING_NAME
+    names = {datastore_name(i) for i in range(info.shards)} | {MEMORYSTORE_NAME, MESSAGING_NAME}
     if info.budget is not None:
         names.add(BUDGET_NAME)
-    return frozenset(names | set(EXTRA_REACHABLE))
-
-
-EXTRA_REACHABLE: list[str] = []
-"""Names of further storage services hosted on the cloud node (a service module adds its own when it is hosted)."""
+    return frozenset(names)
 
 
 class Ingress:
@@ -208,12 +205,13 @@ def ingress_world(ingress: Any) -> Any:
     from lodestore.storage._transport import DATASTORE, MEMORYSTORE
     from lodestore.storage._virtual import CLOUD, Address
     from lodestore.storage._world import World
+    from lodestore.storage.messaging._engine import MESSAGING, MESSAGING_NAME
 
     described = ingress.describe() if isinstance(ingress, Ingress) else ray.get(ingress.describe.remote())
     info, (epoch_ms, wall_start_s, time_scale) = described
     clock = SimClock(epoch_ms=epoch_ms, real_start_ms=wall_start_s * 1000.0, time_scale=time_scale)
     info = dataclasses.replace(info, clock=clock)
     shards = {DATASTORE: [Address(CLOUD, datastore_name(i)) for i in range(info.shards)],
-              MEMORYSTORE: [Address(CLOUD, MEMORYSTORE_NAME)]}
+              MEMORYSTORE: [Address(CLOUD, MEMORYSTORE_NAME)], MESSAGING: [Address(CLOUD, MESSAGING_NAME)]}
     budget = Address(CLOUD, BUDGET_NAME) if info.budget is not None else None
     return World(info, IngressRuntime(ingress), shards, budget, None)

@@ -53,6 +53,17 @@ MAX_SORTED_PAGE = 100
 KEY_WINDOW_MS = 60_000
 KEY_READ_BYTES_PER_MINUTE = 25 * 1024 * 1024
 KEY_WRITE_BYTES_PER_MINUTE = 4 * 1024 * 1024
+KEY_THROTTLE_MAX_WAIT_MS = KEY_WINDOW_MS   # a throttled key's request waits at most this long in all, then fails
+
+# One data store as a whole (Roblox publishes no number: lodestore's choice, 100 x a key's; see DataStoreLimits).
+DATASTORE_READ_BYTES_PER_MINUTE = 100 * KEY_READ_BYTES_PER_MINUTE
+DATASTORE_WRITE_BYTES_PER_MINUTE = 100 * KEY_WRITE_BYTES_PER_MINUTE
+
+# Storage per experience (2025): 500 MB + 1 MB per lifetime user, on the compressed size of the latest versions;
+# going over is not refused, it is priced (Extended Services: $0.12 per GB-month). MB and GB are binary here.
+STORAGE_BASE_BYTES = 500 * 1024 * 1024
+STORAGE_PER_USER_BYTES = 1024 * 1024
+STORAGE_USD_PER_GB_MONTH = 0.12
 
 # MemoryStore.
 MS_MAX_KEY = 128

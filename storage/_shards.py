@@ -3,8 +3,8 @@
 Each actor is a thin shell: it builds a plain-Python engine at start-up and answers batches with it. Options for
 every actor come from one factory. Delivered twice (Ray retried a call that had in fact run), `execute` would apply
 a batch twice, so these actors are created with `max_task_retries=0` and a caller sees a failed call as ambiguous;
-`set_faults`, `set_players`, the MemoryStore's `set_latency`, `set_hash_map_request_limit` and `flush`, and a
-DataStore shard's `close` are idempotent.
+`set_faults`, `set_limits`, `set_players`, the MemoryStore's `set_latency`, `set_hash_map_request_limit` and
+`flush`, and a DataStore shard's `close` are idempotent.
 
 A DataStore shard that opens a SQLite file another world holds (see `storage.datastore._backends`) raises
 ConfigError: in process from its constructor, on Ray from every call (a constructor that raises would only read
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
@@ -25,13 +26,15 @@ from lodestore.storage._clock import Clock
 from lodestore.storage._errors import ConfigError
 from lodestore.storage._faults import FaultConfig
 from lodestore.storage._latency import Latency, ServiceTimes
+from lodestore.storage._limits import STORAGE_BASE_BYTES, STORAGE_PER_USER_BYTES, STORAGE_USD_PER_GB_MONTH
 from lodestore.storage._placement import actor_options, namespace_of
 from lodestore.storage._types import BatchReply
 from lodestore.storage.datastore._backends import open_backend
-from lodestore.storage.datastore._engine import DataStoreEngine
+from lodestore.storage.datastore._engine import DataStoreEngine, DataStoreLimits
 from lodestore.storage.memorystore._engine import MemoryStoreEngine, latency_key
 
-__all__ = ["WorldInfo", "ShardStatistics", "actor_options", "DataStoreShardActor", "MemoryStoreShardActor",
+__all__ = ["WorldInfo", "ShardStatistics", "StorageUsage", "WorldStatistics", "actor_options", "DataStoreShardActor",
+           "MemoryStoreShardActor",
            "BudgetServiceActor",
            "datastore_name", "namespace_of", "MEMORYSTORE_NAME", "BUDGET_NAME"]
 
@@ -97,6 +100,62 @@ class ShardStatistics:
     ambiguous_writes: int    # writes the fault injector let apply and then reported as failed
     requests_by_type: dict = dataclasses.field(default_factory=dict)   # RequestType value -> requests
     stored_bytes: int = 0    # bytes of the current values written since the shard started (a fresh world: all)
+    key_throttled: int = 0        # requests a hot key's throughput window refused (the client waits, then resends)
+    datastore_throttled: int = 0  # requests a hot data store's throughput window refused (DatastoreThrottled)
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    """An experience's DataStore storage against Roblox's limit (2025): `storage_limit_bytes` is 500 MB + 1 MB x
+    `lifetime_users` (binary MB), counted on `storage_bytes`, the compressed size of every key's latest version.
+    Going over is not refused; `estimated_monthly_cost_usd` is what Data Stores Manager shows for it: only the
+    storage above the limit is priced (the limit itself is free), at $0.12 per GB-month (binary GB).
+
+    >>> StorageUsage.of(storage_bytes=600 * 2**20, lifetime_users=0).estimated_monthly_cost_usd
+    0.01171875
+    """
+
+    storage_bytes: int
+    lifetime_users: int
+    storage_limit_bytes: int
+    over_limit: bool
+    estimated_monthly_cost_usd: float
+
+    @staticmethod
+    def figures(storage_bytes: int, lifetime_users: int) -> dict:
+        """The fields of a `StorageUsage` for these two numbers (a dict: report-ready, and for subclasses)."""
+        limit = STORAGE_BASE_BYTES + STORAGE_PER_USER_BYTES * lifetime_users
+        excess = max(0, storage_bytes - limit)
+        return {"storage_bytes": storage_bytes, "lifetime_users": lifetime_users, "storage_limit_bytes": limit,
+                "over_limit": storage_bytes > limit,
+                "estimated_monthly_cost_usd": excess / 2**30 * STORAGE_USD_PER_GB_MONTH}
+
+    @classmethod
+    def of(cls, storage_bytes: int, lifetime_users: int) -> "StorageUsage":
+        return cls(**cls.figures(storage_bytes, lifetime_users))
+
+
+@dataclass(frozen=True)
+class WorldStatistics(StorageUsage, Sequence):
+    """`World.statistics()`: the world's storage (see `StorageUsage`) and one `ShardStatistics` per DataStore shard,
+    in shard order. It iterates, indexes and has a length as that list of shards does, so callers that took the
+    list go on working.
+
+    >>> stats = world.statistics()
+    >>> [s.requests for s in stats], stats.storage_bytes, stats.over_limit
+    ([120, 97], 5120, False)
+    """
+
+    shards: tuple[ShardStatistics, ...] = ()
+
+    def __getitem__(self, index):
+        return self.shards[index]
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __iter__(self):
+        return iter(self.shards)
 
 
 class DataStoreShardActor:
@@ -117,7 +176,7 @@ class DataStoreShardActor:
                 raise
             self._refusal = exc
         else:
-            self._engine = DataStoreEngine(backend, info.clock, info.faults)
+            self._engine = DataStoreEngine(backend, info.clock, info.faults, DataStoreLimits().share(info.shards))
         # One batch at a time, as a Ray actor with max_concurrency=1 runs them: in process, clients on several
         # threads share this object, and the engine is not thread-safe.
         self._one_at_a_time = threading.Lock()
@@ -142,6 +201,11 @@ class DataStoreShardActor:
         with self._one_at_a_time:
             return self.engine.administer(ops)
 
+    def set_limits(self, limits: DataStoreLimits) -> None:
+        """This shard's share of a data store's throughput limits (`DataStoreLimits.share`). Idempotent."""
+        with self._one_at_a_time:
+            self.engine.set_limits(limits.share(self.info.shards))
+
     def describe(self) -> WorldInfo:
         """The world's info; ConfigError when this shard could not have its file (another world holds it)."""
         if self._refusal is not None:
@@ -153,7 +217,15 @@ class DataStoreShardActor:
                                injected_errors=self.engine.faults.injected_errors,
                                ambiguous_writes=self.engine.faults.ambiguous_writes,
                                requests_by_type=dict(self.engine.requests_by_type),
-                               stored_bytes=self.engine.stored_bytes)
+                               stored_bytes=self.engine.stored_bytes,
+                               key_throttled=self.engine.throughput.key_throttled,
+                               datastore_throttled=self.engine.throughput.datastore_throttled)
+
+    def storage_bytes(self) -> int:
+        """The compressed size of the latest versions this shard's backend holds (`DataStoreEngine.storage_bytes`);
+        the shards of one shared SQLite file each see all of it. Reads only."""
+        with self._one_at_a_time:
+            return self.engine.storage_bytes()
 
     def close(self) -> None:
         """Close the engine and its file (see `DataStoreEngine.close`); later batches are refused. Delivered twice:
@@ -171,6 +243,8 @@ class MemoryStoreShardActor:
     def __init__(self, info: WorldInfo) -> None:
         self.engine = MemoryStoreEngine(info.clock, faults=info.faults)
         self.players: dict[str, int] = {}
+        self.peak_players = 0       # the most players online at once: a floor under the lifetime users
+        self.lifetime_users_set = 0  # what `set_lifetime_users` said
         self.service_times = ServiceTimes()
         self._one_at_a_time = threading.Lock()   # see DataStoreShardActor
 
@@ -213,7 +287,17 @@ class MemoryStoreShardActor:
         else:
             self.players.pop(job_id, None)
         total = sum(self.players.values())
+        self.peak_players = max(self.peak_players, total)
         self.engine.set_population(users=total, ccu=total)
+
+    def set_lifetime_users(self, users: int) -> None:
+        """How many distinct users ever played the experience (the simulator knows its population). Idempotent."""
+        self.lifetime_users_set = users
+
+    def lifetime_users(self) -> int:
+        """The experience's lifetime users: what `set_lifetime_users` said, and at least the peak of players online
+        at once (that many distinct users were seen). Reads only."""
+        return max(self.lifetime_users_set, self.peak_players)
 
     def statistics(self):
         return self.engine.statistics()
@@ -222,7 +306,8 @@ class MemoryStoreShardActor:
 class BudgetServiceActor:
     """The world's one budget actor: a thin shell over `BudgetLedger`.
 
-    Delivered twice: `register_server`, `set_players`, `remove_server` and `release` are idempotent; a duplicated
+    Delivered twice: `register_server`, `set_players`, `set_rate_limit`, `remove_server` and `release` are
+    idempotent; a duplicated `take_experience` takes its tokens twice (under-use, never over-use); a duplicated
     `lease` takes tokens twice and the caller learns of one lease only, so the extra tokens are lost to it (never
     spent twice); a duplicated `begin_shutdown` is a no-op (the boost applies once). `begin_shutdown` and
     `remove_server` of a server the ledger does not know (it never had players nor leased) change nothing and
@@ -261,6 +346,12 @@ class BudgetServiceActor:
 
     def release(self, lease_id: str, unused: int):
         return self.ledger.release(lease_id, unused)
+
+    def set_rate_limit(self, server_id: str, request_type, base: int, per_player: int) -> int:
+        return self.ledger.set_rate_limit(server_id, request_type, base, per_player)
+
+    def take_experience(self, request_type, count: int = 1) -> int:
+        return self.ledger.take_experience(request_type, count)
 
     def statistics(self):
         return self.ledger.statistics()

@@ -18,12 +18,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
-from lodestore.storage._errors import DataStoreError
+from lodestore.storage._errors import THROTTLE_NAMES, THROTTLED_CODE, DataStoreError, throttled_name
 from lodestore.storage._limits import RequestType
 from lodestore.storage._scheduler import wait_for
 from lodestore.storage._transport import Permit
 
-__all__ = ["BudgetGate", "OpenGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics", "QUEUE_LIMIT"]
+__all__ = ["BudgetGate", "OpenGate", "ExperienceGate", "KeyLanes", "QueueKind", "emergency", "GateStatistics",
+           "QUEUE_LIMIT"]
 
 QUEUE_LIMIT = 30
 MIN_LEASE = 20            # tokens a lease asks for beyond what the waiting requests need, at first
@@ -51,8 +52,6 @@ QUEUE_OF = {
 # Roblox's "request dropped: throttled and the queue was full" codes, by the call that was dropped.
 _DROP_CODES = {"get": 301, "set": 302, "increment": 303, "update": 304, "get_sorted": 305, "remove": 306}
 _DEFAULT_DROP = {QueueKind.GET: 301, QueueKind.SET: 302, QueueKind.ORDERED_GET: 305, QueueKind.ORDERED_SET: 302}
-_DROP_NAMES = {301: "GetAsyncThrottled", 302: "SetAsyncThrottled", 303: "IncrementAsyncThrottled",
-               304: "UpdateAsyncThrottled", 305: "GetSortedThrottled", 306: "RemoveAsyncThrottled"}
 
 _emergency: contextvars.ContextVar[bool] = contextvars.ContextVar("lodestore_emergency", default=False)
 
@@ -89,7 +88,9 @@ def _wake(future: asyncio.Future) -> None:
 
 @dataclass(frozen=True, slots=True)
 class GateStatistics:
-    """A snapshot of one server's budget gate."""
+    """A snapshot of one server's budget gate. `throttled` counts requests that had to wait for budget;
+    `throttled_by` splits them by Roblox's name of the budget that was spent: `<RequestType>GameServerThrottled`
+    (this server's own bucket) or `<RequestType>ExperienceThrottled` (the experience-wide one)."""
 
     tokens: dict[str, int]
     queue_sizes: dict[str, int]
@@ -98,6 +99,7 @@ class GateStatistics:
     dropped: dict[int, int]
     flushed: int
     leases: int
+    throttled_by: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -141,6 +143,7 @@ class BudgetGate:
         self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._granted = 0
         self._throttled = 0
+        self._throttled_by: Counter = Counter()
         self._dropped: Counter = Counter()
         self._flushed = 0
         self._leases = 0
@@ -158,10 +161,10 @@ class BudgetGate:
                     if action is _DONE:
                         return
                     if action is _LEASE:
-                        granted, retry_after_ms = self._lease(permit.request_type, waiting=len(queue))
+                        granted, retry_after_ms, limited_by = self._lease(permit.request_type, waiting=len(queue))
                         if granted:
                             continue
-                        wait = self._throttled_wait(waiter, retry_after_ms)
+                        wait = self._throttled_wait(waiter, retry_after_ms, limited_by)
                     self._cv.wait(wait)
             finally:
                 self._leave(waiter, queue)
@@ -186,14 +189,14 @@ class BudgetGate:
                         self._wakeups.append((loop, wakeup))
                 if action is _LEASE:
                     if hasattr(self._link, "alease"):
-                        granted, retry_after_ms = await self._alease(permit.request_type, len(queue))
+                        granted, retry_after_ms, limited_by = await self._alease(permit.request_type, len(queue))
                     else:
-                        granted, retry_after_ms = await asyncio.to_thread(self._lease_locked, permit.request_type,
-                                                                          queue)
+                        granted, retry_after_ms, limited_by = await asyncio.to_thread(
+                            self._lease_locked, permit.request_type, queue)
                     if granted:
                         continue
                     with self._cv:
-                        self._throttled_wait(waiter, retry_after_ms)
+                        self._throttled_wait(waiter, retry_after_ms, limited_by)
                         wait_s = max(POLL_S, retry_after_ms / 1000.0)
                     wakeup = loop.create_future()
                     with self._cv:
@@ -216,7 +219,7 @@ class BudgetGate:
         if len(queue) >= self.queue_limit:
             code = _DROP_CODES.get(permit.call, _DEFAULT_DROP[kind])
             self._dropped[code] += 1
-            raise DataStoreError(code, _DROP_NAMES[code],
+            raise DataStoreError(code, THROTTLE_NAMES[code],
                                  f"request dropped: throttled and the {kind} queue was full "
                                  f"({self.queue_limit} waiting) on server {self.server_id!r}")
         waiter = _Waiter(permit, is_emergency(permit), kind)
@@ -231,8 +234,8 @@ class BudgetGate:
         """One look at a queued request, lock held: done (it got a token), lease (it is at the head and must
         fetch tokens; the bucket is marked as being leased), or wait (how long at most before looking again)."""
         if waiter.dropped_by is not None:
-            raise DataStoreError(_DROP_CODES.get(waiter.permit.call, _DEFAULT_DROP[waiter.kind]),
-                                 "RequestDropped", f"request dropped from the {waiter.kind} queue by "
+            code = _DROP_CODES.get(waiter.permit.call, _DEFAULT_DROP[waiter.kind])
+            raise DataStoreError(code, THROTTLE_NAMES[code], f"request dropped from the {waiter.kind} queue by "
                                  f"{waiter.dropped_by} on server {self.server_id!r}")
         if queue and queue[0] is waiter:
             if self._take(waiter.permit.request_type):
@@ -243,11 +246,13 @@ class BudgetGate:
                 return _LEASE, 0.0
         return _WAIT, POLL_S
 
-    def _throttled_wait(self, waiter: _Waiter, retry_after_ms: int) -> float:
-        """The budget is out: count the request as throttled (once) and say how long to wait. Lock held."""
+    def _throttled_wait(self, waiter: _Waiter, retry_after_ms: int, limited_by: str) -> float:
+        """The budget is out: count the request as throttled (once, under the name of the budget that was spent:
+        `limited_by` is "Experience" or "GameServer") and say how long to wait. Lock held."""
         if not waiter.counted_throttled:
             waiter.counted_throttled = True
             self._throttled += 1
+            self._throttled_by[throttled_name(waiter.permit.request_type, limited_by)] += 1
         return max(POLL_S, self._clock.real_seconds(retry_after_ms / 1000.0))
 
     def _leave(self, waiter: _Waiter, queue: deque[_Waiter]) -> None:
@@ -271,7 +276,7 @@ class BudgetGate:
             return True
         return False
 
-    def _lease(self, rtype: RequestType, waiting: int) -> tuple[int, int]:
+    def _lease(self, rtype: RequestType, waiting: int) -> tuple[int, int, str]:
         """Return what is left of the old lease and lease a new batch; the lock is released during the call.
         The batch adapts like a congestion window: a lease used up doubles the next, leftovers halve it."""
         rtype, old_id, unused, want = self._lease_begin(rtype, waiting)
@@ -286,7 +291,7 @@ class BudgetGate:
             self._notify()
         return self._lease_end(rtype, lease)
 
-    async def _alease(self, rtype: RequestType, waiting: int) -> tuple[int, int]:
+    async def _alease(self, rtype: RequestType, waiting: int) -> tuple[int, int, str]:
         """`_lease` for a link that leases with a coroutine (`alease`): the event loop never blocks on the ledger."""
         with self._cv:
             rtype, old_id, unused, want = self._lease_begin(rtype, waiting)
@@ -311,15 +316,15 @@ class BudgetGate:
         pool.tokens, pool.lease_id = 0, None
         return rtype, old_id, unused, waiting + pool.batch
 
-    def _lease_end(self, rtype: RequestType, lease: Any) -> tuple[int, int]:
-        """Keep a new lease's tokens. Lock held."""
+    def _lease_end(self, rtype: RequestType, lease: Any) -> tuple[int, int, str]:
+        """Keep a new lease's tokens; (granted, retry_after_ms, which budget was short). Lock held."""
         self._leases += 1
         pool = self._pools[rtype]
         if lease.granted:  # a lease of nothing is not recorded by the ledger and needs no release
             pool.tokens, pool.lease_id, pool.expires_at = lease.granted, lease.lease_id, lease.expires_at
-        return lease.granted, lease.retry_after_ms
+        return lease.granted, lease.retry_after_ms, lease.limited_by
 
-    def _lease_locked(self, rtype: RequestType, queue: deque[_Waiter]) -> tuple[int, int]:
+    def _lease_locked(self, rtype: RequestType, queue: deque[_Waiter]) -> tuple[int, int, str]:
         with self._cv:
             return self._lease(rtype, waiting=len(queue))
 
@@ -373,7 +378,8 @@ class BudgetGate:
             now = self._clock.now()
             tokens = {t.value: (p.tokens if now < p.expires_at else 0) for t, p in self._pools.items()}
             return GateStatistics(tokens, {k: len(q) for k, q in sorted(self._queues.items())}, self._granted,
-                                  self._throttled, dict(self._dropped), self._flushed, self._leases)
+                                  self._throttled, dict(self._dropped), self._flushed, self._leases,
+                                  dict(self._throttled_by))
 
 
 class OpenGate:
@@ -407,6 +413,51 @@ class OpenGate:
 
     def statistics(self) -> GateStatistics:
         return GateStatistics({}, self.queue_sizes(), 0, 0, {}, 0, 0)
+
+
+class ExperienceLink(Protocol):
+    """How an `ExperienceGate` reaches the budget ledger's experience buckets (`BudgetLedger.take_experience`)."""
+
+    def take_experience(self, request_type: RequestType, count: int) -> int: ...
+    async def atake_experience(self, request_type: RequestType, count: int) -> int: ...
+
+
+class ExperienceGate(OpenGate):
+    """The gate of a client outside every game server (Open Cloud v2): each request spends one token of the
+    experience-wide bucket of its request type (shared with the game servers), and nothing of any server's bucket.
+    It never queues: when the bucket is spent the request fails at once with 429 `<RequestType>ExperienceThrottled`
+    and `retry_after_ms` (when the bucket will have the token), as Open Cloud answers 429 with retry-after. One
+    ledger call per request: Open Cloud's requests come one HTTP request at a time. It has no queue, tokens or
+    leases (those of `OpenGate`: none)."""
+
+    def __init__(self, link: ExperienceLink) -> None:
+        self._link = link
+        self._lock = threading.Lock()
+        self._granted = 0
+        self._throttled: Counter = Counter()
+
+    def acquire(self, permit: Permit) -> None:
+        self._settle(permit, self._link.take_experience(permit.request_type, 1))
+
+    async def aacquire(self, permit: Permit) -> None:
+        self._settle(permit, await self._link.atake_experience(permit.request_type, 1))
+
+    def _settle(self, permit: Permit, retry_after_ms: int) -> None:
+        with self._lock:
+            if not retry_after_ms:
+                self._granted += 1
+                return
+            name = throttled_name(permit.request_type, "Experience")
+            self._throttled[name] += 1
+        raise DataStoreError(THROTTLED_CODE, name, f"the experience's {permit.request_type.value} budget (shared by "
+                             f"every game server and Open Cloud) is spent; retry after {retry_after_ms} ms",
+                             retry_after_ms=int(retry_after_ms))
+
+    def statistics(self) -> GateStatistics:
+        with self._lock:
+            throttled = dict(self._throttled)
+            return GateStatistics({}, self.queue_sizes(), self._granted, sum(throttled.values()), {}, 0, 0,
+                                  throttled)
 
 
 class _Lane:

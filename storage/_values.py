@@ -416,14 +416,14 @@ def check_user_ids(user_ids: Any) -> tuple[int, ...]:
     """The user ids to attach to a write, as a tuple of ints; None gives ().
 
     More than 4 -> 512 UserIdLimit. Not a list/tuple, or an element that is not an integer in the signed 64-bit
-    range -> 513 InvalidUserId (bool refused, whole floats such as 5.0 taken as 5, negative ids allowed).
+    range -> 513 InvalidUserIds (bool refused, whole floats such as 5.0 taken as 5, negative ids allowed).
     """
     if user_ids is None:
         return ()
     if not isinstance(user_ids, (list, tuple)):
         raise DataStoreError(
             513,
-            "InvalidUserId",
+            "InvalidUserIds",
             f"user ids must be a list or tuple of ints, got {_show(user_ids)} ({type(user_ids).__name__})",
         )
     if len(user_ids) > MAX_USER_IDS:
@@ -437,7 +437,7 @@ def check_user_ids(user_ids: Any) -> tuple[int, ...]:
         if type(uid) is bool or not isinstance(uid, int) or not INT64_MIN <= uid <= INT64_MAX:
             raise DataStoreError(
                 513,
-                "InvalidUserId",
+                "InvalidUserIds",
                 f"user_ids[{i}] is {_show(user_ids[i])} ({type(user_ids[i]).__name__}); "
                 "user ids must be integers in the signed 64-bit range",
             )

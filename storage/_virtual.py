@@ -330,16 +330,19 @@ CLOUD = 0
 
 
 def host_storage(node: Node, info: Any) -> Any:
-    """Host a world's storage on `node` (it becomes the cloud node: `CLOUD`), every engine reading the node's clock.
-    Answers the world as seen from that node."""
+    """Host a world's storage on `node` (it becomes the cloud node: `CLOUD`), every engine reading the node's clock:
+    DataStore shards, MemoryStore, budget ledger and MessagingService (a message between two game servers hops to
+    the cloud node and on, arriving when its modelled delay is over). Answers the world as seen from that node."""
     import dataclasses
 
     from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetServiceActor, DataStoreShardActor,
                                           MemoryStoreShardActor, datastore_name)
+    from lodestore.storage.messaging._engine import MESSAGING_NAME, MessagingActor
     info = dataclasses.replace(info, clock=node.clock)
     for i in range(info.shards):
         node.host(datastore_name(i), DataStoreShardActor(info, i))
     node.host(MEMORYSTORE_NAME, MemoryStoreShardActor(info))
+    node.host(MESSAGING_NAME, MessagingActor(info))
     if info.budget is not None:
         node.host(BUDGET_NAME, BudgetServiceActor(info))
     return virtual_world(node, info)
@@ -353,9 +356,10 @@ def virtual_world(node: Node, info: Any) -> Any:
     from lodestore.storage._shards import BUDGET_NAME, MEMORYSTORE_NAME, datastore_name
     from lodestore.storage._transport import DATASTORE, MEMORYSTORE
     from lodestore.storage._world import World
+    from lodestore.storage.messaging._engine import MESSAGING, MESSAGING_NAME
     info = dataclasses.replace(info, clock=node.clock)
     shards = {DATASTORE: [Address(CLOUD, datastore_name(i)) for i in range(info.shards)],
-              MEMORYSTORE: [Address(CLOUD, MEMORYSTORE_NAME)]}
+              MEMORYSTORE: [Address(CLOUD, MEMORYSTORE_NAME)], MESSAGING: [Address(CLOUD, MESSAGING_NAME)]}
     budget = Address(CLOUD, BUDGET_NAME) if info.budget is not None else None
     return World(info, node.runtime, shards, budget, None)
 

@@ -8,13 +8,14 @@ simulated game server's identity and its clients. This module wires things toget
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import socket
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -28,17 +29,21 @@ from lodestore.storage._ingress import INGRESS_NAME, ingress_world
 from lodestore.storage._placement import STORAGE_PLACEMENTS, storage_nodes
 from lodestore.storage._runtime import ACTOR_FAILURES, LocalRuntime, RayRuntime, Runtime
 from lodestore.storage._shards import (BUDGET_NAME, MEMORYSTORE_NAME, BudgetServiceActor, DataStoreShardActor,
-                                      MemoryStoreShardActor, ShardStatistics, WorldInfo, actor_options, datastore_name,
-                                      namespace_of)
-from lodestore.storage._throttle import BudgetGate, OpenGate
+                                      MemoryStoreShardActor, ShardStatistics, WorldInfo, WorldStatistics, actor_options,
+                                      datastore_name, namespace_of)
+from lodestore.storage._throttle import BudgetGate, ExperienceGate, OpenGate
 from lodestore.storage._transport import DATASTORE, MEMORYSTORE, Transport, shard_of
 from lodestore.storage._values import check_store_name
 from lodestore.storage.datastore._client import DataStoreService
+from lodestore.storage.datastore._engine import DataStoreLimits
 from lodestore.storage.datastore._lifecycle import (DataStoreInfo, DeleteStore, DescribeStore, GetMeta, ListAllKeys,
                                                     PutMeta, Snapshot, SnapshotResult, UndeleteStore, merge_infos,
                                                     same_utc_day)
 from lodestore.storage.memorystore._client import MemoryStoreService
 from lodestore.storage.memorystore._messages import MemoryStoreFlushed
+from lodestore.storage.messaging._client import MessagingService
+from lodestore.storage.messaging._engine import MAX_CONCURRENCY, MESSAGING, MESSAGING_NAME, MessagingActor
+from lodestore.storage.messaging._messages import MessagingStatistics, check_topic, encode_message
 
 __all__ = ["World", "AsyncWorld", "Server", "AsyncServer"]
 
@@ -47,6 +52,8 @@ BACKENDS = ("sqlite", "memory")
 
 
 BUDGET_PROFILES = ("current", "legacy", None)
+OPEN_CLOUD_JOB_ID = "open-cloud"
+"""The job id of `World.open_cloud()`'s client (it is no game server: the budget ledger never registers it)."""
 
 
 def _check_config(name: Any, backend: Any, shards: Any, faults: Any, budget: Any = "current",
@@ -126,20 +133,24 @@ class World:
                                                                                   node=nodes[i]))
                       for i in range(shards)]
         memorystore = runtime.spawn(MemoryStoreShardActor, info, **actor_options(MEMORYSTORE_NAME, name, node=nodes[0]))
-        owned = datastores + [memorystore]
+        messaging = runtime.spawn(MessagingActor, info, **actor_options(MESSAGING_NAME, name, node=nodes[0],
+                                                                        max_concurrency=MAX_CONCURRENCY))
+        owned = datastores + [memorystore, messaging]
         budget_actor = None
         if budget is not None:
             budget_actor = runtime.spawn(BudgetServiceActor, info, **actor_options(BUDGET_NAME, name))
             owned.append(budget_actor)
         try:
-            ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote()]
+            ray.get([h.describe.remote() for h in datastores] + [memorystore.statistics.remote(),
+                                                                 messaging.statistics.remote()]
                     + ([budget_actor.statistics.remote()] if budget_actor else []))
         except BaseException as exc:   # nothing of a world that did not start stays (its names would block a retry)
             _end_actors(owned, namespace)
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, ConfigError):
                 raise exc.cause from None   # a shard's file is another world's
             raise
-        return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget_actor, owned)
+        return cls(info, runtime, {DATASTORE: datastores, MEMORYSTORE: [memorystore], MESSAGING: [messaging]},
+                   budget_actor, owned)
 
     @classmethod
     def connect(cls, name: str, address: str | None = None) -> "World":
@@ -160,8 +171,10 @@ class World:
         info: WorldInfo = ray.get(first.describe.remote())
         datastores = [first] + [ray.get_actor(datastore_name(i), namespace=namespace) for i in range(1, info.shards)]
         memorystore = ray.get_actor(MEMORYSTORE_NAME, namespace=namespace)
+        messaging = ray.get_actor(MESSAGING_NAME, namespace=namespace)
         budget = ray.get_actor(BUDGET_NAME, namespace=namespace) if info.budget is not None else None
-        return cls(info, RayRuntime(), {DATASTORE: datastores, MEMORYSTORE: [memorystore]}, budget, None)
+        return cls(info, RayRuntime(), {DATASTORE: datastores, MEMORYSTORE: [memorystore], MESSAGING: [messaging]},
+                   budget, None)
 
     @classmethod
     def in_process(cls, name: str = "local", backend: str = "memory", path: str | None = None,
@@ -177,7 +190,7 @@ class World:
         except RuntimeError:
             runtime = LocalRuntime(name)
         local = {DATASTORE: [DataStoreShardActor(info, i) for i in range(shards)],
-                 MEMORYSTORE: [MemoryStoreShardActor(info)]}
+                 MEMORYSTORE: [MemoryStoreShardActor(info)], MESSAGING: [MessagingActor(info)]}
         budget_service = BudgetServiceActor(info) if budget is not None else None
         return cls(info, runtime, local, budget_service, None)
 
@@ -201,7 +214,8 @@ class World:
         return self.info.clock.now()
 
     def server(self, job_id: str | None = None, players: int = 0) -> "Server":
-        """A simulated game server: its identity, its player count, and its DataStore and MemoryStore clients."""
+        """A simulated game server: its identity, its player count, and its DataStore, MemoryStore and
+        MessagingService clients (one `Server` per job id: its messaging client is the one that receives)."""
         if job_id is None:
             job_id = uuid.uuid4().hex[:12]
         if not isinstance(job_id, str) or not job_id:
@@ -215,10 +229,7 @@ class World:
         _check_config(self.name, self.info.backend, self.info.shards, faults)
         for shard in self._shards(DATASTORE) + self._shards(MEMORYSTORE):
             self._call(shard, "set_faults", faults)
-
-    def statistics(self) -> list[ShardStatistics]:
-        """One frozen snapshot per DataStore shard, in shard order (see `ShardStatistics`)."""
-        return [self._call(s, "statistics") for s in self._shards(DATASTORE)]
+        self._call(self._shards(MESSAGING)[0], "set_faults", faults)
 
     def budget_statistics(self):
         """The budget ledger's snapshot (every server's buckets, the experience buckets, leases), or None."""
@@ -244,7 +255,7 @@ class World:
             self._kill_actors()
 
     def _kill_actors(self) -> None:
-        handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE)
+        handles = list(self._handles or (self._shards(DATASTORE) + self._shards(MEMORYSTORE) + self._shards(MESSAGING)
                                          + ([self._budget] if self._budget is not None else [])))
         namespace = namespace_of(self.name)
         for name in _names_in(namespace):  # others of the world: its coordinator
@@ -258,13 +269,61 @@ class World:
     # Operator calls a game server cannot make (Roblox offers them through Open Cloud and the Data Stores Manager);
     # each has a coroutine twin in `AsyncWorld`. Grouped by service:
 
-    # -- DataStore: budgets and storage (open_cloud, statistics above)
+    # -- DataStore: budgets and storage
+
+    def statistics(self) -> WorldStatistics:
+        """The world's DataStore figures: one frozen `ShardStatistics` per shard, in shard order (the result
+        iterates and indexes as that list), and the experience's storage against Roblox's limit (`storage_bytes`,
+        `lifetime_users`, `storage_limit_bytes`, `over_limit`, `estimated_monthly_cost_usd`: see `StorageUsage`).
+        The storage is measured now, by reading every latest version (an operator's call, not a hot path).
+
+        >>> world.statistics().storage_limit_bytes
+        524288000
+        """
+        shards = tuple(self._call(s, "statistics") for s in self._shards(DATASTORE))
+        measured = self._storage_holders()
+        storage = sum(self._call(s, "storage_bytes") for s in measured)
+        users = self._call(self._shards(MEMORYSTORE)[0], "lifetime_users")
+        return WorldStatistics(**WorldStatistics.figures(storage, users), shards=shards)
+
+    def set_lifetime_users(self, users: int) -> None:
+        """Tell the world how many distinct users have ever played the experience (a simulator knows its player
+        population), for the storage limit (500 MB + 1 MB per lifetime user). The world also counts the most
+        players it saw online at once, and uses the larger of the two. Setting it again replaces it."""
+        _check_players(users, "users")
+        self._call(self._shards(MEMORYSTORE)[0], "set_lifetime_users", users)
+
+    def set_datastore_limits(self, limits: DataStoreLimits) -> None:
+        """Change, from now on, how much one data store as a whole may read and write per minute before its
+        requests get 429 DatastoreThrottled (see `DataStoreLimits`: Roblox publishes no number)."""
+        _check_limits(limits)
+        for shard in self._shards(DATASTORE):
+            self._call(shard, "set_limits", limits)
+
+    def open_cloud(self) -> "Server":
+        """The client an Open Cloud v2 server uses (`lodestore serve`): the same DataStore and MemoryStore clients
+        as a game server's, outside every game server. Its DataStore requests spend only the experience-wide
+        budgets (read, write, list, remove: shared with every game server, as since 2026-04), never a server's
+        bucket, and never queue: when the experience's bucket is spent they fail at once with 429
+        `<RequestType>ExperienceThrottled` and `retry_after_ms`. It has no players, never joins the CCU and has no
+        budget of its own (`get_request_budget` answers 0, `set_rate_limit` lowers nothing). A world without
+        request budgets (`budget=None`) lets every request go.
+
+        >>> cloud = world.open_cloud()
+        >>> cloud.datastores.get_data_store("players").get("user_1")
+        """
+        return Server(self, OPEN_CLOUD_JOB_ID, budgeted=False, open_cloud=True)
+
+    def _storage_holders(self) -> list:
+        """The shards whose backends together hold every entry once: every shard, or the first of a shared file."""
+        shards = self._shards(DATASTORE)
+        return shards[:1] if self.info.shared_file else shards
 
     # -- DataStore: data stores' lifecycle, snapshots and erasure
 
     def delete_data_store(self, name: str) -> DataStoreInfo:
         """Delete a data store (Open Cloud v2's delete): from now on every request of every server to it fails
-        with 410 `DatastoreDeleted`; it is listed with state DELETED and `expire_time` = now + 30 days by
+        with 404 `DatastoreDeleted`; it is listed with state DELETED and `expire_time` = now + 30 days by
         `list_data_stores(show_deleted=True)`, can be undeleted until then, and is purged after (every entry and
         version gone, its name free again), lazily: when a request or an operator call touches it, or at a shard's
         hourly sweep. Until purged it keeps counting toward storage. 404 `DatastoreNotFound` when it holds nothing;
@@ -392,6 +451,17 @@ class World:
 
     # -- MessagingService
 
+    def publish(self, topic: str, message: Any) -> None:
+        """Open Cloud's publish (universe-messaging-service:publish): `message` to every server subscribed to
+        `topic`, from outside any game server. Same topic and message rules as a server's `publish`; no server's
+        send limit applies, the receive limits do (what is over them is dropped, counted in the statistics)."""
+        topic, text = check_topic(topic), encode_message(message)
+        self._call(self._shards(MESSAGING)[0], "publish", None, 0, topic, text)
+
+    def messaging_statistics(self) -> MessagingStatistics:
+        """The MessagingService's snapshot: publishes, deliveries, drops by reason (see `MessagingStatistics`)."""
+        return self._call(self._shards(MESSAGING)[0], "statistics")
+
     # ---------------------------------------------------------------------------------------------- plumbing
 
     def _shards(self, service: str) -> list:
@@ -416,6 +486,25 @@ class AsyncWorld:
         self._world = world
 
     # -- DataStore: budgets and storage
+
+    async def statistics(self) -> WorldStatistics:
+        """`World.statistics`, awaiting the shards."""
+        w = self._world
+        shards = tuple([await w._acall(s, "statistics") for s in w._shards(DATASTORE)])
+        storage = sum([await w._acall(s, "storage_bytes") for s in w._storage_holders()])
+        users = await w._acall(w._shards(MEMORYSTORE)[0], "lifetime_users")
+        return WorldStatistics(**WorldStatistics.figures(storage, users), shards=shards)
+
+    async def set_lifetime_users(self, users: int) -> None:
+        """`World.set_lifetime_users`, awaiting the actor."""
+        _check_players(users, "users")
+        await self._world._acall(self._world._shards(MEMORYSTORE)[0], "set_lifetime_users", users)
+
+    async def set_datastore_limits(self, limits: DataStoreLimits) -> None:
+        """`World.set_datastore_limits`, awaiting the shards."""
+        _check_limits(limits)
+        for shard in self._world._shards(DATASTORE):
+            await self._world._acall(shard, "set_limits", limits)
 
     # -- DataStore: data stores' lifecycle, snapshots and erasure
 
@@ -489,6 +578,15 @@ class AsyncWorld:
 
     # -- MessagingService
 
+    async def publish(self, topic: str, message: Any) -> None:
+        w = self._world
+        topic, text = check_topic(topic), encode_message(message)
+        await w._acall(w._shards(MESSAGING)[0], "publish", None, 0, topic, text)
+
+    async def messaging_statistics(self) -> MessagingStatistics:
+        w = self._world
+        return await w._acall(w._shards(MESSAGING)[0], "statistics")
+
 
 def _advance(steps, answer) -> tuple[bool, Any]:
     """(False, next request) of a generator given `answer`, or (True, its result)."""
@@ -518,9 +616,14 @@ def _merged(infos: list, name: str) -> DataStoreInfo:
     return merged[0]
 
 
-def _check_players(players: Any) -> None:
+def _check_limits(limits: Any) -> None:
+    if not isinstance(limits, DataStoreLimits):
+        raise ConfigError(f"limits must be a storage.DataStoreLimits, got {type(limits).__name__}")
+
+
+def _check_players(players: Any, what: str = "players") -> None:
     if isinstance(players, bool) or not isinstance(players, int) or players < 0:
-        raise ConfigError(f"players must be an int >= 0, got {players!r}")
+        raise ConfigError(f"{what} must be an int >= 0, got {players!r}", field=what)
 
 
 def _unanswered(exc: BaseException) -> DataStoreError:
@@ -560,24 +663,40 @@ class _BudgetLink:
     async def aavailable(self, server_id: str, request_type) -> int:
         return await self._world._acall(self._world._budget, "available", server_id, request_type)
 
+    def set_rate_limit(self, server_id: str, request_type, base: int, per_player: int) -> int:
+        return self._world._call(self._world._budget, "set_rate_limit", server_id, request_type, base, per_player)
+
+    async def aset_rate_limit(self, server_id: str, request_type, base: int, per_player: int) -> int:
+        return await self._world._acall(self._world._budget, "set_rate_limit", server_id, request_type, base,
+                                        per_player)
+
+    def take_experience(self, request_type, count: int) -> int:
+        return self._world._call(self._world._budget, "take_experience", request_type, count)
+
+    async def atake_experience(self, request_type, count: int) -> int:
+        return await self._world._acall(self._world._budget, "take_experience", request_type, count)
+
 
 class Server:
     """One simulated Roblox game server (a JobId) with `players` players, and its service clients.
 
     `budgeted=False` makes a client outside every game server's request budget (an operator's tool, or a
-    simulator's verifier reading the final data); game servers are always budgeted when the world has budgets."""
+    simulator's verifier reading the final data); game servers are always budgeted when the world has budgets.
+    `open_cloud=True` (with `budgeted=False`: `World.open_cloud`) spends the experience-wide budgets instead."""
 
-    def __init__(self, world: World, job_id: str, budgeted: bool = True) -> None:
+    def __init__(self, world: World, job_id: str, budgeted: bool = True, open_cloud: bool = False) -> None:
         self.world = world
         self.job_id = job_id
         self.players = 0
         self.closed = False
         link = _BudgetLink(world, self) if world._budget is not None and budgeted else None
         gate = (BudgetGate(link, world.clock, job_id, buckets=bucket_map(world.info.budget)) if link is not None
+                else ExperienceGate(_BudgetLink(world, self)) if open_cloud and world._budget is not None
                 else OpenGate())
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
                                            shared_storage=world.info.shared_file)
         self.memorystores = MemoryStoreService(world._transport, world.clock, OpenGate(), job_id)
+        self.messaging = MessagingService(world, job_id, lambda: self.players)
         self.aio = AsyncServer(self)
 
     def __repr__(self) -> str:
@@ -614,6 +733,7 @@ class Server:
         the same again (each step is idempotent)."""
         self.closed = True
         self.datastores.release_leases()
+        self.messaging.close()
         self.world._call(self.world._shards(MEMORYSTORE)[0], "set_players", self.job_id, 0)
         if self.world._budget is not None:
             self.world._call(self.world._budget, "remove_server", self.job_id)
@@ -650,6 +770,7 @@ class AsyncServer:
         s = self._server
         s.closed = True
         s.datastores.release_leases()
+        await s.messaging.aio.close()
         await s.world._acall(s.world._shards(MEMORYSTORE)[0], "set_players", s.job_id, 0)
         if s.world._budget is not None:
             await s.world._acall(s.world._budget, "remove_server", s.job_id)
@@ -718,8 +839,21 @@ def _ensure_ray(address: str | None, dashboard: bool = False) -> str | None:
     if address is None:
         return _start_local_ray(dashboard)
     _check_reachable(address)
-    ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
+    with _on_loopback() if _is_loopback(address) else contextlib.nullcontext():
+        # another process's local Ray (a simulation's, at 127.0.0.1:PORT): joined as one of its own processes
+        # would, or Ray would swap the loopback address for the machine's outward one and never reach it
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING", configure_logging=True)
     return None
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_reachable(address: str) -> None:
@@ -740,6 +874,25 @@ def _check_reachable(address: str) -> None:
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+@contextlib.contextmanager
+def _on_loopback() -> Iterator[None]:
+    """Ray's switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER off while Ray starts or joins (see `_start_local_ray`), in
+    the environment and in this process's copy of it, then as it was."""
+    from ray._private import ray_constants  # Ray's own switch; no public option binds a local Ray to loopback
+
+    saved_env, saved_switch = os.environ.get(_LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_SWITCH, None)
+        else:
+            os.environ[_LOOPBACK_SWITCH] = saved_env
+
+
 def _start_local_ray(dashboard: bool = False) -> str | None:
     """Start a Ray of our own ("local": never a cluster that happens to run on this machine, which plain
     `ray.init()` would join), every socket of it (GCS, raylet, object manager, workers, agents) listening on
@@ -752,20 +905,9 @@ def _start_local_ray(dashboard: bool = False) -> str | None:
     do it: Ray replaces a loopback address with the machine's outward one. The switch is read when ray is imported,
     so it is turned off in this process's copy too while Ray starts; Ray's processes inherit the variable. The
     run's Ray ends with this process however it ends (Ray's fate sharing: PR_SET_PDEATHSIG on Linux)."""
-    from ray._private import ray_constants  # Ray's own switch; no public option binds a local Ray to loopback
-
-    saved_env, saved_switch = os.environ.get(_LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_LOOPBACK_SWITCH] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with _on_loopback():
         context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                            log_to_driver=False, logging_level="WARNING", configure_logging=True)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
-        if saved_env is None:
-            os.environ.pop(_LOOPBACK_SWITCH, None)
-        else:
-            os.environ[_LOOPBACK_SWITCH] = saved_env
     node_ip = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node_ip).is_loopback:   # a Ray that changed how it picks the address: fail closed
         ray.shutdown()

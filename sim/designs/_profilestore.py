@@ -29,11 +29,14 @@ the API reference, `docs/api.md` the same in prose) and `../shared/reference/pee
 - Critical state: 5 DataStore errors within 120 s turn `is_critical_state` on (OnCriticalToggle), 120 s without that
   many turn it off.
 
-- MessagingService (RobloxMessageSubscription): the source also publishes to "PS_<session id>" so that the holder
-  saves at once (a message) or ends its session at once (a force-load), at most once per 6 s. lodestore has no
-  MessagingService: with `messaging = true` a message reaches servers on the publisher's scheduler (one simulation
-  host) after `messaging_latency`, and is lost for the others; by default (`false`) it is never sent, so a
-  force-load waits for the holder's next auto-save and ends in a steal when that is more than ~45 s away.
+- MessagingService (RobloxMessageSubscription): a session subscribes to "PS_<session id>" (in a spawned thread; a
+  session that ended meanwhile disconnects at once), and the source publishes to it (task.spawn(PublishAsync), its
+  errors unread) so that the holder saves at once (MessageAsync's message) or ends its session at once (a
+  force-load's EndSession), reacting at most once per 6 s and only to its own SessionLoadCount. It rides on the
+  world's MessagingService (`server.messaging`): best effort, after the world's messaging delay (1-2 s by default),
+  to the holder on whatever simulator host it runs. A lost message changes nothing but time: the force-load then
+  waits for the holder's next auto-save and ends in a steal when that is more than ~45 s away. `messaging = false`
+  (not in the source) never publishes nor subscribes.
 
 Left out: the mock stores (`ProfileStore.Mock`, Studio without API access) and DataStoreState other than "Access";
 error 509 handling and invalid-UTF-8 stripping that peers.md mentions for a 2025-07 version (not in this snapshot).
@@ -83,13 +86,9 @@ PLACE_ID = 0
 
 MAX_NAME = 50   # store_name and profile_key limits the source checks
 
-MESSAGING_LATENCY = 0.2
-"""Seconds a MessagingService message takes to arrive (lodestore's assumption; Roblox documents no figure)."""
 MESSAGING_COOLDOWN = 6.0
 """RobloxMessageSubscription reacts to at most one message per 6 s per profile (the source)."""
 
-_buses: "weakref.WeakKeyDictionary[Scheduler, dict[str, Callable[[Any], None]]]" = weakref.WeakKeyDictionary()
-"""MessagingService topics, per scheduler: a message reaches the servers on the publisher's event loop only."""
 
 
 # ------------------------------------------------------------------------------------------------------ options
@@ -99,8 +98,8 @@ class ProfileStoreOptions:
     """`[store.profilestore]`: the source's constants (`ProfileStore.SetConstant`), in seconds.
 
     `autosave_period` 0 (the default) takes the scenario's `autosave_interval` in the simulator (300 s unless the
-    scenario says otherwise, the source's AUTO_SAVE_PERIOD) and 300 s through the API. `messaging` turns on the
-    emulated MessagingService (see the module docstring), each message arriving `messaging_latency` s later."""
+    scenario says otherwise, the source's AUTO_SAVE_PERIOD) and 300 s through the API. `messaging` (on, as in the
+    source) is its use of MessagingService (see the module docstring); off, a force-load waits for an auto-save."""
 
     autosave_period: float = 0.0
     load_repeat_period: float = LOAD_REPEAT_PERIOD
@@ -109,8 +108,7 @@ class ProfileStoreOptions:
     assume_dead: float = ASSUME_DEAD
     start_session_timeout: float = START_SESSION_TIMEOUT
     max_message_queue: int = MAX_MESSAGE_QUEUE
-    messaging: bool = False
-    messaging_latency: float = MESSAGING_LATENCY
+    messaging: bool = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -125,7 +123,7 @@ class ProfileStoreOptions:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"must be a finite number of seconds, got {value!r}", field=f.name)
-            if f.name in ("autosave_period", "session_steal", "messaging_latency"):
+            if f.name in ("autosave_period", "session_steal"):
                 if value < 0:
                     raise ConfigError(f"must be at least 0 seconds, got {value!r}", field=f.name)
             elif value <= 0:
@@ -264,7 +262,7 @@ class ProfileStoreRuntime:
         self._critical_start = 0
         self._tasks: set[asyncio.Task] = set()
         self._waiters: set[asyncio.Future] = set()
-        self._topics: set[str] = set()
+        self._subscriptions: set[Any] = set()             # this server's live "PS_<session id>" subscriptions
 
     @classmethod
     def of(cls, server: Server, scheduler: Scheduler,
@@ -309,23 +307,30 @@ class ProfileStoreRuntime:
     # -------------------------------------------------------------------------------------- messaging
 
     def publish(self, topic: str, data: dict) -> None:
-        """MessagingService:PublishAsync (when `options.messaging`): delivered after `messaging_latency` to a
-        subscriber on this scheduler, lost otherwise (MessagingService promises no delivery either)."""
+        """task.spawn(MessagingService.PublishAsync, ...) (when `options.messaging`): sent in the background; a
+        refusal (a MessagingService limit) is dropped unread, as in the source. Delivery is best effort."""
         if not self.options.messaging or self.down:
             return
-        bus = _buses.get(self.scheduler)
-        handler = bus.get(topic) if bus is not None else None
-        if handler is not None:
-            self.scheduler.call_later(self.options.messaging_latency, lambda: handler(copy.deepcopy(data)))
+        self.spawn(self._publish(topic, data))
+
+    async def _publish(self, topic: str, data: dict) -> None:
+        try:
+            await self.server.messaging.aio.publish(topic, data)
+        except LodestoreError:
+            pass   # the spawned PublishAsync's error goes nowhere in the source
 
     def subscribe(self, profile: "Profile") -> None:
-        """RobloxMessageSubscription: "PS_<session id>" asks this profile to save, or to end its session."""
+        """task.spawn(RobloxMessageSubscription, ...) (when `options.messaging`): "PS_<session id>" asks this
+        profile to save, or to end its session."""
         if not self.options.messaging or not profile.session_id:
             return
-        topic = "PS_" + profile.session_id
+        self.spawn(self._subscribe(profile))
+
+    async def _subscribe(self, profile: "Profile") -> None:
         last = [-math.inf]
 
-        def on_message(data: Any) -> None:
+        def on_message(message: dict) -> None:
+            data = message.get("Data")
             if self.down or not isinstance(data, dict) or data.get("LoadCount") != profile.session_load_count:
                 return
             now = self.scheduler.now()
@@ -338,10 +343,19 @@ class ProfileStoreRuntime:
                 else:
                     profile.save()
 
-        bus = _buses.setdefault(self.scheduler, {})
-        bus[topic] = on_message
-        self._topics.add(topic)
-        profile._unsubscribe = lambda: (bus.pop(topic, None), self._topics.discard(topic))
+        try:
+            subscription = await self.server.messaging.aio.subscribe("PS_" + profile.session_id, on_message)
+        except LodestoreError:
+            return   # SubscribeAsync failed (a limit, a closed server): the source's spawned thread errors, no more
+        if not profile.is_active() or self.down:
+            subscription.disconnect()
+            return
+        self._subscriptions.add(subscription)
+
+        def unsubscribe() -> None:
+            subscription.disconnect()
+            self._subscriptions.discard(subscription)
+        profile._unsubscribe = unsubscribe
 
     # ------------------------------------------------------------------------------------------- storage
 
@@ -668,10 +682,9 @@ class ProfileStoreRuntime:
                 future.cancel()
         self.active.clear()
         self.autosave_list.clear()
-        bus = _buses.get(self.scheduler, {})
-        for topic in self._topics:
-            bus.pop(topic, None)
-        self._topics.clear()
+        for subscription in list(self._subscriptions):   # a dead server's subscriptions end with it
+            subscription.disconnect()
+        self._subscriptions.clear()
 
 
 # ------------------------------------------------------------------------------------------------------ profile

@@ -16,10 +16,11 @@ from lodestore.storage._types import ANY, BatchReply, SortDirection
 from lodestore.storage.datastore._backends import Backend, MemoryBackend, SqliteBackend
 from lodestore.storage.datastore._client import (DataStore, DataStoreService, DataStoreStatistics, OrderedDataStore,
                                                  RetryPolicy, UpdateResult)
-from lodestore.storage.datastore._engine import DataStoreEngine
-from lodestore.storage.datastore._lifecycle import (DATASTORE_DELETED, DataStoreInfo, DataStoreState, DeleteStore,
-                                                    GetMeta, ListAllKeys, ListStores, PurgeKey, PutMeta, ReadVersions,
-                                                    Snapshot, SnapshotResult, UndeleteStore)
+from lodestore.storage.datastore._engine import DataStoreEngine, DataStoreLimits
+from lodestore.storage._errors import DATASTORE_DELETED
+from lodestore.storage.datastore._lifecycle import (DataStoreInfo, DataStoreState, DeleteStore, GetMeta, ListAllKeys,
+                                                    ListStores, PurgeKey, PutMeta, ReadVersions, Snapshot,
+                                                    SnapshotResult, UndeleteStore)
 from lodestore.storage.datastore._messages import (MISSING, Conflict, Entry, Get, GetVersion, GetVersionAtTime,
                                                    Increment, KeyInfo, ListKeys, ListVersions, OrderedConflict,
                                                    OrderedGet, OrderedIncrement, OrderedRange, OrderedRemove,
@@ -31,7 +32,7 @@ __all__ = [
     "DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult", "SortDirection", "DataStoreStatistics",
     "RetryPolicy", "KeyInfo", "VersionInfo", "Page",
     # the engine and where it keeps entries
-    "DataStoreEngine", "Backend", "MemoryBackend", "SqliteBackend",
+    "DataStoreEngine", "DataStoreLimits", "Backend", "MemoryBackend", "SqliteBackend",
     # requests and results
     "ANY", "Get", "Set", "Increment", "Remove", "ListKeys", "ListVersions", "GetVersion", "GetVersionAtTime",
     "RemoveVersion", "OrderedGet", "OrderedSet", "OrderedIncrement", "OrderedRemove", "OrderedRange", "Sweep",

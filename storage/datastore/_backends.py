@@ -70,6 +70,7 @@ class Backend(Protocol):
     def ordered_delete(self, k: EntryKey) -> None: ...
     def ordered_range(self, store: str, scope: str, ascending: bool, limit: int, min_value: int | None,
                       max_value: int | None, after: tuple[int, str] | None) -> list[tuple[str, int]]: ...
+    def latest_values(self) -> Iterator[bytes]: ...
     def close(self) -> None: ...
     # Data stores' lifecycle and erasure (`_lifecycle`): world settings as JSON, stores as wholes, keys as wholes.
     def get_meta(self, name: str) -> Any: ...
@@ -209,6 +210,15 @@ class MemoryBackend:
             if len(out) >= limit:
                 break
         return out
+
+    def latest_values(self) -> Iterator[bytes]:
+        """The stored bytes of every key's latest live version (no tombstones, no backups), then every ordered
+        entry's value as msgpack: what counts toward the experience's storage."""
+        for recs in self._versions.values():
+            if recs and not recs[-1].deleted and recs[-1].value is not None:
+                yield recs[-1].value
+        for value, _ in self._ordered.values():
+            yield msgpack.packb(value)
 
     def close(self) -> None:
         pass
@@ -473,6 +483,16 @@ class SqliteBackend:
     def purge_key(self, k):
         return self._db.execute("DELETE FROM entry_versions WHERE store=? AND name=?",
                                 (k[0], _full_name(k[1], k[2]))).rowcount
+
+    def latest_values(self) -> Iterator[bytes]:
+        """See `MemoryBackend.latest_values`."""
+        rows = self._db.execute("SELECT value FROM entry_versions WHERE superseded_ms IS NULL AND deleted = 0 "
+                                "AND value IS NOT NULL").fetchall()
+        ordered = self._db.execute("SELECT value FROM ordered_entries").fetchall()
+        for (value,) in rows:
+            yield value
+        for (value,) in ordered:
+            yield msgpack.packb(value)
 
     def close(self) -> None:
         """Checkpoint the WAL into the database file (and truncate it), then close the connection: afterwards the

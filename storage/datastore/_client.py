@@ -23,16 +23,17 @@ from typing import Any, Callable
 import msgpack
 
 from lodestore.storage._backoff import Backoff
+from lodestore.storage._budget import check_rate_limit
 from lodestore.storage._clients import async_twin, call_transform
-from lodestore.storage._errors import ConfigError, DataStoreError
+from lodestore.storage._errors import INVALID_EXCLUSIVE_START_KEY, ConfigError, DataStoreError
 from lodestore.storage._ids import new_rng
 from lodestore.storage._limits import (DEFAULT_SCOPE, INT64_MAX, INT64_MIN, LIST_KEYS_DEFAULT_PAGE,
-                                      LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_SORTED_PAGE,
-                                      MAX_STORE_NAME,
-                                      READ_CACHE_MS, RequestType)
+                                      KEY_THROTTLE_MAX_WAIT_MS, LIST_VERSIONS_DEFAULT_PAGE, MAX_KEY_NAME,
+                                      MAX_LIST_PAGE, MAX_SORTED_PAGE, MAX_STORE_NAME, READ_CACHE_MS, RequestType)
 from lodestore.storage._scheduler import sleep
 from lodestore.storage._throttle import GateStatistics, KeyLanes
-from lodestore.storage._transport import DATASTORE, Call, Permit, Transport, TransportFailure, arun, run, shard_of
+from lodestore.storage._transport import (DATASTORE, Call, Permit, Sleep, Transport, TransportFailure, arun, run,
+                                          shard_of)
 from lodestore.storage._types import SortDirection, check_direction, is_int
 from lodestore.storage._values import (check_key, check_metadata, check_page_size, check_scope, check_store_name,
                                        check_user_ids, check_value, decode, encode)
@@ -43,6 +44,7 @@ __all__ = ["DataStoreService", "DataStore", "OrderedDataStore", "UpdateResult",
            "DataStoreStatistics", "RetryPolicy"]
 
 MAX_UPDATE_ATTEMPTS = 100
+MAX_BATCH_GET = 100        # OrderedDataStore:BatchGetAsync takes up to 100 keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ def _decode_cursor(kind: str, cursor: str | None) -> Any:
             raise ValueError(got_kind)
         return position
     except Exception:
-        raise DataStoreError(400, "InvalidArgument", f"cursor {str(cursor)[:40]!r} is not a {kind} cursor "
+        raise DataStoreError(*INVALID_EXCLUSIVE_START_KEY, f"cursor {str(cursor)[:40]!r} is not a {kind} cursor "
                              "returned by this kind of listing") from None
 
 
@@ -116,7 +118,9 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class DataStoreStatistics:
-    """A snapshot of one server's DataStore traffic, counted at the client."""
+    """A snapshot of one server's DataStore traffic, counted at the client. `key_throttle_waits` counts the times
+    a request found its key throttled and waited in its queue for the key's window to make room ("temporarily
+    skipped"), `key_throttle_wait_ms` the simulated ms they waited in all."""
 
     requests: dict[str, int]
     errors: dict[int, int]
@@ -125,6 +129,8 @@ class DataStoreStatistics:
     retried: int
     retried_writes: int
     budget: GateStatistics
+    key_throttle_waits: int = 0
+    key_throttle_wait_ms: int = 0
 
 
 class _Counters:
@@ -136,6 +142,8 @@ class _Counters:
         self.update_conflicts = 0
         self.retried = 0
         self.retried_writes = 0
+        self.key_throttle_waits = 0
+        self.key_throttle_wait_ms = 0
 
 
 class DataStoreService:
@@ -217,6 +225,21 @@ class DataStoreService:
             return held
         return held + self._budget.available(self.job_id, rtype)
 
+    def set_rate_limit(self, request_type: RequestType | str, base: int, per_player: int) -> None:
+        """Roblox's SetRateLimitForRequestType: lower this server's own limit of `request_type` to
+        `base + per_player x players` requests per minute (`base` 0..10000, `per_player` 0..200). The limit is the
+        lower of Roblox's and this one: it never rises above Roblox's; setting it again replaces it. UpdateAsync and
+        OnUpdate cannot be set (an update spends StandardRead and StandardWrite: lower those). Bad input raises
+        ConfigError naming the argument and changes nothing. Tokens this server already holds in leases stay
+        spendable. Without request budgets (`budget=None`) it only checks its arguments. From a coroutine:
+        `await datastores.aio.set_rate_limit(...)`.
+
+        >>> server.datastores.set_rate_limit("StandardWrite", 10, 1)   # at most 10 + n writes a minute
+        """
+        rtype, _ = check_rate_limit(request_type, base, per_player)
+        if self._budget is not None:
+            self._budget.set_rate_limit(self.job_id, rtype, base, per_player)
+
     def queue_sizes(self) -> dict[str, int]:
         """Requests waiting in each throttle queue (Get, Set, OrderedGet, OrderedSet)."""
         return self._gate.queue_sizes()
@@ -265,7 +288,8 @@ class DataStoreService:
         budget = self._gate.statistics()
         with c.lock:
             return DataStoreStatistics(dict(c.requests), dict(c.errors), c.cache_hits, c.update_conflicts,
-                                       c.retried, c.retried_writes, budget)
+                                       c.retried, c.retried_writes, budget, c.key_throttle_waits,
+                                       c.key_throttle_wait_ms)
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
@@ -290,6 +314,18 @@ class DataStoreService:
                 self._counters.errors[result.code] += 1
             raise result
         return result
+
+    def _key_wait(self, result: Any, waited_ms: int) -> int | None:
+        """Simulated ms a request whose key is throttled waits in its queue before it is sent again, or None: the
+        result is final (not a KeyThrottled, or waiting longer would pass `KEY_THROTTLE_MAX_WAIT_MS` in all)."""
+        if not (isinstance(result, DataStoreError) and result.name == "KeyThrottled"
+                and result.retry_after_ms is not None
+                and waited_ms + result.retry_after_ms <= KEY_THROTTLE_MAX_WAIT_MS):
+            return None
+        with self._counters.lock:
+            self._counters.key_throttle_waits += 1
+            self._counters.key_throttle_wait_ms += result.retry_after_ms
+        return result.retry_after_ms
 
     def _should_retry(self, exc: DataStoreError, attempt: int, write: bool) -> float | None:
         """Simulated seconds to wait before trying again, or None to give up."""
@@ -368,6 +404,13 @@ class AsyncDataStoreService:
         service = self._service
         return await service._arun(functools.partial(service._op_list_data_stores, prefix, page_size, cursor,
                                                      show_deleted))
+
+    async def set_rate_limit(self, request_type: RequestType | str, base: int, per_player: int) -> None:
+        """`DataStoreService.set_rate_limit`, awaiting the budget actor instead of blocking the loop."""
+        service = self._service
+        rtype, _ = check_rate_limit(request_type, base, per_player)
+        if service._budget is not None:
+            await service._budget.aset_rate_limit(service.job_id, rtype, base, per_player)
 
 
 class DataStore:
@@ -485,11 +528,21 @@ class DataStore:
             self._cache[parts] = (self._service._clock.now() + READ_CACHE_MS, entry)
 
     def _request(self, parts: tuple, op: Any, size: int = 0, call: str = ""):
-        """Spend the budget for `op` (`call` names the client method), send it, and give back its checked result."""
+        """Spend the budget for `op` (`call` names the client method), send it, and give back its checked result.
+
+        A key over its throughput limit does not fail the request at once: as on Roblox, the request stays in its
+        queue, skipped until the key's window has room (the shard says when), and is sent again then, with no
+        more budget spent; after `KEY_THROTTLE_MAX_WAIT_MS` of waiting in all it fails with 429 KeyThrottled."""
         yield Permit(op.request_type, parts[2], size, call)
         self._service._count(op.request_type)
-        results = yield self._service._call(parts, op)
-        return self._service._check(results[0])
+        waited = 0
+        while True:
+            results = yield self._service._call(parts, op)
+            wait = self._service._key_wait(results[0], waited)
+            if wait is None:
+                return self._service._check(results[0])
+            waited += wait
+            yield Sleep(wait / 1000.0)
 
     @staticmethod
     def _pair(entry: m.Entry) -> tuple[Any, m.KeyInfo | None]:
@@ -671,6 +724,15 @@ class OrderedDataStore:
         """One page of (key, value) pairs in value order (ties by key); `page.cursor` for the next one."""
         return self._service._run(*self._plan("get_sorted", ascending, page_size, min_value, max_value, cursor))
 
+    def batch_get(self, keys: list[str]) -> dict[str, int]:
+        """Roblox's BatchGetAsync: the values of up to 100 keys, as {key: value}; missing keys are left out. Each
+        key (a repeated key once) counts as one OrderedRead; the keys' shards are asked at once.
+
+        >>> ranks.batch_get(["alice", "bob", "nobody"])
+        {'alice': 12, 'bob': 7}
+        """
+        return self._service._run(*self._plan("batch_get", keys))
+
     def _parts(self, key: Any) -> tuple[str, str, str]:
         check_key(key)
         return (self.name, self.scope, key)
@@ -719,6 +781,32 @@ class OrderedDataStore:
         parts = self._parts(key)
         return (yield from self._request(parts, m.OrderedRemove(*parts), call="remove")).value
 
+    def _op_batch_get(self, keys):
+        if not isinstance(keys, (list, tuple)):
+            raise DataStoreError(106, "InvalidArgument",
+                                 f"batch_get takes a list of keys, got {type(keys).__name__}")
+        keys = list(dict.fromkeys(keys)) if all(isinstance(k, str) for k in keys) else keys
+        if len(keys) > MAX_BATCH_GET:
+            raise DataStoreError(106, "InvalidArgument",
+                                 f"batch_get takes at most {MAX_BATCH_GET} keys, got {len(keys)}")
+        parts = [self._parts(key) for key in keys]
+        by_shard: dict[int, list[m.OrderedGet]] = {}
+        for p in parts:
+            by_shard.setdefault(shard_of(p, self._service._shards()), []).append(m.OrderedGet(*p))
+        for p in parts:   # each key is one read
+            yield Permit(m.OrderedGet.request_type, p[2], 0, "batch_get")
+            self._service._count(m.OrderedGet.request_type)
+        if not by_shard:
+            return {}
+        replies = yield [Call(DATASTORE, shard, ops) for shard, ops in by_shard.items()]
+        found = {}
+        for ops, results in zip(by_shard.values(), replies):
+            for op, result in zip(ops, results):
+                value = self._service._check(result).value
+                if value is not None:
+                    found[op.key] = value
+        return {key: found[key] for key in keys if key in found}
+
     def _op_get_sorted(self, ascending=True, page_size=50, min_value=None, max_value=None, cursor=None):
         if not is_int(page_size) or not 1 <= page_size <= MAX_SORTED_PAGE:
             raise DataStoreError(106, "InvalidArgument",
@@ -742,4 +830,5 @@ class OrderedDataStore:
         return m.Page(pairs, _encode_cursor("sorted", [last[1], last[0]]) if len(pairs) == page_size else None)
 
 
-AsyncOrderedDataStore = async_twin(OrderedDataStore, ("get", "set", "increment", "update", "remove", "get_sorted"))
+AsyncOrderedDataStore = async_twin(OrderedDataStore, ("get", "set", "increment", "update", "remove", "get_sorted",
+                                                      "batch_get"))

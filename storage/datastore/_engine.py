@@ -11,20 +11,24 @@ refused request: every check happens before the first write.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter, deque
+from dataclasses import dataclass
 
 import msgpack
 
 from lodestore.storage._clock import Clock
-from lodestore.storage._errors import DataStoreError
+from lodestore.storage._errors import DATASTORE_THROTTLED, KEY_THROTTLED, REQUEST_DROPPED, ConfigError, DataStoreError
 from lodestore.storage._faults import FaultConfig, FaultInjector, error_name
-from lodestore.storage._limits import (BACKUP_RETENTION_MS, HOUR_MS, INT64_MAX, INT64_MIN, KEY_READ_BYTES_PER_MINUTE,
-                                      KEY_WINDOW_MS, KEY_WRITE_BYTES_PER_MINUTE, VERSION_AT_TIME_FUTURE_MS)
+from lodestore.storage._limits import (BACKUP_RETENTION_MS, DATASTORE_READ_BYTES_PER_MINUTE,
+                                      DATASTORE_WRITE_BYTES_PER_MINUTE, HOUR_MS, INT64_MAX, INT64_MIN,
+                                      KEY_READ_BYTES_PER_MINUTE, KEY_WINDOW_MS, KEY_WRITE_BYTES_PER_MINUTE,
+                                      VERSION_AT_TIME_FUTURE_MS)
 from lodestore.storage.datastore import _messages as m
 from lodestore.storage.datastore._backends import Backend, EntryKey, VersionRecord
 from lodestore.storage.datastore._lifecycle import StoreLifecycle
 
-__all__ = ["DataStoreEngine", "KeyThroughput"]
+__all__ = ["DataStoreEngine", "KeyThroughput", "DataStoreLimits"]
 
 _DOTNET_EPOCH_TICKS = 621_355_968_000_000_000
 _SWEEP_EVERY_MS = HOUR_MS
@@ -65,33 +69,106 @@ class _Window:
         self.events.append((now, amount))
         self.total += amount
 
+    def wait_ms(self, now: int, amount: int, limit: int) -> int | None:
+        """Simulated ms until `amount` more fits under `limit` (the oldest requests leave the window), or None
+        when it never can (one request larger than the limit). Call after `used(now)`."""
+        if amount > limit:
+            return None
+        excess, freed = self.total + amount - limit, 0
+        for at, size in self.events:
+            freed += size
+            if freed >= excess:
+                return max(1, at + KEY_WINDOW_MS - now)
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class DataStoreLimits:
+    """The throughput one data store may use as a whole, per sliding minute, in bytes (each request rounded up to
+    the next KB, as for a key). Over it, requests get 429 `DatastoreThrottled` at once (retryable; the error's
+    `retry_after_ms` says when there is room).
+
+    Roblox says a hot data store as a whole is throttled but publishes no number; lodestore's defaults are 100 times
+    a key's (2,500 MB read, 400 MB written a minute), far above what a store gets unless one hammers it on purpose.
+    A world of several shards gives each shard an equal share of the limit (a store's keys spread evenly over the
+    shards' hash ranges). Set with `World.set_datastore_limits`.
+    """
+
+    read_bytes_per_minute: int = DATASTORE_READ_BYTES_PER_MINUTE
+    write_bytes_per_minute: int = DATASTORE_WRITE_BYTES_PER_MINUTE
+
+    def __post_init__(self) -> None:
+        for name in ("read_bytes_per_minute", "write_bytes_per_minute"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+                raise ConfigError(f"DataStoreLimits {name} must be an int of at least 1024 bytes, got {value!r}",
+                                  field=name)
+
+    def share(self, shards: int) -> "DataStoreLimits":
+        """One shard's part of these limits (at least 1 KB each)."""
+        return DataStoreLimits(max(1024, -(-self.read_bytes_per_minute // shards)),
+                               max(1024, -(-self.write_bytes_per_minute // shards)))
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MB" if limit % (1024 * 1024) == 0 else f"{limit // 1024} KB"
+
 
 class KeyThroughput:
     """Roblox's per-key limits: 25 MB read and 4 MB written per key per sliding minute, each request rounded up to
-    the next KB. A shard sees every request for its keys, so it is where these windows live."""
+    the next KB; and a data store's as a whole (`DataStoreLimits`). A shard sees every request for its keys, so it
+    is where these windows live.
+
+    A refusal counts nothing. A key over its limit raises 429 KeyThrottled with `retry_after_ms`: the client keeps
+    the request waiting in its queue ("temporarily skipped") and sends it again then; a store over its limit raises
+    429 DatastoreThrottled, which the client does not wait for."""
 
     SWEEP_EVERY = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, limits: DataStoreLimits | None = None) -> None:
         self._windows: dict[tuple, _Window] = {}
         self._since_sweep = 0
+        self.limits = limits or DataStoreLimits()
+        self.refused: Counter = Counter()   # error name (KeyThrottled, DatastoreThrottled) -> requests refused
+
+    @property
+    def key_throttled(self) -> int:
+        """Requests refused because one key was over its limit."""
+        return self.refused[KEY_THROTTLED[1]]
+
+    @property
+    def datastore_throttled(self) -> int:
+        """Requests refused because a whole data store was over its limit."""
+        return self.refused[DATASTORE_THROTTLED[1]]
 
     @staticmethod
     def charge(size: int) -> int:
         return max(1, -(-size // 1024)) * 1024
 
-    def admit(self, k: tuple, direction: str, size: int, now: int) -> None:
-        """Count a request of `size` bytes against key `k`, or raise KeyThrottled (429) and count nothing."""
-        limit = KEY_READ_BYTES_PER_MINUTE if direction == "read" else KEY_WRITE_BYTES_PER_MINUTE
-        window = self._windows.get((k, direction))
-        amount = self.charge(size)
+    def _window(self, wk: tuple, now: int) -> _Window:
+        window = self._windows.get(wk)
         if window is None:
-            window = self._windows[(k, direction)] = _Window()
-        if window.used(now) + amount > limit:
-            raise DataStoreError(429, "KeyThrottled",
-                                 f"key {k[2]!r} of store {k[0]!r}: {direction}s over {limit // (1024 * 1024)} MB in "
-                                 f"the last minute ({window.total // 1024} KB used, this request {amount // 1024} KB)")
-        window.add(now, amount)
+            window = self._windows[wk] = _Window()
+        window.used(now)
+        return window
+
+    def admit(self, k: tuple, direction: str, size: int, now: int) -> None:
+        """Count a request of `size` bytes against key `k` and its data store, or raise (429 KeyThrottled or
+        DatastoreThrottled, with `retry_after_ms`) and count nothing."""
+        amount = self.charge(size)
+        reads = direction == "read"
+        checks = ((self._window((k, direction), now), KEY_THROTTLED, f"key {k[2]!r} of store {k[0]!r}",
+                   KEY_READ_BYTES_PER_MINUTE if reads else KEY_WRITE_BYTES_PER_MINUTE),
+                  (self._window((k[0], direction), now), DATASTORE_THROTTLED, f"data store {k[0]!r} on this shard",
+                   self.limits.read_bytes_per_minute if reads else self.limits.write_bytes_per_minute))
+        for window, error, what, limit in checks:
+            if window.total + amount > limit:
+                self.refused[error[1]] += 1
+                raise DataStoreError(*error, f"{what}: {direction}s over {_size(limit)} in the last minute "
+                                     f"({window.total // 1024} KB used, this request {amount // 1024} KB)",
+                                     retry_after_ms=window.wait_ms(now, amount, limit))
+        for window, *_ in checks:
+            window.add(now, amount)
         self._since_sweep += 1
         if self._since_sweep >= self.SWEEP_EVERY:
             self._since_sweep = 0
@@ -107,11 +184,12 @@ class DataStoreEngine:
     [Entry(value=None, info=None)]
     """
 
-    def __init__(self, backend: Backend, clock: Clock, faults: FaultConfig | None = None) -> None:
+    def __init__(self, backend: Backend, clock: Clock, faults: FaultConfig | None = None,
+                 limits: DataStoreLimits | None = None) -> None:
         self.backend = backend
         self.clock = clock
         self.faults = FaultInjector(faults)
-        self.throughput = KeyThroughput()
+        self.throughput = KeyThroughput(limits)
         self.requests = 0
         self.requests_by_type: Counter = Counter()   # RequestType value -> requests
         self.stored_bytes = 0     # bytes of the current values written since this engine started
@@ -131,9 +209,24 @@ class DataStoreEngine:
     def set_faults(self, faults: FaultConfig) -> None:
         self.faults.reconfigure(faults)
 
+    def set_limits(self, limits: DataStoreLimits) -> None:
+        """A data store's throughput limit on this engine, from now on (the windows keep what they counted)."""
+        if not isinstance(limits, DataStoreLimits):
+            raise ConfigError(f"limits must be a storage.DataStoreLimits, got {type(limits).__name__}")
+        self.throughput.limits = limits
+
+    def storage_bytes(self) -> int:
+        """What this engine's backend holds toward the experience's storage limit: the zlib-compressed size (level
+        6, each value compressed on its own) of the stored msgpack bytes of every key's latest version, plus every
+        ordered entry's; tombstones and backups do not count. Reads the whole backend (an operator's call)."""
+        if self._closed:
+            return 0
+        return sum(len(zlib.compress(value)) for value in self.backend.latest_values())
+
     def close(self) -> None:
         """Close the backend (SQLite: its WAL checkpointed into the file, see `SqliteBackend.close`); from now on
-        every request is refused with a 500 that says it was not applied. Closing again does nothing."""
+        every request is dropped with 509 RequestDropped, which says it was not applied. Closing again does
+        nothing."""
         self._closed = True
         self.backend.close()
 
@@ -142,7 +235,7 @@ class DataStoreEngine:
         DataStoreError in its slot; the others still run. Replaying a batch is not idempotent (like Roblox,
         every write makes a new version), so callers must not retry blindly; see `storage._transport`."""
         if self._closed:
-            return m.BatchReply([DataStoreError(500, "InternalServerError",
+            return m.BatchReply([DataStoreError(*REQUEST_DROPPED,
                                                 f"this DataStore shard is closed (its world was shut down); "
                                                 f"{type(op).__name__} was not applied") for op in ops], None)
         now = self.clock.now()
@@ -239,6 +332,7 @@ class DataStoreEngine:
 
     def _remove(self, op: m.Remove, now: int) -> m.Entry:
         k = (op.store, op.scope, op.key)
+        self.throughput.admit(k, "write", 0, now)   # a remove counts as a write (2025)
         latest = self.backend.latest(k)
         previous = _entry(latest)
         if previous.value is not None:
@@ -253,6 +347,7 @@ class DataStoreEngine:
         return self.backend.list_keys(op.store, op.scope, op.prefix, op.after, op.limit, op.exclude_deleted)
 
     def _list_versions(self, op: m.ListVersions, now: int) -> list[tuple[int, m.VersionInfo]]:
+        self.throughput.admit((op.store, op.scope, op.key), "read", 0, now)   # counts as a read (2025)
         recs = self._live_versions((op.store, op.scope, op.key), now)
         if not op.ascending:
             recs.reverse()

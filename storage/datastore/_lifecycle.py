@@ -27,18 +27,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from lodestore.storage._errors import DataStoreError
+from lodestore.storage._errors import DATASTORE_DELETED, DataStoreError
 from lodestore.storage._limits import BACKUP_RETENTION_MS, RequestType
 from lodestore.storage.datastore import _messages as m
 from lodestore.storage.datastore._backends import Backend, VersionRecord
 
-__all__ = ["DataStoreState", "DataStoreInfo", "SnapshotResult", "DATASTORE_DELETED", "PURGE_AFTER_MS",
+__all__ = ["DataStoreState", "DataStoreInfo", "SnapshotResult", "PURGE_AFTER_MS",
            "LIST_STORES_DEFAULT_PAGE", "same_utc_day", "StoreLifecycle", "ListStores", "DescribeStore", "DeleteStore",
            "UndeleteStore", "Snapshot", "GetMeta", "PutMeta", "ReadVersions", "PurgeKey", "ListAllKeys", "merge_infos"]
 
-DATASTORE_DELETED = 410
-"""The code of `DataStoreError(..., "DatastoreDeleted", ...)`, what every request to a deleted data store fails
-with. Roblox names the error and gives it no documented number; 410 (HTTP's Gone) is lodestore's choice."""
 
 LIST_STORES_DEFAULT_PAGE = 32
 """ListDataStoresAsync's default page size."""
@@ -209,13 +206,13 @@ class StoreLifecycle:
     # ------------------------------------------------------------------------------------ the engine's hooks
 
     def admit(self, op: Any, now: int) -> None:
-        """Raise 410 `DatastoreDeleted` for a request to a deleted standard data store; purge one past its 30 days
-        first (then the request sees an empty store)."""
+        """Raise 404 `DatastoreDeleted` (`storage.DATASTORE_DELETED`) for a request to a deleted standard data
+        store; purge one past its 30 days first (then the request sees an empty store)."""
         if not isinstance(op, STANDARD_REQUESTS) or op.store not in self.deleted:
             return
         if self._purge_if_expired(op.store, now):
             return
-        raise DataStoreError(DATASTORE_DELETED, "DatastoreDeleted",
+        raise DataStoreError(*DATASTORE_DELETED,
                              f"data store {op.store!r} was deleted; undelete it (World.undelete_data_store) before "
                              f"{self.deleted[op.store] + PURGE_AFTER_MS} ms, when it is purged")
 

@@ -29,6 +29,7 @@ from lodestore.storage.opencloud._access import (DEFAULT_API_KEY, PERMISSIONS, A
                                                  parse_api_keys)
 from lodestore.storage.opencloud._app import create_app
 from lodestore.storage.opencloud._routes import open_cloud_server
+from lodestore.storage.opencloud._thread import LOOPBACK_HOSTS, ServerThread, check_listen
 
 __all__ = ["create_app", "parse_api_keys", "ApiKey", "PERMISSIONS", "DEFAULT_API_KEY", "OpenCloudStatistics",
-           "open_cloud_server"]
+           "open_cloud_server", "ServerThread", "check_listen", "LOOPBACK_HOSTS"]

@@ -54,7 +54,7 @@ async def list_data_stores(oc, request: Request) -> Response:
 @ENDPOINTS.add("GET", "/datastores/v1/universes/{universe}/standard-datastores", shape=Shape.V1, permission=_MANAGE,
                v1_class="list")
 async def list_data_stores_v1(oc, request: Request) -> Response:
-    page = await oc.server.datastores.aio.list_data_stores(
+    page = await oc.v1.datastores.aio.list_data_stores(   # v1's client: out of the experience budget
         request.query_params.get("prefix", ""), page_size(request, ("limit",), V1_LIST_DEFAULT, V1_LIST_MAX),
         request.query_params.get("cursor") or None)
     return json_response({"datastores": [{"name": info.name, "createdTime": rfc3339(info.created_time)}

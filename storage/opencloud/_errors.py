@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from lodestore.storage import DATASTORE_DELETED, ConfigError, DataStoreError, MemoryStoreError, TransformError
+from lodestore.storage import ConfigError, DataStoreError, MemoryStoreError, TransformError
 
 __all__ = ["Shape", "ApiError", "error_response", "from_exception", "json_response", "STATUS_CODES"]
 
@@ -43,15 +43,14 @@ _V1_DEFAULTS = {400: "InvalidArgument", 401: "Unauthorized", 403: "InsufficientS
                 412: "PreconditionFailed", 429: "TooManyRequests", 500: "Unknown", 503: "Unknown"}
 
 # lodestore's DataStoreError codes -> (HTTP status, Data Stores v1 datastoreErrorCode). A deleted data store's
-# entries (`DatastoreDeleted`) answer 404 NOT_FOUND (v1: DatastoreNotFound): Roblox says only that such requests fail,
-# its v2 errors have no "gone" status (400, 403, 404, 409, 429, 499, 500, 501, 503), and to a client the store's
-# entries are not there until it is undeleted; the message names DatastoreDeleted.
+# entries (404 `DatastoreDeleted`, `storage.DATASTORE_DELETED`) answer 404 NOT_FOUND (v1: DatastoreNotFound): Roblox
+# says only that such requests fail, its v2 errors have no "gone" status (400, 403, 404, 409, 429, 499, 500, 501,
+# 503), and to a client the store's entries are not there until it is undeleted; the message names DatastoreDeleted.
 _DATASTORE_CODES = {0: (400, "InvalidDataStoreName"), 101: (400, "InvalidEntryKey"), 102: (400, "InvalidEntryKey"),
                     103: (400, "ContentNotJson"), 104: (400, "ContentNotJson"), 105: (400, "ContentTooBig"),
                     106: (400, "InvalidArgument"), 107: (400, "InvalidArgument"), 400: (400, "InvalidArgument"),
                     403: (403, "Forbidden"), 404: (404, "DatastoreNotFound"), 511: (400, "InvalidAttributes"),
-                    512: (400, "InvalidUserIds"), 513: (400, "InvalidUserIds"),
-                    DATASTORE_DELETED: (404, "DatastoreNotFound")}
+                    512: (400, "InvalidUserIds"), 513: (400, "InvalidUserIds")}
 
 # MemoryStoreError names -> HTTP status (Roblox answers a spent quota with 429 RESOURCE_EXHAUSTED)
 _MEMORYSTORE_STATUS = {"InvalidRequest": 400, "ItemValueSizeTooLarge": 400, "InvalidExpirationTime": 400,
@@ -106,8 +105,8 @@ def from_exception(exc: BaseException) -> ApiError | None:
 
     - `DataStoreError`: a throttle (301-306, 429, a name ending in "Throttle"/"Throttled", or any error carrying
       `retry_after_ms`: the experience budget Open Cloud shares with game servers) -> 429 + retry-after (the
-      error's own wait, else 1 s); argument errors -> 400; 403/404 as they are; a deleted data store (410
-      `DatastoreDeleted`) -> 404; 5xx -> 500 or 503.
+      error's own wait, else 1 s); argument errors -> 400; 403/404 as they are (a deleted data store's
+      `DatastoreDeleted` is a 404); 5xx -> 500 or 503.
     - `MemoryStoreError`: bad arguments -> 400, NoItemFound -> 404, conflicts -> 409, spent quotas and request
       limits (everything "...OverLimit", "RequestThrottled") -> 429, else 500.
     - `ConfigError` (a bad name or argument the world refused) -> 400; `TransformError` -> 500.

@@ -21,13 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lodestore.storage import MAX_VALUE_CHARS, World
+from lodestore.storage import MAX_VALUE_CHARS, Server, World
 from lodestore.storage.opencloud._access import ApiKey, RequestStatistics, V1Limits
 from lodestore.storage.opencloud._errors import ApiError, Shape, error_response, from_exception
 
-__all__ = ["OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "flag", "page_size", "starts_with_filter",
-           "query_int", "required", "read_body", "parse_json", "json_body", "json_object", "rfc3339", "parse_time",
-           "user_ids_from_names", "MAX_BODY_BYTES"]
+__all__ = ["OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "v1_server", "flag", "page_size",
+           "starts_with_filter", "query_int", "required", "read_body", "parse_json", "json_body", "json_object",
+           "rfc3339", "parse_time", "user_ids_from_names", "MAX_BODY_BYTES"]
 
 log = logging.getLogger("lodestore.opencloud")
 
@@ -37,11 +37,16 @@ one gets 400 before anything is sent to the world."""
 
 
 def open_cloud_server(world: World):
-    """The world's client for requests that come in through Open Cloud: `World.open_cloud()` (its DataStore
-    requests spend the experience budget shared with game servers, and a spent budget raises a DataStoreError with
-    `retry_after_ms`), or, on a world without it, a server of its own named "open-cloud"."""
-    make = getattr(world, "open_cloud", None)
-    return make() if make is not None else world.server("open-cloud")
+    """The world's client for requests that come in through Open Cloud v2 (and the ordered and memory store APIs):
+    `World.open_cloud()`, whose DataStore requests spend the experience budget shared with game servers (a spent
+    budget raises a DataStoreError with `retry_after_ms`)."""
+    return world.open_cloud()
+
+
+def v1_server(world: World) -> Server:
+    """The client of `/datastores/v1`: since 2026-07-29 v1 has its own per-universe limits (`V1Limits`, applied
+    before a request reaches the world) and stays out of the experience budget, so it spends no game budget."""
+    return Server(world, "open-cloud-v1", budgeted=False)
 
 
 Handler = Callable[["OpenCloud", Request], Awaitable[Response]]
@@ -80,6 +85,7 @@ class OpenCloud:
         self.keys = keys
         self.universe_id = universe_id
         self.server = open_cloud_server(world)
+        self.v1 = v1_server(world)
         self.limits = V1Limits(world.now)
         self.counts = RequestStatistics()
 
@@ -92,9 +98,10 @@ class OpenCloud:
 
     # ---------------------------------------------------------------------------- the world's coroutine clients
 
-    def data_store(self, name: str, scope: str | None):
-        """The `.aio` client of a standard data store; `scope` None = every scope (keys are "scope/key")."""
-        datastores = self.server.datastores
+    def data_store(self, name: str, scope: str | None, *, v1: bool = False):
+        """The `.aio` client of a standard data store; `scope` None = every scope (keys are "scope/key"); `v1`:
+        through v1's client (outside the experience budget)."""
+        datastores = (self.v1 if v1 else self.server).datastores
         store = (datastores.get_data_store(name, all_scopes=True) if scope is None
                  else datastores.get_data_store(name, scope))
         return store.aio

@@ -34,7 +34,7 @@ LIST_MAX = 1024
 
 def _store(oc, request: Request):
     name, scope = required(request, "datastoreName"), request.query_params.get("scope") or "global"
-    return oc.data_store(name, scope), required(request, "entryKey")
+    return oc.data_store(name, scope, v1=True), required(request, "entryKey")
 
 
 def _headers(info: KeyInfo) -> dict[str, str]:
@@ -80,7 +80,7 @@ def _attributes(request: Request) -> dict | None:
 async def list_entries(oc, request: Request) -> Response:
     name = required(request, "datastoreName")
     all_scopes = flag(request, "allScopes")
-    store = oc.data_store(name, None if all_scopes else request.query_params.get("scope") or "global")
+    store = oc.data_store(name, None if all_scopes else request.query_params.get("scope") or "global", v1=True)
     page = await store.list_keys(request.query_params.get("prefix", ""),
                                  page_size(request, ("limit",), LIST_DEFAULT, LIST_MAX),
                                  request.query_params.get("cursor") or None)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import io
-import threading
 import time
 
 import pytest
 
-from lodestore.sim import RunOptions, parse_scenario, simulate
 from lodestore.storage import ManualClock, World, namespace_of
 from lodestore.storage._ingress import INGRESS_NAME, Ingress, SimulationEnded, ingress_world
 from lodestore.storage._shards import MEMORYSTORE_NAME, WorldInfo, datastore_name
 from lodestore.storage._faults import FaultConfig
+
+from tests.sim._paced import paced_scenario, playing, stored, wait_until_open
 
 
 def _info(**changes) -> WorldInfo:
@@ -54,50 +53,15 @@ def test_the_world_behind_an_ingress_keeps_the_runs_pace():
     assert world.info.shards == 1 and world.name == "w"
 
 
-_PACED = """
-[world]
-name = "doortest"
-duration = 40
-time_scale = 20
-seed = 3
-
-[servers]
-count = 2
-max_players = 10
-
-[players]
-population = 10
-join_rate = 0.5
-"""
-
-
 @pytest.mark.ray
 def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session, tmp_path):
     """World.connect(NAME) of a running paced simulation reaches its world: a write made from outside while it
     plays is in the run's world file afterwards, beside the players' data."""
     import ray
 
-    scenario = parse_scenario(_PACED)
     out = tmp_path / "run"
-    done: dict = {}
-
-    def run() -> None:
-        try:
-            done["result"] = simulate(scenario, RunOptions(out=out, progress=False, stream=io.StringIO()))
-        except BaseException as exc:   # the test thread reports it
-            done["error"] = exc
-
-    player = threading.Thread(target=run)
-    player.start()
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "error" not in done:
-            try:
-                ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
-                break
-            except ValueError:
-                time.sleep(0.2)
-        assert "error" not in done, done.get("error")
+    with playing(paced_scenario("doortest", seed=3), out) as done:
+        wait_until_open("doortest", done)
         world = World.connect("doortest")
         server = world.server("support-tool")
         store = server.datastores.get_data_store("support")
@@ -105,15 +69,56 @@ def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session
         value, info = store.get("ticket_1", use_cache=False)
         assert value == {"refund": 5} and info.version == version
         assert world.now() > 1_700_000_000_000   # the run's simulated clock, not this machine's
-    finally:
-        player.join(timeout=300)
-    assert "error" not in done, done.get("error")
-    assert done["result"].ok
+    assert done["result"].ok and done["result"].report["run"]["stopped_early"]
     with pytest.raises(Exception):   # the run is over: its door is gone
         ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
-    after = World.in_process("after", backend="sqlite", path=str(out / "world.db"), budget=None)
-    try:
-        value, _ = after.server("reader", players=0).datastores.get_data_store("support").get("ticket_1")
-        assert value == {"refund": 5}
-    finally:
-        after.shutdown()
+    assert stored(out, "support", "ticket_1") == {"refund": 5}
+
+
+@pytest.mark.ray
+def test_lodestore_serve_joins_a_paced_run_on_ray_and_serves_its_world(ray_session, tmp_path):
+    """`lodestore serve --world NAME --address ADDR`, in a process of its own, serves the running simulation's
+    world: what it writes is in the run's world file afterwards."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import ray
+    import requests
+
+    out = tmp_path / "run"
+    with playing(paced_scenario("servejoin", seed=4), out) as done:
+        wait_until_open("servejoin", done)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = ["serve", "--world", "servejoin", "--address", ray.get_runtime_context().gcs_address,
+                   "--port", str(port)]
+        server = subprocess.Popen([sys.executable, "-c", "import sys; from lodestore.sim import main; "
+                                   "sys.exit(main(sys.argv[1:]))", *command],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        try:
+            http = requests.Session()
+            http.trust_env = False
+            base = f"http://127.0.0.1:{port}/cloud/v2/universes/1/data-stores/support/entries"
+            key = {"x-api-key": "lodestore-test-key"}
+            deadline = time.monotonic() + 120
+            while True:   # the server's start
+                assert server.poll() is None, server.stdout.read()
+                try:
+                    written = http.patch(f"{base}/ticket_9?allowMissing=true", json={"value": [1, 2]},
+                                         headers=key, timeout=30)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert written.status_code == 200, written.text
+            assert http.get(f"{base}/ticket_9", headers=key, timeout=30).json()["value"] == [1, 2]
+        finally:
+            server.send_signal(signal.SIGINT)   # Ctrl-C: it stops serving; the world is the run's, left alone
+            printed, _ = server.communicate(timeout=60)
+    assert "(joined)" in printed and done["result"].ok
+    assert stored(out, "support", "ticket_9") == [1, 2]

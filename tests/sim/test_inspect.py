@@ -423,3 +423,21 @@ def test_a_file_in_use_by_a_running_world_is_refused_by_the_commands(tmp_path, c
         world.shutdown()
     status, out, _ = cli([path, "keys", "settings"], capsys)
     assert (status, out) == (0, "motd\n")
+
+
+# ------------------------------------------------------------------------------------------------------ storage
+
+
+def test_storage_measures_the_file_against_roblox_s_limit(built, capsys):
+    from lodestore.sim._inspect import storage_usage
+
+    usage = storage_usage(built, lifetime_users=3)
+    assert usage["storage_limit_bytes"] == (500 + 3) * 1024 * 1024 and usage["over_limit"] is False
+    assert 0 < usage["storage_bytes"] and usage["estimated_monthly_cost_usd"] == 0.0
+    status, out, _ = cli([built, "storage", "--lifetime-users", "3", "--json"], capsys)
+    assert status == 0 and json.loads(out) == usage
+    status, out, _ = cli([built, "storage"], capsys)
+    assert status == 0 and "of 500 MB (500 MB + 1 MB x 0 lifetime users); within the limit" in out
+    assert "$0.00/month" in out
+    with pytest.raises(InspectError):
+        storage_usage(built, lifetime_users=-1)

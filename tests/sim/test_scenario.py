@@ -263,6 +263,10 @@ BAD = [
      ["latency.memorystore.StandardRead", "unknown key", "default"]),
     ("ms-latency-bad", "[latency.memorystore]\ndefault = {min = -1, max = 10}",
      ["latency.memorystore.default.min", ">= 0", "-1"]),
+    ("messaging-unknown-key", "[messaging]\nlatency = {fixed = 5}", ["messaging.latency", "unknown key", "delay"]),
+    ("messaging-drop-rate", "[messaging]\ndrop_rate = 1.5", ["messaging.drop_rate", "1.5"]),
+    ("messaging-delay-shape", "[messaging]\ndelay = {min = 3000, max = 1000}", ["messaging.delay.min", "<="]),
+    ("messaging-delay-number", "[messaging]\ndelay = 1500", ["messaging.delay", "must be a table"]),
 ]
 
 
@@ -315,3 +319,25 @@ def test_faults_at_picks_the_active_windows():
     assert s.faults_at(400) == []
     assert s.faults_at(-1) == []
     assert parse_scenario("").faults_at(10) == []
+
+
+def test_messaging_delivery_defaults_to_1_to_2_s_and_reaches_the_world_s_faults():
+    from lodestore.sim._runner import fault_config_at
+    from lodestore.sim._scenario import scenario_toml
+
+    default = parse_scenario("").messaging
+    assert default.delay == Latency.uniform(1000, 2000, max_ms=10_000) and default.drop_rate == 0.0
+    s = parse_scenario("""
+        [messaging]
+        delay = {median = 800, sigma = 0.5}
+        drop_rate = 0.25
+        [[faults]]
+        start = 0
+        end = 10
+        outage = true
+    """)
+    assert s.messaging.delay == Latency.lognormal(800, 0.5, max_ms=10_000) and s.messaging.drop_rate == 0.25
+    assert parse_scenario(scenario_toml(s)).messaging == s.messaging
+    for t in (5, 50):                     # inside and outside the fault window: the model holds the whole run
+        faults = fault_config_at(s, t, 0)
+        assert faults.messaging_delay == s.messaging.delay and faults.messaging_drop_rate == 0.25

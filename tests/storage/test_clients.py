@@ -1274,9 +1274,9 @@ def test_a_world_shut_down_answers_with_a_typed_error_and_shuts_down_again_harml
     store.set("k", 1)
     world.shutdown()
     world.shutdown()
-    err = refused(500, store.set, "k", 2)
+    err = refused(509, store.set, "k", 2)
     assert "shut down" in err.message and "not applied" in err.message
-    refused(500, fresh, store, "k")
+    refused(509, fresh, store, "k")
 
 
 # ------------------------------------------------------------------------------------------------- public face

@@ -357,7 +357,7 @@ def test_a_closed_engine_refuses_every_request_saying_it_was_not_applied_and_clo
     engine.close()
     engine.close()
     reply = engine.execute([m.Get("s", "global", "k"), m.Set("s", "global", "k", msgpack.packb(2), 1)])
-    assert [(e.code, e.name) for e in reply.results] == [(500, "InternalServerError")] * 2
+    assert [(e.code, e.name) for e in reply.results] == [(509, "RequestDropped")] * 2   # dropped, never applied
     assert "closed" in reply.results[1].message and "Set was not applied" in reply.results[1].message
 
 

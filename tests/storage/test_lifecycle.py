@@ -115,7 +115,7 @@ def test_a_deleted_store_is_refused_at_once_to_every_server_and_listed_only_with
         for call in calls:
             with pytest.raises(DataStoreError) as err:
                 call(store)
-            assert (err.value.code, err.value.name) == (DATASTORE_DELETED, "DatastoreDeleted")
+            assert (err.value.code, err.value.name) == DATASTORE_DELETED == (404, "DatastoreDeleted")
     assert names(one.list_data_stores()) == ["other"]
     listed = one.list_data_stores(show_deleted=True).items
     assert listed[1] == info and listed[0].state is DataStoreState.ACTIVE

@@ -4,13 +4,13 @@ control, per-key lanes, retries, and the budget seen through the client. In-proc
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from lodestore.storage import (ConfigError, DataStoreError, FaultConfig, ManualClock, Permit, RequestType, RetryPolicy,
                                World, emergency)
 from lodestore.storage._throttle import KeyLanes
+from tests.storage._threads import start, wait_until
 
 W = RequestType.STANDARD_WRITE
 
@@ -20,31 +20,9 @@ def world():
     return World.in_process(clock=ManualClock(), budget="current")
 
 
-def wait_until(predicate, timeout=10.0):
-    """Wait for other threads to reach a state (not a timer: the simulated clock is manual)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for threads"
-        time.sleep(0.005)
-
-
 def drain(store, n):
     for i in range(n):
         store.set(f"drain{i}", i)
-
-
-def start(fn, *args):
-    result = {}
-
-    def body():
-        try:
-            result["value"] = fn(*args)
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            result["error"] = exc
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    return t, result
 
 
 def test_a_server_starts_with_the_burst_and_then_waits_for_refill(world):

@@ -20,12 +20,16 @@ TEMPLATE = {"coins": 0, "items": [], "settings": {"music": True, "volume": 5}}
 STORE = "PlayerData"
 
 
-class Rig:
-    """An in-process world on a manual clock; `store(job)` is one game server's ProfileStore."""
+LOST = FaultConfig(messaging_drop_rate=1.0)
+"""Every MessagingService message is lost: the source's paths when the holder hears nothing (best effort)."""
 
-    def __init__(self, **options) -> None:
+
+class Rig:
+    """An in-process world on a manual clock (`faults`: the world's); `store(job)` is one game server's ProfileStore."""
+
+    def __init__(self, faults: FaultConfig | None = None, **options) -> None:
         self.clock = ManualClock()
-        self.world = World.in_process("ps", clock=self.clock, budget=None)
+        self.world = World.in_process("ps", clock=self.clock, budget=None, faults=faults)
         self.scheduler = Scheduler(self.clock)
         self.options = ProfileStoreOptions(**options) if options else None
         self.raw = self.world.server("inspector").datastores.get_data_store(STORE)
@@ -116,7 +120,7 @@ def test_end_session_ends_it_here_at_once_and_the_final_save_clears_the_lock():
 
 def test_a_held_session_blocks_another_server_until_the_holder_ends_it():
     async def main():
-        rig = Rig()
+        rig = Rig(LOST)
         a, b = rig.store("A"), rig.store("B")
         pa = await a.start_session("Player_1")
         pa.data["coins"] = 7
@@ -134,7 +138,7 @@ def test_a_held_session_blocks_another_server_until_the_holder_ends_it():
 
 def test_force_load_makes_the_holder_save_and_end_on_its_next_autosave_and_nothing_is_lost():
     async def main():
-        rig = Rig()
+        rig = Rig(LOST)
         a, b = rig.store("A"), rig.store("B")
         pa = await a.start_session("Player_1")
         reasons = []
@@ -157,7 +161,7 @@ def test_steal_comes_after_the_sources_40_s_of_asking_and_the_holders_unsaved_ch
     """The weak spot: the holder hears of the force-load only on its next write; after about 45 s the requester
     steals, the holder keeps playing on its copy, and its next write is refused: those changes are gone."""
     async def main():
-        rig = Rig()
+        rig = Rig(LOST)
         a, b = rig.store("A"), rig.store("B")
         pa = await a.start_session("Player_1")
         pa.data["coins"] = 5                                   # never saved: A's first auto-save is at 300 s
@@ -189,7 +193,7 @@ def test_start_with_steal_takes_a_held_session_at_once():
 
 def test_a_later_requester_makes_the_earlier_one_give_up():
     async def main():
-        rig = Rig()
+        rig = Rig(LOST)
         await rig.store("A").start_session("Player_1")
         tb = rig.scheduler.spawn(rig.store("B").start_session("Player_1"))
         await rig.advance(1)
@@ -250,7 +254,7 @@ def test_start_session_times_out_after_120_s_of_failing_datastore_calls():
 
 def test_cancel_stops_the_start():
     async def main():
-        rig = Rig()
+        rig = Rig(LOST)
         await rig.store("A").start_session("Player_1")
         stop = [False]
         tb = rig.scheduler.spawn(rig.store("B").start_session("Player_1", cancel=lambda: stop[0]))
@@ -332,7 +336,7 @@ def test_autosave_period_is_one_of_the_sources_constants():
 
 def test_a_message_to_a_held_profile_is_handled_by_the_holder_on_its_next_autosave():
     async def main():
-        rig = Rig()
+        rig = Rig(LOST)
         a, b = rig.store("A"), rig.store("B")
         pa = await a.start_session("Player_1")
         got = []
@@ -396,17 +400,93 @@ def test_the_message_queue_keeps_the_newest_up_to_its_cap():
     run(main())
 
 
-def test_messaging_option_ends_the_holders_session_at_once_on_a_force_load():
+def test_messaging_ends_the_holders_session_at_once_on_a_force_load():
     async def main():
-        rig = Rig(messaging=True)
+        rig = Rig()                                        # messaging on: the source's default
         a, b = rig.store("A"), rig.store("B")
         pa = await a.start_session("Player_1")
         pa.data["coins"] = 8
+        reasons = []
+        pa.on_last_save.connect(reasons.append)
+        await rig.advance(0)                               # the subscription is made in a spawned task
+        assert rig.world.messaging_statistics().subscriptions == 1    # "PS_<session id>"
         tb = rig.scheduler.spawn(b.start_session("Player_1"))
-        await rig.advance(1)
-        assert not pa.is_active()                          # "PS_<session id>" told A at once
+        await rig.advance(0.9)
+        assert pa.is_active()                              # the EndSession message is on its way (1-2 s)
+        await rig.advance(1.1)
+        assert not pa.is_active() and reasons == ["External"]
         pb = await rig.until_done(tb)
-        assert rig.at() == 5 and pb.data["coins"] == 8 and pb.started.took == "free"
+        assert rig.at() == 5 and pb.data["coins"] == 8 and pb.started.took == "free"   # no steal
+        stats = rig.world.messaging_statistics()
+        assert stats.published == 1 and stats.delivered == 1 and stats.subscriptions == 1   # B's session now
+    run(main())
+
+
+def test_a_message_to_a_profile_held_elsewhere_makes_the_holder_save_at_once():
+    async def main():
+        rig = Rig()
+        a, b = rig.store("A"), rig.store("B")
+        pa = await a.start_session("Player_1")
+        got = []
+
+        def handler(message, processed):
+            got.append((rig.at(), message))
+            processed()
+        pa.message_handler(handler)
+        await rig.advance(10)
+        assert await b.message("Player_1", {"gift": 50}) is True
+        await rig.advance(2)
+        assert [m for _, m in got] == [{"gift": 50}] and 11 <= got[0][0] <= 12   # 1-2 s, not at its auto-save
+        assert pa.is_active()                              # a message saves; it does not end the session
+    run(main())
+
+
+def test_the_subscription_reacts_only_to_its_own_load_count_and_once_per_6_s_and_ends_with_the_session():
+    async def main():
+        rig = Rig()
+        a = rig.store("A")
+        pa = await a.start_session("Player_1")
+        saves = []
+        pa.on_save.connect(lambda: saves.append(rig.at()))
+        topic = "PS_" + pa.session_id
+        await rig.world.aio.publish(topic, {"LoadCount": pa.session_load_count + 1, "EndSession": True})
+        await rig.world.aio.publish(topic, "not a table")
+        await rig.advance(3)
+        assert pa.is_active() and saves == []              # another session's load count, or no table: ignored
+        await rig.world.aio.publish(topic, {"LoadCount": pa.session_load_count})
+        await rig.advance(3)
+        await rig.world.aio.publish(topic, {"LoadCount": pa.session_load_count})
+        await rig.advance(3)
+        assert len(saves) == 1                             # the second came within 6 s of the first
+        await pa.end_session()
+        assert rig.world.messaging_statistics().subscriptions == 0
+    run(main())
+
+
+def test_a_crashed_server_holds_no_subscription():
+    async def main():
+        rig = Rig()
+        a = rig.store("A")
+        await a.start_session("Player_1")
+        await a.start_session("Player_2")
+        await rig.advance(0)
+        assert rig.world.messaging_statistics().subscriptions == 2
+        a.runtime.crash()
+        assert rig.world.messaging_statistics().subscriptions == 0
+    run(main())
+
+
+def test_with_messaging_off_nothing_is_published_nor_subscribed():
+    async def main():
+        rig = Rig(messaging=False)
+        a, b = rig.store("A"), rig.store("B")
+        await a.start_session("Player_1")
+        tb = rig.scheduler.spawn(b.start_session("Player_1"))
+        await rig.advance(10)
+        assert not tb.done()
+        stats = rig.world.messaging_statistics()
+        assert stats.published == 0 and stats.subscriptions == 0
+        tb.cancel()
     run(main())
 
 
@@ -489,8 +569,8 @@ def test_options_refuse_bad_values_naming_the_field():
 # ---------------------------------------------------------------------------------------------- the layer
 
 class LayerRig(Rig):
-    def __init__(self, **config) -> None:
-        super().__init__()
+    def __init__(self, faults: FaultConfig | None = None, **config) -> None:
+        super().__init__(faults)
         self.events: list[tuple] = []
         self.config = StoreConfig(name=STORE, template={"coins": 0, "items": [], "ledger": []},
                                   lock_callback=lambda *e: self.events.append(e), **config)
@@ -552,7 +632,7 @@ def test_layer_autosave_follows_the_scenarios_interval_unless_set():
 
 def test_layer_force_load_hands_over_with_a_release_and_the_holders_unload_reports_its_save_landed():
     async def main():
-        rig = LayerRig()
+        rig = LayerRig(LOST)
         a, b = await rig.layer("A"), await rig.layer("B")
         await a.load("player_00001")
         await rig.advance(280)
@@ -572,7 +652,7 @@ def test_layer_force_load_hands_over_with_a_release_and_the_holders_unload_repor
 
 def test_layer_steal_loses_the_holders_changes_and_it_reports_the_loss():
     async def main():
-        rig = LayerRig()
+        rig = LayerRig(LOST)
         a, b = await rig.layer("A"), await rig.layer("B")
         await a.load("player_00001")
         await a.update("player_00001", add(5))
@@ -612,7 +692,7 @@ def test_layer_crash_reports_crashed_and_the_lock_lasts_until_the_dead_time():
 
 def test_layer_load_failure_is_a_typed_error():
     async def main():
-        rig = LayerRig()
+        rig = LayerRig(LOST)
         await (await rig.layer("A")).load("player_00001")
         b, c = await rig.layer("B"), await rig.layer("C")
         tb = rig.scheduler.spawn(b.load("player_00001"))
@@ -643,7 +723,7 @@ def test_a_player_who_leaves_while_the_session_starts_cancels_it_at_the_next_try
     """The README's join handler passes `cancel` (the player left): start_session polls it between its tries and
     gives up, so the leaving server never takes (or force-loads) the profile."""
     async def main():
-        rig = LayerRig()
+        rig = LayerRig(LOST)
         a, b = await rig.layer("A"), await rig.layer("B")
         await a.load("player_00001")
         loading = asyncio.get_running_loop().create_task(b.load("player_00001"))
@@ -660,3 +740,23 @@ def test_a_player_who_leaves_while_the_session_starts_cancels_it_at_the_next_try
         assert b.counters.load_failures == 0 and not await b.is_loaded("player_00001")
         assert [k for k, _ in rig.kinds("player_00001")] == ["acquired"]   # only a ever held it
     run(main())
+
+
+# ------------------------------------------------------------------------------------------- in the simulator
+
+def test_in_the_simulator_force_loads_reach_the_holder_through_the_cloud_s_messaging_service():
+    """A teleport storm on profilestore: every new server's force-load publishes EndSession to the holder's session
+    topic; messages cross simulator hosts through the cloud node's MessagingService, in virtual time."""
+    import dataclasses
+    import io
+
+    from lodestore.sim import RunOptions, parse_scenario, simulate
+    from tests.sim.test_compare import TELEPORTS
+
+    scenario = parse_scenario(TELEPORTS)
+    scenario = dataclasses.replace(scenario, store=dataclasses.replace(scenario.store, design="profilestore"),
+                                   world=dataclasses.replace(scenario.world, duration=150))
+    result = simulate(scenario, RunOptions(engine="in-process", write_files=False, stream=io.StringIO()))
+    messaging = result.report["messaging"]
+    assert messaging["published"] > 0 and messaging["delivered"] > 0 and messaging["throttled"] == 0
+    assert {c.name: c.ok for c in result.checks}["single_holder"]

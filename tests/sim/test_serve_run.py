@@ -1,0 +1,86 @@
+"""A scenario's `[serve]`: the run serves Open Cloud over its own world while it plays, and reports what came in."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+
+import pytest
+import requests
+
+from lodestore.sim import RunOptions, parse_scenario, simulate
+from lodestore.storage import ConfigError
+
+from tests.sim._paced import paced_scenario, playing, stored
+
+V2 = "cloud/v2/universes/7/data-stores/support/entries"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scenario(port: int) -> str:
+    return paced_scenario("served", seed=5, extra=f"""
+[serve]
+port = {port}
+universe_id = 7
+api_keys = ["admin", "viewer:datastores.read"]
+""")
+
+
+def test_a_served_run_answers_open_cloud_while_it_plays_and_reports_it(tmp_path):
+    port = _free_port()
+    out = tmp_path / "run"
+    stream = io.StringIO()
+    http = requests.Session()
+    http.trust_env = False
+    base = f"http://127.0.0.1:{port}/"
+    with playing(_scenario(port), out, engine="in-process", stream=stream) as done:
+        deadline = time.monotonic() + 60
+        while True:   # the server's start, not a behaviour under test
+            assert "error" not in done, done.get("error")
+            try:
+                http.get(base, timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, stream.getvalue()
+                time.sleep(0.05)
+        written = http.patch(f"{base}{V2}/ticket_1?allowMissing=true", json={"value": {"refund": 5}},
+                             headers={"x-api-key": "admin"}, timeout=30)
+        assert written.status_code == 200, written.text
+        read = http.get(f"{base}{V2}/ticket_1", headers={"x-api-key": "viewer"}, timeout=30)
+        assert read.status_code == 200 and read.json()["value"] == {"refund": 5}
+        refused = http.patch(f"{base}{V2}/ticket_2?allowMissing=true", json={"value": 1},
+                             headers={"x-api-key": "viewer"}, timeout=30)
+        assert refused.status_code == 403
+    result = done["result"]
+    assert result.ok
+    assert f"serving Open Cloud for this run at http://127.0.0.1:{port}/" in stream.getvalue()
+    served = result.report["open_cloud"]
+    entry = "/cloud/v2/universes/{universe}/data-stores/{data_store}/entries/{entry}"
+    assert served["requests"][f"PATCH {entry}"] == {"200": 1, "403": 1}
+    assert served["requests"][f"GET {entry}"] == {"200": 1}
+    assert stored(out, "support", "ticket_1") == {"refund": 5}
+    with pytest.raises(requests.ConnectionError):   # the server ended with the run
+        http.get(base, timeout=5)
+
+
+def test_a_served_run_is_refused_before_it_starts_when_its_port_is_taken(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            simulate(parse_scenario(_scenario(port)), RunOptions(out=tmp_path / "run", engine="in-process",
+                                                                 progress=False, stream=io.StringIO()))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_served_runs_keys_are_checked_before_it_starts(tmp_path):
+    text = _scenario(_free_port()).replace('api_keys = ["admin", "viewer:datastores.read"]',
+                                           'api_keys = ["admin:datastores.fly"]')
+    with pytest.raises(ConfigError, match="datastores.fly"):
+        simulate(parse_scenario(text), RunOptions(out=tmp_path / "run", engine="in-process", progress=False,
+                                                  stream=io.StringIO()))
