@@ -19,7 +19,8 @@ from typing import Any
 
 from starlette.responses import Response
 
-from lodestore.storage import ConfigError, DataStoreError, MemoryStoreError, TransformError
+from lodestore.storage import ConfigError, DataStoreError, MemoryStoreError, MessagingServiceError, TransformError
+from lodestore.storage.messaging import PUBLISH_THROTTLED
 
 __all__ = ["Shape", "ApiError", "error_response", "from_exception", "json_response", "STATUS_CODES"]
 
@@ -109,6 +110,7 @@ def from_exception(exc: BaseException) -> ApiError | None:
       `DatastoreDeleted` is a 404); 5xx -> 500 or 503.
     - `MemoryStoreError`: bad arguments -> 400, NoItemFound -> 404, conflicts -> 409, spent quotas and request
       limits (everything "...OverLimit", "RequestThrottled") -> 429, else 500.
+    - `MessagingServiceError`: PublishThrottled -> 429, the rest (a bad topic or message, MessageTooLarge) -> 400.
     - `ConfigError` (a bad name or argument the world refused) -> 400; `TransformError` -> 500.
     """
     if isinstance(exc, DataStoreError):
@@ -127,6 +129,10 @@ def from_exception(exc: BaseException) -> ApiError | None:
         if status is None:
             status = 429 if exc.name.endswith(("OverLimit", "Throttled", "QuotaExceeded")) else 500
         return ApiError(status, f"{exc.name}: {exc.message}", headers=_retry_after(1) if status == 429 else None)
+    if isinstance(exc, MessagingServiceError):
+        if exc.name == PUBLISH_THROTTLED:
+            return ApiError(429, f"{exc.name}: {exc.message}", headers=_retry_after(1))
+        return ApiError(400, f"{exc.name}: {exc.message}")
     if isinstance(exc, ConfigError):
         return ApiError(400, str(exc))
     if isinstance(exc, TransformError):

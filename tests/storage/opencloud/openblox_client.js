@@ -6,7 +6,7 @@
 
 const { createOpenbloxConfig, setDefaultOpenbloxConfig } = require("openblox/config");
 const { HttpResponse } = require("openblox/http");
-const { MemoryStoresApi, StandardDataStoresApi_V1, StandardDataStoresApi_V2 } = require("openblox/cloud");
+const { MemoryStoresApi, MessagingApi, StandardDataStoresApi_V1, StandardDataStoresApi_V2 } = require("openblox/cloud");
 
 const [base, cloudKey] = process.argv.slice(2);
 const ROBLOX = "https://apis.roblox.com/";
@@ -53,6 +53,7 @@ const main = async () => {
   out.items = (await MemoryStoresApi.listSortedMapItems({ ...ranks, maxPageSize: 10 })).data.map((i) => i.id);
   out.flushed = (await MemoryStoresApi.flushAllQueues({ universeId })).data;
   out.flushedItemStatus = await statusOf(() => MemoryStoresApi.sortedMapItem({ ...ranks, itemId: "ann" }));
+  out.published = (await MessagingApi.publishMessage({ universeId, topic: "announcements", message: "hello" })).data;
   process.stdout.write(JSON.stringify(out));
 };
 

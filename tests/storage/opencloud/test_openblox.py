@@ -1,5 +1,6 @@
 """The npm client openblox 1.0.62 (unmodified) against the served API, where node is present: a small node script
-(`openblox_client.js`) drives it through its `config.http.adapter` and prints what each call answered.
+(`openblox_client.js`) drives it through its `config.http.adapter` (v2 entries, v1's list of data stores, a sorted
+map, memory-store:flush, v1's messaging publish) and prints what each call answered.
 
 openblox is found in `$LODESTORE_OPENBLOX_DIR` (a node_modules directory) or in `.ci/node/node_modules`, where
 `.ci/run` installs it; without node or without the install the test is skipped."""
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(NODE is None or NODE_MODULES is None,
                                 reason="needs node and openblox (npm install --prefix .ci/node openblox@1.0.62)")
 
 
-def test_openblox_sets_gets_lists_increments_and_uses_a_sorted_map_and_flush(served):
+def test_openblox_data_stores_sorted_map_flush_and_publish(served):
     done = subprocess.run([NODE, str(SCRIPT), served.url, "lodestore-test-key"], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
     assert done.returncode == 0, done.stderr
@@ -46,6 +47,7 @@ def test_openblox_sets_gets_lists_increments_and_uses_a_sorted_map_and_flush(ser
     assert out["gotItem"]["value"] == {"n": 1}
     assert out["items"] == ["ann", "bob"]   # by sort key
     assert out["flushed"]["done"] is True and out["flushedItemStatus"] == 404
+    assert out["published"] is True and served.world.messaging_statistics().published == 1
     game = served.world.server("game")
     assert game.datastores.get_data_store("players").get("user_1")[0] == {"coins": 5}
     assert game.datastores.get_data_store("counters").get("visits")[0] == 7
