@@ -39,6 +39,8 @@ const main = async () => {
   await StandardDataStoresApi_V2.createStandardDataStoreEntry({ ...entry, entryId: "user_2", value: { coins: 1 } });
   out.listed = (await StandardDataStoresApi_V2.listStandardDataStoreEntries({ ...entry })).data.map((e) => e.id);
   out.stores = (await StandardDataStoresApi_V1.listStandardDatastores({ universeId })).data.map((s) => s.name);
+  out.storesV2 = (await StandardDataStoresApi_V2.listStandardDataStores({ universeId, prefix: "pl" })).data;
+  out.snapshot = (await StandardDataStoresApi_V2.createStandardDataStoreSnapshot({ universeId })).data;
   const visits = { universeId, dataStore: "counters", scope: "global", entryId: "visits" };
   await StandardDataStoresApi_V2.incrementStandardDatastoreEntry({ ...visits, amount: 3 });
   out.incremented = (await StandardDataStoresApi_V2.incrementStandardDatastoreEntry({ ...visits, amount: 4 })).data;

@@ -1,6 +1,6 @@
 """The npm client openblox 1.0.62 (unmodified) against the served API, where node is present: a small node script
-(`openblox_client.js`) drives it through its `config.http.adapter` (v2 entries, v1's list of data stores, a sorted
-map, memory-store:flush, v1's messaging publish) and prints what each call answered.
+(`openblox_client.js`) drives it through its `config.http.adapter` (v2 entries, the lists of data stores, a
+snapshot, a sorted map, memory-store:flush, v1's messaging publish) and prints what each call answered.
 
 openblox is found in `$LODESTORE_OPENBLOX_DIR` (a node_modules directory) or in `.ci/node/node_modules`, where
 `.ci/run` installs it; without node or without the install the test is skipped."""
@@ -41,6 +41,8 @@ def test_openblox_data_stores_sorted_map_flush_and_publish(served):
     assert out["got"]["value"] == {"coins": 5} and out["got"]["revisionId"] == out["created"]["revisionId"]
     assert out["listed"] == ["user_1", "user_2"]
     assert out["stores"] == ["players"]
+    assert [(s["id"], s["state"]) for s in out["storesV2"]] == [("players", "ACTIVE")]
+    assert out["snapshot"]["newSnapshotTaken"] is True
     assert out["incremented"]["value"] == 7
     assert out["missingStatus"] == 404
     assert out["item"]["value"] == {"n": 1} and out["item"]["numericSortKey"] == 10
