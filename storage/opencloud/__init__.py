@@ -6,11 +6,13 @@
     >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8787)
 
 Tools written for Open Cloud (admin panels, moderation and support dashboards, bulk migrations) then run unchanged
-against a simulated live game. Served now: Data Stores v1 standard entries (entries, increment, versions, v1's
-per-universe limits), v2 entries with and without scopes (revisions, `@latest:<time>`, the experience budget shared
-with game servers), ordered data stores v1 and v2, and MemoryStore sorted maps and queues; each in Roblox's error
-shape for its family, behind API keys with permissions (`KEY` or `KEY:perm,...`; 401 without a key, 403 without the
-permission). Data stores' lifecycle, memory-store:flush and messaging come with the world calls they need.
+against a simulated live game. Served now: Data Stores v1 standard entries (entries, increment, versions, the list
+of data stores, v1's per-universe limits), v2 entries with and without scopes (revisions, `@latest:<time>`, the
+experience budget shared with game servers), v2 data stores themselves (list, delete, undelete, snapshot), ordered
+data stores v1 and v2, MemoryStore sorted maps, queues and `memory-store:flush` with its operations, Messaging
+publish (v2 `:publishMessage` and v1 `messaging-service`), and lodestore's own erasure endpoints (`user-data:erase`,
+`user-data:check`, `user-data-templates`: Roblox has none); each in Roblox's error shape for its family, behind API
+keys with permissions (`KEY` or `KEY:perm,...`; 401 without a key, 403 without the permission).
 
 Why Starlette and uvicorn: the API is some forty routes of plain request/answer over JSON, and what it needs from an
 HTTP layer (routing with path templates, request bodies read as streams, an ASGI server that runs in the caller's

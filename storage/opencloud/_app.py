@@ -1,8 +1,7 @@
 """`create_app`: the Starlette app serving Open Cloud over a world, every endpoint family mounted, unknown paths and
 methods answered in the gateway's shape.
 
-Adding an endpoint family (data stores' lifecycle, memory-store:flush, messaging): a module with its `ENDPOINTS`
-(see `_routes.Endpoints`), listed in `FAMILIES`.
+Adding an endpoint family: a module with its `ENDPOINTS` (see `_routes.Endpoints`), listed in `FAMILIES`.
 """
 
 from __future__ import annotations
@@ -15,14 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lodestore.storage import ConfigError, World
-from lodestore.storage.opencloud import _memorystore, _ordered, _standard_v1, _standard_v2
+from lodestore.storage.opencloud import (_datastores, _erasure, _memorystore, _messaging, _ordered, _standard_v1,
+                                         _standard_v2)
 from lodestore.storage.opencloud._access import parse_api_keys
 from lodestore.storage.opencloud._errors import ApiError, Shape, error_response
 from lodestore.storage.opencloud._routes import OpenCloud
 
 __all__ = ["create_app", "FAMILIES"]
 
-FAMILIES = (_standard_v1, _standard_v2, _ordered, _memorystore)
+FAMILIES = (_standard_v1, _standard_v2, _datastores, _ordered, _memorystore, _messaging, _erasure)
 """The endpoint families served, each a module with `ENDPOINTS`."""
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from starlette.responses import Response
 
-from lodestore.storage import ConfigError, DataStoreError, MemoryStoreError, TransformError
+from lodestore.storage import ConfigError, DataStoreError, MemoryStoreError, MessagingServiceError, TransformError
+from lodestore.storage.messaging import PUBLISH_THROTTLED
 
 __all__ = ["Shape", "ApiError", "error_response", "from_exception", "json_response", "STATUS_CODES"]
 
@@ -42,7 +43,10 @@ STATUS_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSIO
 _V1_DEFAULTS = {400: "InvalidArgument", 401: "Unauthorized", 403: "InsufficientScope", 404: "EntryNotFound",
                 412: "PreconditionFailed", 429: "TooManyRequests", 500: "Unknown", 503: "Unknown"}
 
-# lodestore's DataStoreError codes -> (HTTP status, Data Stores v1 datastoreErrorCode)
+# lodestore's DataStoreError codes -> (HTTP status, Data Stores v1 datastoreErrorCode). A deleted data store's
+# entries (404 `DatastoreDeleted`, `storage.DATASTORE_DELETED`) answer 404 NOT_FOUND (v1: DatastoreNotFound): Roblox
+# says only that such requests fail, its v2 errors have no "gone" status (400, 403, 404, 409, 429, 499, 500, 501,
+# 503), and to a client the store's entries are not there until it is undeleted; the message names DatastoreDeleted.
 _DATASTORE_CODES = {0: (400, "InvalidDataStoreName"), 101: (400, "InvalidEntryKey"), 102: (400, "InvalidEntryKey"),
                     103: (400, "ContentNotJson"), 104: (400, "ContentNotJson"), 105: (400, "ContentTooBig"),
                     106: (400, "InvalidArgument"), 107: (400, "InvalidArgument"), 400: (400, "InvalidArgument"),
@@ -102,9 +106,11 @@ def from_exception(exc: BaseException) -> ApiError | None:
 
     - `DataStoreError`: a throttle (301-306, 429, a name ending in "Throttle"/"Throttled", or any error carrying
       `retry_after_ms`: the experience budget Open Cloud shares with game servers) -> 429 + retry-after (the
-      error's own wait, else 1 s); argument errors -> 400; 403/404 as they are; 5xx -> 500 or 503.
+      error's own wait, else 1 s); argument errors -> 400; 403/404 as they are (a deleted data store's
+      `DatastoreDeleted` is a 404); 5xx -> 500 or 503.
     - `MemoryStoreError`: bad arguments -> 400, NoItemFound -> 404, conflicts -> 409, spent quotas and request
       limits (everything "...OverLimit", "RequestThrottled") -> 429, else 500.
+    - `MessagingServiceError`: PublishThrottled -> 429, the rest (a bad topic or message, MessageTooLarge) -> 400.
     - `ConfigError` (a bad name or argument the world refused) -> 400; `TransformError` -> 500.
     """
     if isinstance(exc, DataStoreError):
@@ -123,6 +129,10 @@ def from_exception(exc: BaseException) -> ApiError | None:
         if status is None:
             status = 429 if exc.name.endswith(("OverLimit", "Throttled", "QuotaExceeded")) else 500
         return ApiError(status, f"{exc.name}: {exc.message}", headers=_retry_after(1) if status == 429 else None)
+    if isinstance(exc, MessagingServiceError):
+        if exc.name == PUBLISH_THROTTLED:
+            return ApiError(429, f"{exc.name}: {exc.message}", headers=_retry_after(1))
+        return ApiError(400, f"{exc.name}: {exc.message}")
     if isinstance(exc, ConfigError):
         return ApiError(400, str(exc))
     if isinstance(exc, TransformError):

@@ -8,7 +8,12 @@ Where the world's client tells less than Roblox's answer holds: an item's `etag`
 key (it changes exactly when they do, as a version would), and the `expireTime` of an item read (not written) is
 the latest it can be, now + the longest TTL (3,888,000 s), since the client does not say an item's expiry. Deleting
 with an etag compares it with the item's current one first: a writer in between can still win (Roblox's check is
-atomic). (memory-store:flush and its operations come with the MemoryStore's flush.)
+atomic).
+
+`memory-store:flush` (the world's `flush_memory_store`: every hash map, sorted map and queue emptied) is done when
+it answers, so its Operation is `done` at once. The operation's id carries what was flushed (when, structures,
+items, bytes; lodestore's `metadata`, not Roblox's), so that `GET memory-store/operations/{id}` answers from the id
+alone and the app keeps no state. Only the live memory store is emulated: `scope` may be absent or LIVE.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lodestore.storage import MS_MAX_EXPIRATION_S, canonical
+from lodestore.storage.memorystore import MemoryStoreFlushed
 from lodestore.storage.opencloud._errors import ApiError, Shape, json_response
 from lodestore.storage.opencloud._routes import Endpoints, flag, json_object, page_size, query_int, rfc3339
 
@@ -31,7 +37,8 @@ __all__ = ["ENDPOINTS"]
 ENDPOINTS = Endpoints()
 _MAP = "/cloud/v2/universes/{universe}/memory-store/sorted-maps/{map}/items"
 _QUEUE = "/cloud/v2/universes/{universe}/memory-store/queues/{queue}"
-_READ, _WRITE = "memorystore.read", "memorystore.write"
+_OPERATIONS = "/cloud/v2/universes/{universe}/memory-store/operations"
+_READ, _WRITE, _FLUSH = "memorystore.read", "memorystore.write", "memorystore.flush"
 LIST_DEFAULT, LIST_MAX = 1, 100
 QUEUE_READ_DEFAULT_INVISIBILITY_S = 30
 
@@ -250,3 +257,39 @@ async def discard_items(oc, request: Request) -> Response:
 for _path in (_QUEUE + "/items:add", _QUEUE + "/items"):
     ENDPOINTS.add("POST", _path, shape=Shape.V2, permission=_WRITE)(add_item)
 ENDPOINTS.add("POST", _QUEUE + "/items:discard", shape=Shape.V2, permission=_WRITE)(discard_items)
+
+
+# ------------------------------------------------------------------------------------------------------ flush
+
+def _operation_id(at_ms: int, flushed: MemoryStoreFlushed) -> str:
+    raw = json.dumps([at_ms, flushed.structures, flushed.items, flushed.bytes], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode("ascii").rstrip("=")
+
+
+def _operation(oc, operation_id: str) -> dict:
+    """The Operation `operation_id` names, or 404 when it is not an id a flush answered."""
+    try:
+        padded = operation_id + "=" * (-len(operation_id) % 4)
+        at_ms, structures, items, nbytes = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (at_ms, structures, items, nbytes)):
+            raise ValueError(operation_id)
+    except Exception:
+        raise ApiError(404, f"no memory-store operation {operation_id[:40]!r}") from None
+    return {"path": f"universes/{oc.universe_id}/memory-store/operations/{operation_id}", "done": True,
+            "response": {}, "metadata": {"flushTime": rfc3339(at_ms), "structures": structures, "items": items,
+                                         "bytes": nbytes}}
+
+
+@ENDPOINTS.add("POST", "/cloud/v2/universes/{universe}/memory-store:flush", shape=Shape.V2, permission=_FLUSH)
+async def flush(oc, request: Request) -> Response:
+    scope = request.query_params.get("scope") or "LIVE"
+    if scope != "LIVE":
+        raise ApiError(400, f"scope must be LIVE (lodestore emulates the live memory store only), got {scope[:40]!r}")
+    at_ms = oc.now()
+    flushed = await oc.world.aio.flush_memory_store()
+    return json_response(_operation(oc, _operation_id(at_ms, flushed)))
+
+
+@ENDPOINTS.add("GET", _OPERATIONS + "/{operation}", shape=Shape.V2, permission=_FLUSH)
+async def get_operation(oc, request: Request) -> Response:
+    return json_response(_operation(oc, request.path_params["operation"]))

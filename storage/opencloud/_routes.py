@@ -25,9 +25,9 @@ from lodestore.storage import MAX_VALUE_CHARS, Server, World
 from lodestore.storage.opencloud._access import ApiKey, RequestStatistics, V1Limits
 from lodestore.storage.opencloud._errors import ApiError, Shape, error_response, from_exception
 
-__all__ = ["OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "v1_server", "flag", "page_size", "query_int",
-           "required", "read_body", "parse_json", "json_body", "json_object", "rfc3339", "parse_time",
-           "user_ids_from_names", "MAX_BODY_BYTES"]
+__all__ = ["OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "v1_server", "flag", "page_size",
+           "starts_with_filter", "query_int", "required", "read_body", "parse_json", "json_body", "json_object",
+           "rfc3339", "parse_time", "user_ids_from_names", "MAX_BODY_BYTES"]
 
 log = logging.getLogger("lodestore.opencloud")
 
@@ -201,6 +201,20 @@ def page_size(request: Request, names: tuple[str, ...], default: int, maximum: i
             raise ApiError(400, f"query parameter {name} must be >= 0, got {n}")
         return min(n, maximum) if n else default
     return default
+
+
+_STARTS_WITH = re.compile(r'^\s*id\.startsWith\("((?:[^"\\]|\\.)*)"\)\s*$')
+
+
+def starts_with_filter(request: Request) -> str:
+    """The prefix of v2's listing `filter=id.startsWith("prefix")` ("" when there is none)."""
+    raw = request.query_params.get("filter")
+    if not raw:
+        return ""
+    match = _STARTS_WITH.match(raw)
+    if match is None:
+        raise ApiError(400, f'filter must be id.startsWith("prefix"), got {raw[:60]!r}')
+    return match.group(1).replace('\\"', '"')
 
 
 def query_int(request: Request, name: str, default: int | None = None) -> int | None:

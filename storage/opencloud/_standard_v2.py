@@ -19,7 +19,7 @@ from starlette.responses import Response
 from lodestore.storage.opencloud._entries import Refused, increment_entry, revision_json, write_entry
 from lodestore.storage.opencloud._errors import ApiError, Shape, json_response
 from lodestore.storage.opencloud._routes import (Endpoints, flag, json_object, page_size, parse_time, required,
-                                                 rfc3339, user_ids_from_names)
+                                                 rfc3339, starts_with_filter, user_ids_from_names)
 
 __all__ = ["ENDPOINTS"]
 
@@ -63,21 +63,12 @@ def _value(body: dict) -> Any:
     return body["value"]
 
 
-_STARTS_WITH = re.compile(r'^\s*id\.startsWith\("((?:[^"\\]|\\.)*)"\)\s*$')
-
-
 async def _list(oc, request: Request) -> Response:
     scope = _scope(request, listing=True)
     store = oc.data_store(request.path_params["data_store"], scope)
-    prefix = ""
-    raw = request.query_params.get("filter")
-    if raw:
-        match = _STARTS_WITH.match(raw)
-        if match is None:
-            raise ApiError(400, f'filter must be id.startsWith("prefix"), got {raw[:60]!r}')
-        prefix = match.group(1).replace('\\"', '"')
-        if scope is None and "/" not in prefix and prefix:
-            raise ApiError(400, "listing every scope filters on \"scope/prefix\"")
+    prefix = starts_with_filter(request)
+    if scope is None and prefix and "/" not in prefix:
+        raise ApiError(400, "listing every scope filters on \"scope/prefix\"")
     page = await store.list_keys(prefix, page_size(request, ("maxPageSize",), LIST_DEFAULT, LIST_MAX),
                                  request.query_params.get("pageToken") or None,
                                  not flag(request, "showDeleted"))

@@ -6,7 +6,8 @@ import pytest
 import rblxopencloud
 from rblxopencloud import Forbidden, RateLimited
 
-from lodestore.storage import ConfigError, DataStoreError, FaultConfig, MemoryStoreError, Outage, World
+from lodestore.storage import (DATASTORE_DELETED, ConfigError, DataStoreError, FaultConfig, MemoryStoreError,
+                               MessagingServiceError, Outage, World)
 from lodestore.storage.opencloud import DEFAULT_API_KEY, PERMISSIONS, create_app, parse_api_keys
 from lodestore.storage.opencloud._access import V1Limits
 from lodestore.storage.opencloud._errors import from_exception
@@ -144,8 +145,13 @@ def test_error_mapping_of_typed_errors():
     assert from_exception(DataStoreError(302, "SetAsyncThrottle", "queue full")).status == 429
     assert from_exception(DataStoreError(105, "ValueTooLarge", "big")).status == 400
     assert from_exception(DataStoreError(502, "RequestRejected", "down")).status == 500
+    deleted = from_exception(DataStoreError(*DATASTORE_DELETED, "data store 'players' was deleted"))
+    assert (deleted.status, deleted.code, deleted.v1_code) == (404, "NOT_FOUND", "DatastoreNotFound")
     assert from_exception(MemoryStoreError("TotalMemoryOverLimit", "full")).status == 429
     assert from_exception(MemoryStoreError("InvalidRequest", "bad")).status == 400
+    assert from_exception(MessagingServiceError("MessageTooLarge", "2000 bytes")).status == 400
+    throttled = from_exception(MessagingServiceError("PublishThrottled", "600 a minute"))
+    assert (throttled.status, throttled.headers["retry-after"]) == (429, "1")
     assert from_exception(ConfigError("bad name")).status == 400
     assert from_exception(RuntimeError("bug")) is None
 

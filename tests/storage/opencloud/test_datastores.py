@@ -176,7 +176,8 @@ def test_v1_reference_shapes_the_client_does_not_send(served, clock):
     served.request("POST", f"{V1}/entry", params={**entry, "scope": "s2", "entryKey": "u2"}, data=b"1")
     versions = served.request("GET", f"{V1}/entry/versions", params={**entry, "sortOrder": "Descending"}).json()
     assert [v["version"] for v in versions["versions"]][1] == written.json()["version"]
-    old = served.request("GET", f"{V1}/entry/versions/version", params={**entry, "versionId": written.json()["version"]})
+    old = served.request("GET", f"{V1}/entry/versions/version",
+                         params={**entry, "versionId": written.json()["version"]})
     assert old.json() == {"coins": 1}
     listed = served.request("GET", V1, params={"datastoreName": "players", "allScopes": "true", "limit": 1}).json()
     rest = served.request("GET", V1, params={"datastoreName": "players", "allScopes": "true",

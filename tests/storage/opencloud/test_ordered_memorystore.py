@@ -4,7 +4,11 @@ Roblox-reference shapes it does not send, as raw HTTP."""
 from __future__ import annotations
 
 import pytest
-from rblxopencloud import NotFound, PreconditionFailed
+import rblxopencloud
+from rblxopencloud import Forbidden, NotFound, PreconditionFailed
+
+from lodestore.storage import World
+from tests.storage.opencloud.conftest import serve
 
 MS = "cloud/v2/universes/1/memory-store"
 
@@ -127,3 +131,42 @@ def test_sorted_map_reference_create_conflict_shape(served):
     bad_ttl = served.request("PATCH", f"{base}/x?allowMissing=true", json={"value": 2, "ttl": "soon"})
     assert bad_ttl.status_code == 400 and bad_ttl.json()["code"] == "INVALID_ARGUMENT"
     assert served.request("GET", f"{base}/x").json()["value"] == 1
+
+
+def test_flush_empties_every_structure_and_its_operation_is_done(experience, served):
+    experience.get_sorted_map("ranks").set_key("a", 1, 600, sort_key=1)
+    experience.get_memory_store_queue("jobs").add_item("one", 600)
+    served.world.server("game").memorystores.get_hash_map("sessions").set("u1", {"server": "g"}, 600)
+    operation = experience.flush_memory_store()
+    assert operation.wait(timeout_seconds=5) is True
+    with pytest.raises(NotFound):
+        experience.get_sorted_map("ranks").get_key("a")
+    assert experience.get_memory_store_queue("jobs").read_items(count=5) == ([], None)
+    assert served.world.server("game").memorystores.get_hash_map("sessions").get("u1") is None
+    experience.get_sorted_map("ranks").set_key("a", 2, 600)   # usable again at once
+    assert experience.get_sorted_map("ranks").get_key("a").value == 2
+
+
+def test_flush_answers_a_done_operation_its_get_finds_again(served):
+    served.world.server("game").memorystores.get_sorted_map("ranks").set("a", "x" * 10, 600)
+    answer = served.request("POST", f"{MS}:flush")
+    assert answer.status_code == 200
+    operation = answer.json()
+    assert operation["done"] is True and operation["path"].startswith("universes/1/memory-store/operations/")
+    assert operation["metadata"]["structures"] == 1 and operation["metadata"]["items"] == 1
+    again = served.request("GET", operation["path"].replace("universes/1/", "cloud/v2/universes/1/"))
+    assert again.status_code == 200 and again.json() == operation
+    unknown = served.request("GET", f"{MS}/operations/no-such-operation")
+    assert unknown.status_code == 404 and unknown.json()["code"] == "NOT_FOUND"
+    studio = served.request("POST", f"{MS}:flush", params={"scope": "STUDIO"})
+    assert studio.status_code == 400 and studio.json()["code"] == "INVALID_ARGUMENT"
+
+
+def test_flush_needs_its_permission_and_flushes_nothing_without(clock):
+    for served in serve(World.in_process(clock=clock, budget=None),
+                        api_keys=["writer:memorystore.read,memorystore.write"]):
+        ranks = rblxopencloud.Experience(1, "writer").get_sorted_map("ranks")
+        ranks.set_key("a", 1, 600)
+        with pytest.raises(Forbidden):
+            rblxopencloud.Experience(1, "writer").flush_memory_store()
+        assert ranks.get_key("a").value == 1
