@@ -21,9 +21,10 @@ clients for years. An HTTP layer of our own would be more code to get wrong (kee
 limits) for no gain; a large framework would bring validation and dependency injection we do not use. Being ASGI,
 the app also runs in tests without a socket and under any other ASGI server.
 
-The app runs in its own process (outside the world's actors) and calls the world only through its coroutine
-(`.aio`) clients, so concurrent requests share the world's batched messages. It owns no stored state: every answer
-comes from the world.
+The app runs outside the world's actors (`lodestore serve`: in its own process; a scenario's `[serve]`: in a thread
+of the simulation's driver, `ServerThread`, reaching the run's world through its ingress) and calls the world only
+through its coroutine (`.aio`) clients, so concurrent requests share the world's batched messages. It owns no stored
+state: every answer comes from the world.
 """
 
 from lodestore.storage.opencloud._access import (DEFAULT_API_KEY, PERMISSIONS, ApiKey, OpenCloudStatistics,
