@@ -4,44 +4,15 @@ free port in a background thread, and rblx-open-cloud's module-level session poi
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 import requests
 import rblxopencloud
-import uvicorn
 
 from lodestore.storage import ManualClock, World
-from lodestore.storage.opencloud import create_app
+from lodestore.storage.opencloud import ServerThread, create_app
 
 ROBLOX = "https://apis.roblox.com/"
 START_MS = 1_780_000_000_000
-
-
-class LocalServer:
-    """uvicorn serving `app` on 127.0.0.1:<free port> in a thread, until `stop`."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                     lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, name="opencloud-test-server", daemon=True)
-
-    def __enter__(self) -> "LocalServer":
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:   # startup of the thread, not a behaviour under test
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test's uvicorn did not start")
-            time.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
 
 
 class ToLocal(requests.adapters.HTTPAdapter):
@@ -77,17 +48,17 @@ class Served:
 def serve(world: World, **options):
     """Serve `world`; rblx-open-cloud's session points at it while the context is open."""
     app = create_app(world, **options)
-    server = LocalServer(app)
+    server = ServerThread(lambda: app).start(wait=True)
     session = rblxopencloud.http_session
     saved = session.trust_env
-    with server:
+    try:
         session.mount(ROBLOX, ToLocal(server.url))
         session.trust_env = False
-        try:
-            yield Served(world, app, server.url)
-        finally:
-            session.adapters.pop(ROBLOX, None)
-            session.trust_env = saved
+        yield Served(world, app, server.url)
+    finally:
+        session.adapters.pop(ROBLOX, None)
+        session.trust_env = saved
+        server.stop()
 
 
 @pytest.fixture
