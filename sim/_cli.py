@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lodestore.sim._inspect import add_parser as add_inspect_parser
 from lodestore.sim._runner import RunOptions, simulate
+from lodestore.sim._timeline import add_parser as add_timeline_parser
 from lodestore.sim._scenario import load_scenario
 from lodestore.sim.designs import DESIGNS
 from lodestore.storage import ConfigError
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(cmp)
     cmp.set_defaults(func=_compare, time_scale=None)
     add_inspect_parser(sub)
+    add_timeline_parser(sub)
     srv = sub.add_parser("serve", help="serve Roblox's Open Cloud HTTP API over a world, until Ctrl-C",
                          description="Serve Open Cloud (Data Stores v1 and v2, ordered data stores, MemoryStore "
                                      "sorted maps and queues) over the running world NAME, or over a new one "

@@ -20,6 +20,8 @@ from lodestore.sim._checkers import CheckResult, History, LockEvent, OpEvent, ru
 __all__ = ["Collector", "check_hot_counters", "percentiles"]
 
 _HISTORY_KINDS = ("mint", "grant", "purchase", "trade")
+_SERVER_EVENTS = ("start", "stop", "crash", "stall")   # what `annotations` keeps of a server's life
+ANNOTATIONS_FORMAT = 1
 
 HARNESS_TOLERANCE = 0.01
 """The share of events a run may start late (or never) and of locks it may lose unexplained, and still be a test."""
@@ -90,6 +92,8 @@ class Collector:
         self.s_servers: list[int | None] = [None] * b
         self.s_players: list[int | None] = [None] * b
         self._host_tokens: dict[int, list[float]] = {}
+        self.op_notes: dict[str, dict[str, str]] = {}        # op id -> {"why": error code, "tx": outcome}
+        self.server_events: list[tuple[int, str, str]] = []  # (t_ms, what, server): starts, stops, crashes, stalls
 
     def _bucket(self, t_ms: float) -> int:
         return min(self.buckets - 1, max(0, int(t_ms / 1000 / self.bucket_s)))
@@ -116,8 +120,10 @@ class Collector:
             self.s_lat[op][b].append(latency)
             if code is not None:
                 self.s_errors[code][b] += 1
-        for t, what, _server in drain["events"]:
+        for t, what, server in drain["events"]:
             self.events[what] += 1
+            if what in _SERVER_EVENTS:
+                self.server_events.append((t, what, server))
         now_b = self._bucket(drain["time"])
         previous = self._counters.get(host, {})
         for name, series in (("lock_waits", "waits"), ("lock_steals", "steals"), ("locks_lost", "lost")):
@@ -153,6 +159,8 @@ class Collector:
                 (self.hot_ok if outcome == "ok" else self.hot_unknown if outcome == "unknown" else Counter())[
                     target] += 1
             elif kind in _HISTORY_KINDS:
+                if why is not None or tx is not None:
+                    self.op_notes[op_id] = {k: v for k, v in (("why", why), ("tx", tx)) if v is not None}
                 self.history.record(OpEvent(t, player, server, op_id, kind, outcome, amount,
                                             item if kind != "trade" else None,
                                             target if kind == "trade" else None))
@@ -205,6 +213,15 @@ class Collector:
         if hot_finals or self.hot_ok or self.hot_unknown:
             results.append(check_hot_counters(hot_finals, self.hot_ok, self.hot_unknown))
         return results
+
+    def annotations(self, t0_ms: int) -> dict:
+        """What the history's events leave out and a key's timeline (`sim._timeline`) shows, as JSON-ready data:
+        each op's error code ("why") and a trade's transaction outcome ("tx"), by op id (only ops that have one);
+        every server's starts, stops, crashes and stalls; and `t0_ms`, the world's time at simulated 0 (versions
+        in the world file carry world times). Kept beside the events (`history.json`'s "annotations"), outside
+        the history digest: it adds nothing the digest's events and finals do not already decide."""
+        return {"format": ANNOTATIONS_FORMAT, "t0_ms": t0_ms, "ops": dict(sorted(self.op_notes.items())),
+                "servers": [list(e) for e in sorted(self.server_events)]}
 
     def health(self, stopped_early: bool) -> dict:
         """Whether the harness kept up, so that the checkers' verdict says something about the store. In virtual

@@ -495,6 +495,7 @@ def _html_page(report: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     checks = _checks(report)
     if checks:
         parts += ["<h2>Checkers</h2>", _html_checks(checks)]
+    parts += _html_timelines(checks)
     if plots:
         parts.append("<h2>Plots</h2>")
         parts += [f'<img src="{_esc(path.name)}" alt="{_esc(plot)} plot">' for plot, path in plots.items()]
@@ -502,6 +503,19 @@ def _html_page(report: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>lodestore report: {_esc(name)} ({verdict})</title>\n<style>{_CSS}</style>\n</head>\n"
             "<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+def _html_timelines(checks: list[dict[str, Any]]) -> list[str]:
+    """Links to the timelines of the keys the failing checkers name (`sim._timeline`, which the run writes next to
+    the report, the first `MAX_REPORT_TIMELINES` of them); the others with the command that makes them."""
+    from lodestore.sim._timeline import MAX_REPORT_TIMELINES, keys_named, timeline_href
+    keys = keys_named(checks)
+    if not keys:
+        return []
+    items = [f'<li><a href="{_esc(timeline_href(key))}">{_esc(key)}</a></li>' for key in keys[:MAX_REPORT_TIMELINES]]
+    items += [f"<li>{_esc(key)}: <code>lodestore timeline RUN_DIR {_esc(key)}</code></li>"
+              for key in keys[MAX_REPORT_TIMELINES:]]
+    return ["<h2>Timelines of the keys the checkers name</h2>", f"<ul>{''.join(items)}</ul>"]
 
 
 def _html_scenario(scenario: Mapping[str, Any]) -> str:
