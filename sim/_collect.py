@@ -22,6 +22,8 @@ __all__ = ["Collector", "check_hot_counters", "percentiles"]
 _HISTORY_KINDS = ("mint", "grant", "purchase", "trade")
 _SERVER_EVENTS = ("start", "stop", "crash", "stall")   # what `annotations` keeps of a server's life
 ANNOTATIONS_FORMAT = 1
+MAX_STORE_LOG_PER_KEY = 200
+"""At most this many of the store's warnings about one key are kept (a long outage retries all the time)."""
 
 HARNESS_TOLERANCE = 0.01
 """The share of events a run may start late (or never) and of locks it may lose unexplained, and still be a test."""
@@ -94,6 +96,7 @@ class Collector:
         self._host_tokens: dict[int, list[float]] = {}
         self.op_notes: dict[str, dict[str, str]] = {}        # op id -> {"why": error code, "tx": outcome}
         self.server_events: list[tuple[int, str, str]] = []  # (t_ms, what, server): starts, stops, crashes, stalls
+        self.store_log: dict[str, list[tuple]] = defaultdict(list)   # key -> (t_ms, server, level, text)
 
     def _bucket(self, t_ms: float) -> int:
         return min(self.buckets - 1, max(0, int(t_ms / 1000 / self.bucket_s)))
@@ -120,6 +123,9 @@ class Collector:
             self.s_lat[op][b].append(latency)
             if code is not None:
                 self.s_errors[code][b] += 1
+        for t, key, server, level, text in drain.get("store_log", ()):
+            if len(self.store_log[key]) < MAX_STORE_LOG_PER_KEY:
+                self.store_log[key].append((t, server, level, text))
         for t, what, server in drain["events"]:
             self.events[what] += 1
             if what in _SERVER_EVENTS:
@@ -217,11 +223,17 @@ class Collector:
     def annotations(self, t0_ms: int) -> dict:
         """What the history's events leave out and a key's timeline (`sim._timeline`) shows, as JSON-ready data:
         each op's error code ("why") and a trade's transaction outcome ("tx"), by op id (only ops that have one);
-        every server's starts, stops, crashes and stalls; and `t0_ms`, the world's time at simulated 0 (versions
-        in the world file carry world times). Kept beside the events (`history.json`'s "annotations"), outside
-        the history digest: it adds nothing the digest's events and finals do not already decide."""
+        every server's starts, stops, crashes and stalls; the store's warnings and errors about each key, by key
+        (a request that failed and was retried, a lock taken over, a transaction in doubt: the request-level
+        faults the store saw; the first `MAX_STORE_LOG_PER_KEY` of each key); and `t0_ms`, the world's time at
+        simulated 0 (versions in the world file carry world times). Kept beside the events (`history.json`'s
+        "annotations"), outside the history digest: it adds nothing the digest's events and finals do not decide.
+        Sorted, so that the order hosts reported in does not show."""
+        def order(entry: tuple) -> tuple:
+            return tuple("" if x is None else x for x in entry)
         return {"format": ANNOTATIONS_FORMAT, "t0_ms": t0_ms, "ops": dict(sorted(self.op_notes.items())),
-                "servers": [list(e) for e in sorted(self.server_events)]}
+                "servers": [list(e) for e in sorted(self.server_events)],
+                "store_log": {k: [list(e) for e in sorted(v, key=order)] for k, v in sorted(self.store_log.items())}}
 
     def health(self, stopped_early: bool) -> dict:
         """Whether the harness kept up, so that the checkers' verdict says something about the store. In virtual

@@ -41,6 +41,7 @@ from lodestore.storage import (DataStoreError, LocalRuntime, LodestoreError, Mem
 __all__ = ["SimHost", "HostRole", "Relay", "RELAY", "Trade", "HOT_STORE", "error_code"]
 
 _IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'|\bplayer_\d+\b")   # ids, quoted values, player keys
+_LOG_TEXT = 300   # how much of a store's warning about a key is kept for its timeline
 
 RELAY = "relay"
 """The cloud node's object that carries a message from one host's game server to another's (`Relay`)."""
@@ -244,6 +245,7 @@ class SimHost:
         self._locks: list[tuple] = []
         self._samples: list[tuple] = []            # (t_ms, op, latency_ms, error code or None)
         self._events: list[tuple] = []             # (t_ms, what, server): server lifecycle, loads, throttling
+        self._store_log: list[tuple] = []          # (t_ms, key, server, level, text): the store's warnings on a key
         self._inflight: dict[str, set[asyncio.Task]] = {}   # server -> its running events
         self._open: dict[str, _Op] = {}                      # actions without an outcome yet
         self._throttled: dict[str, int] = {}
@@ -304,7 +306,8 @@ class SimHost:
     # ------------------------------------------------------------------------------------ server lifecycle
 
     async def _ev_start(self, ev: Planned) -> None:
-        config = dataclasses.replace(self.config, lock_callback=functools.partial(self._on_lock, ev.server))
+        config = dataclasses.replace(self.config, lock_callback=functools.partial(self._on_lock, ev.server),
+                                     log_callback=functools.partial(self._on_log, server=ev.server))
         # the events planned meanwhile for this server wait for it (`_server`); in process nothing waits at all
         starting = self._starting[ev.server] = asyncio.get_running_loop().create_future()
         try:
@@ -698,10 +701,14 @@ class SimHost:
         if op in ("purchase_save", "unload"):
             self._samples.append((t, "save") + sample[2:])
 
-    def _on_log(self, message: Any) -> None:
-        """Count the store's warnings and errors by their gist (the text before any detail in brackets)."""
+    def _on_log(self, message: Any, server: str | None = None) -> None:
+        """Count the store's warnings and errors by their gist (the text before any detail in brackets); keep those
+        about a key (a failed request retried, a lock taken over, a transaction in doubt) for its timeline."""
         if message.level in ("warn", "error"):
             self._note(message.level, message.message.split(" (")[0])
+            key = message.context.get("key")
+            if isinstance(key, str):
+                self._store_log.append((self.now_rel(), key, server, message.level, message.message[:_LOG_TEXT]))
 
     def _note(self, level: str, text: str) -> None:
         gist = f"{level}: " + _IDS.sub("<id>", text)[:100]
@@ -722,8 +729,9 @@ class SimHost:
 
     async def drain(self) -> dict:
         """Everything recorded since the last drain, plus current figures. Plain data (tuples, dicts, numbers)."""
-        out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events}
-        self._ops, self._locks, self._samples, self._events = [], [], [], []
+        out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events,
+               "store_log": self._store_log}
+        self._ops, self._locks, self._samples, self._events, self._store_log = [], [], [], [], []
         live = list(self.servers.values())
         stats = await asyncio.gather(*(self._statistics(server) for server in live))
         counters: dict[str, int] = {}

@@ -291,6 +291,11 @@ def _fault_windows(scenario: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _window_of(windows: list[dict[str, Any]], t: int) -> int | None:
+    """The index of the first fault window `t` is in, or None."""
+    return next((i for i, w in enumerate(windows) if w["start"] <= t < w["end"]), None)
+
+
 def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if not isinstance(key, str) or not key:
         raise TimelineError(f"KEY must be a non-empty key name, got {key!r}")
@@ -316,8 +321,8 @@ def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None
     for e in sorted(ops, key=lambda e: (e["t"], e["op_id"])):
         note = notes.get(e["op_id"], {})
         role = "receiver" if e.get("counterparty") == key else "actor"
-        window = next((i for i, w in enumerate(windows) if w["start"] <= e["t"] < w["end"]), None)
-        op_rows.append({"t": e["t"], "op_id": e["op_id"], "kind": e["kind"], "outcome": e["outcome"],
+        window = _window_of(windows, e["t"])
+        op_rows.append({"t": e["t"], "op_id": e["op_id"], "key": e["key"], "kind": e["kind"], "outcome": e["outcome"],
                         "amount": e.get("amount", 0), "item": e.get("item"), "counterparty": e.get("counterparty"),
                         "server": e["server"], "role": role, "why": note.get("why"), "tx": note.get("tx"),
                         "in_final_ledger": None if ledger is None else e["op_id"] in ledger, "fault_window": window})
@@ -328,8 +333,13 @@ def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None
     servers = sorted({h["server"] for h in holds} | {o["server"] for o in op_rows})
     server_events = [{"t": t, "what": what, "server": server} for t, what, server in run.annotations.get("servers", ())
                      if server in servers and what != "start"]
-    faults = [{"t": o["t"], "op_id": o["op_id"], "kind": o["kind"], "outcome": o["outcome"], "code": o["why"],
-               "fault_window": o["fault_window"]} for o in op_rows if o["why"] is not None and o["why"] != "Refused"]
+    faults = [{"t": o["t"], "source": "action", "server": o["server"], "op_id": o["op_id"], "kind": o["kind"],
+               "outcome": o["outcome"], "code": o["why"], "fault_window": o["fault_window"]}
+              for o in op_rows if o["why"] is not None and o["why"] != "Refused"]
+    for t, server, level, text in (run.annotations.get("store_log") or {}).get(key, ()):
+        faults.append({"t": t, "source": "store", "server": server, "level": level, "text": text,
+                       "fault_window": _window_of(windows, t)})
+    faults.sort(key=lambda f: (f["t"], f["source"]))
     by_op = {o["op_id"]: o for o in op_rows}
     counterexamples = []
     for m in _moments(run.report.get("checks") or ()):
@@ -379,10 +389,12 @@ def build_timeline(run_dir: str | Path, key: str) -> dict[str, Any]:
          "versions": [{"version", "t", "created_time", "deleted", "session", "server", "transaction", "data",
                        "diff": {"coins", "items_added", "items_removed", "ops_added", "ops_removed"}}],
          "versions_note": str,
-         "ops": [{"t", "op_id", "kind", "outcome", "amount", "item", "counterparty", "server", "role", "why",
-                  "tx", "in_final_ledger", "fault_window"}],   # role: actor or a trade's receiver; fault_window:
-                                                                # the index of the window it started in, or None
-         "faults": [{"t", "op_id", "kind", "outcome", "code", "fault_window"}],   # actions an error reached
+         "ops": [{"t", "op_id", "key", "kind", "outcome", "amount", "item", "counterparty", "server", "role", "why",
+                  "tx", "in_final_ledger", "fault_window"}],   # key: the actor's; role: actor or a trade's receiver;
+                                                                # fault_window: the index of its window, or None
+         "faults": [{"t", "source", "server", "fault_window", ...}],   # source "action": an error reached an
+                    # action ("op_id", "kind", "outcome", "code"); "store": the store warned about the key, e.g. a
+                    # request failed and was retried, a lock taken over ("level", "text")
          "fault_windows": [{"start", "end", "what"}],
          "counterexamples": [{"check", "text", "from", "to", ...}], "final": the last version's data (or, for a report's
          timeline of a run without a world file, the run's final read), "final_source",
@@ -423,7 +435,8 @@ def _op_text(o: Mapping[str, Any]) -> str:
     what = {"mint": f"+{o['amount']} coins", "purchase": f"-{o['amount']} coins",
             "grant": f"item {o['item']}"}.get(o["kind"])
     if o["kind"] == "trade":
-        what = f"{o['amount']} coins{' + ' + str(o['item']) if o['item'] else ''} to {o['counterparty']}"
+        goods = f"{o['amount']} coins{' + ' + str(o['item']) if o['item'] else ''}"
+        what = f"{goods} from {o['key']}" if o["role"] == "receiver" else f"{goods} to {o['counterparty']}"
     text = f"{o['op_id']} {o['kind']} {what} {o['outcome']}"
     if o["why"]:
         text += f" ({o['why']})"
@@ -452,7 +465,7 @@ def _svg(tl: Mapping[str, Any]) -> str:
     def x(t: float) -> float:
         return round(_LEFT + max(0, t) * scale, 1)
 
-    lanes = [("server", s) for s in tl["servers"]] + [("versions", None), ("ops", None)]
+    lanes = [("server", s) for s in tl["servers"]] + [("versions", None), ("ops", None), ("faults", None)]
     height = 30 + _LANE * len(lanes) + 20
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" role="img" '
            f'aria-label="timeline of {_esc(tl["key"])}">']
@@ -480,12 +493,14 @@ def _svg(tl: Mapping[str, Any]) -> str:
         if kind == "server":
             for h in (h for h in tl["holds"] if h["server"] == server):
                 colour = _END_COLOURS.get(h["ended"], "#2f81f7")
+                # a released lock has no TTL left; a lost one shows whether it went before its lease ran out
+                expires = min(h["expires"], h["end"]) if h["ended"] == "released" else h["expires"]
                 out.append(f'<rect class="hold" x="{x(h["start"])}" y="{y + 6}" '
                            f'width="{max(2, x(h["end"]) - x(h["start"]))}" height="14" fill="{colour}" '
                            f'opacity="0.75"><title>session {_esc(h["session"])}: {h["start"]}..{h["end"]} ms, '
                            f'{_esc(h["ended"] or "held to the end")}</title></rect>'
                            f'<rect class="ttl" x="{x(h["renewed"])}" y="{y + 21}" '
-                           f'width="{max(2, x(h["expires"]) - x(h["renewed"]))}" height="5" fill="none" '
+                           f'width="{max(2, x(expires) - x(h["renewed"]))}" height="5" fill="none" '
                            f'stroke="{colour}"><title>TTL window: renewed {h["renewed"]} ms, expires '
                            f'{h["expires"]} ms</title></rect>')
             for e in (e for e in tl["server_events"] if e["server"] == server):
@@ -497,12 +512,22 @@ def _svg(tl: Mapping[str, Any]) -> str:
                 out.append(f'<rect class="version" x="{x(v["t"]) - 4}" y="{y + 8}" width="8" height="12" '
                            f'fill="#0969da"><title>{_esc(v["version"])} at {v["t"]} ms: {_esc(_diff_text(v["diff"]))}'
                            f'</title></rect>')
+        elif kind == "faults":
+            for f in tl["faults"]:
+                what = f"{f['op_id']} {f['kind']} {f['outcome']}: {f['code']}" if f["source"] == "action" else (
+                    f"{f['server'] or '?'} {f['level']}: {f['text']}")
+                y0 = y + (4 if f["source"] == "action" else 16)
+                out.append(f'<rect class="fault" x="{x(f["t"]) - 1}" y="{y0}" width="3" height="10" '
+                           f'fill="{"#cf222e" if f["source"] == "action" else "#bc4c00"}"><title>{f["t"]} ms: '
+                           f'{_esc(what)}</title></rect>')
         else:
             for o in tl["ops"]:
                 lost = o["in_final_ledger"] is False and o["outcome"] == "ok"
                 colour = "#cf222e" if lost else _OP_COLOURS[o["outcome"]]
+                fill = "white" if o["role"] == "receiver" else colour   # a ring: a trade to this key
                 out.append(f'<circle class="op" cx="{x(o["t"])}" cy="{y + 14}" r="{6 if lost else 4}" '
-                           f'fill="{colour}"><title>{o["t"]} ms: {_esc(_op_text(o))}</title></circle>')
+                           f'fill="{fill}" stroke="{colour}" stroke-width="2"><title>{o["t"]} ms: '
+                           f'{_esc(_op_text(o))}</title></circle>')
     out.append("</svg>")
     return "".join(out)
 
@@ -512,6 +537,16 @@ def _table(headers: Sequence[str], rows: list[tuple[list[Any], bool]]) -> str:
     body = "".join(("<tr class=\"bad\">" if bad else "<tr>") + "".join(f"<td>{_esc(c)}</td>" for c in cells)
                    + "</tr>" for cells, bad in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _version_cells(v: Mapping[str, Any]) -> list[Any]:
+    data = v["data"] if isinstance(v["data"], dict) else {}
+    tx = v["transaction"]
+    return [v["t"], v["version"], f"{v['server'] or '?'} (session {v['session']})" if v["session"] else "-",
+            data.get("coins", "-"), len(data.get("items", ())) if "items" in data else "-",
+            "deleted" if v["deleted"] else _diff_text(v["diff"]),
+            f"{tx['id']}: marker {tx['marker'] or 'gone'}, {'applied' if tx['applied'] else 'not applied'}" if tx
+            else "-"]
 
 
 def render_html(tl: Mapping[str, Any]) -> str:
@@ -526,7 +561,9 @@ def render_html(tl: Mapping[str, Any]) -> str:
     parts.append('<p class="note">Lanes: one per server that held the lock (bar: the hold, coloured by how it ended: '
                  'blue released, red lost, purple crashed, grey vanished; outline below it: the TTL window of its '
                  'last renewal; X a crash, || a stall), the DataStore versions, the actions (green ok, grey failed, '
-                 'amber unknown, big red: acknowledged but not in the final ledger). Orange bands: fault windows; '
+                 'amber unknown, big red: acknowledged but not in the final ledger; a ring: a trade to this key). '
+                 'Faults: red, an error that reached an action (top); brown, a warning of the store about the key, '
+                 'e.g. a request retried (bottom). Orange bands: fault windows; '
                  'red bands: the counterexample.</p>')
     if not tl.get("annotated"):
         parts.append('<p class="note">This history has no annotations (an older lodestore): no error codes, '
@@ -542,14 +579,7 @@ def render_html(tl: Mapping[str, Any]) -> str:
                                                        for e in tl["server_events"]]))
     parts.append(f"<h2>DataStore versions</h2><p class=\"note\">{_esc(tl['versions_note'])}</p>")
     parts.append(_table(("t", "version", "written by", "coins", "items", "diff", "transaction"),
-                        [([v["t"], v["version"], f"{v['server'] or '?'} (session {v['session']})" if v["session"] else "-",
-                           (v["data"] or {}).get("coins", "-") if isinstance(v["data"], dict) else "-",
-                           len((v["data"] or {}).get("items", ())) if isinstance(v["data"], dict) else "-",
-                           "deleted" if v["deleted"] else _diff_text(v["diff"]),
-                           "-" if not v["transaction"] else
-                           f"{v['transaction']['id']}: marker {v['transaction']['marker'] or 'gone'}, "
-                           f"{'applied' if v['transaction']['applied'] else 'not applied'}"], False)
-                         for v in tl["versions"]]))
+                        [(_version_cells(v), False) for v in tl["versions"]]))
     parts.append("<h2>Actions acknowledged to the player</h2>")
     parts.append(_table(("t", "op", "kind", "outcome", "server", "role", "amount", "item", "counterparty", "error",
                          "tx", "in final ledger"),
@@ -557,6 +587,14 @@ def render_html(tl: Mapping[str, Any]) -> str:
                            o["item"] or "-", o["counterparty"] or "-", o["why"] or "-", o["tx"] or "-",
                            "-" if o["in_final_ledger"] is None else "yes" if o["in_final_ledger"] else "no"],
                           o["outcome"] == "ok" and o["in_final_ledger"] is False) for o in tl["ops"]]))
+    if tl["faults"]:
+        parts.append("<h2>Faults that reached the key</h2>")
+        parts.append(_table(("t", "source", "server", "what", "fault window"),
+                            [([f["t"], f["source"], f["server"] or "-",
+                               f"{f['op_id']} ({f['kind']}, {f['outcome']}): {f['code']}" if f["source"] == "action"
+                               else f"{f['level']}: {f['text']}",
+                               "-" if f["fault_window"] is None else f["fault_window"]], f["source"] == "action")
+                             for f in tl["faults"]]))
     if tl["fault_windows"]:
         parts.append("<h2>Fault windows</h2>")
         parts.append(_table(("start ms", "end ms", "what"), [([w["start"], w["end"], w["what"]], False)

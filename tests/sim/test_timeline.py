@@ -5,6 +5,7 @@ input refused with exit 2. Tiny in-process runs, written to a temporary director
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import json
 import re
@@ -106,9 +107,13 @@ def test_a_timeline_shows_the_takeover_the_trade_and_the_faults(takeover_run):
     # the fault window and the errors that reached the player's actions
     assert tl["fault_windows"] == [{"start": 40_000, "end": 120_000,
                                     "what": "StandardWrite errors 0.3, lock stalls 0.05"}]
-    assert tl["faults"] and all(f["code"] for f in tl["faults"])
     failed = next(o for o in tl["ops"] if o["outcome"] == "failed")
-    assert failed["why"] is not None and any(f["op_id"] == failed["op_id"] for f in tl["faults"])
+    assert failed["why"] is not None and any(f.get("op_id") == failed["op_id"] for f in tl["faults"])
+    assert all(f["code"] for f in tl["faults"] if f["source"] == "action")
+    # the request-level faults the store retried away: an injected write error on a server that held the key
+    injected = [f for f in tl["faults"] if f["source"] == "store" and "(injected)" in f["text"]]
+    assert injected and all(f["fault_window"] == 0 and f["server"] in tl["servers"] for f in injected)
+    assert any(f["source"] == "store" and f["text"].startswith("lock lost") for f in tl["faults"])
     assert all(o["fault_window"] == (0 if 40_000 <= o["t"] < 120_000 else None) for o in tl["ops"])
 
     # the versions the world file keeps, the last one the key's current data; every acknowledged action in it
@@ -123,8 +128,8 @@ def test_a_timeline_shows_the_takeover_the_trade_and_the_faults(takeover_run):
     page = html_path.read_text(encoding="utf-8")
     assert json.loads(json_path.read_text(encoding="utf-8")) == json.loads(json.dumps(tl, default=str))
     for text in (lost["session"], after["session"], "LOCK_LOST", trade["op_id"], "tx committed", failed["why"],
-                 "StandardWrite errors 0.3", tl["versions"][-1]["version"], 'class="hold"', 'class="ttl"',
-                 'class="fault-window"', 'class="server-event"'):
+                 html.escape(injected[0]["text"]), "StandardWrite errors 0.3", tl["versions"][-1]["version"],
+                 'class="hold"', 'class="ttl"', 'class="fault-window"', 'class="server-event"', 'class="fault"'):
         assert text in page, text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<script" not in page
 
