@@ -44,7 +44,7 @@ from lodestore.sim._metrics import check_thresholds, metrics
 from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary, memorystore_latency,
                                      scenario_toml, store_config)
-from lodestore.sim._timeline import write_timelines
+from lodestore.sim._timeline import TimelineError, write_timelines
 from lodestore.sim._workload import Planned, Planner, player_key
 from lodestore.sim.designs import design
 from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, MESSAGING_NAME, ConfigError,
@@ -402,8 +402,10 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
         files["history"] = history_path
         files["scenario"] = out / "scenario.toml"   # exactly what ran, overrides included: `lodestore replay`
         files["scenario"].write_text(scenario_toml(scenario), encoding="utf-8")
-        # the timelines of the keys a checker names, where report.html links them
-        files["timelines"] = write_timelines(out, report, engine.final)
+        try:   # the timelines of the keys a checker names, where report.html links them
+            files["timelines"] = write_timelines(out, report, engine.final)
+        except TimelineError as exc:
+            stream.write(f"timelines not written: {exc}\n")
     stream.write(summary_table(report) + "\n")
     if out is not None:
         stream.write(f"report: {files['html']}\n")

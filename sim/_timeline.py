@@ -184,30 +184,31 @@ def _holds(events: list[dict]) -> list[dict[str, Any]]:
     """The key's holds, one per session, in time order: server, session, start, last renewal, TTL, expiry (the
     last renewal + TTL), end and how it ended, and its states. As `check_single_holder` counts them: after
     "crashed", or with no end event, the hold lasts until its expiry."""
-    holds: dict[str, dict[str, Any]] = {}
+    holds: list[dict[str, Any]] = []
+    open_: dict[str, dict[str, Any]] = {}   # session -> its hold not ended yet
     for e in sorted(events, key=lambda e: e["t"]):
         kind, t = e["kind"], e["t"]
-        hold = holds.get(e["session"])
+        hold = open_.get(e["session"])
         if kind in ("acquired", "refreshed"):
-            if hold is None:
-                hold = holds[e["session"]] = {"server": e["server"], "session": e["session"], "start": t,
+            if hold is None:   # a refresh with no acquire still counts as holding from now on, as the checker says
+                hold = open_[e["session"]] = {"server": e["server"], "session": e["session"], "start": t,
                                               "renewed": t, "ttl_ms": e.get("ttl_ms") or 0, "end": None,
                                               "ended": None, "states": [{"t": t, "state": "ACTIVE"}]}
+                holds.append(hold)
             else:
                 hold["renewed"] = t
                 hold["ttl_ms"] = e.get("ttl_ms") or hold["ttl_ms"]
                 hold["states"].append({"t": t, "state": "ACTIVE", "note": "refreshed (the last refresh)"})
-        elif hold is not None and hold["ended"] is None:
-            hold["ended"] = kind
-            hold["end"] = t
+        elif hold is not None:
+            del open_[e["session"]]
+            hold["ended"], hold["end"] = kind, t
             hold["states"].append({"t": t, "state": _END_STATES.get(kind, kind.upper())})
-    out = []
-    for hold in holds.values():
+    for hold in holds:
         hold["expires"] = hold["renewed"] + hold["ttl_ms"]
         if hold["ended"] in (None, "crashed"):
-            hold["end"] = max(hold["end"] or hold["start"], hold["expires"])
-        out.append(hold)
-    return sorted(out, key=lambda h: (h["start"], h["session"]))
+            hold["end"] = hold["expires"]
+        hold["end"] = max(hold["start"], hold["end"])
+    return sorted(holds, key=lambda h: (h["start"], h["session"]))
 
 
 def _diff(before: Any, after: Any) -> dict[str, Any]:
@@ -238,8 +239,9 @@ def _diff(before: Any, after: Any) -> dict[str, Any]:
 def _versions(run: _Run, key: str, t0: int, inspector: Any) -> tuple[list[dict[str, Any]], str]:
     """The versions the world file keeps of `key`, oldest first, and a note saying what they are."""
     if inspector is None:
-        return [], ("no world file (a memory backend run): the DataStore versions are not known; the ops show what "
-                    "was acknowledged")
+        why = (f"the world file {run.world} is missing" if run.scenario.world.backend == "sqlite" else
+               "no world file (a memory backend run)")
+        return [], f"{why}: the DataStore versions are not known; the actions show what was acknowledged"
     name = run.scenario.store.name
     datastore = RECORDS_PREFIX + name if RECORDS_PREFIX + name in inspector.summary.stores else name
     if datastore not in inspector.summary.stores:
@@ -296,6 +298,57 @@ def _window_of(windows: list[dict[str, Any]], t: int) -> int | None:
     return next((i for i, w in enumerate(windows) if w["start"] <= t < w["end"]), None)
 
 
+def _op_rows(run: _Run, key: str, ops: list[dict], final: Any, windows: list[dict]) -> list[dict[str, Any]]:
+    """The actions on `key` in time order, each with its error code and transaction outcome (the annotations),
+    its role (a trade's receiver, or the actor), whether it is in the final ledger and the fault window it is in."""
+    ledger = set(final.get("ledger", ())) if isinstance(final, dict) else None
+    notes = run.annotations.get("ops") or {}
+    rows = []
+    for e in sorted(ops, key=lambda e: (e["t"], e["op_id"])):
+        note = notes.get(e["op_id"], {})
+        rows.append({"t": e["t"], "op_id": e["op_id"], "key": e["key"], "kind": e["kind"], "outcome": e["outcome"],
+                     "amount": e.get("amount", 0), "item": e.get("item"), "counterparty": e.get("counterparty"),
+                     "server": e["server"], "role": "receiver" if e.get("counterparty") == key else "actor",
+                     "why": note.get("why"), "tx": note.get("tx"),
+                     "in_final_ledger": None if ledger is None else e["op_id"] in ledger,
+                     "fault_window": _window_of(windows, e["t"])})
+    return rows
+
+
+def _faults(run: _Run, key: str, op_rows: list[dict], windows: list[dict]) -> list[dict[str, Any]]:
+    """The errors that reached an action on `key` (a refusal is no fault) and the store's warnings about it."""
+    faults = [{"t": o["t"], "source": "action", "server": o["server"], "op_id": o["op_id"], "kind": o["kind"],
+               "outcome": o["outcome"], "code": o["why"], "fault_window": o["fault_window"]}
+              for o in op_rows if o["why"] is not None and o["why"] != "Refused"]
+    for t, server, level, text in (run.annotations.get("store_log") or {}).get(key, ()):
+        faults.append({"t": t, "source": "store", "server": server, "level": level, "text": text,
+                       "fault_window": _window_of(windows, t)})
+    return sorted(faults, key=lambda f: (f["t"], f["source"]))
+
+
+def _counterexamples(run: _Run, key: str, op_rows: list[dict], versions: list[dict]) -> list[dict[str, Any]]:
+    """What the failing checks say of `key`, each with the moment it sits at ("from".."to", ms) when one is known:
+    a ledger problem at its op, a double lock over its overlap, a duplicated item from the first action or version
+    that brought it to the last, a negative balance at the last version."""
+    by_op = {o["op_id"]: o for o in op_rows}
+    out = []
+    for m in _moments(run.report.get("checks") or ()):
+        if m["key"] != key:
+            continue
+        moment = {k: v for k, v in m.items() if k != "key"}
+        if m.get("op_id") in by_op:
+            moment["from"] = moment["to"] = by_op[m["op_id"]]["t"]
+        elif m.get("item") is not None:
+            times = [o["t"] for o in op_rows if o["item"] == m["item"]]
+            times += [v["t"] for v in versions if m["item"] in v["diff"]["items_added"]]
+            if times:
+                moment["from"], moment["to"] = min(times), max(times)
+        elif m["check"] == "conservation" and versions:
+            moment["from"] = moment["to"] = versions[-1]["t"]
+        out.append(moment)
+    return out
+
+
 def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if not isinstance(key, str) or not key:
         raise TimelineError(f"KEY must be a non-empty key name, got {key!r}")
@@ -314,18 +367,8 @@ def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None
         final, final_source = next((v["data"] for v in reversed(versions) if not v["deleted"]), None), "world file"
     elif finals is not None and key in finals:
         final, final_source = finals[key], "the run's final read"
-    ledger = set(final.get("ledger", ())) if isinstance(final, dict) else None
-    notes = run.annotations.get("ops") or {}
     windows = _fault_windows(run.scenario)
-    op_rows = []
-    for e in sorted(ops, key=lambda e: (e["t"], e["op_id"])):
-        note = notes.get(e["op_id"], {})
-        role = "receiver" if e.get("counterparty") == key else "actor"
-        window = _window_of(windows, e["t"])
-        op_rows.append({"t": e["t"], "op_id": e["op_id"], "key": e["key"], "kind": e["kind"], "outcome": e["outcome"],
-                        "amount": e.get("amount", 0), "item": e.get("item"), "counterparty": e.get("counterparty"),
-                        "server": e["server"], "role": role, "why": note.get("why"), "tx": note.get("tx"),
-                        "in_final_ledger": None if ledger is None else e["op_id"] in ledger, "fault_window": window})
+    op_rows = _op_rows(run, key, ops, final, windows)
     holds = _holds(locks)
     server_of = {h["session"]: h["server"] for h in holds}
     for v in versions:
@@ -333,29 +376,8 @@ def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None
     servers = sorted({h["server"] for h in holds} | {o["server"] for o in op_rows})
     server_events = [{"t": t, "what": what, "server": server} for t, what, server in run.annotations.get("servers", ())
                      if server in servers and what != "start"]
-    faults = [{"t": o["t"], "source": "action", "server": o["server"], "op_id": o["op_id"], "kind": o["kind"],
-               "outcome": o["outcome"], "code": o["why"], "fault_window": o["fault_window"]}
-              for o in op_rows if o["why"] is not None and o["why"] != "Refused"]
-    for t, server, level, text in (run.annotations.get("store_log") or {}).get(key, ()):
-        faults.append({"t": t, "source": "store", "server": server, "level": level, "text": text,
-                       "fault_window": _window_of(windows, t)})
-    faults.sort(key=lambda f: (f["t"], f["source"]))
-    by_op = {o["op_id"]: o for o in op_rows}
-    counterexamples = []
-    for m in _moments(run.report.get("checks") or ()):
-        if m["key"] != key:
-            continue
-        moment = {k: v for k, v in m.items() if k != "key"}
-        if m.get("op_id") in by_op:
-            moment["from"] = moment["to"] = by_op[m["op_id"]]["t"]
-        elif m.get("item") is not None:
-            times = [o["t"] for o in op_rows if o["item"] == m["item"]]
-            times += [v["t"] for v in versions if m["item"] in v["diff"]["items_added"]]
-            if times:
-                moment["from"], moment["to"] = min(times), max(times)
-        elif m["check"] == "conservation" and versions:
-            moment["from"] = moment["to"] = versions[-1]["t"]
-        counterexamples.append(moment)
+    faults = _faults(run, key, op_rows, windows)
+    counterexamples = _counterexamples(run, key, op_rows, versions)
     duration_ms = int(run.scenario.world.duration * 1000)
     times = [duration_ms] + [h["end"] for h in holds] + [o["t"] for o in op_rows] + [v["t"] for v in versions]
     return {"format": TIMELINE_FORMAT, "key": key, "run_dir": str(run.dir),

@@ -203,3 +203,26 @@ def test_a_bad_key_or_directory_is_refused_with_exit_2(takeover_run, tmp_path, c
     with pytest.raises(TimelineError, match="KEY must be a non-empty"):
         build_timeline(takeover_run, "")
     assert not (tmp_path / "timelines").exists()
+
+
+def test_a_crashed_holder_keeps_the_lock_until_its_ttl_runs_out_as_the_single_holder_checker_counts_it():
+    from lodestore.sim import History
+    from lodestore.sim._checkers import _holds as checker_holds
+    from lodestore.sim._timeline import _holds
+    history = History()
+    history.lock(0, "k", "server_1", "s1", "acquired", 10_000)
+    history.lock(5_000, "k", "server_1", "s1", "refreshed", 12_000)
+    history.lock(7_000, "k", "server_1", "s1", "crashed")
+    history.lock(17_000, "k", "server_2", "s2", "acquired", 10_000)   # the next load, once the TTL ran out
+    history.lock(20_000, "k", "server_2", "s2", "lost")
+    history.lock(30_000, "k", "server_3", "s3", "acquired", 1_000)
+    history.lock(35_000, "k", "server_3", "s3", "crashed")   # long after its lease ran out: held until then only
+    events = [dict(vars(e)) for e in history.lock_events()]
+    crashed, taken, late = _holds(events)
+    assert late["end"] == 31_000
+    assert (crashed["start"], crashed["renewed"], crashed["expires"], crashed["end"]) == (0, 5_000, 17_000, 17_000)
+    assert [s["state"] for s in crashed["states"]] == ["ACTIVE", "ACTIVE", "CRASHED"] and crashed["ended"] == "crashed"
+    assert (taken["server"], taken["end"], taken["ended"], taken["states"][-1]["state"]) == ("server_2", 20_000,
+                                                                                           "lost", "LOCK_LOST")
+    assert [(h["session"], h["start"], h["end"]) for h in (crashed, taken, late)] == [
+        (h.session, h.start, h.end) for h in checker_holds(history.lock_events())]
