@@ -1,7 +1,8 @@
 """Rendering of a finished simulation run: report.json, PNG plots, report.html and the terminal summary.
 
 Owns: the on-disk form of a run's report (`write_report`) and the plain-text summary printed at the end of
-`lodestore simulate` (`summary_table`). The runner builds the report dict; this module only renders it.
+`lodestore simulate` (`summary_table`). The runner builds the report dict; this module only renders it. The page
+links the timelines of the keys the failing checkers name (`sim._timeline.timeline_href`; the runner writes them).
 
 Never does: run a simulation, read the world or a store, mutate the report, or compute a verdict (it shows the
 one it is given). matplotlib is imported lazily, inside the plotting code, so importing this module is cheap.

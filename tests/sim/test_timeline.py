@@ -226,3 +226,29 @@ def test_a_crashed_holder_keeps_the_lock_until_its_ttl_runs_out_as_the_single_ho
                                                                                            "lost", "LOCK_LOST")
     assert [(h["session"], h["start"], h["end"]) for h in (crashed, taken, late)] == [
         (h.session, h.start, h.end) for h in checker_holds(history.lock_events())]
+
+
+def test_without_a_world_file_the_runs_final_read_says_what_is_in_the_ledger(takeover_run, tmp_path):
+    import shutil
+    from lodestore.sim import write_report
+    from lodestore.sim._timeline import write_timelines
+    for name in ("history.json", "scenario.toml"):
+        shutil.copy(takeover_run / name, tmp_path / name)
+    key = "player_00000"
+    final = show_key(str(takeover_run / "world.db"), "players", key)["data"]
+    dropped = final["ledger"][0]   # as if the store had lost it
+    final = {**final, "ledger": final["ledger"][1:]}
+    report = json.loads((takeover_run / "report.json").read_text())
+    report["verdict"], report["run"]["world_path"] = "fail", None   # no world file: as a memory backend's run
+    report["checks"] = [{"name": "acknowledged_writes", "ok": False, "details": {"problems": [
+        f"lost acknowledged write: op {dropped!r} (mint, ok) missing from ledger of {key!r}"]}}]
+    write_report(report, tmp_path)
+    assert write_timelines(tmp_path, report, {key: final}) == {key: tmp_path / "timelines" / f"{key}.html"}
+    tl = json.loads((tmp_path / "timelines" / f"{key}.json").read_text())
+    assert tl["versions"] == [] and "world file" in tl["versions_note"] and "missing" in tl["versions_note"]
+    assert tl["final_source"] == "the run's final read"
+    assert [o["op_id"] for o in tl["ops"] if o["in_final_ledger"] is False and o["outcome"] == "ok"] == [dropped]
+    op = next(o for o in tl["ops"] if o["op_id"] == dropped)
+    assert [(c["check"], c["from"], c["to"]) for c in tl["counterexamples"]] == [("acknowledged_writes", op["t"],
+                                                                                 op["t"])]
+    assert f'href="timelines/{key}.html"' in (tmp_path / "report.html").read_text()
