@@ -102,10 +102,22 @@ class _Run:
         world_path = (self.report.get("run") or {}).get("world_path")
         if not self.world.exists() and isinstance(world_path, str) and Path(world_path).exists():
             self.world = Path(world_path)
+        self._by_key: dict[str, list[dict]] | None = None
 
-    def keys(self) -> set[str]:
-        found = {e["key"] for e in self.events if isinstance(e.get("key"), str)}
-        return found | {e["counterparty"] for e in self.events if isinstance(e.get("counterparty"), str)}
+    def events_of(self, key: str) -> list[dict]:
+        """The lock and op events that touch `key` (a trade touches both its keys), in recording order; the
+        history is indexed once, so that a report's many timelines read it once."""
+        if self._by_key is None:
+            self._by_key = {}
+            for e in self.events:
+                for k in {e.get("key"), e.get("counterparty")}:
+                    if isinstance(k, str):
+                        self._by_key.setdefault(k, []).append(e)
+        return self._by_key.get(key, [])
+
+    def keys(self) -> list[str]:
+        self.events_of("")
+        return sorted(self._by_key)
 
 
 # ------------------------------------------------------------------------------------------------ what the checks name
@@ -147,7 +159,7 @@ def _moments(checks: Sequence[Any]) -> list[dict[str, Any]]:
                             "to": o.get("to")})
         elif name == "no_duplicate_items":
             for item, keys in (details.get("duplicated") or {}).items():
-                for key in keys if isinstance(keys, list) else ():
+                for key in dict.fromkeys(keys) if isinstance(keys, list) else ():   # twice in one inventory: once
                     out.append({"check": name, "key": key, "text": f"item {item!r} is held by {list(keys)}",
                                 "item": item})
         elif name == "conservation":
@@ -352,14 +364,15 @@ def _counterexamples(run: _Run, key: str, op_rows: list[dict], versions: list[di
 def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if not isinstance(key, str) or not key:
         raise TimelineError(f"KEY must be a non-empty key name, got {key!r}")
-    locks = [e for e in run.events if e.get("type") == "lock" and e.get("key") == key]
-    ops = [e for e in run.events if e.get("type") == "op" and key in (e.get("key"), e.get("counterparty"))]
+    touching = run.events_of(key)
+    locks = [e for e in touching if e.get("type") == "lock"]
+    ops = [e for e in touching if e.get("type") == "op"]
     t0 = run.annotations.get("t0_ms")
     if not isinstance(t0, int):
         t0 = virtual.EPOCH_MS + 1000   # the engine's simulated 0 (`_Virtual.t0`) for a history without annotations
     versions, versions_note = _versions(run, key, t0, inspector)
     if not locks and not ops and not versions:
-        known = sorted(run.keys())
+        known = run.keys()
         hint = f" (it knows {len(known)}: {', '.join(known[:5])}{', ...' if len(known) > 5 else ''})" if known else ""
         raise TimelineError(f"no key {key!r} in {run.dir}: no lock, action or version of it{hint}")
     final, final_source = None, None
@@ -674,9 +687,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                         "keeps with each one's diff, transaction markers, the faults that hit its "
                                         "actions, the actions acknowledged to the player, and where a checker's "
                                         "counterexample sits. Writes an HTML page and its JSON beside it.")
-    parser.add_argument("run_dir", type=Path, help="a finished run's directory (report.json, history.json, ...)")
-    parser.add_argument("key", help="the player's key, e.g. player_00003")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's directory (report.json, history.json, ...)")
+    parser.add_argument("key", metavar="KEY", help="the player's key, e.g. player_00003")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
                         help="the HTML file (default RUN_DIR/timelines/KEY.html); the JSON goes beside it")
     parser.set_defaults(func=_run_command)
     return parser

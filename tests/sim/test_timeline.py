@@ -173,6 +173,7 @@ def test_a_failing_runs_report_links_the_timelines_of_the_keys_its_checker_names
 
 
 def test_keys_named_reads_what_each_checker_names():
+    from lodestore.sim._timeline import _moments
     checks = [
         {"name": "conservation", "ok": False, "details": {"negative": ["p1"]}},
         {"name": "acknowledged_writes", "ok": False,
@@ -180,10 +181,11 @@ def test_keys_named_reads_what_each_checker_names():
                                   "duplicated op: 'op8' appears 2 times in ledger of \"p'3\"", "... 4 more"]}},
         {"name": "single_holder", "ok": False, "details": {"overlaps": [
             {"key": "p4", "first": {}, "second": {}, "from": 1, "to": 2}, "... 9 more"]}},
-        {"name": "no_duplicate_items", "ok": False, "details": {"duplicated": {"i": ["p5", "p6"]}}},
+        {"name": "no_duplicate_items", "ok": False, "details": {"duplicated": {"i": ["p5", "p6", "p6"]}}},
         {"name": "no_duplicate_items", "ok": True, "details": {"duplicated": {"i": ["p9"]}}},
     ]
     assert keys_named(checks) == ["p'3", "p1", "p2", "p4", "p5", "p6"]
+    assert [m["key"] for m in _moments(checks) if m["check"] == "no_duplicate_items"] == ["p5", "p6"]
 
 
 def test_the_command_writes_the_page_and_json_where_asked(takeover_run, tmp_path, capsys):
