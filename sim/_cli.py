@@ -23,8 +23,8 @@ from pathlib import Path
 
 from lodestore.sim._inspect import add_parser as add_inspect_parser
 from lodestore.sim._runner import RunOptions, simulate
-from lodestore.sim._timeline import add_parser as add_timeline_parser
 from lodestore.sim._scenario import load_scenario
+from lodestore.sim._timeline import add_parser as add_timeline_parser
 from lodestore.sim.designs import DESIGNS
 from lodestore.storage import ConfigError
 
