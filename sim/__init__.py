@@ -9,6 +9,8 @@
 this process with a manual clock), records the history of every operation and lock, runs the checkers (currency
 conserved, acknowledged writes present, one lock holder at a time, no item duplicated, hot counters exact) and
 writes report.json, report.html and plots (`write_report`, `summary_table`). `sim._inspect` is `lodestore inspect`.
+`shrink` (`lodestore shrink`) turns a failed run into a much smaller scenario and event list that fail the same way
+(`Script` plays a given list in the planner's place, `playable` cuts one to what the planner could have made).
 `compare` runs one scenario once per design (`lodestore.sim.designs`: lyra, datastorer, elite, atomicstore,
 profilestore, naive) and reports side by side; `metrics` and `check_thresholds` are what `[thresholds]` bound.
 
@@ -28,7 +30,8 @@ from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._runner import RunOptions, RunResult, simulate
 from lodestore.sim._compare import CompareResult, compare, compare_table
 from lodestore.sim._metrics import check_thresholds, metrics
-from lodestore.sim._workload import Planned, Planner
+from lodestore.sim._workload import Planned, Planner, Script, events_from_json, events_to_json, playable
+from lodestore.sim._shrink import DEFAULT_BUDGET, ShrinkResult, ShrinkTarget, ShrinkTry, failure_shape, shrink
 
 __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", "write_report", "summary_table",
            "History", "LockEvent", "OpEvent", "CheckResult", "run_checks", "check_conservation",
@@ -36,4 +39,5 @@ __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", 
            "load_scenario", "parse_scenario", "Scenario", "ServeSection", "WorldSection", "Servers", "Players", "ActionRates",
            "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "LatencySection", "REQUEST_TYPES",
            "datastore_latency", "memorystore_latency", "THRESHOLDS", "compare", "CompareResult", "compare_table",
-           "metrics", "check_thresholds"]
+           "metrics", "check_thresholds", "Script", "playable", "events_to_json", "events_from_json", "shrink",
+           "ShrinkResult", "ShrinkTarget", "ShrinkTry", "failure_shape", "DEFAULT_BUDGET"]
