@@ -308,22 +308,27 @@ class _Shrinker:
 
     def tidy(self, best: _Candidate) -> _Candidate:
         """What the list leaves out of the scenario: the players it names renumbered from 0 (the population shrinks
-        to them), the servers count to those it starts, and the run cut soon after its last event."""
+        to them) and its servers from 1 (the servers count to those it starts), and the run cut soon after its last
+        event."""
         events = best.events or ()
         players = list(dict.fromkeys(ev.player for ev in events if ev.player is not None))
         names = {old: player_key(i) for i, old in enumerate(players)}
+        servers = {sid: f"server_{i + 1:04d}" for i, sid in enumerate(
+            dict.fromkeys(ev.server for ev in events if ev.kind == "start"))}
         renamed = tuple(dataclasses.replace(ev, player=names.get(ev.player, ev.player),
+                                            server=servers.get(ev.server, ev.server),
+                                            target_server=servers.get(ev.target_server, ev.target_server),
                                             target=names.get(ev.target, ev.target) if ev.kind == "trade"
                                             else ev.target) for ev in events)
         sc = best.scenario
-        started = len({ev.server for ev in events if ev.kind == "start"})
+        started = len(servers)
         tidier = _valid(dataclasses.replace(
             sc, players=dataclasses.replace(sc.players, population=max(1, len(players))),
             servers=dataclasses.replace(sc.servers, count=max(1, started))))
-        if tidier is not None and (tidier.players.population, tidier.servers.count) != (sc.players.population,
-                                                                                       sc.servers.count):
+        if tidier is not None and (renamed != events or tidier != sc):
             candidate = _Candidate(tidier, best.hosts, renamed)
-            what = [f"players renumbered: population {sc.players.population} -> {tidier.players.population}"
+            what = ["players and servers renumbered",
+                    f"players.population {sc.players.population} -> {tidier.players.population}"
                     if tidier.players.population != sc.players.population else "",
                     f"servers.count {sc.servers.count} -> {tidier.servers.count}"
                     if tidier.servers.count != sc.servers.count else ""]

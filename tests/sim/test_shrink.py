@@ -164,6 +164,26 @@ def test_a_broken_store_shrinks_to_a_few_players_and_minutes_that_still_fail_the
     assert main(["replay", str(out), "--in-process", "--no-progress", "--out", str(tmp_path / "replay")]) == 0
 
 
+def test_lodestore_shrink_on_the_command_line(broken, tmp_path, capsys):
+    _failed_run(tmp_path, _scenario("drops-write"))
+    out = tmp_path / "small"
+    assert main(["shrink", str(tmp_path / "run"), "--budget", "30", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"shrunk: {out}" in printed and "try   1" in printed
+    assert {"report.json", "scenario.toml", "events.json", "history.json", "shrink.json", "shrink.log"} <= {
+        p.name for p in out.iterdir()}
+    assert main(["shrink", str(tmp_path / "run"), "--budget", "30", "--out", str(out)]) == 2   # not empty now
+    assert "not an empty directory" in capsys.readouterr().err
+
+
+def test_a_budget_of_seconds_spent_at_once_keeps_the_run_as_it_was(broken, tmp_path):
+    run = _failed_run(tmp_path, _scenario("drops-write"))
+    result = shrink(tmp_path / "run", budget_seconds=1e-9, stream=io.StringIO())
+    assert result.tries == () and result.budget_spent and result.reproduced
+    assert result.scenario.players.population == run.report["scenario"]["players"]["population"]
+    assert len(result.events) == run.report["run"]["events_planned"]
+
+
 def test_the_same_run_shrinks_to_the_same_result(broken, tmp_path):
     _failed_run(tmp_path, _scenario("double-trade", trade=2))
     first = shrink(tmp_path / "run", budget=40, out=tmp_path / "one", stream=io.StringIO())
