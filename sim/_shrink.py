@@ -213,7 +213,7 @@ class _Shrinker:
 
     def fails(self, candidate: _Candidate, phase: str, change: str) -> bool:
         """Run `candidate` in process: whether it fails the same way (a candidate played before answers as then)."""
-        events = candidate.played()
+        events = candidate.events   # None: the planner's, played as a run of the scenario plays them
         seen = (scenario_toml(candidate.scenario), candidate.hosts, events)
         if seen in self._seen:
             if self._seen[seen]:
@@ -227,7 +227,7 @@ class _Shrinker:
         world = self.scratch / f"try-{n}"
         scenario = dataclasses.replace(candidate.scenario, world=dataclasses.replace(
             candidate.scenario.world, path=str(world / "world.db")))
-        detail = None
+        detail, played = None, len(events) if events is not None else 0
         wall0 = time.monotonic()
         try:
             result = simulate(scenario, RunOptions(engine="in-process", hosts=candidate.hosts, write_files=False,
@@ -240,6 +240,7 @@ class _Shrinker:
             if result.report["run"]["stopped_early"]:   # Ctrl-C during the try: stop shrinking
                 self.spent = True
                 raise _Spent
+            played = result.report["run"]["events_planned"]
             kept = self.failure.found_in(result.checks) is not None
             other = [c for c in result.checks if not c.ok]
             verdict = "fails the same way" if kept else "fails otherwise" if other else "passes"
@@ -248,9 +249,9 @@ class _Shrinker:
         finally:
             shutil.rmtree(world, ignore_errors=True)
         wall = time.monotonic() - wall0
-        self.tries.append(ShrinkTry(n, phase, change, verdict, kept, round(wall, 3), len(events), detail))
+        self.tries.append(ShrinkTry(n, phase, change, verdict, kept, round(wall, 3), played, detail))
         self.say(f"try {n:>3}  {phase:<7} {change}: {verdict}{f' ({detail})' if detail else ''}  "
-                 f"[{len(events)} events, {wall:.2f} s]")
+                 f"[{played} events, {wall:.2f} s]")
         self._seen[seen] = kept
         if kept:
             self.best = candidate
@@ -480,7 +481,7 @@ def shrink(run_dir: str | Path, *, budget: int | None = None, budget_seconds: fl
     with tempfile.TemporaryDirectory(prefix="lodestore-shrink-") as scratch:
         shrinker = _Shrinker(failure, budget, budget_seconds, stream, Path(scratch))
         shrinker.say(f"shrinking {run_dir}: keeping {failure.checker} failing as {failure.shape!r}")
-        shrinker.say(f"from {_describe(original)}; budget: "
+        shrinker.say(f"from {_describe(original, report['run'].get('events_planned'))}; budget: "
                      f"{f'{budget} tries' if budget is not None else f'{budget_seconds:g} s'}")
         best = original
         try:
@@ -505,23 +506,26 @@ def shrink(run_dir: str | Path, *, budget: int | None = None, budget_seconds: fl
     return result
 
 
-def _describe(c: _Candidate) -> str:
-    sc = c.scenario
-    return (f"{sc.players.population} players, {sc.servers.count} servers, {sc.world.duration:g} s, "
-            f"{len(sc.faults)} fault windows, {c.hosts} hosts, {len(c.played())} events")
+def _describe(c: _Candidate, events: int | None = None) -> str:
+    summary = _summary(c, events)
+    return (f"{summary['population']} players, {summary['servers']} servers, {summary['duration_s']:g} s, "
+            f"{summary['fault_windows']} fault windows, {summary['hosts']} hosts, {summary['events']} events")
 
 
-def _summary(c: _Candidate) -> dict:
+def _summary(c: _Candidate, events: int | None = None) -> dict:
+    """The figures a shrink makes smaller; `events`: the candidate's event count when known (else counted)."""
     sc = c.scenario
     return {"population": sc.players.population, "servers": sc.servers.count, "duration_s": sc.world.duration,
-            "fault_windows": len(sc.faults), "hosts": c.hosts, "events": len(c.played())}
+            "fault_windows": len(sc.faults), "hosts": c.hosts,
+            "events": events if events is not None else len(c.played())}
 
 
 def _write_log(out: Path, run_dir: Path, report: dict, failure: ShrinkTarget, original: _Candidate,
                result: ShrinkResult, lines: list[str]) -> None:
     final = _Candidate(result.scenario, result.hosts, result.events)
     log = {"format": 1, "run_dir": str(run_dir), "run_digest": report.get("digest"),
-           "failure": dataclasses.asdict(failure), "original": _summary(original), "shrunk": _summary(final),
+           "failure": dataclasses.asdict(failure),
+           "original": _summary(original, report["run"].get("events_planned")), "shrunk": _summary(final),
            "reproduced": result.reproduced, "digest": result.final.report["digest"], "wall_s": result.wall_s,
            "budget_spent": result.budget_spent, "tries": [dataclasses.asdict(t) for t in result.tries]}
     (out / "shrink.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
