@@ -14,7 +14,14 @@ try's outcome is a function of what it runs, so the same run always shrinks to t
    (Zeller's ddmin): first over the players (all of a player's events at once), then over single events. A
    candidate is cut to what is `playable` (`sim._workload`): an event whose premise went with a removed one (the
    actions of a player whose join is gone, anything on a server that never started, a trade whose taker is not
-   there) is dropped with it, so every list played is one the planner could have made.
+   there) is dropped with it, so every list played is one the planner could have made;
+3. tidying: the players the list names renumbered from 0 and its servers from 1 (the population and servers count
+   shrink to them), and the run cut soon after its last event, each kept only if the run still fails the same way.
+
+A knob try runs its scenario as `lodestore simulate` would (its planner); an event try plays its list through a
+`Script` (`RunOptions.events`), and the phase starts by playing the whole plan as a list, which must fail the same
+way (a `Script` of the plan gives the plan's own history). A try that breaks the harness counts as not failing. The
+final run (the smallest failing candidate, played again with its report written) is outside the budget.
 
 Output, in `out` (default RUN_DIR/shrunk): the final run's report (report.json, report.html, history.json,
 scenario.toml, events.json: `lodestore replay OUT` plays them and checks the digest), and the shrink's own log:
