@@ -1,9 +1,11 @@
-"""`lodestore shrink`: a run of a deliberately broken store (designs registered by these tests only) shrinks to a
-few players, a few minutes and a handful of events that still fail the same checker the same way, the same every
-time; its output replays to the same digest; a run that passed, and a directory that is not a run, are refused."""
+"""`lodestore shrink`: a run of a deliberately broken store (one that drops a write, one that double-applies a
+trade, one that grants two locks: made by these tests only) shrinks to a few players, a few minutes and a handful of
+events that still fail the same checker the same way, the same every time; its output replays to the same digest; a
+run that passed, and a directory that is not a run, are refused."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 
@@ -88,12 +90,28 @@ def no_plots(monkeypatch):
     monkeypatch.setattr("lodestore.sim._report._write_plots", lambda series, out: {})
 
 
+def _grants_held_locks(monkeypatch) -> None:
+    """Lyra's lock items (a MemoryStore hash map) hand a lock another session holds to whoever claims it: a store
+    that grants two locks."""
+    items = importlib.import_module("lodestore.actors._lease")._HashMapItems
+    update = items.update
+
+    async def blind(self, key, fn):
+        def claim(old):
+            new = fn(old)
+            return fn(None) if new is None and old is not None else new
+        return await update(self, key, claim)
+    monkeypatch.setattr(items, "update", blind)
+
+
 @pytest.fixture
 def broken(monkeypatch):
-    """The broken designs, registered for one test (a naive design's lock is no lock at all: it grants two)."""
+    """The broken stores, registered for one test: two designs of their own, and lyra over lock items that grant
+    two locks (the design "two-locks")."""
     monkeypatch.setitem(DESIGNS, "drops-write", _design("drops-write", _DropsFirstWrite))
     monkeypatch.setitem(DESIGNS, "double-trade", _design("double-trade", _DoubleCredit))
-    monkeypatch.setitem(DESIGNS, "two-locks", DESIGNS["naive"])
+    monkeypatch.setitem(DESIGNS, "two-locks", DESIGNS["lyra"])
+    _grants_held_locks(monkeypatch)
 
 
 def _scenario(design: str, teleport: float = 0.0, trade: float = 0.0):
