@@ -13,8 +13,9 @@ try's outcome is a function of what it runs, so the same run always shrinks to t
 2. the event list of the reduced scenario (the planner's, which depends on its seed only), by delta debugging
    (Zeller's ddmin): first over the players (all of a player's events at once), then over single events. A
    candidate is cut to what is `playable` (`sim._workload`): an event whose premise went with a removed one (the
-   actions of a player whose join is gone, anything on a server that never started, a trade whose taker is not
-   there) is dropped with it, so every list played is one the planner could have made;
+   actions of a player whose join is gone, anything on a server whose start is gone, a trade whose taker never
+   joined the taker's server) is dropped with it; what stays may still meet a player who left or a server that is
+   down (as the plan's own events can), and is played as the plan's are: such an action fails as not loaded;
 3. tidying: the players the list names renumbered from 0 and its servers from 1 (the population and servers count
    shrink to them), and the run cut soon after its last event, each kept only if the run still fails the same way.
 

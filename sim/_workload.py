@@ -364,18 +364,20 @@ _EVENTS_FORMAT = 1
 
 
 def playable(events: Iterable[Planned], population: int) -> list[Planned]:
-    """The events of `events` (in time order, ties in list order) that the planner could have made together: what
-    is left of a plan once some of its events were taken out (`lodestore shrink`) or a list was edited by hand.
+    """The events of `events` (in time order, ties in list order) whose premises are in the list too: what is left
+    of a plan once some of its events were taken out (`lodestore shrink`), or of a list edited by hand. A plan is
+    playable as it is (`playable(plan) == plan`).
 
-    An event whose premise is gone is dropped with it: one on a server that never started (or already stopped or
-    crashed); a join on such a server; a leave, teleport or action of a player who is not on that server (say, one
-    whose join was taken out); a teleport to a server not up; a trade whose taker is not on the taker's server; any
+    An event is dropped when what it stands on is not there: anything on a server that never started before it (a
+    teleport or trade towards one too); a leave, teleport or action of a player who never joined (or teleported to)
+    its server before it, say one whose join was taken out; a trade whose taker never joined the taker's server; any
     event of a player outside the scenario's population (the final read would never see its data). What the planner
-    never promised is kept: a player may stay on a server whose crash or leave was taken out and join another (a
-    stalled server's players do the same), and the simulated servers play it as Roblox would."""
-    live: set[str] = set()
+    makes alike is kept: an action of a player who joined its server but is not on it any more (the plan has those:
+    a stalled server's late leave, a crash) is played, and fails as not loaded, as it does in the plan's own run; a
+    player may stay on a server whose crash or leave was taken out and join another meanwhile (the simulated servers
+    play that as Roblox would, two sessions contending for one key)."""
     started: set[str] = set()
-    present: set[tuple[str, str]] = set()   # (player, server)
+    joined: set[tuple[str | None, str | None]] = set()   # (player, server) of every join and teleport so far
     known = {player_key(i) for i in range(population)}
     out = []
     for ev in sorted(events, key=lambda ev: ev.t):
@@ -385,25 +387,18 @@ def playable(events: Iterable[Planned], population: int) -> list[Planned]:
             if ev.server in started:
                 continue
             started.add(ev.server)
-            live.add(ev.server)
-        elif ev.server not in live:
+        elif ev.server not in started:
             continue
-        elif ev.kind in ("stop", "crash"):
-            live.discard(ev.server)
-            present = {p for p in present if p[1] != ev.server}
         elif ev.kind == "join":
-            present.add((ev.player, ev.server))
-        elif ev.kind != "stall":
-            if (ev.player, ev.server) not in present:
+            joined.add((ev.player, ev.server))
+        elif ev.kind not in ("stop", "crash", "stall"):
+            if (ev.player, ev.server) not in joined:
                 continue
-            if ev.kind == "leave":
-                present.discard((ev.player, ev.server))
-            elif ev.kind == "teleport":
-                if ev.target_server not in live:
+            if ev.kind == "teleport":
+                if ev.target_server not in started:
                     continue
-                present.discard((ev.player, ev.server))
-                present.add((ev.player, ev.target_server))
-            elif ev.kind == "trade" and (ev.target not in known or (ev.target, ev.target_server) not in present):
+                joined.add((ev.player, ev.target_server))
+            elif ev.kind == "trade" and (ev.target not in known or (ev.target, ev.target_server) not in joined):
                 continue
         out.append(ev)
     return out
@@ -411,8 +406,9 @@ def playable(events: Iterable[Planned], population: int) -> list[Planned]:
 
 class Script:
     """A given event list played in the planner's place (`RunOptions.events`), with the planner's interface: the
-    engine cannot tell them apart, so a run of a script is as deterministic as one of a plan. The list is first cut
-    to what is `playable`; `lose` crashes servers as the planner's does (their players simply stay offline)."""
+    engine cannot tell them apart, so a run of a script is as deterministic as one of a plan, and a script of a plan
+    gives the plan's own history. The list is first cut to what is `playable` and to the run's duration; `lose`
+    crashes servers as the planner's does (their players stay offline: no rejoin is planned for them)."""
 
     def __init__(self, scenario: Scenario, events: Iterable[Planned]) -> None:
         self.scenario = scenario

@@ -131,8 +131,14 @@ def _quiet_run(scenario, out, **options):
 
 
 def test_the_plan_played_as_a_list_is_the_same_run_and_is_written_beside_it(broken, tmp_path):
-    scenario = _scenario("double-trade", trade=2)
+    # stalls, crashes, teleports: the plan's quirks (a stalled server's late leave) are played as they are
+    text = SCENARIO.format(design="double-trade", teleport=0.03, trade=2).replace(
+        "error_rate = {", "server_crash_rate = 0.02\nlock_stall_rate = 0.05\nerror_rate = {").replace(
+        "step = 5", "step = 5\nstart_rate = 0.02\nstop_rate = 0.01\ncrash_rate = 0.005")
+    scenario = parse_scenario(text)
     events = tuple(Planner(scenario))
+    assert {"stall", "crash", "teleport"} <= {ev.kind for ev in events}
+    assert playable(events, scenario.players.population) == list(events)
     planned = _quiet_run(scenario, tmp_path / "planned")
     scripted = _quiet_run(scenario, tmp_path / "scripted", events=events)
     assert scripted.report["digest"] == planned.report["digest"]
@@ -276,8 +282,12 @@ def test_playable_drops_what_depends_on_a_removed_event():
     assert playable(full, population=2) == [start, other, join_a, join_b, mint, trade]
     assert playable([start, other, join_b, mint, trade], population=2) == [start, other, join_b]   # no join of a
     assert playable([start, join_a, mint, trade], population=2) == [start, join_a, mint]          # no taker
-    crash = Planned(15, "crash", "s1")
-    assert playable([start, join_a, crash, mint], population=2) == [start, join_a, crash]
+    crash = Planned(15, "crash", "s1")   # the player joined s1: its mint is played (and fails as not loaded)
+    assert playable([start, join_a, crash, mint], population=2) == [start, join_a, crash, mint]
+    teleport = Planned(12, "teleport", "s1", "player_00000", target_server="s2")
+    after = Planned(20, "mint", "s2", "player_00000", "op4", 1)
+    assert playable([start, other, join_a, teleport, after], population=2) == [start, other, join_a, teleport, after]
+    assert playable([start, other, teleport, after], population=2) == [start, other]   # no join: no teleport
 
 
 def test_a_script_plays_only_what_is_playable(tmp_path):
