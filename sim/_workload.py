@@ -413,7 +413,7 @@ class Script:
     def __init__(self, scenario: Scenario, events: Iterable[Planned]) -> None:
         self.scenario = scenario
         self.hot_keys = tuple(hot_key_name(i, scenario.hot_keys.kinds) for i in range(scenario.hot_keys.count))
-        end = int(round(scenario.world.duration * 1000))
+        self._end = end = int(round(scenario.world.duration * 1000))
         self.events = [ev for ev in playable(events, scenario.players.population) if ev.t < end]
         self._next = 0
         self._limit = 0
@@ -424,7 +424,7 @@ class Script:
     def until(self, t_ms: int) -> list[Planned]:
         """Every event with time < t_ms not handed out yet, in order (a lost server's crash first)."""
         out, self._pending = self._pending, []
-        self._limit = max(self._limit, t_ms)
+        self._limit = max(self._limit, min(t_ms, self._end))
         while self._next < len(self.events) and self.events[self._next].t < t_ms:
             out.append(self.events[self._next])
             self._next += 1

@@ -301,6 +301,19 @@ def test_a_script_plays_only_what_is_playable(tmp_path):
     assert result.report["totals"]["ops_by_kind"]["mint"]["ok"] == 1
 
 
+def test_a_script_crashes_the_servers_of_a_lost_host_and_drops_their_later_events():
+    from lodestore.sim import Planned
+    events = (Planned(0, "start", "s1"), Planned(0, "start", "s2"), Planned(10, "join", "s1", "player_00000"),
+              Planned(20, "join", "s2", "player_00001"), Planned(900, "mint", "s1", "player_00000", "op1", 5),
+              Planned(900, "mint", "s2", "player_00001", "op2", 5))
+    script = Script(_scenario("lyra"), events)
+    assert script.until(100) == list(events[:4]) and script.online == 2
+    assert script.lose(["s1", "s9"]) == ["s1"]
+    assert script.next_at() == 100
+    assert script.until(1000) == [Planned(100, "crash", "s1"), events[5]]
+    assert script.online == 1 and script.next_at() is None
+
+
 def test_bad_event_lists_are_refused_by_name():
     with pytest.raises(ConfigError, match="not an event list"):
         events_from_json([])
