@@ -118,16 +118,15 @@ def _scenario(design: str, teleport: float = 0.0, trade: float = 0.0):
     return parse_scenario(SCENARIO.format(design=design, teleport=teleport, trade=trade))
 
 
-def _failed_run(tmp_path, scenario, name="run"):
-    result = simulate(scenario, RunOptions(out=tmp_path / name, engine="in-process", progress=False,
-                                           stream=io.StringIO()))
-    assert not result.ok
-    return result
-
-
 def _quiet_run(scenario, out, **options):
     return simulate(scenario, RunOptions(out=out, engine="in-process", progress=False, stream=io.StringIO(),
                                          **options))
+
+
+def _failed_run(tmp_path, scenario, name="run"):
+    result = _quiet_run(scenario, tmp_path / name)
+    assert not result.ok
+    return result
 
 
 def test_the_plan_played_as_a_list_is_the_same_run_and_is_written_beside_it(broken, tmp_path):
@@ -155,6 +154,14 @@ STORES = {
     "double-trade": (None, "coins created", {"trade": 2}),
     "two-locks": ("single_holder", "double lock on '…'", {"teleport": 0.05}),
 }
+
+
+@pytest.mark.parametrize("store, sound", [("drops-write", "naive"), ("double-trade", "naive"),
+                                          ("two-locks", "lyra")])
+def test_the_same_storm_passes_the_kept_checker_on_the_store_left_unbroken(tmp_path, store, sound):
+    checker, _, knobs = STORES[store]
+    result = _quiet_run(_scenario(sound, **knobs), tmp_path / "run")
+    assert next(c for c in result.checks if c.name == (checker or "conservation")).ok
 
 
 @pytest.mark.parametrize("store", sorted(STORES))
