@@ -11,6 +11,8 @@ conserved, acknowledged writes present, one lock holder at a time, no item dupli
 writes report.json, report.html and plots (`write_report`, `summary_table`). `sim._inspect` is `lodestore inspect`.
 `build_timeline` / `write_timeline` tell one key's story in a finished run (`lodestore timeline`; the report links
 the timelines of the keys its checkers name, `keys_named`).
+`shrink` (`lodestore shrink`) turns a failed run into a much smaller scenario and event list that fail the same way
+(`Script` plays a given list in the planner's place, `playable` cuts one to what the planner could have made).
 `compare` runs one scenario once per design (`lodestore.sim.designs`: lyra, datastorer, elite, atomicstore,
 profilestore, naive) and reports side by side; `metrics` and `check_thresholds` are what `[thresholds]` bound.
 
@@ -30,8 +32,9 @@ from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._runner import RunOptions, RunResult, simulate
 from lodestore.sim._compare import CompareResult, compare, compare_table
 from lodestore.sim._metrics import check_thresholds, metrics
-from lodestore.sim._workload import Planned, Planner
+from lodestore.sim._workload import Planned, Planner, Script, events_from_json, events_to_json, playable
 from lodestore.sim._timeline import TimelineError, build_timeline, keys_named, write_timeline
+from lodestore.sim._shrink import DEFAULT_BUDGET, ShrinkResult, ShrinkTarget, ShrinkTry, failure_shape, shrink
 
 __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", "write_report", "summary_table",
            "History", "LockEvent", "OpEvent", "CheckResult", "run_checks", "check_conservation",
@@ -40,4 +43,6 @@ __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", 
            "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "LatencySection", "REQUEST_TYPES",
            "datastore_latency", "memorystore_latency", "THRESHOLDS", "compare", "CompareResult", "compare_table",
            "metrics", "check_thresholds",
-           "build_timeline", "write_timeline", "keys_named", "TimelineError"]
+           "build_timeline", "write_timeline", "keys_named", "TimelineError",
+           "Script", "playable", "events_to_json", "events_from_json", "shrink",
+           "ShrinkResult", "ShrinkTarget", "ShrinkTry", "failure_shape", "DEFAULT_BUDGET"]

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_simulate)
     replay = sub.add_parser("replay", help="run a finished run's scenario and seed again; check the history digest",
                             description="Run RUN_DIR's scenario.toml again (same seed, same host count, the same "
-                                        "engine unless told) and say whether the history digest matches the "
+                                        "engine unless told; its events.json instead of the plan when it has one, "
+                                        "as a shrink's result does) and say whether the history digest matches the "
                                         "report's. With --until T, stop at simulated second T and leave the world "
                                         "file (for `lodestore inspect`) instead.")
     replay.add_argument("run_dir", type=Path, help="a run's report directory (it holds report.json and scenario.toml)")
@@ -58,6 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--address", default=None, help="join a running Ray cluster; default: local Ray")
     replay.add_argument("--no-progress", action="store_true", help="plain progress lines even on a terminal")
     replay.set_defaults(func=_replay)
+    shr = sub.add_parser("shrink", help="find a much smaller scenario and event list that fail the same way",
+                         description="From a failed run's directory, find a much smaller scenario (fewer players, "
+                                     "servers, fault windows, a shorter run, lower rates), then the smallest event "
+                                     "list (delta debugging), that still fail the same checker the same way; every "
+                                     "try runs in this process, one progress line each. Writes the final run's "
+                                     "report with scenario.toml and events.json (`lodestore replay OUT` plays them) "
+                                     "and the shrink's log (shrink.json, shrink.log). Exits 0 when the result fails "
+                                     "the same way, 1 when it does not, 2 for bad input or a run that passed.")
+    shr.add_argument("run_dir", type=Path, help="a failed run's report directory (report.json, scenario.toml)")
+    budget = shr.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=int, default=None, metavar="N",
+                        help="at most N tries (default 150; the same run always shrinks to the same result)")
+    budget.add_argument("--budget-seconds", type=float, default=None, metavar="S",
+                        help="at most S wall seconds instead (the result then depends on the machine's speed)")
+    shr.add_argument("--out", type=Path, default=None, help="where the result goes (default: RUN_DIR/shrunk)")
+    shr.add_argument("--checker", default=None, metavar="NAME",
+                     help="the failing checker to keep (default: the first that failed)")
+    shr.set_defaults(func=_shrink)
     cmp = sub.add_parser("compare", help="run one scenario against several designs and report side by side",
                          description="Run SCENARIO once per design (the same seed: the same players, actions and "
                                      "faults) and write one comparison: every checker's verdict, writes lost, items "
@@ -120,16 +139,24 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 def _compare(args: argparse.Namespace) -> int:
     """0: every design met the scenario's thresholds (or it sets none); 1: one did not; 2: bad input."""
     from lodestore.sim._compare import compare
-    try:
+
+    def run() -> int:
         scenario = _override(load_scenario(args.scenario), args)
         designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-        options = _run_options(args)
-        return compare(scenario, designs, options).exit_status
+        return compare(scenario, designs, _run_options(args)).exit_status
+    return _guarded("compare", run, " (no comparison)")
+
+
+def _guarded(command: str, run, abandoned: str = "") -> int:
+    """`run()`'s exit status, or 2 for bad input (ConfigError, OSError: a message, no traceback), or 130 when Ctrl-C
+    abandoned it."""
+    try:
+        return run()
     except (ConfigError, OSError) as exc:
-        print(f"lodestore compare: {exc}", file=sys.stderr)
+        print(f"lodestore {command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nlodestore compare: abandoned (no comparison)", file=sys.stderr)
+        print(f"\nlodestore {command}: abandoned{abandoned}", file=sys.stderr)
         return 130
 
 
@@ -165,6 +192,17 @@ def _run(command: str, scenario, options: RunOptions):
         return 130
 
 
+def _saved_events(run_dir: Path):
+    """The event list a run played instead of its plan (its events.json), or None when it played its plan."""
+    import json
+
+    from lodestore.sim._workload import events_from_json
+    path = run_dir / "events.json"
+    if not path.is_file():
+        return None
+    return tuple(events_from_json(json.loads(path.read_text(encoding="utf-8")), str(path)))
+
+
 def _replay(args: argparse.Namespace) -> int:
     """0: the digest matches (or --until stopped where asked); 1: it differs; 2: not a run directory."""
     import dataclasses
@@ -182,8 +220,9 @@ def _replay(args: argparse.Namespace) -> int:
         scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, path=None))
         out = args.out if args.out is not None else _default_replay_out(args.run_dir)
         engine = "in-process" if args.in_process else "ray"
+        events = _saved_events(args.run_dir)
         options = RunOptions(out=out, engine=engine, address=args.address, hosts=run["hosts"], until=args.until,
-                             progress=False if args.no_progress else None)
+                             progress=False if args.no_progress else None, events=events)
     except (ConfigError, OSError, KeyError, ValueError) as exc:
         print(f"lodestore replay: {args.run_dir}: {exc}", file=sys.stderr)
         return 2
@@ -199,6 +238,18 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
     print(f"replay differs: digest {digest}, the run's {expected}", file=sys.stderr)
     return 1
+
+
+def _shrink(args: argparse.Namespace) -> int:
+    """0: the shrunk run fails the same way; 1: it does not; 2: bad input (not a run, a run that passed)."""
+    from lodestore.sim._shrink import shrink
+
+    def run() -> int:
+        result = shrink(args.run_dir, budget=args.budget, budget_seconds=args.budget_seconds, out=args.out,
+                        checker=args.checker)
+        print(f"shrunk: {result.out}")
+        return 0 if result.reproduced else 1
+    return _guarded("shrink", run)
 
 
 def _serve(args: argparse.Namespace) -> int:

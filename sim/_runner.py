@@ -11,9 +11,11 @@ they recorded every few simulated seconds and skips idle stretches. Simulated ti
 run is a function of its scenario, seed and host count, on Ray as in one process, whatever the machine's load (the
 report's `digest` says so). `world.time_scale` only paces a run to wall time for someone watching live.
 
-The event sequence is the planner's, a function of the scenario and its seed. At the end (or on Ctrl-C) every server
-still up runs BindToClose, the final data of every player is read from storage, the checkers run, and the report
-is written; `RunOptions.until` stops the play at a simulated time instead and leaves the world file as it was then.
+The event sequence is the planner's, a function of the scenario and its seed, or a given list (`RunOptions.events`,
+played by a `Script` with the planner's interface: `lodestore shrink` and the replay of its output). At the end (or
+on Ctrl-C) every server still up runs BindToClose, the final data of every player is read from storage, the checkers
+run, and the report is written; `RunOptions.until` stops the play at a simulated time instead and leaves the world
+file as it was then.
 
 Never does: choose events (the planner), execute them (the hosts) or render the report (`sim._report`).
 """
@@ -45,7 +47,7 @@ from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary, memorystore_latency,
                                      scenario_toml, store_config)
 from lodestore.sim._timeline import TimelineError, write_timelines
-from lodestore.sim._workload import Planned, Planner, player_key
+from lodestore.sim._workload import Planned, Planner, Script, events_to_json, player_key
 from lodestore.sim.designs import design
 from lodestore.storage import (ACTOR_FAILURES, MEMORYSTORE_FAULT_KEYS, MEMORYSTORE_NAME, MESSAGING_NAME, ConfigError,
                                FaultConfig, Latency, ManualClock, Outage, StorageUsage, datastore_name, virtual)
@@ -68,6 +70,8 @@ class RunOptions:
                                        # report; the world file is left as it was then (`lodestore replay --until`)
     dashboard: bool = False            # start local Ray with its dashboard on 127.0.0.1 (and say its URL)
     stop: threading.Event | None = None   # set it to stop the play as a Ctrl-C does (BindToClose, checks, report)
+    events: tuple[Planned, ...] | None = None   # play these events instead of the planner's (`Script`: what is
+                                       # `playable` of them); the run writes them to events.json (`lodestore shrink`)
 
     def __post_init__(self) -> None:
         if self.engine not in ("ray", "in-process"):
@@ -82,6 +86,10 @@ class RunOptions:
                               "--in-process, and a cluster (--address) has its own dashboard", field="dashboard")
         if self.stop is not None and not isinstance(self.stop, threading.Event):
             raise ConfigError(f"stop must be a threading.Event, got {self.stop!r}", field="stop")
+        if self.events is not None and (not isinstance(self.events, tuple)
+                                        or not all(isinstance(ev, Planned) for ev in self.events)):
+            raise ConfigError(f"events must be a tuple of Planned events, got {type(self.events).__name__}",
+                              field="events")
         if self.until is not None and (isinstance(self.until, bool) or not isinstance(self.until, (int, float))
                                        or not math.isfinite(self.until) or self.until < 0):
             raise ConfigError(f"until must be a number of simulated seconds >= 0, got {self.until!r}")
@@ -295,12 +303,12 @@ def _default_out(scenario: Scenario) -> Path:
     return out
 
 
-def _default_replay_out(run_dir: Path) -> Path:
-    """RUN_DIR/replay, with -2, -3, ... when an earlier replay has it."""
-    out, n = run_dir / "replay", 1
+def _default_replay_out(run_dir: Path, name: str = "replay") -> Path:
+    """RUN_DIR/replay (or RUN_DIR/`name`), with -2, -3, ... when an earlier one has it."""
+    out, n = run_dir / name, 1
     while out.exists():
         n += 1
-        out = run_dir / f"replay-{n}"
+        out = run_dir / f"{name}-{n}"
     return out
 
 
@@ -373,6 +381,7 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
            "player_hours": round(player_hours, 3),
            "player_hours_per_s": round(player_hours / wall, 3) if wall > 0 else 0.0,
            "hosts": engine.host_count, "world_path": path, "events_planned": engine.planned,
+           "scripted": options.events is not None,
            "wall_s_playing": round(engine.play_wall_s, 3), "host_nodes": engine.host_nodes,
            "hosts_lost": engine.lost_hosts, "hop_ms": engine.hop_ms, "windows": engine.windows,
            "node_steps": engine.steps, "messages": engine.messages,
@@ -402,6 +411,9 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
         files["history"] = history_path
         files["scenario"] = out / "scenario.toml"   # exactly what ran, overrides included: `lodestore replay`
         files["scenario"].write_text(scenario_toml(scenario), encoding="utf-8")
+        if options.events is not None:   # what was played instead of the plan: `lodestore replay` plays it again
+            files["events"] = out / "events.json"
+            files["events"].write_text(json.dumps(events_to_json(engine.planner.events)), encoding="utf-8")
         try:   # the timelines of the keys a checker names, where report.html links them
             files["timelines"] = write_timelines(out, report, engine.final)
         except TimelineError as exc:
@@ -433,7 +445,7 @@ class _Engine:
         self.scenario = scenario
         self.options = options
         self.path = path
-        self.planner = Planner(scenario)
+        self.planner = Planner(scenario) if options.events is None else Script(scenario, options.events)
         world = scenario.world
         self.host_count = options.hosts or max(1, min(2, scenario.servers.count))
         self.router = _Router(self.host_count)

@@ -27,11 +27,13 @@ import heapq
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from lodestore.sim._scenario import Scenario
+from lodestore.storage import ConfigError
 
-__all__ = ["Planned", "Planner", "EVENT_KINDS", "ACTION_KINDS", "player_key", "hot_key_name"]
+__all__ = ["Planned", "Planner", "Script", "playable", "events_to_json", "events_from_json", "EVENT_KINDS",
+           "ACTION_KINDS", "player_key", "hot_key_name"]
 
 ACTION_KINDS = ("mint", "grant", "purchase", "trade", "hot")
 """Player actions: earn coins, get an item, buy an item with coins (saved before it is granted), give coins (and the
@@ -354,3 +356,158 @@ class Planner:
         self._emit(Planned(t, kind, self.location[key], key, op, amount, f"item-{op}" if item else None, target,
                            target_server))
         self._arm(f"act_{kind}", key, epoch, self._exponential(t, self._action_rates[kind]))
+
+
+# ------------------------------------------------------------------------------------------ a given event list
+
+_EVENTS_FORMAT = 1
+
+
+def playable(events: Iterable[Planned], population: int) -> list[Planned]:
+    """The events of `events` (in time order, ties in list order) whose premises are in the list too: what is left
+    of a plan once some of its events were taken out (`lodestore shrink`), or of a list edited by hand. A plan is
+    playable as it is (`playable(plan) == plan`).
+
+    An event is dropped when what it stands on is not there: anything on a server that never started before it (a
+    teleport or trade towards one too); a leave, teleport or action of a player who never joined (or teleported to)
+    its server before it, say one whose join was taken out; a trade whose taker never joined the taker's server; any
+    event of a player outside the scenario's population (the final read would never see its data). What the planner
+    makes alike is kept: an action of a player who joined its server but is not on it any more (the plan has those:
+    a stalled server's late leave, a crash) is played, and fails as not loaded, as it does in the plan's own run; a
+    player may stay on a server whose crash or leave was taken out and join another meanwhile (the simulated servers
+    play that as Roblox would, two sessions contending for one key)."""
+    started: set[str] = set()
+    joined: set[tuple[str | None, str | None]] = set()   # (player, server) of every join and teleport so far
+    known = {player_key(i) for i in range(population)}
+    out = []
+    for ev in sorted(events, key=lambda ev: ev.t):
+        if ev.player is not None and ev.player not in known:
+            continue
+        if ev.kind == "start":
+            if ev.server in started:
+                continue
+            started.add(ev.server)
+        elif ev.server not in started:
+            continue
+        elif ev.kind == "join":
+            joined.add((ev.player, ev.server))
+        elif ev.kind not in ("stop", "crash", "stall"):
+            if (ev.player, ev.server) not in joined:
+                continue
+            if ev.kind == "teleport":
+                if ev.target_server not in started:
+                    continue
+                joined.add((ev.player, ev.target_server))
+            elif ev.kind == "trade" and (ev.target not in known or (ev.target, ev.target_server) not in joined):
+                continue
+        out.append(ev)
+    return out
+
+
+class Script:
+    """A given event list played in the planner's place (`RunOptions.events`), with the planner's interface: the
+    engine cannot tell them apart, so a run of a script is as deterministic as one of a plan, and a script of a plan
+    gives the plan's own history. The list is first cut to what is `playable` and to the run's duration; `lose`
+    crashes servers as the planner's does (their players stay offline: no rejoin is planned for them)."""
+
+    def __init__(self, scenario: Scenario, events: Iterable[Planned]) -> None:
+        self.scenario = scenario
+        self.hot_keys = tuple(hot_key_name(i, scenario.hot_keys.kinds) for i in range(scenario.hot_keys.count))
+        self._end = end = int(round(scenario.world.duration * 1000))
+        self.events = [ev for ev in playable(events, scenario.players.population) if ev.t < end]
+        self._next = 0
+        self._limit = 0
+        self._pending: list[Planned] = []
+        self._live: set[str] = set()
+        self._where: dict[str, set[str]] = {}   # player -> the servers it is on
+
+    def until(self, t_ms: int) -> list[Planned]:
+        """Every event with time < t_ms not handed out yet, in order (a lost server's crash first)."""
+        out, self._pending = self._pending, []
+        self._limit = max(self._limit, min(t_ms, self._end))
+        while self._next < len(self.events) and self.events[self._next].t < t_ms:
+            out.append(self.events[self._next])
+            self._next += 1
+        for ev in out:
+            self._follow(ev)
+        return out
+
+    def next_at(self) -> int | None:
+        if self._pending:
+            return min(ev.t for ev in self._pending)
+        return self.events[self._next].t if self._next < len(self.events) else None
+
+    def lose(self, servers: Iterable[str]) -> list[str]:
+        """Servers that died outside the script (their node was lost): each crashes right after the events handed
+        out so far, and the script's later events on them (or teleports and trades to them) are dropped."""
+        live = sorted(s for s in servers if s in self._live)
+        self._pending += [Planned(self._limit, "crash", sid) for sid in live]
+        gone = set(live)
+        self.events[self._next:] = [ev for ev in self.events[self._next:]
+                                    if ev.server not in gone and ev.target_server not in gone]
+        return live
+
+    def __iter__(self) -> Iterator[Planned]:
+        yield from self.until(1 << 62)
+
+    @property
+    def online(self) -> int:
+        return sum(1 for servers in self._where.values() if servers)
+
+    def _follow(self, ev: Planned) -> None:
+        if ev.kind == "start":
+            self._live.add(ev.server)
+        elif ev.kind in ("stop", "crash"):
+            self._live.discard(ev.server)
+            for servers in self._where.values():
+                servers.discard(ev.server)
+        elif ev.kind == "join":
+            self._where.setdefault(ev.player, set()).add(ev.server)
+        elif ev.kind in ("leave", "teleport"):
+            self._where.get(ev.player, set()).discard(ev.server)
+            if ev.kind == "teleport":
+                self._where.setdefault(ev.player, set()).add(ev.target_server)
+
+
+def events_to_json(events: Iterable[Planned]) -> dict[str, Any]:
+    """A JSON-compatible form of an event list (`events.json`): each event's fields, those at their default left
+    out."""
+    out = []
+    for ev in events:
+        row: dict[str, Any] = {"t": ev.t, "kind": ev.kind, "server": ev.server}
+        for name in ("player", "op_id", "amount", "item", "target", "target_server"):
+            value = getattr(ev, name)
+            if value not in (None, 0):
+                row[name] = value
+        out.append(row)
+    return {"format": _EVENTS_FORMAT, "events": out}
+
+
+def events_from_json(data: Any, source: str = "events") -> list[Planned]:
+    """The event list `events_to_json` made `data` from; ConfigError naming the event and field on anything else."""
+    if not isinstance(data, dict) or data.get("format") != _EVENTS_FORMAT or not isinstance(data.get("events"), list):
+        raise ConfigError(f"{source}: not an event list (a JSON object with format {_EVENTS_FORMAT} and a list "
+                          f"'events')")
+    fields = {"t": int, "kind": str, "server": str, "player": str, "op_id": str, "amount": int, "item": str,
+              "target": str, "target_server": str}
+    out = []
+    for i, row in enumerate(data["events"]):
+        where = f"{source}: events[{i}]"
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: must be an object, got {type(row).__name__}")
+        unknown = sorted(set(row) - set(fields))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(fields)})")
+        for name in ("t", "kind", "server"):
+            if name not in row:
+                raise ConfigError(f"{where}.{name}: is required")
+        for name, value in row.items():
+            want = fields[name]
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: must be {want.__name__}, got {value!r}")
+        if row["kind"] not in EVENT_KINDS:
+            raise ConfigError(f"{where}.kind: must be one of {', '.join(EVENT_KINDS)}, got {row['kind']!r}")
+        if row["t"] < 0 or row.get("amount", 0) < 0:
+            raise ConfigError(f"{where}: t and amount must be >= 0, got {row['t']} and {row.get('amount', 0)}")
+        out.append(Planned(**row))
+    return out
