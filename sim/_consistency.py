@@ -2,9 +2,10 @@
 
 Each DataStore key is a register with Roblox's documented weakenings, and each MemoryStore map item likewise:
 
-- a `get` through a data store object may be served by that object's read cache: it may return a version that
-  object itself saw (read or wrote) less than 4 s (`READ_CACHE_MS`) before the get began. Any other get (a miss,
-  `use_cache=false`, or a version the object never saw) must return the latest version acknowledged before it
+- a `get` served by its data store object's read cache (recorded as a "hit") may return a version that object
+  itself fetched or wrote (a get that missed the cache, a write) less than 4 s (`READ_CACHE_MS`) before the get
+  began. Any other get (a miss, `use_cache=false`, or a hit on a version the object did not fetch or write within
+  4 s) must return the latest version acknowledged before it
   began, or a newer one (a concurrent write, or a failed one that landed). A MemoryStore item has no cache;
 - `UpdateAsync` (and a map item's `update`) is atomic: an update that succeeded read version b and wrote w, so
   nobody's version can lie between b and w; two updates that both read b and both succeeded lost one of them;
@@ -58,7 +59,7 @@ class Request(NamedTuple):
     key: str
     obj: str
     call: str
-    use_cache: bool
+    cache: str
     invoke: int
     complete: int
     outcome: str
@@ -71,7 +72,7 @@ class Request(NamedTuple):
             versions.append(f"read {_v(self.read)}")
         if self.call != "get" and self.call != "remove":
             versions.append(f"wrote {_v(self.written)}")
-        cache = " (cache allowed)" if self.use_cache else ""
+        cache = f" (cache {self.cache})" if self.call == "get" else ""
         return (f"{self.call}{cache} via {self.obj} at {self.invoke}..{self.complete} ms, {self.outcome}, "
                 f"{', '.join(versions)}")
 
@@ -137,7 +138,7 @@ def _check_key(entry: tuple, rs: list[Request]) -> list[_Violation]:
     seen: set[float] = set()                   # every version something acknowledged wrote or read
     unsure_writes: list[int] = []              # invoke times of writes that may have landed (failed, ambiguous)
     unsure_removes: list[int] = []
-    observed: dict[str, list[tuple[int, int | None]]] = {}   # object -> (complete, version it saw)
+    observed: dict[str, list[tuple[int, int | None]]] = {}   # object -> (complete, version its cache took)
     for r in rs:
         if r.call in WRITES:
             if r.outcome != "ok":
@@ -160,7 +161,7 @@ def _check_key(entry: tuple, rs: list[Request]) -> list[_Violation]:
         if r.outcome == "ok":
             if r.read is not None:
                 seen.add(r.read)
-            if entry[0] == "ds":
+            if entry[0] == "ds" and r.cache != "hit":
                 # what the object's cache holds after it: a write's version, a get's, nothing after a remove
                 saw = r.read if r.call == "get" else None if r.call == "remove" else r.written
                 if r.call != "update" or r.written is not None:
@@ -201,7 +202,7 @@ def _check_key(entry: tuple, rs: list[Request]) -> list[_Violation]:
                                       f"have made it had begun", [r]))
         if not _fresh(read, floor[0], r, memory, tombstones, unsure_removes) and not _cached(read, r, observed):
             witness = [w for w in (floor[1], writer.get(read) if read is not None else None) if w is not None]
-            beyond = " and not from its own object's 4 s cache" if r.call == "get" and r.use_cache else ""
+            beyond = " and not from its own object's 4 s cache" if r.cache == "hit" else ""
             out.append(_Violation("stale_read", label, f"{r.call} returned {_v(read)}, but {_v(floor[0])} had "
                                   f"been acknowledged before it began{beyond}",
                                   sorted(set(witness), key=lambda w: w.invoke) + [r]))
@@ -223,8 +224,8 @@ def _fresh(read: int | None, floor: float, r: Request, memory: bool, tombstones:
 
 
 def _cached(read: int | None, r: Request, observed: dict[str, list[tuple[int, int | None]]]) -> bool:
-    """Whether `r` (a get that may use its object's cache) returned what that object saw less than 4 s before."""
-    if r.call != "get" or not r.use_cache:
+    """Whether `r` (a get its object's cache served) returned what that cache took less than 4 s before."""
+    if r.cache != "hit":
         return False
     seen_by = observed.get(r.obj, ())
     j = bisect.bisect_right(seen_by, r.invoke, key=lambda o: o[0]) - 1

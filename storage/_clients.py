@@ -20,12 +20,13 @@ __all__ = ["async_twin", "call_transform", "recorded", "Recorder", "REQUEST_FIEL
 Recorder = Callable[[tuple], Any]
 """What a client hands each request record to (`list.append` of a host's buffer): one tuple of `REQUEST_FIELDS`."""
 
-REQUEST_FIELDS = ("service", "store", "scope", "key", "obj", "call", "use_cache", "invoke", "complete", "outcome",
+REQUEST_FIELDS = ("service", "store", "scope", "key", "obj", "call", "cache", "invoke", "complete", "outcome",
                   "read", "written")
 """A raw request record: `service` "ds" (DataStore) or "ms" (MemoryStore); `store`, `scope`, `key` name the entry
 ("hash:NAME"/"sorted:NAME" and scope "" for a MemoryStore item); `obj` the client object it went through (a data
-store object holds its own 4 s read cache); `call` get/set/update/increment/remove; `use_cache` whether a get may be
-served from that cache; `invoke`/`complete` simulated ms; `outcome` "ok", "failed" (refused before anything was
+store object holds its own 4 s read cache); `call` get/set/update/increment/remove; `cache` how a get used that
+cache: "hit" (served from it), "miss" (it may have been, and was not) or "off" (`use_cache=false`, and every other
+call); `invoke`/`complete` simulated ms; `outcome` "ok", "failed" (refused before anything was
 sent) or "ambiguous" (it may have landed); `read` the version the call saw (None: no entry) and `written` the version
 it wrote (None: unknown or nothing), as per-key increasing integers."""
 
@@ -39,22 +40,22 @@ def _unsent(exc: BaseException) -> bool:
     return isinstance(exc, (TypeError, ValueError, ConfigError, TransformError))
 
 
-def recorded(recorder: Recorder, head: tuple, clock: Any, write: bool,
-             make: Callable[[dict], Generator]) -> Generator:
-    """Run the operation generator `make(note)` and hand `recorder` its record: `head` (service .. use_cache, see
-    `REQUEST_FIELDS`), the simulated ms it began and ended, its outcome and `note["read"]`/`note["written"]` as the
-    operation left them. A write that raised after it may have been sent (an error from the shard, a lost
+def recorded(recorder: Recorder, head: tuple, clock: Any, write: bool, make: Callable[[dict], Generator],
+             cache: str = "off") -> Generator:
+    """Run the operation generator `make(note)` and hand `recorder` its record: `head` (service .. call, see
+    `REQUEST_FIELDS`), `note["cache"]` (`cache` unless the operation changed it), the simulated ms it began and
+    ended, its outcome and `note["read"]`/`note["written"]` as the operation left them. A write that raised after it may have been sent (an error from the shard, a lost
     transport, a cancelled task) is "ambiguous": Roblox's "a failed write does not prove nothing was written". The
     operation's result or exception passes through unchanged."""
-    note: dict = {"read": None, "written": None}
+    note: dict = {"read": None, "written": None, "cache": cache}
     start = clock.now()
     try:
         result = yield from make(note)
     except BaseException as exc:
         outcome = "ambiguous" if write and not _unsent(exc) else "failed"
-        recorder(head + (start, clock.now(), outcome, note["read"], note["written"]))
+        recorder(head + (note["cache"], start, clock.now(), outcome, note["read"], note["written"]))
         raise
-    recorder(head + (start, clock.now(), "ok", note["read"], note["written"]))
+    recorder(head + (note["cache"], start, clock.now(), "ok", note["read"], note["written"]))
     return result
 
 

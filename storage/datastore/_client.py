@@ -516,9 +516,9 @@ class DataStore:
         if recorder is not None and name in self._RECORDED and lane is not None:
             use_cache = name == "get" and (args[1] if len(args) > 1 else kwargs.get("use_cache", True)) is not False
             scope, entry = key.split("/", 1) if self.all_scopes and "/" in key else (self.scope, key)
-            head = ("ds", self.name, scope, entry, self.obj, name, use_cache)
-            clock, write, op = self._service._clock, name != "get", make
-            make = lambda: recorded(recorder, head, clock, write, lambda note: op(note=note))   # noqa: E731
+            head = ("ds", self.name, scope, entry, self.obj, name)
+            clock, write, op, cache = self._service._clock, name != "get", make, "miss" if use_cache else "off"
+            make = lambda: recorded(recorder, head, clock, write, lambda note: op(note=note), cache)   # noqa: E731
         return make, lane, name in self._WRITES
 
     # Operations (generators) --------------------------------------------------------------------------------
@@ -577,7 +577,7 @@ class DataStore:
             if entry is not None:
                 with self._service._counters.lock:
                     self._service._counters.cache_hits += 1
-                note["read"] = _seq(entry.info)
+                note["read"], note["cache"] = _seq(entry.info), "hit"
                 return self._pair(entry)
         entry = yield from self._request(parts, m.Get(*parts), call="get")
         note["read"] = _seq(entry.info)
