@@ -21,6 +21,7 @@ from lodestore.storage._clients import REQUEST_FIELDS
 from lodestore.storage.datastore import _client as ds_client
 from lodestore.storage.datastore import _messages as m
 from lodestore.storage.datastore._engine import DataStoreEngine
+from tests.sim.test_simulate import QUICK
 
 START = 1_700_000_000_000
 
@@ -263,32 +264,8 @@ def test_the_real_engine_keeps_those_updates():
 
 # ------------------------------------------------------------------------------------------------- simulations
 
-SMALL = """
-[world]
-name = "consistency-test"
-backend = "memory"
-duration = 300
-seed = 11
-budget = "none"
-
-[servers]
-count = 3
-max_players = 8
-step = 5
-
-[players]
-population = 12
-join_rate = 0.3
-leave_rate = 0.03
-teleport_rate = 0.05
-
-[players.actions_per_minute]
-coins = 6
-grant_item = 2
-purchase = 0.5
-trade = 2
-hot_key = 2
-
+# the simulator's quick scenario, with hot keys (plain updates from every server) and a window of ambiguous writes
+SMALL = QUICK.replace("trade = 2\n", "trade = 2\nhot_key = 2\n") + """
 [hot_keys]
 count = 2
 kinds = ["guild", "counter"]
@@ -303,6 +280,7 @@ ambiguous_write_rate = 0.05
 
 def run(design: str = "lyra"):
     scenario = parse_scenario(SMALL + f'\n[store]\ndesign = "{design}"\n')
+    scenario = replace(scenario, world=replace(scenario.world, duration=300))
     return simulate(scenario, RunOptions(engine="in-process", write_files=False, progress=False,
                                          stream=io.StringIO()))
 
