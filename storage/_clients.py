@@ -44,9 +44,10 @@ def recorded(recorder: Recorder, head: tuple, clock: Any, write: bool, make: Cal
              cache: str = "off") -> Generator:
     """Run the operation generator `make(note)` and hand `recorder` its record: `head` (service .. call, see
     `REQUEST_FIELDS`), `note["cache"]` (`cache` unless the operation changed it), the simulated ms it began and
-    ended, its outcome and `note["read"]`/`note["written"]` as the operation left them. A write that raised after it may have been sent (an error from the shard, a lost
-    transport, a cancelled task) is "ambiguous": Roblox's "a failed write does not prove nothing was written". The
-    operation's result or exception passes through unchanged."""
+    ended, its outcome and `note["read"]`/`note["written"]` as the operation left them. A write that raised after
+    it may have been sent (an error from the shard, a lost transport, a cancelled task) is "ambiguous": Roblox's "a
+    failed write does not prove nothing was written". The operation's result or exception passes through
+    unchanged."""
     note: dict = {"read": None, "written": None, "cache": cache}
     start = clock.now()
     try:

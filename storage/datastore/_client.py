@@ -514,12 +514,18 @@ class DataStore:
             lane = (self.name, self.scope, key) if isinstance(key, str) else None
         recorder = self._service.recorder
         if recorder is not None and name in self._RECORDED and lane is not None:
-            use_cache = name == "get" and (args[1] if len(args) > 1 else kwargs.get("use_cache", True)) is not False
-            scope, entry = key.split("/", 1) if self.all_scopes and "/" in key else (self.scope, key)
-            head = ("ds", self.name, scope, entry, self.obj, name)
-            clock, write, op, cache = self._service._clock, name != "get", make, "miss" if use_cache else "off"
-            make = lambda: recorded(recorder, head, clock, write, lambda note: op(note=note), cache)   # noqa: E731
+            make = self._recording(recorder, name, key, make, args, kwargs)
         return make, lane, name in self._WRITES
+
+    def _recording(self, recorder: Recorder, name: str, key: str, op: Callable, args: tuple,
+                   kwargs: dict) -> Callable:
+        """The operation factory `op` of a call of method `name`, each run of it heard by `recorder`
+        (`storage._clients.recorded`)."""
+        use_cache = name == "get" and bool(args[1] if len(args) > 1 else kwargs.get("use_cache", True))
+        scope, entry = key.split("/", 1) if self.all_scopes and "/" in key else (self.scope, key)
+        head = ("ds", self.name, scope, entry, self.obj, name)
+        clock, write, cache = self._service._clock, name != "get", "miss" if use_cache else "off"
+        return lambda: recorded(recorder, head, clock, write, lambda note: op(note=note), cache)
 
     # Operations (generators) --------------------------------------------------------------------------------
 

@@ -100,9 +100,10 @@ class _Structure:
         make = functools.partial(getattr(self, f"_op_{name}"), *args, **kwargs)
         recorder = self._service.recorder
         if recorder is not None and self._KIND and name in self._RECORDED and args and isinstance(args[0], str):
+            # a map item has no read cache: every record's `cache` is "off"
             head = ("ms", f"{self._KIND}:{self.name}", "", args[0], self._service.job_id, name)
             clock, write, op = self._service._clock, name != "get", make
-            make = lambda: recorded(recorder, head, clock, write, lambda note: op(note=note))   # noqa: E731
+            return lambda: recorded(recorder, head, clock, write, lambda note: op(note=note)), None, False
         return make, None, False
 
     def _request(self, op: Any):
