@@ -14,7 +14,8 @@ Each DataStore key is a register with Roblox's documented weakenings, and each M
   ended. A version no recorded write can have made is counted (`unattributed_reads`), not held against the store:
   writers outside the game servers are not recorded (the coordinator's recovery of a transaction, Open Cloud);
 - versions strictly increase per key: a write acknowledged before another began has the lower version, and no two
-  writes make one version.
+  writes make one version (a key purged for good, by an erasure or a deleted data store, starts its versions over:
+  simulations do neither).
 
 A read of no entry (None) is the key's state before its first write, or after a remove (a tombstone, right after
 the version the remove reported as previous); a MemoryStore item also vanishes at its expiration (not recorded),

@@ -282,10 +282,10 @@ ambiguous_write_rate = 0.05
 """
 
 
-def run(design: str = "lyra"):
+def run(design: str = "lyra", out=None):
     scenario = parse_scenario(SMALL + f'\n[store]\ndesign = "{design}"\n')
     scenario = replace(scenario, world=replace(scenario.world, duration=300))
-    return simulate(scenario, RunOptions(engine="in-process", write_files=False, progress=False,
+    return simulate(scenario, RunOptions(engine="in-process", write_files=out is not None, out=out, progress=False,
                                          stream=io.StringIO()))
 
 
@@ -300,10 +300,17 @@ def test_a_correct_store_passes_under_every_design(design):
     assert any(c["name"] == "consistency" for c in result.report["checks"])
 
 
-def test_a_simulation_catches_an_engine_that_loses_updates(monkeypatch):
+def test_a_simulation_catches_an_engine_that_loses_updates(monkeypatch, tmp_path):
     monkeypatch.setattr(DataStoreEngine, "_real_set", DataStoreEngine._set, raising=False)
     monkeypatch.setattr(DataStoreEngine, "_set", broken_set)
-    result = run("naive")
+    result = run("naive", out=tmp_path / "run")
     check = next(c for c in result.checks if c.name == "consistency")
     assert not check.ok and check.details["violations"]["lost_update"] > 0
     assert len(check.details["first"][0]["witness"]) == 2
+    assert result.exit_status == 1
+    # the report shows the witness; the saved history keeps the raw requests, and its digest ignores them
+    assert "lost update on DataStore" in result.files["html"].read_text()
+    saved = json.loads(result.files["history"].read_text())
+    assert History.from_json(saved).requests == result.history.requests
+    without = {k: v for k, v in saved.items() if k != "requests"}
+    assert saved["requests"] and history_digest(saved, {}, {}) == history_digest(without, {}, {})
