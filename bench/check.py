@@ -20,8 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from lodestore.bench._common import lyra_chaos
-from lodestore.sim import RunOptions, simulate
-from lodestore.sim._consistency import Request, check_consistency
+from lodestore.sim import RawRequest, RunOptions, check_consistency, simulate
 
 ROUNDS = 3
 
@@ -46,9 +45,9 @@ def _copies(requests: list[tuple], target: int) -> list[tuple]:
 
 
 def _parse_and_group(requests: list[tuple]) -> int:
-    by_key: dict[tuple, list[Request]] = {}
+    by_key: dict[tuple, list[RawRequest]] = {}
     for raw in requests:
-        r = Request._make(raw)
+        r = RawRequest._make(raw)
         by_key.setdefault((r.service, r.store, r.scope, r.key), []).append(r)
     return len(by_key)
 

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
-from lodestore.storage._clients import REQUEST_FIELDS
+from lodestore.storage import REQUEST_FIELDS
 
 __all__ = [
     "LOCK_KINDS",
@@ -134,7 +134,7 @@ class History:
 
     Each op id may be recorded once (a retry that is the same op reuses the record, it does not add one).
     ``requests`` holds the raw DataStore and MemoryStore requests of the run when its hosts recorded them: plain
-    tuples of `storage._clients.REQUEST_FIELDS`, appended as they come (the consistency checker reads them).
+    tuples of `storage.REQUEST_FIELDS`, appended as they come (the consistency checker reads them).
     """
 
     def __init__(self, events: Iterable[Event] = (), requests: Iterable[tuple] = ()) -> None:
@@ -199,7 +199,7 @@ class History:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> History:
         """The history ``to_json`` produced ``data`` from; refuses an unknown format or event type, and a request
-        record that is not a list of `storage._clients.REQUEST_FIELDS`."""
+        record that is not a list of `storage.REQUEST_FIELDS`."""
         if data.get("format") != _HISTORY_FORMAT:
             raise ValueError(f"History.from_json: format must be {_HISTORY_FORMAT}, got {data.get('format')!r}")
         events: list[Event] = []

@@ -36,10 +36,9 @@ from collections import Counter
 from typing import Any, Iterable, NamedTuple
 
 from lodestore.sim._checkers import CheckResult
-from lodestore.storage._clients import REQUEST_FIELDS
-from lodestore.storage._limits import READ_CACHE_MS
+from lodestore.storage import READ_CACHE_MS, REQUEST_FIELDS
 
-__all__ = ["check_consistency", "Request", "VIOLATION_KINDS"]
+__all__ = ["check_consistency", "RawRequest", "VIOLATION_KINDS"]
 
 NAME = "consistency"
 WRITES = frozenset({"set", "update", "increment", "remove"})
@@ -51,8 +50,8 @@ a write acknowledged after another with a lower version; two writes of one versi
 (acknowledged) writer began after the read ended."""
 
 
-class Request(NamedTuple):
-    """One raw request record (`storage._clients.REQUEST_FIELDS`)."""
+class RawRequest(NamedTuple):
+    """One raw request record (`storage.REQUEST_FIELDS`)."""
 
     service: str
     store: str
@@ -93,16 +92,16 @@ class _Violation(NamedTuple):
     kind: str
     entry: str
     message: str
-    witness: list[Request]
+    witness: list[RawRequest]
 
 
 def check_consistency(requests: Iterable[tuple]) -> CheckResult:
     """Check every key's raw requests (tuples or lists of `REQUEST_FIELDS`); the verdict names the first violation
     and its witness, and `details` counts them by kind (`VIOLATION_KINDS`) with the first few in full."""
-    by_key: dict[tuple, list[Request]] = {}
+    by_key: dict[tuple, list[RawRequest]] = {}
     n = 0
     for raw in requests:
-        r = Request._make(raw)
+        r = RawRequest._make(raw)
         by_key.setdefault((r.service, r.store, r.scope, r.key), []).append(r)
         n += 1
     violations: list[_Violation] = []
@@ -137,13 +136,13 @@ def _label(entry: tuple) -> str:
     return f"DataStore {store}/{scope}/{key}" if service == "ds" else f"MemoryStore {store}/{key}"
 
 
-def _check_key(entry: tuple, rs: list[Request]) -> list[_Violation]:
+def _check_key(entry: tuple, rs: list[RawRequest]) -> list[_Violation]:
     label = _label(entry)
     memory = entry[0] == "ms"
     out: list[_Violation] = []
-    writer: dict[int, Request] = {}            # version -> the acknowledged write that made it
-    known: list[tuple[int, float, Request]] = []   # (complete, version, write) of acknowledged versions
-    tombstones: list[tuple[float, Request]] = []   # acknowledged removes of a live entry
+    writer: dict[int, RawRequest] = {}            # version -> the acknowledged write that made it
+    known: list[tuple[int, float, RawRequest]] = []   # (complete, version, write) of acknowledged versions
+    tombstones: list[tuple[float, RawRequest]] = []   # acknowledged removes of a live entry
     seen: set[float] = set()                   # every version something acknowledged wrote or read
     unsure_writes: list[int] = []              # invoke times of writes that may have landed (failed, ambiguous)
     unsure_removes: list[int] = []
@@ -186,7 +185,7 @@ def _check_key(entry: tuple, rs: list[Request]) -> list[_Violation]:
     def begun_before(times: list[int], t: int) -> bool:
         return bool(times) and times[0] <= t
 
-    floor: tuple[float, Request | None] = (0, None)   # the newest version acknowledged before the request began
+    floor: tuple[float, RawRequest | None] = (0, None)   # the newest version acknowledged before the request began
     i = 0
     for r in sorted(rs, key=lambda r: r.invoke):
         while i < len(known) and known[i][0] < r.invoke:
@@ -220,7 +219,7 @@ def _check_key(entry: tuple, rs: list[Request]) -> list[_Violation]:
     return out
 
 
-def _fresh(read: int | None, floor: float, r: Request, memory: bool, tombstones: list[tuple[float, Request]],
+def _fresh(read: int | None, floor: float, r: RawRequest, memory: bool, tombstones: list[tuple[float, RawRequest]],
            unsure_removes: list[int]) -> bool:
     """Whether `read` may be the latest state when `r` began, given the newest acknowledged version `floor`."""
     if read is not None:
@@ -232,7 +231,7 @@ def _fresh(read: int | None, floor: float, r: Request, memory: bool, tombstones:
     return any(t >= floor and rm.invoke <= r.complete for t, rm in tombstones)
 
 
-def _cached(read: int | None, r: Request, observed: dict[str, list[tuple[int, int | None]]]) -> bool:
+def _cached(read: int | None, r: RawRequest, observed: dict[str, list[tuple[int, int | None]]]) -> bool:
     """Whether `r` (a get its object's cache served) returned what that cache took less than 4 s before."""
     if r.cache != "hit":
         return False
@@ -245,8 +244,8 @@ def _cached(read: int | None, r: Request, observed: dict[str, list[tuple[int, in
     return False
 
 
-def _lost_update(label: str, r: Request, memory: bool, order: list[float], writer: dict[int, Request],
-                 tombstones: list[tuple[float, Request]], unsure_removes: list[int]) -> list[_Violation]:
+def _lost_update(label: str, r: RawRequest, memory: bool, order: list[float], writer: dict[int, RawRequest],
+                 tombstones: list[tuple[float, RawRequest]], unsure_removes: list[int]) -> list[_Violation]:
     """An acknowledged update read `r.read` and wrote `r.written`: any version seen strictly between them was lost."""
     base: float | None = r.read
     if base is None:   # it read no entry: the state before the first write, or the newest tombstone below

@@ -12,12 +12,9 @@ from dataclasses import replace
 
 import pytest
 
-from lodestore.sim import RunOptions, parse_scenario, simulate
-from lodestore.sim._checkers import History
-from lodestore.sim._consistency import VIOLATION_KINDS, check_consistency
+from lodestore.sim import VIOLATION_KINDS, History, RunOptions, check_consistency, parse_scenario, simulate
 from lodestore.sim._runner import history_digest
-from lodestore.storage import DataStoreError, FaultConfig, ManualClock, World
-from lodestore.storage._clients import REQUEST_FIELDS
+from lodestore.storage import REQUEST_FIELDS, DataStoreError, FaultConfig, ManualClock, World
 from lodestore.storage.datastore import _client as ds_client
 from lodestore.storage.datastore import _messages as m
 from lodestore.storage.datastore._engine import DataStoreEngine
