@@ -210,9 +210,10 @@ def _check_key(entry: tuple, rs: list[RawRequest]) -> list[_Violation]:
                                       f"could have made it had begun", [r]))
         if not _fresh(read, floor[0], r, memory, tombstones, unsure_removes) and not _cached(read, r, observed):
             witness = [w for w in (floor[1], writer.get(read) if read is not None else None) if w is not None]
-            beyond = " and not from its own object's 4 s cache" if r.cache == "hit" else ""
-            out.append(_Violation("stale_read", label, f"{r.call} returned {_v(read)}, but {_v(floor[0])} had "
-                                  f"been acknowledged before it began{beyond}",
+            hit = (" (a cache hit, but its object had not fetched or written that version in the 4 s before)"
+                   if r.cache == "hit" else "")
+            out.append(_Violation("stale_read", label, f"{r.call} returned {_v(read)}{hit}, but {_v(floor[0])} "
+                                  f"had been acknowledged before it began",
                                   sorted(set(witness), key=lambda w: w.invoke) + [r]))
         if r.call == "update":
             out.extend(_lost_update(label, r, memory, order, writer, tombstones, unsure_removes))

@@ -725,7 +725,8 @@ class SimHost:
     async def drain(self) -> dict:
         """Everything recorded since the last drain, plus current figures. Plain data (tuples, dicts, numbers)."""
         out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events,
-               "requests": self._requests[:]}
+               # the requests' invoke and complete in ms since the run began, as every other event of the history
+               "requests": [r[:7] + (r[7] - self.t0, r[8] - self.t0) + r[9:] for r in self._requests]}
         self._ops, self._locks, self._samples, self._events = [], [], [], []
         self._requests.clear()   # in place: every server's clients append to this list
         live = list(self.servers.values())
