@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-BENCHMARKS = ("storage", "budget", "sessions", "tx", "sim", "cluster", "compare", "serve")
+BENCHMARKS = ("storage", "budget", "sessions", "tx", "sim", "cluster", "compare", "serve", "check")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@
 `load_scenario` / `parse_scenario` validate a TOML scenario (every bad field is named by its dotted path).
 `Planner` turns it into a seeded event stream; `simulate` plays it on simulated game servers (Ray actors, or all in
 this process with a manual clock), records the history of every operation and lock, runs the checkers (currency
-conserved, acknowledged writes present, one lock holder at a time, no item duplicated, hot counters exact) and
+conserved, acknowledged writes present, one lock holder at a time, no item duplicated, hot counters exact, and
+`check_consistency` on the raw DataStore/MemoryStore requests the hosts record, each a `RawRequest`) and
 writes report.json, report.html and plots (`write_report`, `summary_table`). `sim._inspect` is `lodestore inspect`.
 `build_timeline` / `write_timeline` tell one key's story in a finished run (`lodestore timeline`; the report links
 the timelines of the keys its checkers name, `keys_named`).
@@ -28,6 +29,7 @@ from lodestore.sim._cli import main
 from lodestore.sim._checkers import (CheckResult, History, LockEvent, OpEvent, check_acknowledged_writes, check_conservation,
                            check_no_duplicate_items, check_single_holder, run_checks)
 from lodestore.sim._collect import check_hot_counters
+from lodestore.sim._consistency import VIOLATION_KINDS, RawRequest, check_consistency
 from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._runner import RunOptions, RunResult, simulate
 from lodestore.sim._compare import CompareResult, compare, compare_table
@@ -42,7 +44,7 @@ __all__ = ["main", "simulate", "RunOptions", "RunResult", "Planner", "Planned", 
            "load_scenario", "parse_scenario", "Scenario", "ServeSection", "WorldSection", "Servers", "Players", "ActionRates",
            "StoreSection", "HotKeys", "FaultWindow", "LatencyRange", "LatencySection", "REQUEST_TYPES",
            "datastore_latency", "memorystore_latency", "THRESHOLDS", "compare", "CompareResult", "compare_table",
-           "metrics", "check_thresholds",
+           "metrics", "check_thresholds", "check_consistency", "RawRequest", "VIOLATION_KINDS",
            "build_timeline", "write_timeline", "keys_named", "TimelineError",
            "Script", "playable", "events_to_json", "events_from_json", "shrink",
            "ShrinkResult", "ShrinkTarget", "ShrinkTry", "failure_shape", "DEFAULT_BUDGET"]

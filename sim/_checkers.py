@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
+from lodestore.storage import REQUEST_FIELDS
+
 __all__ = [
     "LOCK_KINDS",
     "OP_KINDS",
@@ -131,11 +133,14 @@ class History:
     """An append-only record of the lock and op events of one run, in recording order.
 
     Each op id may be recorded once (a retry that is the same op reuses the record, it does not add one).
+    ``requests`` holds the raw DataStore and MemoryStore requests of the run when its hosts recorded them: plain
+    tuples of `storage.REQUEST_FIELDS`, appended as they come (the consistency checker reads them).
     """
 
-    def __init__(self, events: Iterable[Event] = ()) -> None:
+    def __init__(self, events: Iterable[Event] = (), requests: Iterable[tuple] = ()) -> None:
         self._events: list[Event] = []
         self._op_ids: set[str] = set()
+        self.requests: list[tuple] = [tuple(r) for r in requests]
         for event in events:
             self.record(event)
 
@@ -177,7 +182,7 @@ class History:
         return len(self._events)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, History) and self._events == other._events
+        return isinstance(other, History) and self._events == other._events and self.requests == other.requests
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-compatible dict of this history (``json.dumps`` takes it as is)."""
@@ -186,11 +191,15 @@ class History:
             d = asdict(e)
             d["type"] = "lock" if isinstance(e, LockEvent) else "op"
             out.append(d)
-        return {"format": _HISTORY_FORMAT, "events": out}
+        data: dict[str, Any] = {"format": _HISTORY_FORMAT, "events": out}
+        if self.requests:   # only when recorded: `history_digest` reads the events alone
+            data["requests"] = [list(r) for r in self.requests]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> History:
-        """The history ``to_json`` produced ``data`` from; refuses an unknown format or event type."""
+        """The history ``to_json`` produced ``data`` from; refuses an unknown format or event type, and a request
+        record that is not a list of `storage.REQUEST_FIELDS`."""
         if data.get("format") != _HISTORY_FORMAT:
             raise ValueError(f"History.from_json: format must be {_HISTORY_FORMAT}, got {data.get('format')!r}")
         events: list[Event] = []
@@ -203,7 +212,12 @@ class History:
                 events.append(OpEvent(**fields))
             else:
                 raise ValueError(f"History.from_json: events[{i}].type must be 'lock' or 'op', got {kind!r}")
-        return cls(events)
+        requests = data.get("requests", [])
+        for i, raw in enumerate(requests):
+            if not isinstance(raw, list) or len(raw) != len(REQUEST_FIELDS):
+                raise ValueError(f"History.from_json: requests[{i}] must be a list of {len(REQUEST_FIELDS)} "
+                                 f"fields ({', '.join(REQUEST_FIELDS)}), got {raw!r:.80}")
+        return cls(events, requests)
 
 
 @dataclass(frozen=True)

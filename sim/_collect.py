@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from lodestore.sim._checkers import CheckResult, History, LockEvent, OpEvent, run_checks
+from lodestore.sim._consistency import check_consistency
 
 __all__ = ["Collector", "check_hot_counters", "percentiles"]
 
@@ -112,6 +113,7 @@ class Collector:
     def add(self, host: int, drain: dict) -> None:
         """One host's drain (see `SimHost.drain`)."""
         self.add_ops(drain["ops"])
+        self.history.requests.extend(drain.get("requests", ()))
         self._stalled.update(server for _, what, server in drain["events"] if what == "stall")
         for at, key, session, kind, until, server in drain["locks"]:
             self._lock(at, key, session, kind, until, server)
@@ -218,6 +220,8 @@ class Collector:
         results = run_checks(self.history, initial, final)
         if hot_finals or self.hot_ok or self.hot_unknown:
             results.append(check_hot_counters(hot_finals, self.hot_ok, self.hot_unknown))
+        if self.history.requests:   # raw requests recorded: the store itself is checked too
+            results.append(check_consistency(self.history.requests))
         return results
 
     def annotations(self, t0_ms: int) -> dict:

@@ -246,6 +246,8 @@ class SimHost:
         self._samples: list[tuple] = []            # (t_ms, op, latency_ms, error code or None)
         self._events: list[tuple] = []             # (t_ms, what, server): server lifecycle, loads, throttling
         self._store_log: list[tuple] = []          # (t_ms, key, server, level, text): the store's warnings on a key
+        self._requests: list[tuple] = []           # raw DataStore/MemoryStore requests (see REQUEST_FIELDS)
+        world.recorder = self._requests.append     # every server (and key actor) made on this world records
         self._inflight: dict[str, set[asyncio.Task]] = {}   # server -> its running events
         self._open: dict[str, _Op] = {}                      # actions without an outcome yet
         self._throttled: dict[str, int] = {}
@@ -730,8 +732,11 @@ class SimHost:
     async def drain(self) -> dict:
         """Everything recorded since the last drain, plus current figures. Plain data (tuples, dicts, numbers)."""
         out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events,
-               "store_log": self._store_log}
+               "store_log": self._store_log,
+               # the requests' invoke and complete in ms since the run began, as every other event of the history
+               "requests": [r[:7] + (r[7] - self.t0, r[8] - self.t0) + r[9:] for r in self._requests]}
         self._ops, self._locks, self._samples, self._events, self._store_log = [], [], [], [], []
+        self._requests.clear()   # in place: every server's clients append to this list
         live = list(self.servers.values())
         stats = await asyncio.gather(*(self._statistics(server) for server in live))
         counters: dict[str, int] = {}

@@ -30,7 +30,8 @@ from lodestore.storage._ingress import INGRESS_NAME, Ingress, IngressActor, Simu
 from lodestore.storage._latency import Latency
 from lodestore.storage._ids import new_id, new_rng, seeded
 from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS,
-                                       MS_MAX_EXPIRATION_S, RequestType)
+                                       MS_MAX_EXPIRATION_S, READ_CACHE_MS, RequestType)
+from lodestore.storage._clients import REQUEST_FIELDS, Recorder
 from lodestore.storage._placement import actor_options, namespace_of, pinned, spread_nodes
 from lodestore.storage._scheduler import Scheduler, Timer, sleep
 from lodestore.storage._runtime import ACTOR_FAILURES, Coalescer, LocalRuntime, RayRuntime, Runtime
@@ -79,6 +80,9 @@ __all__ = [
     "canonical", "encode", "decode",
     # Roblox's documented limits other layers enforce too
     "MAX_KEY_NAME", "MAX_VALUE_CHARS", "MAX_LIST_PAGE", "DEFAULT_SCOPE", "HOUR_MS", "MS_MAX_EXPIRATION_S",
+    "READ_CACHE_MS",
+    # raw request records the clients hand a recorder (`World.recorder`), for the simulator's consistency checker
+    "REQUEST_FIELDS", "Recorder",
     # data stores' lifecycle (list, delete, undelete, snapshot) and the right to erasure
     "DataStoreInfo", "DataStoreState", "SnapshotResult", "DeletionTemplate", "ErasureReport",
     "ErasedKey", "Rewrite", "register_eraser",

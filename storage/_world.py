@@ -102,6 +102,9 @@ class World:
         self._budget = budget  # the budget actor (a reference in the runtime), or None (no budgets)
         self._handles = owned_handles
         self._operator_server: Server | None = None
+        # hears every keyed DataStore/MemoryStore request of the servers made from now on (`storage._clients`):
+        # the simulator's hosts set it to record a run's raw requests for its consistency checker
+        self.recorder: Any = None
         self.aio = AsyncWorld(self)
 
     # ----------------------------------------------------------------------------------------------- creation
@@ -696,6 +699,7 @@ class Server:
         self.datastores = DataStoreService(world._transport, world.clock, gate, job_id, budget=link,
                                            shared_storage=world.info.shared_file)
         self.memorystores = MemoryStoreService(world._transport, world.clock, OpenGate(), job_id)
+        self.datastores.recorder = self.memorystores.recorder = world.recorder
         self.messaging = MessagingService(world, job_id, lambda: self.players)
         self.aio = AsyncServer(self)
 

@@ -24,7 +24,7 @@ import msgpack
 
 from lodestore.storage._backoff import Backoff
 from lodestore.storage._budget import check_rate_limit
-from lodestore.storage._clients import async_twin, call_transform
+from lodestore.storage._clients import Recorder, async_twin, call_transform, recorded
 from lodestore.storage._errors import INVALID_EXCLUSIVE_START_KEY, ConfigError, DataStoreError
 from lodestore.storage._ids import new_rng
 from lodestore.storage._limits import (DEFAULT_SCOPE, INT64_MAX, INT64_MIN, LIST_KEYS_DEFAULT_PAGE,
@@ -161,6 +161,8 @@ class DataStoreService:
         self._lanes = KeyLanes()
         self.retry: RetryPolicy | None = None
         self._rng = new_rng()
+        self.recorder: Recorder | None = None   # hears every get/set/update/increment/remove (the simulator's hosts)
+        self._objects = 0                        # data store objects made: each names its own read cache
         self.aio = AsyncDataStoreService(self)
 
     def get_data_store(self, name: str, scope: str = DEFAULT_SCOPE, *, all_scopes: bool = False) -> "DataStore":
@@ -413,6 +415,15 @@ class AsyncDataStoreService:
             await service._budget.aset_rate_limit(service.job_id, rtype, base, per_player)
 
 
+_NO_NOTE: dict = {}
+"""Where an operation notes the versions it read and wrote when nobody records it (written to, never read)."""
+
+
+def _seq(info: m.KeyInfo | None) -> int | None:
+    """The per-key sequence number of a version string (its second field, see `_engine.version_string`), or None."""
+    return None if info is None else int(info.version.split(".", 2)[1])
+
+
 class DataStore:
     """A standard data store (Roblox's GlobalDataStore/DataStore). Blocking methods; `self.aio` has coroutines.
 
@@ -430,6 +441,8 @@ class DataStore:
         self.all_scopes = all_scopes
         self._cache: dict[tuple, tuple[int, m.Entry]] = {}
         self._cache_lock = threading.Lock()
+        service._objects += 1
+        self.obj = f"{service.job_id}#{service._objects}"   # names this object (and its cache) in request records
         self.aio = AsyncDataStore(self)
 
     def __repr__(self) -> str:
@@ -489,15 +502,30 @@ class DataStore:
     _KEYED = frozenset({"get", "set", "update", "increment", "remove", "list_versions", "get_version",
                         "get_version_at_time", "remove_version"})
     _WRITES = frozenset({"set", "update", "increment", "remove", "remove_version"})
+    _RECORDED = frozenset({"get", "set", "update", "increment", "remove"})   # what a request recorder hears of
 
     def _plan(self, name: str, *args: Any, **kwargs: Any) -> tuple[Callable, Any, bool]:
         """(operation factory, lane, is a write) for one call of method `name`."""
         make = functools.partial(getattr(self, f"_op_{name}"), *args, **kwargs)
         lane = None
+        key = None
         if name in self._KEYED:
             key = args[0] if args else kwargs.get("key")
             lane = (self.name, self.scope, key) if isinstance(key, str) else None
+        recorder = self._service.recorder
+        if recorder is not None and name in self._RECORDED and lane is not None:
+            make = self._recording(recorder, name, key, make, args, kwargs)
         return make, lane, name in self._WRITES
+
+    def _recording(self, recorder: Recorder, name: str, key: str, op: Callable, args: tuple,
+                   kwargs: dict) -> Callable:
+        """The operation factory `op` of a call of method `name`, each run of it heard by `recorder`
+        (`storage._clients.recorded`)."""
+        use_cache = name == "get" and bool(args[1] if len(args) > 1 else kwargs.get("use_cache", True))
+        scope, entry = key.split("/", 1) if self.all_scopes and "/" in key else (self.scope, key)
+        head = ("ds", self.name, scope, entry, self.obj, name)
+        clock, write, cache = self._service._clock, name != "get", "miss" if use_cache else "off"
+        return lambda: recorded(recorder, head, clock, write, lambda note: op(note=note), cache)
 
     # Operations (generators) --------------------------------------------------------------------------------
 
@@ -548,28 +576,31 @@ class DataStore:
     def _pair(entry: m.Entry) -> tuple[Any, m.KeyInfo | None]:
         return (None, None) if entry.value is None else (decode(entry.value), entry.info)
 
-    def _op_get(self, key, use_cache=True):
+    def _op_get(self, key, use_cache=True, note=_NO_NOTE):
         parts = self._parts(key)
         if use_cache:
             entry = self._cached(parts)
             if entry is not None:
                 with self._service._counters.lock:
                     self._service._counters.cache_hits += 1
+                note["read"], note["cache"] = _seq(entry.info), "hit"
                 return self._pair(entry)
         entry = yield from self._request(parts, m.Get(*parts), call="get")
+        note["read"] = _seq(entry.info)
         self._remember(parts, entry)
         return self._pair(entry)
 
-    def _op_set(self, key, value, user_ids=None, metadata=None):
+    def _op_set(self, key, value, user_ids=None, metadata=None, note=_NO_NOTE):
         parts = self._parts(key)
         size = check_value(value)
         uids, meta = check_user_ids(user_ids), check_metadata(metadata)
         data = encode(value)
         written = yield from self._request(parts, m.Set(*parts, data, size, uids, meta), size, call="set")
+        note["written"] = _seq(written.info)
         self._remember(parts, m.Entry(data, written.info))
         return written.info.version
 
-    def _op_update(self, key, fn, current=None):
+    def _op_update(self, key, fn, current=None, note=_NO_NOTE):
         parts = self._parts(key)
         if not callable(fn):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
@@ -604,23 +635,26 @@ class DataStore:
                     self._service._counters.update_conflicts += 1
                 entry = result.current
                 continue
+            note["read"], note["written"] = _seq(entry.info), _seq(result.info)
             self._remember(parts, m.Entry(data, result.info))
             return decode(data), result.info
         raise DataStoreError(500, "InternalServerError",
                              f"update of key {key!r} lost the race {MAX_UPDATE_ATTEMPTS} times in a row")
 
-    def _op_increment(self, key, delta=1, user_ids=None):
+    def _op_increment(self, key, delta=1, user_ids=None, note=_NO_NOTE):
         parts = self._parts(key)
         if not is_int(delta) or not INT64_MIN <= delta <= INT64_MAX:
             raise DataStoreError(103, "ValueNotAllowed", f"increment delta must be a 64-bit integer, got {delta!r}")
         uids = check_user_ids(user_ids)
         entry = yield from self._request(parts, m.Increment(*parts, delta, uids), call="increment")
+        note["written"] = _seq(entry.info)
         self._remember(parts, entry)
         return self._pair(entry)
 
-    def _op_remove(self, key):
+    def _op_remove(self, key, note=_NO_NOTE):
         parts = self._parts(key)
         entry = yield from self._request(parts, m.Remove(*parts), call="remove")
+        note["read"] = _seq(entry.info)
         self._remember(parts, m.MISSING)
         return self._pair(entry)
 
@@ -741,6 +775,7 @@ class OrderedDataStore:
     _plan = DataStore._plan
     _KEYED = frozenset({"get", "set", "increment", "update", "remove"})
     _WRITES = frozenset({"set", "increment", "update", "remove"})
+    _RECORDED = frozenset()   # ordered data stores hold no versions: nothing for the consistency checker
 
     def _op_get(self, key):
         parts = self._parts(key)

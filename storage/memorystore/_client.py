@@ -12,7 +12,7 @@ import functools
 import json
 from typing import Any, Callable
 
-from lodestore.storage._clients import async_twin
+from lodestore.storage._clients import Recorder, async_twin, recorded
 from lodestore.storage._errors import DataStoreError, MemoryStoreError
 from lodestore.storage._limits import MS_MAX_VALUE_BYTES, MS_QUEUE_DEFAULT_INVISIBILITY_S
 from lodestore.storage._transport import MEMORYSTORE, Call, Gate, Sleep, Transport, TransportFailure, arun, run
@@ -55,6 +55,7 @@ class MemoryStoreService:
         self._clock = clock
         self._gate = gate
         self.job_id = job_id
+        self.recorder: Recorder | None = None   # hears every map item's get/set/update/remove (the simulator's hosts)
 
     def get_hash_map(self, name: str) -> "HashMap":
         return HashMap(self, name)
@@ -78,6 +79,10 @@ class MemoryStoreService:
             raise MemoryStoreError(ms.INTERNAL_ERROR, f"{exc}; the request may or may not have taken effect") from exc
 
 
+_NO_NOTE: dict = {}
+"""Where an operation notes the versions it read and wrote when nobody records it (written to, never read)."""
+
+
 class _Structure:
     def __init__(self, service: MemoryStoreService, name: str) -> None:
         if not isinstance(name, str) or not name:
@@ -88,8 +93,18 @@ class _Structure:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
+    _KIND = ""                  # "hash" / "sorted": a map whose items a request recorder hears of
+    _RECORDED = frozenset({"get", "set", "update", "remove"})
+
     def _plan(self, name: str, *args: Any, **kwargs: Any) -> tuple[Callable, None, bool]:
-        return functools.partial(getattr(self, f"_op_{name}"), *args, **kwargs), None, False
+        make = functools.partial(getattr(self, f"_op_{name}"), *args, **kwargs)
+        recorder = self._service.recorder
+        if recorder is not None and self._KIND and name in self._RECORDED and args and isinstance(args[0], str):
+            # a map item has no read cache: every record's `cache` is "off"
+            head = ("ms", f"{self._KIND}:{self.name}", "", args[0], self._service.job_id, name)
+            clock, write, op = self._service._clock, name != "get", make
+            return lambda: recorded(recorder, head, clock, write, lambda note: op(note=note)), None, False
+        return make, None, False
 
     def _request(self, op: Any):
         results = yield Call(MEMORYSTORE, 0, [op])
@@ -105,6 +120,8 @@ class HashMap(_Structure):
     >>> locks.update("user_1", lambda old: old or "my-lock-id", expiration=90)
     'my-lock-id'
     """
+
+    _KIND = "hash"
 
     def __init__(self, service: MemoryStoreService, name: str) -> None:
         super().__init__(service, name)
@@ -131,16 +148,17 @@ class HashMap(_Structure):
         partitions in turn (not in key order); a page costs the partitions it scanned plus the items it returned."""
         return self._service._run(*self._plan("list_items", count, cursor))
 
-    def _op_get(self, key):
+    def _op_get(self, key, note=_NO_NOTE):
         item = yield from self._request(ms.HashMapGet(self.name, key))
+        note["read"] = None if item is None else item.version
         return None if item is None else decode(item.value)
 
-    def _op_set(self, key, value, expiration):
+    def _op_set(self, key, value, expiration, note=_NO_NOTE):
         data, size = _encoded(value)
-        yield from self._request(ms.HashMapSet(self.name, key, data, size, expiration))
+        note["written"] = (yield from self._request(ms.HashMapSet(self.name, key, data, size, expiration))).version
         return True
 
-    def _op_update(self, key, fn, expiration):
+    def _op_update(self, key, fn, expiration, note=_NO_NOTE):
         if not callable(fn):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
         item = yield from self._request(ms.HashMapGet(self.name, key))
@@ -155,11 +173,12 @@ class HashMap(_Structure):
             if isinstance(result, ms.Conflict):
                 item = result.current
                 continue
+            note["read"], note["written"] = expected, result.version
             return decode(data)
         raise MemoryStoreError(ms.UPDATE_CONFLICT,
                                f"update of {self.name!r} key {key!r}: exceeded max number of retries")
 
-    def _op_remove(self, key):
+    def _op_remove(self, key, note=_NO_NOTE):
         yield from self._request(ms.HashMapRemove(self.name, key))
 
     def _op_list_items(self, count, cursor=None):
@@ -169,6 +188,8 @@ class HashMap(_Structure):
 
 class SortedMap(_Structure):
     """A MemoryStore sorted map: items ordered by sort key (numbers, then strings, then none), ties by key."""
+
+    _KIND = "sorted"
 
     def __init__(self, service: MemoryStoreService, name: str) -> None:
         super().__init__(service, name)
@@ -196,16 +217,18 @@ class SortedMap(_Structure):
     def get_size(self) -> int:
         return self._service._run(*self._plan("get_size"))
 
-    def _op_get(self, key):
+    def _op_get(self, key, note=_NO_NOTE):
         item = yield from self._request(ms.SortedMapGet(self.name, key))
+        note["read"] = None if item is None else item.version
         return (None, None) if item is None else (decode(item.value), item.sort_key)
 
-    def _op_set(self, key, value, expiration, sort_key=None):
+    def _op_set(self, key, value, expiration, sort_key=None, note=_NO_NOTE):
         data, size = _encoded(value)
-        yield from self._request(ms.SortedMapSet(self.name, key, data, size, expiration, sort_key))
+        written = yield from self._request(ms.SortedMapSet(self.name, key, data, size, expiration, sort_key))
+        note["written"] = written.version
         return True
 
-    def _op_update(self, key, fn, expiration):
+    def _op_update(self, key, fn, expiration, note=_NO_NOTE):
         if not callable(fn):
             raise TypeError(f"update needs a callable transform, got {type(fn).__name__}")
         item = yield from self._request(ms.SortedMapGet(self.name, key))
@@ -224,11 +247,12 @@ class SortedMap(_Structure):
             if isinstance(result, ms.Conflict):
                 item = result.current
                 continue
+            note["read"], note["written"] = expected, result.version
             return decode(data), out[1]
         raise MemoryStoreError(ms.UPDATE_CONFLICT,
                                f"update of {self.name!r} key {key!r}: exceeded max number of retries")
 
-    def _op_remove(self, key):
+    def _op_remove(self, key, note=_NO_NOTE):
         yield from self._request(ms.SortedMapRemove(self.name, key))
 
     def _op_get_range(self, direction, count, lower_bound=None, upper_bound=None):

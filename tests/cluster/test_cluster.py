@@ -34,7 +34,8 @@ def node_loss(tmp_path_factory) -> dict:
 
 def test_every_checker_passes_when_a_node_is_lost_mid_run(node_loss):
     assert node_loss["checks"] == {name: [True, None] for name in
-                                   ("conservation", "acknowledged_writes", "single_holder", "no_duplicate_items")}
+                                   ("conservation", "acknowledged_writes", "single_holder", "no_duplicate_items",
+                                    "consistency")}
     assert node_loss["verdict"] == "pass"
 
 

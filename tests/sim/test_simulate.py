@@ -154,7 +154,7 @@ def test_a_chaos_run_passes_every_checker():
     report = result.report
     assert result.ok, [(c.name, c.counterexample) for c in result.checks if not c.ok]
     assert {c.name for c in result.checks} == {"conservation", "acknowledged_writes", "single_holder",
-                                               "no_duplicate_items", "hot_counters"}
+                                               "no_duplicate_items", "hot_counters", "consistency"}
     totals = report["totals"]
     # the run really was chaotic: crashes, stalls, failed and unknown outcomes, transactions, lock waits
     assert totals["servers"]["crashed"] > 0 and totals["servers"]["stalled"] > 0
