@@ -40,7 +40,7 @@ from lodestore.actors import RECORDS_PREFIX
 from lodestore.actors import records as rec
 from lodestore.sim._inspect import InspectError, _Inspector
 from lodestore.sim._scenario import load_scenario
-from lodestore.storage import ConfigError, virtual
+from lodestore.storage import REQUEST_FIELDS, ConfigError, virtual
 
 __all__ = ["TimelineError", "TIMELINE_FORMAT", "build_timeline", "render_html", "write_timeline", "write_timelines",
            "keys_named", "timeline_href", "add_parser", "USAGE"]
@@ -92,6 +92,8 @@ class _Run:
         if not isinstance(history, dict) or not isinstance(history.get("events"), list):
             raise TimelineError(f"{self.dir / 'history.json'} is not a run's history (no events list)")
         self.events: list[dict] = [e for e in history["events"] if isinstance(e, dict)]
+        raw = history.get("requests")
+        self.requests: list[list] = [r for r in raw if isinstance(r, list)] if isinstance(raw, list) else []
         annotations = history.get("annotations")
         self.annotations: dict = annotations if isinstance(annotations, dict) else {}
         try:
@@ -280,8 +282,28 @@ def _versions(run: _Run, key: str, t0: int, inspector: Any) -> tuple[list[dict[s
         previous = entry["data"]
         out.append(entry)
     note = (f"DataStore {datastore!r}: the versions the world file keeps (the first of each UTC hour and the "
-            f"current one; a write that replaced a version of the same hour left none)")
+            f"current one; a write that replaced a version of the same hour left none, but every write is listed "
+            f"from the run's raw requests)")
     return out, note
+
+
+_WRITES = frozenset({"set", "update", "increment", "remove"})
+
+
+def _writes(run: _Run, key: str) -> list[dict[str, Any]]:
+    """Every DataStore write of `key` the run's raw requests record (`history.json`'s `requests`, see
+    `storage.REQUEST_FIELDS`), in invoke order: the versions the world file replaced within an hour among them, by
+    their version numbers; a failed or ambiguous one too (it may have landed)."""
+    out = []
+    for r in run.requests:
+        if len(r) != len(REQUEST_FIELDS):
+            continue
+        f = dict(zip(REQUEST_FIELDS, r))
+        if f["service"] == "ds" and f["key"] == key and f["call"] in _WRITES:
+            out.append({"t": f["invoke"], "complete": f["complete"], "store": f["store"], "call": f["call"],
+                        "server": str(f["obj"]).split("#", 1)[0], "outcome": f["outcome"], "read": f["read"],
+                        "written": f["written"]})
+    return sorted(out, key=lambda w: (w["t"], w["complete"]))
 
 
 def _fault_windows(scenario: Any) -> list[dict[str, Any]]:
@@ -398,6 +420,7 @@ def _build(run: _Run, key: str, inspector: Any, finals: Mapping[str, Any] | None
             "verdict": run.report.get("verdict"), "duration_ms": duration_ms, "end_ms": max(times),
             "servers": servers, "holds": holds, "lock_events": sorted(locks, key=lambda e: e["t"]),
             "server_events": server_events, "versions": versions, "versions_note": versions_note,
+            "writes": _writes(run, key),
             "ops": op_rows, "faults": faults, "fault_windows": windows,
             "counterexamples": counterexamples, "final": final, "final_source": final_source,
             "annotated": bool(run.annotations)}
@@ -424,6 +447,8 @@ def build_timeline(run_dir: str | Path, key: str) -> dict[str, Any]:
          "versions": [{"version", "t", "created_time", "deleted", "session", "server", "transaction", "data",
                        "diff": {"coins", "items_added", "items_removed", "ops_added", "ops_removed"}}],
          "versions_note": str,
+         "writes": [{"t", "complete", "store", "call", "server", "outcome", "read", "written"}],   # every write of
+                   # the key the raw requests record (versions as per-key sequence numbers), kept or replaced
          "ops": [{"t", "op_id", "key", "kind", "outcome", "amount", "item", "counterparty", "server", "role", "why",
                   "tx", "in_final_ledger", "fault_window"}],   # key: the actor's; role: actor or a trade's receiver;
                                                                 # fault_window: the index of its window, or None
@@ -615,6 +640,13 @@ def render_html(tl: Mapping[str, Any]) -> str:
     parts.append(f"<h2>DataStore versions</h2><p class=\"note\">{_esc(tl['versions_note'])}</p>")
     parts.append(_table(("t", "version", "written by", "coins", "items", "diff", "transaction"),
                         [(_version_cells(v), False) for v in tl["versions"]]))
+    if tl["writes"]:
+        parts.append(f"<h2>Every write of the key ({len(tl['writes'])}, from the run's raw requests)</h2>")
+        parts.append(_table(("invoke", "complete", "server", "call", "store", "read version", "wrote version",
+                             "outcome"),
+                            [([w["t"], w["complete"], w["server"], w["call"], w["store"],
+                               "-" if w["read"] is None else w["read"], "-" if w["written"] is None else w["written"],
+                               w["outcome"]], w["outcome"] != "ok") for w in tl["writes"]]))
     parts.append("<h2>Actions acknowledged to the player</h2>")
     parts.append(_table(("t", "op", "kind", "outcome", "server", "role", "amount", "item", "counterparty", "error",
                          "tx", "in final ledger"),

@@ -122,6 +122,15 @@ def test_a_timeline_shows_the_takeover_the_trade_and_the_faults(takeover_run):
     assert tl["versions"][-1]["server"] in tl["servers"]
     assert all(o["in_final_ledger"] for o in tl["ops"] if o["outcome"] == "ok")
     assert tl["counterexamples"] == []
+    # every write of the key, from the raw requests: more than the file kept (it keeps one version an hour), in
+    # order, each version once, the faults' ambiguous writes among them, all by servers that held the key
+    writes = tl["writes"]
+    assert len(writes) > len(tl["versions"])
+    assert [w["t"] for w in writes] == sorted(w["t"] for w in writes)
+    written = [w["written"] for w in writes if w["outcome"] == "ok"]
+    assert written == sorted(written) and len(set(written)) == len(written)
+    assert any(w["outcome"] != "ok" for w in writes)
+    assert {w["server"] for w in writes} <= set(tl["servers"])
 
     # the page shows all of it, self-contained
     html_path, json_path = write_timeline(takeover_run, key)
@@ -129,6 +138,7 @@ def test_a_timeline_shows_the_takeover_the_trade_and_the_faults(takeover_run):
     assert json.loads(json_path.read_text(encoding="utf-8")) == json.loads(json.dumps(tl, default=str))
     for text in (lost["session"], after["session"], "LOCK_LOST", trade["op_id"], "tx committed", failed["why"],
                  html.escape(injected[0]["text"]), "StandardWrite errors 0.3", tl["versions"][-1]["version"],
+                 f"Every write of the key ({len(writes)}",
                  'class="hold"', 'class="ttl"', 'class="fault-window"', 'class="server-event"', 'class="fault"'):
         assert text in page, text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<script" not in page
