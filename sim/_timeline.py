@@ -78,6 +78,9 @@ def _read_json(path: Path) -> Any:
         raise TimelineError(f"cannot read {path}: {exc}") from None
 
 
+_WRITES = frozenset({"set", "update", "increment", "remove"})   # the raw requests' DataStore writes
+
+
 class _Run:
     """A run's directory, read once: its report, history events, annotations and scenario."""
 
@@ -93,7 +96,7 @@ class _Run:
             raise TimelineError(f"{self.dir / 'history.json'} is not a run's history (no events list)")
         self.events: list[dict] = [e for e in history["events"] if isinstance(e, dict)]
         raw = history.get("requests")
-        self.requests: list[list] = [r for r in raw if isinstance(r, list)] if isinstance(raw, list) else []
+        self._requests: list[list] = [r for r in raw if isinstance(r, list)] if isinstance(raw, list) else []
         annotations = history.get("annotations")
         self.annotations: dict = annotations if isinstance(annotations, dict) else {}
         try:
@@ -105,6 +108,7 @@ class _Run:
         if not self.world.exists() and isinstance(world_path, str) and Path(world_path).exists():
             self.world = Path(world_path)
         self._by_key: dict[str, list[dict]] | None = None
+        self._writes_by_key: dict[str, list[dict]] | None = None
 
     def events_of(self, key: str) -> list[dict]:
         """The lock and op events that touch `key` (a trade touches both its keys), in recording order; the
@@ -116,6 +120,19 @@ class _Run:
                     if isinstance(k, str):
                         self._by_key.setdefault(k, []).append(e)
         return self._by_key.get(key, [])
+
+    def writes_of(self, key: str) -> list[dict]:
+        """The DataStore writes of `key` among the raw requests (`REQUEST_FIELDS` rows), in recording order; indexed
+        once, as `events_of` is, so that a report's many timelines scan the requests once."""
+        if self._writes_by_key is None:
+            self._writes_by_key = {}
+            for r in self._requests:
+                if len(r) != len(REQUEST_FIELDS):
+                    continue
+                f = dict(zip(REQUEST_FIELDS, r))
+                if f["service"] == "ds" and f["call"] in _WRITES:
+                    self._writes_by_key.setdefault(f["key"], []).append(f)
+        return self._writes_by_key.get(key, [])
 
     def keys(self) -> list[str]:
         self.events_of("")
@@ -287,22 +304,13 @@ def _versions(run: _Run, key: str, t0: int, inspector: Any) -> tuple[list[dict[s
     return out, note
 
 
-_WRITES = frozenset({"set", "update", "increment", "remove"})
-
-
 def _writes(run: _Run, key: str) -> list[dict[str, Any]]:
     """Every DataStore write of `key` the run's raw requests record (`history.json`'s `requests`, see
     `storage.REQUEST_FIELDS`), in invoke order: the versions the world file replaced within an hour among them, by
     their version numbers; a failed or ambiguous one too (it may have landed)."""
-    out = []
-    for r in run.requests:
-        if len(r) != len(REQUEST_FIELDS):
-            continue
-        f = dict(zip(REQUEST_FIELDS, r))
-        if f["service"] == "ds" and f["key"] == key and f["call"] in _WRITES:
-            out.append({"t": f["invoke"], "complete": f["complete"], "store": f["store"], "call": f["call"],
-                        "server": str(f["obj"]).split("#", 1)[0], "outcome": f["outcome"], "read": f["read"],
-                        "written": f["written"]})
+    out = [{"t": f["invoke"], "complete": f["complete"], "store": f["store"], "call": f["call"],
+            "server": str(f["obj"]).split("#", 1)[0], "outcome": f["outcome"], "read": f["read"],
+            "written": f["written"]} for f in run.writes_of(key)]
     return sorted(out, key=lambda w: (w["t"], w["complete"]))
 
 
