@@ -31,7 +31,7 @@ from typing import Any
 
 from lodestore.storage._clock import SimClock
 from lodestore.storage._errors import LodestoreError
-from lodestore.storage._shards import BUDGET_NAME, MEMORYSTORE_NAME, WorldInfo, datastore_name
+from lodestore.storage._shards import WorldInfo
 
 __all__ = ["Ingress", "IngressActor", "IngressRuntime", "SimulationEnded", "INGRESS_NAME", "ingress_world",
            "reachable"]
@@ -47,11 +47,9 @@ class SimulationEnded(LodestoreError):
 
 def reachable(info: WorldInfo) -> frozenset[str]:
     """The cloud objects an outside caller may reach: the world's storage services, nothing of the simulator."""
-    from lodestore.storage.messaging._engine import MESSAGING_NAME
-    names = {datastore_name(i) for i in range(info.shards)} | {MEMORYSTORE_NAME, MESSAGING_NAME}
-    if info.budget is not None:
-        names.add(BUDGET_NAME)
-    return frozenset(names)
+    from lodestore.storage._virtual import cloud_addresses
+    shards, budget = cloud_addresses(info)
+    return frozenset(a.name for refs in shards.values() for a in refs) | ({budget.name} if budget else set())
 
 
 class Ingress:
@@ -202,16 +200,9 @@ def ingress_world(ingress: Any) -> Any:
     caller sees it: storage calls go through the ingress; the clock follows the run's pace."""
     import ray
 
-    from lodestore.storage._transport import DATASTORE, MEMORYSTORE
-    from lodestore.storage._virtual import CLOUD, Address
-    from lodestore.storage._world import World
-    from lodestore.storage.messaging._engine import MESSAGING, MESSAGING_NAME
+    from lodestore.storage._virtual import cloud_world
 
     described = ingress.describe() if isinstance(ingress, Ingress) else ray.get(ingress.describe.remote())
     info, (epoch_ms, wall_start_s, time_scale) = described
     clock = SimClock(epoch_ms=epoch_ms, real_start_ms=wall_start_s * 1000.0, time_scale=time_scale)
-    info = dataclasses.replace(info, clock=clock)
-    shards = {DATASTORE: [Address(CLOUD, datastore_name(i)) for i in range(info.shards)],
-              MEMORYSTORE: [Address(CLOUD, MEMORYSTORE_NAME)], MESSAGING: [Address(CLOUD, MESSAGING_NAME)]}
-    budget = Address(CLOUD, BUDGET_NAME) if info.budget is not None else None
-    return World(info, IngressRuntime(ingress), shards, budget, None)
+    return cloud_world(dataclasses.replace(info, clock=clock), IngressRuntime(ingress))

@@ -39,8 +39,8 @@ from lodestore.storage._scheduler import Scheduler
 from lodestore.storage._shards import WorldInfo
 
 __all__ = ["Address", "Message", "Node", "NodeActor", "NodeLost", "VirtualRuntime", "CALL", "REPLY", "SEND",
-           "EPOCH_MS", "CLOUD", "canonical_order", "host_storage", "virtual_world", "WorldInfo", "ensure_ray",
-           "this_node"]
+           "EPOCH_MS", "CLOUD", "canonical_order", "host_storage", "virtual_world", "cloud_addresses", "cloud_world",
+           "WorldInfo", "ensure_ray", "this_node"]
 
 EPOCH_MS = 1_700_000_000_000
 """Where every virtual world's clock starts (simulated ms since the Unix epoch): runs are comparable."""
@@ -352,16 +352,26 @@ def virtual_world(node: Node, info: Any) -> Any:
     """The `World` of `info` as objects on `node` reach it: its storage at addresses on the cloud node, its clock
     the node's."""
     import dataclasses
+    return cloud_world(dataclasses.replace(info, clock=node.clock), node.runtime)
 
+
+def cloud_addresses(info: Any) -> tuple[dict[str, list[Address]], Address | None]:
+    """Where a virtual world's storage lives on the cloud node: each service's shard addresses, and the budget
+    ledger's (None without request budgets)."""
     from lodestore.storage._shards import BUDGET_NAME, MEMORYSTORE_NAME, datastore_name
     from lodestore.storage._transport import DATASTORE, MEMORYSTORE
-    from lodestore.storage._world import World
     from lodestore.storage.messaging._engine import MESSAGING, MESSAGING_NAME
-    info = dataclasses.replace(info, clock=node.clock)
     shards = {DATASTORE: [Address(CLOUD, datastore_name(i)) for i in range(info.shards)],
               MEMORYSTORE: [Address(CLOUD, MEMORYSTORE_NAME)], MESSAGING: [Address(CLOUD, MESSAGING_NAME)]}
-    budget = Address(CLOUD, BUDGET_NAME) if info.budget is not None else None
-    return World(info, node.runtime, shards, budget, None)
+    return shards, Address(CLOUD, BUDGET_NAME) if info.budget is not None else None
+
+
+def cloud_world(info: Any, runtime: Any) -> Any:
+    """The `World` of `info` whose calls to the cloud node's storage go through `runtime` (a node's own, or an
+    outside caller's: `storage._ingress`)."""
+    from lodestore.storage._world import World
+    shards, budget = cloud_addresses(info)
+    return World(info, runtime, shards, budget, None)
 
 
 def ensure_ray(address: str | None, dashboard: bool = False) -> str | None:
