@@ -837,8 +837,9 @@ class _Virtual(_Engine):
             while self._boundaries and self._boundaries[0] <= e:
                 at = max(t, self._boundaries.pop(0))
                 self._set_faults(fault_config_at(sc, (at - t0) / 1000, t0), at)
-            for door in self._doors:
-                door.exchange(self)
+            for door in list(self._doors):
+                if not door.exchange(self):
+                    self._doors.remove(door)
 
         def after(e: int) -> None:
             self._take_drains()
@@ -971,15 +972,20 @@ class _Virtual(_Engine):
 
     def _open_to_ray(self, pace: tuple) -> None:
         import ray
-        from lodestore.storage import INGRESS_NAME, IngressActor, namespace_of
+        from lodestore.storage import INGRESS_NAME, IngressActor, namespace_of, pinned
         name = self.scenario.world.name
-        try:
+        try:   # beside the cloud node, in the driver's node: a lost worker node never takes the door with it
             actor = ray.remote(IngressActor).options(name=INGRESS_NAME, namespace=namespace_of(name), num_cpus=0,
-                                                     max_concurrency=1000).remote(*pace)
+                                                     max_concurrency=1000,
+                                                     **pinned(virtual.this_node())).remote(*pace)
             ray.get(actor.describe.remote())
         except ValueError:   # the name is taken: another run of a world named so is open
             self.display.stream.write(f"note: another run of world {name!r} is open to outside callers; this one "
                                       f"is not\n")
+            return
+        except ACTOR_FAILURES as exc:   # the door died as it opened: the run plays on without one
+            self.display.stream.write(f"note: world {name!r} could not open to outside callers "
+                                      f"({type(exc).__name__})\n")
             return
         self._doors.append(_Door(actor))
         join = "" if self.options.address is not None else f" --address {ray.get_runtime_context().gcs_address}"
@@ -1213,19 +1219,27 @@ class _Door:
         self.tasks = waiting
         return answers
 
-    def exchange(self, engine: "_Virtual") -> None:
+    def exchange(self, engine: "_Virtual") -> bool:
+        """Answer what ended and start what came in; False when the ingress actor is gone (the run plays on,
+        closed to outside callers, who heard so from Ray)."""
         answers = self._answers(engine)
         if self.local:
             calls = self.ingress.exchange(answers)
         else:
             now = time.monotonic()
             if not answers and now - self.polled < self.POLL_S:
-                return
+                return True
             self.polled = now
             import ray
-            calls = ray.get(self.ingress.exchange.remote(answers))
+            try:
+                calls = ray.get(self.ingress.exchange.remote(answers))
+            except ACTOR_FAILURES as exc:
+                engine.display.stream.write(f"\nthe run's ingress is gone ({type(exc).__name__}): it is closed to "
+                                            f"outside callers from now on\n")
+                return False
         for call, name, method, args in calls:
             self.tasks[engine._start(virtual.CLOUD, name, method, tuple(args))] = call
+        return True
 
     def close(self, engine: "_Virtual") -> None:
         """Answer what ended; every other outside call hears SimulationEnded, and the ingress takes no more."""

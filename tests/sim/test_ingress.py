@@ -122,3 +122,24 @@ def test_lodestore_serve_joins_a_paced_run_on_ray_and_serves_its_world(ray_sessi
             printed, _ = server.communicate(timeout=60)
     assert "(joined)" in printed and done["result"].ok
     assert stored(out, "support", "ticket_9") == [1, 2]
+
+
+@pytest.mark.ray
+def test_a_paced_run_whose_ingress_dies_plays_on_closed_to_outside_callers(ray_session, tmp_path):
+    """The ingress actor is only a door: losing it (its process killed, as a lost node would) ends no run."""
+    import io
+
+    import ray
+
+    stream = io.StringIO()
+    with playing(paced_scenario("doorlost", seed=5), tmp_path / "run", stream=stream) as done:
+        wait_until_open("doorlost", done)
+        while "is open" not in stream.getvalue():   # the run has the door, not only its name
+            assert "error" not in done, done.get("error")
+            time.sleep(0.05)
+        ray.kill(ray.get_actor(INGRESS_NAME, namespace=namespace_of("doorlost")), no_restart=True)
+        deadline = time.monotonic() + 60
+        while "ingress is gone" not in stream.getvalue():
+            assert "error" not in done and time.monotonic() < deadline, stream.getvalue()
+            time.sleep(0.1)
+    assert done["result"].ok, [c for c in done["result"].checks if not c.ok]
