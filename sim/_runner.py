@@ -651,7 +651,8 @@ class _RayNodes:
         """Host `n`'s answer to round `packed[0]`: kept by it, or stepped now; its death when it died."""
         import ray
         try:
-            answer = ray.get(self.actors[n].last.remote(packed[0]), timeout=30)
+            # as patient as a round's answer: a slow host (a loaded machine, a teardown still under way) is not lost
+            answer = ray.get(self.actors[n].last.remote(packed[0]), timeout=self._RESULT_TIMEOUT_S)
             if answer is None:
                 answer = ray.get(self.actors[n].step_packed.remote(packed))
             return answer

@@ -3,7 +3,8 @@
 Run in a subprocess by `test_cluster.py` (a test session's own Ray cannot also be a cluster). It starts a head and
 two workers (`ray.cluster_utils.Cluster`, one machine), plays `SCENARIO` with three simulator host nodes spread over
 the nodes (the cloud node, the world's storage and coordinator, stays in the driver on the head), paced at 15x so
-that the loss lands mid-run, and meanwhile removes the worker node that runs host 0: its game servers crash with it
+that the loss lands mid-run, and meanwhile removes the worker node that runs host 0 (once the play has begun, which
+the run's ingress opening tells, however long a loaded machine took to start the nodes): its game servers crash with it
 (their sessions end unsaved, their locks expire, their players reconnect to servers on other nodes). A lost node is a
 wall-clock event, so this run is not a function of its seed; every checker must pass all the same.
 It prints one JSON line: the run's report figures, the checkers' verdicts and what it observed.
@@ -52,12 +53,12 @@ lock_ttl = 30
 lock_refresh = 10
 """
 
-REMOVE_NODE_AFTER_S = 12.0    # wall seconds after the run starts (its nodes take a few seconds to come up)
+REMOVE_NODE_AFTER_S = 7.0     # wall seconds of play (about 105 simulated seconds at 15x)
 
 
 def main(out: Path) -> dict:
     from lodestore.sim import RunOptions, parse_scenario, simulate
-    from lodestore.storage import spread_nodes
+    from lodestore.storage import INGRESS_NAME, namespace_of, spread_nodes
 
     cluster, workers = start_cluster()
     seen: dict = {"nodes": len(ray.nodes())}
@@ -69,6 +70,13 @@ def main(out: Path) -> dict:
         events: list = []
 
         def chaos() -> None:
+            deadline = time.monotonic() + 200
+            while time.monotonic() < deadline:   # the play has begun: its hosts are up and the run is open
+                try:
+                    ray.get_actor(INGRESS_NAME, namespace=namespace_of("node-loss"))
+                    break
+                except ValueError:
+                    time.sleep(0.1)
             time.sleep(REMOVE_NODE_AFTER_S)
             cluster.remove_node(victim)
             events.append("node_removed")
