@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from urllib.parse import unquote
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -18,7 +21,7 @@ from lodestore.storage.opencloud import (_datastores, _erasure, _memorystore, _m
                                          _standard_v2)
 from lodestore.storage.opencloud._access import parse_api_keys
 from lodestore.storage.opencloud._errors import ApiError, Shape, error_response
-from lodestore.storage.opencloud._routes import OpenCloud
+from lodestore.storage.opencloud._routes import ENCODED_SLASH, OpenCloud
 
 __all__ = ["create_app", "FAMILIES"]
 
@@ -49,6 +52,24 @@ def create_app(world: World, *, api_keys: Iterable[str] | None = None, universe_
         return error_response(ApiError(exc.status_code, message), Shape.GATEWAY)
 
     routes = opencloud.routes([e for family in FAMILIES for e in family.ENDPOINTS.all])
-    app = Starlette(routes=routes, exception_handlers={HTTPException: not_served})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_served},
+                    middleware=[Middleware(_EncodedSlashes)])
     app.state.opencloud = opencloud
     return app
+
+
+class _EncodedSlashes:
+    """A path segment may hold an encoded "/" (`%2F`: a data store named "lodestore/records/players"), which the
+    server decodes before routing: the segment is kept whole, its slashes stood in for by `ENCODED_SLASH` until the
+    endpoint's path parameters are read (`OpenCloud._answer` puts them back)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%2f" in raw.lower():
+            path = raw.split(b"?", 1)[0].decode("latin-1")
+            parts = [unquote(part) for part in path.replace("%2f", "%2F").split("%2F")]
+            scope = {**scope, "path": ENCODED_SLASH.join(parts)}
+        await self.app(scope, receive, send)

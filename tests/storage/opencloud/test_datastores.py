@@ -195,3 +195,19 @@ def test_concurrent_increments_through_http_lose_nothing(served):
     with ThreadPoolExecutor(16) as pool:
         assert set(pool.map(bump, range(64))) == {200}
     assert served.world.server("g").datastores.get_data_store("counters").get("hits")[0] == 64
+
+
+def test_a_data_store_whose_name_holds_a_slash_is_reached_with_it_encoded(served):
+    """A name such as lodestore's own "lodestore/records/players" is one path segment, its "/" sent as %2F (as
+    encodeURIComponent does); the server decodes it before routing, and must still see one segment."""
+    served.world.server("game").datastores.get_data_store("guild/members").set("g1", {"rank": 2})
+    for encoded in ("guild%2Fmembers", "guild%2fmembers"):
+        got = served.request("GET", f"{V2}/{encoded}/entries/g1")
+        assert got.status_code == 200 and got.json()["value"] == {"rank": 2}, got.text
+    patched = served.request("PATCH", f"{V2}/guild%2Fmembers/scopes/global/entries/g1", json={"value": {"rank": 3}})
+    assert patched.status_code == 200, patched.text
+    listed = served.request("GET", f"{V2}/guild%2Fmembers/entries").json()["dataStoreEntries"]
+    assert [e["id"] for e in listed] == ["g1"]
+    assert served.world.server("game").datastores.get_data_store("guild/members").get("g1")[0] == {"rank": 3}
+    # a plain slash is still two segments: no such endpoint
+    assert served.request("GET", f"{V2}/guild/members/entries/g1").status_code == 404
