@@ -190,7 +190,20 @@ def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         players = _section(totals, "players")
         rows.append(("players", _counts(players, ("joins", "leaves", "teleports", "peak_online", "load_failures",
                                                   "loads_cancelled"))))
+    served = _section(report, "open_cloud")
+    if served:
+        rows.append(("open cloud", f"requests {_fmt(served.get('total'))}"))
+        writes = _section(served, "writes")
+        if writes:
+            rows.append(("open cloud writes", _outside_line(writes)))
     return rows
+
+
+def _outside_line(writes: Mapping[str, Any]) -> str:
+    """What became of the acknowledged writes that came in through Open Cloud (`sim._outside`), in one line."""
+    return (f"{_fmt(writes.get('writes'))}: kept {_fmt(writes.get('kept'))}, replaced by a game server "
+            f"{_fmt(writes.get('replaced'))} ({_fmt(writes.get('replaced_unseen'))} unread); to keys a session held "
+            f"{_fmt(writes.get('held'))}, {_fmt(writes.get('held_replaced'))} of them replaced")
 
 
 _OUTCOMES = ("ok", "failed", "unknown")
@@ -497,6 +510,7 @@ def _html_page(report: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
     if checks:
         parts += ["<h2>Checkers</h2>", _html_checks(checks)]
     parts += _html_timelines(checks)
+    parts += _html_open_cloud(_section(report, "open_cloud"))
     if plots:
         parts.append("<h2>Plots</h2>")
         parts += [f'<img src="{_esc(path.name)}" alt="{_esc(plot)} plot">' for plot, path in plots.items()]
@@ -517,6 +531,35 @@ def _html_timelines(checks: list[dict[str, Any]]) -> list[str]:
     items += [f"<li>{_esc(key)}: <code>lodestore timeline RUN_DIR {_esc(key)}</code></li>"
               for key in keys[MAX_REPORT_TIMELINES:]]
     return ["<h2>Timelines of the keys the checkers name</h2>", f"<ul>{''.join(items)}</ul>"]
+
+
+def _html_open_cloud(served: Mapping[str, Any]) -> list[str]:
+    """A served run's Open Cloud requests by endpoint and status, and what became of the writes (`sim._outside`):
+    the edits that a session's save replaced while it held the key first, each linked to the key's timeline."""
+    from lodestore.sim._timeline import timeline_href
+    if not served:
+        return []
+    requests = _section(served, "requests")
+    statuses = sorted({status for by in requests.values() for status in by})
+    parts = ["<h2>Open Cloud</h2>", f"<p>Served at {_esc(served.get('url'))}: {_esc(_fmt(served.get('total')))} "
+             f"requests.</p>"]
+    if requests:
+        parts.append(_html_table(("endpoint",) + tuple(statuses),
+                                 [[_esc(e)] + [_esc(_fmt(by.get(s, 0))) for s in statuses]
+                                  for e, by in sorted(requests.items())]))
+    writes = _section(served, "writes")
+    if writes:
+        parts.append(f"<p>Writes: {_esc(_outside_line(writes))}.</p>")
+        examples = writes.get("examples") or []
+        if examples:
+            rows = [[f'<a href="{_esc(timeline_href(x["key"]))}">{_esc(x["key"])}</a>', _esc(x["store"]),
+                     _esc(x["version"]), _esc(x["t_ms"] / 1000), _esc(x["held_by"]), _esc(x["replaced_by"]),
+                     _esc(x["replaced_at_ms"] / 1000), "yes" if x.get("seen") else "no"]
+                    for x in examples]
+            parts += ["<p>Edits a session's save replaced while it held the key (the first of them):</p>",
+                      _html_table(("key", "data store", "version", "at (s)", "held by", "replaced by", "at (s)",
+                                   "read the edit"), rows, numeric_from=2)]
+    return parts
 
 
 def _html_scenario(scenario: Mapping[str, Any]) -> str:

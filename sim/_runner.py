@@ -43,6 +43,7 @@ from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
 from lodestore.sim._host import RELAY, HostRole, Relay
 from lodestore.sim._metrics import check_thresholds, metrics
+from lodestore.sim._outside import outside_writes
 from lodestore.sim._report import summary_table, write_report
 from lodestore.sim._scenario import (Scenario, datastore_latency, design_summary, memorystore_latency,
                                      scenario_toml, store_config)
@@ -397,8 +398,10 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     report["totals"]["players"]["teleports"] = engine.router.teleports
     report.update(engine.storage_figures)
     report["design"] = design_summary(scenario)
-    if engine.open_cloud is not None:
-        report["open_cloud"] = engine.open_cloud
+    if engine.open_cloud is not None:   # with what became of its writes, from the whole history's requests
+        history = collector.history
+        report["open_cloud"] = {**engine.open_cloud, "writes": outside_writes(history.requests,
+                                                                              history.lock_events())}
     report["metrics"] = metrics(checks, report)
     report["thresholds"] = check_thresholds(scenario.thresholds, report["metrics"])
     history_json = collector.history.to_json()
@@ -740,6 +743,7 @@ class _Virtual(_Engine):
         self._doors: list[_Door] = []   # calls from outside the run into its world (`storage._ingress`)
         self.server: Any = None         # the run's Open Cloud server (`[serve]`), while it plays
         self.open_cloud: dict | None = None   # what it answered, by endpoint and status (for the report)
+        self._outside: list[tuple] = []       # its raw requests (`storage.REQUEST_FIELDS`), for the history
         self.busy: list = []    # wall seconds each node spent stepping (cloud first)
         self.node_errors: list[str] = []   # what failed in tasks nobody awaited (a message sent without an answer)
 
@@ -839,7 +843,7 @@ class _Virtual(_Engine):
                 at = max(t, self._boundaries.pop(0))
                 self._set_faults(fault_config_at(sc, (at - t0) / 1000, t0), at)
             for door in list(self._doors):
-                if not door.exchange(self):
+                if not door.exchange(self, t):
                     self._doors.remove(door)
 
         def after(e: int) -> None:
@@ -961,6 +965,13 @@ class _Virtual(_Engine):
         serve = self.scenario.serve
         ingress = Ingress(*pace)
         world = ingress_world(ingress)
+        t0 = self.t0
+
+        def record(r: tuple) -> None:   # as the hosts record theirs, in ms since the run began; its completion no
+            done = max(r[8], ingress.run_ms or r[8])   # earlier than the exchange that answered it (`RunClock`)
+            self._outside.append(r[:7] + (r[7] - t0, done - t0) + r[9:])
+
+        world.recorder = record   # the server thread's clients, on the served world (list.append: thread-safe)
         self._doors.append(_Door(ingress))
         self.server = ServerThread(lambda: create_app(world, api_keys=list(serve.api_keys) or None,
                                                       universe_id=serve.universe_id), serve.host, serve.port).start()
@@ -1002,6 +1013,9 @@ class _Virtual(_Engine):
             self.server.stop()
             if self.server.app is not None:
                 stats = self.server.app.state.opencloud.statistics()
+                # its raw requests join the game servers': checked by consistency, shown in the keys' timelines
+                self.collector.history.requests.extend(self._outside)
+                self._outside = []
                 self.open_cloud = {"url": self.server.url, "total": stats.total,
                                    "requests": {endpoint: {str(status): n for status, n in by_status.items()}
                                                 for endpoint, by_status in stats.requests.items()}}
@@ -1220,12 +1234,12 @@ class _Door:
         self.tasks = waiting
         return answers
 
-    def exchange(self, engine: "_Virtual") -> bool:
-        """Answer what ended and start what came in; False when the ingress actor is gone (the run plays on,
-        closed to outside callers, who heard so from Ray)."""
+    def exchange(self, engine: "_Virtual", t: int) -> bool:
+        """At the start `t` of a cloud window: answer what ended and start what came in; False when the ingress
+        actor is gone (the run plays on, closed to outside callers, who heard so from Ray)."""
         answers = self._answers(engine)
         if self.local:
-            calls = self.ingress.exchange(answers)
+            calls = self.ingress.exchange(answers, t)
         else:
             now = time.monotonic()
             if not answers and now - self.polled < self.POLL_S:
@@ -1233,7 +1247,7 @@ class _Door:
             self.polled = now
             import ray
             try:
-                calls = ray.get(self.ingress.exchange.remote(answers))
+                calls = ray.get(self.ingress.exchange.remote(answers, t))
             except ACTOR_FAILURES as exc:
                 engine.display.stream.write(f"\nthe run's ingress is gone ({type(exc).__name__}): it is closed to "
                                             f"outside callers from now on\n")

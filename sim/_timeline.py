@@ -700,11 +700,14 @@ def write_timeline(run_dir: str | Path, key: str, out: str | Path | None = None)
 
 def write_timelines(run_dir: str | Path, report: Mapping[str, Any],
                     finals: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """The timelines of the keys the failing checks of `report` name (at most `MAX_REPORT_TIMELINES`), written
-    where its page links them; {key: html path}. The world file is opened once for all of them. `finals` (each
-    player's data as the run read it at its end) stands in for the world file's versions when there is no file
-    (a memory backend), so that the actions still say whether they are in the final ledger."""
-    keys = keys_named(report.get("checks") or ())[:MAX_REPORT_TIMELINES]
+    """The timelines of the keys the failing checks of `report` name, then of a served run's replaced edits
+    (`report["open_cloud"]["writes"]["examples"]`), at most `MAX_REPORT_TIMELINES`, written where its page links
+    them; {key: html path}. The world file is opened once for all of them. `finals` (each player's data as the
+    run read it at its end) stands in for the world file's versions when there is no file (a memory backend), so
+    that the actions still say whether they are in the final ledger."""
+    named = keys_named(report.get("checks") or ())
+    edited = [x["key"] for x in ((report.get("open_cloud") or {}).get("writes") or {}).get("examples", ())]
+    keys = list(dict.fromkeys(named + edited))[:MAX_REPORT_TIMELINES]
     if not keys:
         return {}
     run = _Run(run_dir, report)
@@ -727,7 +730,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                         "keeps with each one's diff, transaction markers, the faults that hit its "
                                         "actions, the actions acknowledged to the player, and where a checker's "
                                         "counterexample sits. Writes an HTML page and its JSON beside it.")
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's directory (report.json, history.json, ...)")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a finished run's directory (report.json, history.json, ...)")
     parser.add_argument("key", metavar="KEY", help="the player's key, e.g. player_00003")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE",
                         help="the HTML file (default RUN_DIR/timelines/KEY.html); the JSON goes beside it")

@@ -43,7 +43,7 @@ from lodestore.storage._types import SortDirection
 from lodestore.storage._values import (MAX_DEPTH, canonical, check_key, check_metadata, check_store_name,
                                        check_user_ids, check_value, decode, encode)
 from lodestore.storage._erasure import DeletionTemplate, ErasedKey, ErasureReport, Rewrite, register_eraser
-from lodestore.storage._world import AsyncServer, AsyncWorld, Server, World, metrics_url
+from lodestore.storage._world import OPEN_CLOUD_JOB_ID, AsyncServer, AsyncWorld, Server, World, metrics_url
 from lodestore.storage import _virtual as virtual
 from lodestore.storage.datastore import (DataStore, DataStoreEngine, DataStoreInfo, DataStoreLimits, DataStoreService,
                                          DataStoreState, DataStoreStatistics, KeyInfo, OrderedDataStore, Page,
@@ -54,7 +54,7 @@ from lodestore.storage.messaging import (MESSAGING_NAME, MessagingService, Messa
 
 __all__ = [
     "World", "AsyncWorld", "Server", "AsyncServer", "ShardStatistics", "WorldStatistics", "StorageUsage",
-    "DataStoreLimits", "metrics_url",
+    "DataStoreLimits", "metrics_url", "OPEN_CLOUD_JOB_ID",
     "Clock", "SimClock", "ManualClock", "Scheduler", "Timer", "sleep", "Backoff", "retry",
     "DataStoreService", "DataStore", "OrderedDataStore", "KeyInfo", "VersionInfo", "Page", "UpdateResult",
     "SortDirection", "DataStoreStatistics", "RequestType", "RetryPolicy", "GateStatistics", "emergency", "Permit",

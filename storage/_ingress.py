@@ -10,7 +10,8 @@ at least one round (two hops of simulated time) and runs among the game servers'
 The world such a client sees (`ingress_world`) is a `World` like any other: its runtime (`IngressRuntime`) sends
 every call to a storage object through the ingress, so the clients' logic (UpdateAsync's loop, the read cache, the
 budget gate) runs in the caller's process, exactly as it does for a game server. Its clock is the run's pace
-(the run is paced: `time_scale`), anchored where the engine says its play started.
+(the run is paced: `time_scale`), anchored where the engine says its play started; in process it never runs ahead
+of the engine (`RunClock`), so that the times a caller records bound what the engine did.
 
 In process (the in-process engine, or a server thread of the driver) the ingress is the plain object; across
 processes it is a Ray actor named `INGRESS_NAME` in the world's namespace (`IngressActor`), which the engine polls.
@@ -33,8 +34,8 @@ from lodestore.storage._clock import SimClock
 from lodestore.storage._errors import LodestoreError
 from lodestore.storage._shards import WorldInfo
 
-__all__ = ["Ingress", "IngressActor", "IngressRuntime", "SimulationEnded", "INGRESS_NAME", "ingress_world",
-           "reachable"]
+__all__ = ["Ingress", "IngressActor", "IngressRuntime", "RunClock", "SimulationEnded", "INGRESS_NAME",
+           "ingress_world", "reachable"]
 
 INGRESS_NAME = "lodestore-ingress"
 """The ingress actor's name in a running simulation's Ray namespace (`namespace_of(world)`)."""
@@ -66,6 +67,9 @@ class Ingress:
         self._waiting: dict[int, concurrent.futures.Future] = {}
         self._closed: str | None = None
         self.calls = 0
+        # the run's simulated ms at the engine's last exchange (None before the first): every call taken later
+        # starts at or after it, every answer handed over by then ended at or before it
+        self.run_ms: int | None = None
 
     def submit(self, name: str, method: str, args: tuple) -> concurrent.futures.Future:
         """Queue `name.method(*args)` for the cloud node; the future gets its result or its exception."""
@@ -101,8 +105,12 @@ class Ingress:
             else:
                 future.set_exception(value)
 
-    def exchange(self, answers: list[tuple[int, bool, Any]]) -> list[tuple[int, str, str, tuple]]:
-        """`answer` then `take`, in one call (one message per round for an ingress across processes)."""
+    def exchange(self, answers: list[tuple[int, bool, Any]], run_ms: int | None = None) -> list[tuple[int, str, str,
+                                                                                                  tuple]]:
+        """`answer` then `take`, in one call (one message per round for an ingress across processes), the engine
+        being at simulated ms `run_ms` (the start of the cloud window the taken calls start in)."""
+        if run_ms is not None:
+            self.run_ms = run_ms
         self.answer(answers)
         return self.take()
 
@@ -129,14 +137,30 @@ class IngressActor:
     async def submit(self, name: str, method: str, args: tuple) -> Any:
         return await asyncio.wrap_future(self.ingress.submit(name, method, args))
 
-    def exchange(self, answers: list) -> list:
-        return self.ingress.exchange(answers)
+    def exchange(self, answers: list, run_ms: int | None = None) -> list:
+        return self.ingress.exchange(answers, run_ms)
 
     def close(self, why: str = "the simulation ended") -> None:
         self.ingress.close(why)
 
     def describe(self) -> tuple:
         return self.ingress.describe()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunClock:
+    """The clock of a world behind an in-process ingress: the run's pace, but never ahead of where the engine has
+    been seen (`Ingress.run_ms`), so a time read before a call is at or before the moment the engine starts it."""
+
+    pace: SimClock
+    ingress: Ingress
+
+    def now(self) -> int:
+        paced, seen = self.pace.now(), self.ingress.run_ms
+        return paced if seen is None else min(paced, seen)
+
+    def real_seconds(self, simulated_seconds: float) -> float:
+        return self.pace.real_seconds(simulated_seconds)
 
 
 class IngressRuntime:
@@ -197,12 +221,15 @@ class IngressRuntime:
 
 def ingress_world(ingress: Any) -> Any:
     """The `World` of the simulation behind `ingress` (an `Ingress`, or an `IngressActor` handle), as an outside
-    caller sees it: storage calls go through the ingress; the clock follows the run's pace."""
+    caller sees it: storage calls go through the ingress; the clock follows the run's pace (`RunClock` in
+    process)."""
     import ray
 
     from lodestore.storage._virtual import cloud_world
 
     described = ingress.describe() if isinstance(ingress, Ingress) else ray.get(ingress.describe.remote())
     info, (epoch_ms, wall_start_s, time_scale) = described
-    clock = SimClock(epoch_ms=epoch_ms, real_start_ms=wall_start_s * 1000.0, time_scale=time_scale)
+    clock: Any = SimClock(epoch_ms=epoch_ms, real_start_ms=wall_start_s * 1000.0, time_scale=time_scale)
+    if isinstance(ingress, Ingress):
+        clock = RunClock(clock, ingress)
     return cloud_world(dataclasses.replace(info, clock=clock), IngressRuntime(ingress))

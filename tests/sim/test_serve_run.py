@@ -84,3 +84,62 @@ def test_a_served_runs_keys_are_checked_before_it_starts(tmp_path):
     with pytest.raises(ConfigError, match="datastores.fly"):
         simulate(parse_scenario(text), RunOptions(out=tmp_path / "run", engine="in-process", progress=False,
                                                   stream=io.StringIO()))
+
+
+def test_a_served_run_says_which_edits_the_sessions_holding_the_keys_wrote_over(tmp_path):
+    """The question a bulk edit tried against a live game asks: did each edit stay? An admin's read-modify-write
+    of a record a session holds is written over by that session's next save (it holds the data in memory); the
+    report counts it among the edits replaced while held and links the key's timeline, which lists the outside
+    write; an edit of a key no game server touches is kept. The outside requests are in the run's raw history and
+    the consistency checker passes with them."""
+    from urllib.parse import quote
+
+    from lodestore.sim import build_timeline
+    from lodestore.sim._timeline import timeline_href
+
+    port = _free_port()
+    out = tmp_path / "run"
+    text = paced_scenario("edited", seed=5, extra=f"\n[serve]\nport = {port}\n\n[store]\nautosave_interval = 20\n")
+    http = requests.Session()
+    http.trust_env = False
+    records = f"http://127.0.0.1:{port}/cloud/v2/universes/1/data-stores/{quote('lodestore/records/players', '')}"
+    key = {"x-api-key": "lodestore-test-key"}
+    with playing(text, out, engine="in-process") as done:
+        deadline = time.monotonic() + 60
+        edited = None
+        while edited is None:   # a record some session holds (the players join in the first simulated seconds)
+            assert "error" not in done and time.monotonic() < deadline, done.get("error")
+            try:
+                listed = http.get(f"{records}/entries", headers=key, timeout=30).json()["dataStoreEntries"]
+            except requests.ConnectionError:
+                listed = []
+            for entry in listed:
+                got = http.get(f"{records}/entries/{entry['id']}", headers=key, timeout=30).json()
+                if got["value"].get("session"):
+                    edited, record = entry["id"], got["value"]
+                    break
+            time.sleep(0.1)
+        record["file"]["data"]["committed_data"]["banned"] = True
+        written = http.patch(f"{records}/entries/{edited}", json={"value": record}, headers=key, timeout=30)
+        assert written.status_code == 200, written.text
+        ours = written.json()["revisionId"]
+        while http.get(f"{records}/entries/{edited}", headers=key, timeout=30).json()["revisionId"] == ours:
+            assert "error" not in done and time.monotonic() < deadline + 60, "the holder never saved again"
+            time.sleep(0.2)
+        kept = http.patch(f"http://127.0.0.1:{port}/{V2.replace('/7/', '/1/')}/ticket_1?allowMissing=true",
+                          json={"value": {"refund": 5}}, headers=key, timeout=30)
+        assert kept.status_code == 200
+    result = done["result"]
+    checks = {c.name: c for c in result.checks}
+    assert checks["consistency"].ok, checks["consistency"].counterexample
+    writes = result.report["open_cloud"]["writes"]
+    assert writes["writes"] == 2 and writes["kept"] == 1 and writes["held_replaced"] == 1
+    example, = writes["examples"]
+    assert example["key"] == edited and example["store"] == "lodestore/records/players"
+    assert example["held_by"] == example["replaced_by"] and example["replaced_at_ms"] > example["t_ms"]
+    assert writes["by_store"]["support"] == {"writes": 1, "replaced": 0, "held": 0}
+    assert "banned" not in stored(out, "lodestore/records/players", edited)["file"]["data"]["committed_data"]
+    assert any(r[4].startswith("open-cloud") for r in result.history.requests)
+    timeline = build_timeline(out, edited)
+    assert [w for w in timeline["writes"] if w["server"] == "open-cloud"] != []
+    assert (out / "report.html").read_text().count(f">{edited}</a>") == 1 and (out / timeline_href(edited)).exists()

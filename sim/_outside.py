@@ -1,0 +1,90 @@
+"""What became of the writes that came in from outside a served run (a scenario's `[serve]`: Open Cloud).
+
+The question a user asks of a bulk edit or a migration tried against a simulated live game is whether each edit
+stayed. A session-locked game holds a player's data in memory and saves it over whatever is stored, so an edit to a
+key whose lock a session holds is, in most designs, replaced by that session's next save. From the run's raw
+requests (`storage.REQUEST_FIELDS`, the outside ones among them) each acknowledged outside write of a DataStore entry
+is one of:
+
+- "kept": no game server wrote the entry after it (it is the entry's version at the end, or only outside writes
+  followed);
+- "replaced": a game server's write came next; "unseen" among them when that write did not read the outside
+  version (it wrote over the edit without looking: a SetAsync, or a request that read the entry before the edit);
+
+and each is "held" when a session held the entry's key lock at the moment it completed (the game's lock events name
+the same key as the entry: `Store` records are keyed by player). Whether a replacing save carried the edit's content
+is a question of the design's data, not of versions: the timeline of the key shows both values.
+
+Never does: judge (a replaced edit is what Roblox does too; it is the figure a user reads before running the tool
+on real players).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+from lodestore.sim._checkers import LockEvent, _holds
+from lodestore.storage import OPEN_CLOUD_JOB_ID, REQUEST_FIELDS
+
+__all__ = ["outside_writes", "is_outside"]
+
+_OBJ = REQUEST_FIELDS.index("obj")
+_WRITES = frozenset({"set", "update", "increment", "remove"})
+EXAMPLES = 10
+
+
+def is_outside(obj: Any) -> bool:
+    """Whether a raw request's client object is Open Cloud's (`World.open_cloud()`), not a game server's."""
+    return str(obj).split("#", 1)[0] == OPEN_CLOUD_JOB_ID
+
+
+def outside_writes(requests: Iterable[tuple], lock_events: Iterable[LockEvent] = ()) -> dict[str, Any]:
+    """The fate of every acknowledged outside DataStore write among `requests` (raw request tuples, times in ms
+    since the run began), with the lock holds of `lock_events`: counts, by data store, and up to `EXAMPLES`
+    replaced edits of keys a session held (the ones a user must look at first)."""
+    fields = {name: i for i, name in enumerate(REQUEST_FIELDS)}
+    writes: dict[tuple, list[tuple]] = defaultdict(list)    # (store, scope, key) -> every write that wrote a version
+    outside: list[tuple] = []
+    for r in requests:
+        if r[fields["service"]] != "ds" or r[fields["call"]] not in _WRITES or r[fields["written"]] is None:
+            continue
+        entry = (r[fields["store"]], r[fields["scope"]], r[fields["key"]])
+        writes[entry].append(r)
+        if is_outside(r[_OBJ]) and r[fields["outcome"]] == "ok":
+            outside.append(r)
+    holds: dict[str, list] = defaultdict(list)
+    for hold in _holds(lock_events):
+        holds[hold.key].append(hold)
+    for rs in writes.values():
+        rs.sort(key=lambda r: r[fields["written"]])
+
+    totals = {"writes": len(outside), "kept": 0, "replaced": 0, "replaced_unseen": 0, "held": 0, "held_replaced": 0}
+    by_store: dict[str, dict[str, int]] = defaultdict(lambda: {"writes": 0, "replaced": 0, "held": 0})
+    examples: list[dict[str, Any]] = []
+    for w in sorted(outside, key=lambda r: (r[fields["complete"]], r[fields["key"]])):
+        store, scope, key = w[fields["store"]], w[fields["scope"]], w[fields["key"]]
+        version, done = w[fields["written"]], w[fields["complete"]]
+        later = [r for r in writes[(store, scope, key)] if r[fields["written"]] > version]
+        holder = next((h.server for h in holds.get(key, ()) if h.start <= done <= h.end), None)
+        counts = by_store[store]
+        counts["writes"] += 1
+        if holder is not None:
+            totals["held"] += 1
+            counts["held"] += 1
+        if not later or is_outside(later[0][_OBJ]):
+            totals["kept"] += 1
+            continue
+        nxt = later[0]
+        unseen = nxt[fields["read"]] != version
+        totals["replaced"] += 1
+        totals["replaced_unseen"] += unseen
+        counts["replaced"] += 1
+        if holder is not None:
+            totals["held_replaced"] += 1
+            if len(examples) < EXAMPLES:
+                examples.append({"store": store, "scope": scope, "key": key, "version": version, "t_ms": done,
+                                 "held_by": holder, "replaced_by": str(nxt[_OBJ]).split("#", 1)[0],
+                                 "replaced_at_ms": nxt[fields["complete"]], "replacing_version": nxt[fields["written"]],
+                                 "seen": not unseen})
+    return {**totals, "by_store": dict(sorted(by_store.items())), "examples": examples}
