@@ -53,6 +53,16 @@ def test_the_world_behind_an_ingress_keeps_the_runs_pace():
     assert world.info.shards == 1 and world.name == "w"
 
 
+def test_the_world_behind_an_in_process_ingress_is_never_ahead_of_the_engine():
+    """A time read before a call is at or before the engine's start of it, even when the engine lags its pace."""
+    ingress = Ingress(_info(), 5_000_000, time.time() - 10.0, 6.0)   # by the pace, a simulated minute on
+    world = ingress_world(ingress)
+    ingress.exchange([], run_ms=5_030_000)   # the engine has played only 30 simulated seconds
+    assert world.now() == 5_030_000
+    ingress.exchange([], run_ms=9_000_000)   # the engine ahead of the pace: the pace
+    assert abs(world.now() - (5_000_000 + 60_000)) < 5_000
+
+
 @pytest.mark.ray
 def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session, tmp_path):
     """World.connect(NAME) of a running paced simulation reaches its world: a write made from outside while it
