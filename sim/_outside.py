@@ -35,8 +35,10 @@ EXAMPLES = 10
 
 
 def is_outside(obj: Any) -> bool:
-    """Whether a raw request's client object is Open Cloud's (`World.open_cloud()`), not a game server's."""
-    return str(obj).split("#", 1)[0] == OPEN_CLOUD_JOB_ID
+    """Whether a raw request's client object is Open Cloud's, not a game server's: `World.open_cloud()`'s (v2) or
+    another whose job id starts so (`open-cloud-v1`, Data Stores v1's)."""
+    job = str(obj).split("#", 1)[0]
+    return job == OPEN_CLOUD_JOB_ID or job.startswith(OPEN_CLOUD_JOB_ID + "-")
 
 
 def outside_writes(requests: Iterable[tuple], lock_events: Iterable[LockEvent] = ()) -> dict[str, Any]:

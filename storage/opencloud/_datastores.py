@@ -20,7 +20,8 @@ from starlette.responses import Response
 
 from lodestore.storage import MAX_LIST_PAGE, DataStoreInfo, DataStoreState
 from lodestore.storage.opencloud._errors import ApiError, Shape, json_response
-from lodestore.storage.opencloud._routes import Endpoints, flag, json_object, page_size, rfc3339, starts_with_filter
+from lodestore.storage.opencloud._routes import (Endpoints, flag, json_object, page_size, rfc3339, segment,
+                                                 starts_with_filter)
 
 __all__ = ["ENDPOINTS", "data_store_json"]
 
@@ -34,7 +35,7 @@ V1_LIST_DEFAULT, V1_LIST_MAX = 32, MAX_LIST_PAGE
 
 def data_store_json(universe_id: int, info: DataStoreInfo) -> dict:
     """`info` as Roblox's DataStore resource."""
-    out = {"path": f"universes/{universe_id}/data-stores/{info.name}", "id": info.name,
+    out = {"path": f"universes/{universe_id}/data-stores/{segment(info.name)}", "id": info.name,
            "createTime": rfc3339(info.created_time), "state": DataStoreState(info.state).value}
     if info.expire_time is not None:
         out["expireTime"] = rfc3339(info.expire_time)

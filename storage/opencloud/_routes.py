@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from lodestore.storage import MAX_VALUE_CHARS, Server, World
+from lodestore.storage import MAX_VALUE_CHARS, OPEN_CLOUD_JOB_ID, Server, World
 from lodestore.storage.opencloud._access import ApiKey, RequestStatistics, V1Limits
 from lodestore.storage.opencloud._errors import ApiError, Shape, error_response, from_exception
 
-__all__ = ["ENCODED_SLASH", "OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "v1_server", "flag", "page_size",
+__all__ = ["ENCODED_SLASH", "segment", "OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "v1_server", "flag", "page_size",
            "starts_with_filter", "query_int", "required", "read_body", "parse_json", "json_body", "json_object",
            "rfc3339", "parse_time", "user_ids_from_names", "MAX_BODY_BYTES"]
 
@@ -39,6 +39,12 @@ ENCODED_SLASH = "\ue000"
 """Stands in, while routing, for an encoded "/" (`%2F`) inside one path segment (a private-use character)."""
 
 
+def segment(name: str) -> str:
+    """`name` as one segment of a resource path in an answer: its slashes encoded (%2F), so that a client that
+    splits the path on "/" finds every part where it expects it."""
+    return name.replace("/", "%2F")
+
+
 def open_cloud_server(world: World):
     """The world's client for requests that come in through Open Cloud v2 (and the ordered and memory store APIs):
     `World.open_cloud()`, whose DataStore requests spend the experience budget shared with game servers (a spent
@@ -49,7 +55,7 @@ def open_cloud_server(world: World):
 def v1_server(world: World) -> Server:
     """The client of `/datastores/v1`: since 2026-07-29 v1 has its own per-universe limits (`V1Limits`, applied
     before a request reaches the world) and stays out of the experience budget, so it spends no game budget."""
-    return Server(world, "open-cloud-v1", budgeted=False)
+    return Server(world, f"{OPEN_CLOUD_JOB_ID}-v1", budgeted=False)   # a job id of Open Cloud's, as v2's
 
 
 Handler = Callable[["OpenCloud", Request], Awaitable[Response]]
@@ -121,7 +127,10 @@ class OpenCloud:
     # ----------------------------------------------------------------------------------------------- routing
 
     def routes(self, endpoints: list[Endpoint]) -> list[Route]:
-        return [Route(e.path, self._wrap(e), methods=[e.method], name=f"{e.method} {e.path}") for e in endpoints]
+        # a data store's name may hold "/" unencoded where more of the path follows it (rblx-open-cloud quotes a
+        # name keeping its slashes): ".../data-stores/lodestore/records/players/entries" finds the store
+        return [Route(e.path.replace("{data_store}/", "{data_store:path}/"), self._wrap(e), methods=[e.method],
+                      name=f"{e.method} {e.path}") for e in endpoints]
 
     def _wrap(self, endpoint: Endpoint):
         name = f"{endpoint.method} {endpoint.path}"

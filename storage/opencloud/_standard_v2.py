@@ -19,7 +19,7 @@ from starlette.responses import Response
 from lodestore.storage.opencloud._entries import Refused, increment_entry, revision_json, write_entry
 from lodestore.storage.opencloud._errors import ApiError, Shape, json_response
 from lodestore.storage.opencloud._routes import (Endpoints, flag, json_object, page_size, parse_time, required,
-                                                 rfc3339, starts_with_filter, user_ids_from_names)
+                                                 rfc3339, segment, starts_with_filter, user_ids_from_names)
 
 __all__ = ["ENDPOINTS"]
 
@@ -43,7 +43,8 @@ def _scope(request: Request, *, listing: bool = False) -> str | None:
 
 
 def _path(oc, request: Request, scope: str, key: str) -> str:
-    return f"universes/{oc.universe_id}/data-stores/{request.path_params['data_store']}/scopes/{scope}/entries/{key}"
+    return (f"universes/{oc.universe_id}/data-stores/{segment(request.path_params['data_store'])}/scopes/"
+            f"{segment(scope)}/entries/{segment(key)}")
 
 
 def _entry_json(oc, request: Request, scope: str, key: str, value: Any, info) -> dict:

@@ -33,7 +33,7 @@ def test_an_edit_the_holders_next_save_writes_over_is_replaced_while_held():
 
 def test_an_edit_of_a_key_nobody_holds_is_kept_and_a_blind_overwrite_is_unseen():
     requests = [_w("open-cloud#1", "p2", "set", 5_000, None, 1),           # nobody online: kept
-                _w("open-cloud#1", "p3", "update", 5_000, 4, 5),
+                _w("open-cloud-v1#1", "p3", "set", 5_000, 4, 5),           # Data Stores v1's client
                 _w("server_0002#1", "p3", "set", 6_000, None, 6),          # a SetAsync over it, without reading it
                 _w("open-cloud#1", "p4", "set", 5_000, None, 7, outcome="ambiguous"),   # not acknowledged: not counted
                 _w("open-cloud#1", "p5", "get", 5_000, 3, None)]           # a read: not an edit

@@ -209,5 +209,21 @@ def test_a_data_store_whose_name_holds_a_slash_is_reached_with_it_encoded(served
     listed = served.request("GET", f"{V2}/guild%2Fmembers/entries").json()["dataStoreEntries"]
     assert [e["id"] for e in listed] == ["g1"]
     assert served.world.server("game").datastores.get_data_store("guild/members").get("g1")[0] == {"rank": 3}
-    # a plain slash is still two segments: no such endpoint
-    assert served.request("GET", f"{V2}/guild/members/entries/g1").status_code == 404
+    # an entry key may hold an encoded slash too, and stays one key
+    served.world.server("game").datastores.get_data_store("guild/members").set("a/b", 1)
+    assert served.request("GET", f"{V2}/guild%2Fmembers/entries/a%2Fb").json()["value"] == 1
+    assert served.request("GET", f"{V2}/guild%2Fmembers/entries/a/b").status_code == 404
+
+
+def test_rblx_open_cloud_reaches_a_data_store_whose_name_holds_a_slash(experience, served):
+    """The client quotes a name keeping its slashes (".../data-stores/guild/members/..."): the store is found all
+    the same, and the paths it is answered with carry the name as one segment (%2F), which the client splits."""
+    guild = experience.get_datastore("guild/members")
+    guild.set_entry("g1", {"rank": 1})
+    guild.increment_entry("count", 3)
+    assert guild.get_entry("g1")[0] == {"rank": 1}
+    assert sorted((k.key, k.scope) for k in guild.list_keys()) == [("count", "global"), ("g1", "global")]
+    assert served.world.server("game").datastores.get_data_store("guild/members").get("count")[0] == 3
+    listed = served.request("GET", f"{V2}").json()["dataStores"]
+    assert {"id": "guild/members", "path": "universes/1/data-stores/guild%2Fmembers"}.items() <= \
+        next(d for d in listed if d["id"] == "guild/members").items()
