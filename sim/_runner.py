@@ -967,8 +967,11 @@ class _Virtual(_Engine):
         world = ingress_world(ingress)
         t0 = self.t0
 
-        def record(r: tuple) -> None:   # as the hosts record theirs, in ms since the run began; its completion no
-            done = max(r[8], ingress.run_ms or r[8])   # earlier than the exchange that answered it (`RunClock`)
+        def record(r: tuple) -> None:
+            """As the hosts record theirs, in ms since the run began; the completion no earlier than the exchange
+            that answered the call (the served world's clock, `RunClock`, may be behind it)."""
+            answered = ingress.run_ms
+            done = r[8] if answered is None else max(r[8], answered)
             self._outside.append(r[:7] + (r[7] - t0, done - t0) + r[9:])
 
         world.recorder = record   # the server thread's clients, on the served world (list.append: thread-safe)

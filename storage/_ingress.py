@@ -105,8 +105,8 @@ class Ingress:
             else:
                 future.set_exception(value)
 
-    def exchange(self, answers: list[tuple[int, bool, Any]], run_ms: int | None = None) -> list[tuple[int, str, str,
-                                                                                                  tuple]]:
+    def exchange(self, answers: list[tuple[int, bool, Any]],
+                 run_ms: int | None = None) -> list[tuple[int, str, str, tuple]]:
         """`answer` then `take`, in one call (one message per round for an ingress across processes), the engine
         being at simulated ms `run_ms` (the start of the cloud window the taken calls start in)."""
         if run_ms is not None:
