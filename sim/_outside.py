@@ -25,19 +25,23 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 from lodestore.sim._checkers import LockEvent, _holds
-from lodestore.storage import OPEN_CLOUD_JOB_ID, REQUEST_FIELDS
+from lodestore.sim._consistency import RawRequest
+from lodestore.storage import OPEN_CLOUD_JOB_ID
 
 __all__ = ["outside_writes", "is_outside"]
 
-_OBJ = REQUEST_FIELDS.index("obj")
 _WRITES = frozenset({"set", "update", "increment", "remove"})
 EXAMPLES = 10
+
+
+def _job(obj: Any) -> str:
+    return str(obj).split("#", 1)[0]
 
 
 def is_outside(obj: Any) -> bool:
     """Whether a raw request's client object is Open Cloud's, not a game server's: `World.open_cloud()`'s (v2) or
     another whose job id starts so (`open-cloud-v1`, Data Stores v1's)."""
-    job = str(obj).split("#", 1)[0]
+    job = _job(obj)
     return job == OPEN_CLOUD_JOB_ID or job.startswith(OPEN_CLOUD_JOB_ID + "-")
 
 
@@ -45,48 +49,42 @@ def outside_writes(requests: Iterable[tuple], lock_events: Iterable[LockEvent] =
     """The fate of every acknowledged outside DataStore write among `requests` (raw request tuples, times in ms
     since the run began), with the lock holds of `lock_events`: counts, by data store, and up to `EXAMPLES`
     replaced edits of keys a session held (the ones a user must look at first)."""
-    fields = {name: i for i, name in enumerate(REQUEST_FIELDS)}
-    writes: dict[tuple, list[tuple]] = defaultdict(list)    # (store, scope, key) -> every write that wrote a version
-    outside: list[tuple] = []
-    for r in requests:
-        if r[fields["service"]] != "ds" or r[fields["call"]] not in _WRITES or r[fields["written"]] is None:
+    writes: dict[tuple, list[RawRequest]] = defaultdict(list)   # (store, scope, key) -> the writes of a version
+    outside: list[RawRequest] = []
+    for r in map(RawRequest._make, requests):
+        if r.service != "ds" or r.call not in _WRITES or r.written is None:
             continue
-        entry = (r[fields["store"]], r[fields["scope"]], r[fields["key"]])
-        writes[entry].append(r)
-        if is_outside(r[_OBJ]) and r[fields["outcome"]] == "ok":
+        writes[(r.store, r.scope, r.key)].append(r)
+        if is_outside(r.obj) and r.outcome == "ok":
             outside.append(r)
+    for rs in writes.values():
+        rs.sort(key=lambda r: r.written)
     holds: dict[str, list] = defaultdict(list)
     for hold in _holds(lock_events):
         holds[hold.key].append(hold)
-    for rs in writes.values():
-        rs.sort(key=lambda r: r[fields["written"]])
 
     totals = {"writes": len(outside), "kept": 0, "replaced": 0, "replaced_unseen": 0, "held": 0, "held_replaced": 0}
     by_store: dict[str, dict[str, int]] = defaultdict(lambda: {"writes": 0, "replaced": 0, "held": 0})
     examples: list[dict[str, Any]] = []
-    for w in sorted(outside, key=lambda r: (r[fields["complete"]], r[fields["key"]])):
-        store, scope, key = w[fields["store"]], w[fields["scope"]], w[fields["key"]]
-        version, done = w[fields["written"]], w[fields["complete"]]
-        later = [r for r in writes[(store, scope, key)] if r[fields["written"]] > version]
-        holder = next((h.server for h in holds.get(key, ()) if h.start <= done <= h.end), None)
-        counts = by_store[store]
+    for w in sorted(outside, key=lambda r: (r.complete, r.key)):
+        nxt = next((r for r in writes[(w.store, w.scope, w.key)] if r.written > w.written), None)
+        holder = next((h.server for h in holds.get(w.key, ()) if h.start <= w.complete <= h.end), None)
+        counts = by_store[w.store]
         counts["writes"] += 1
         if holder is not None:
             totals["held"] += 1
             counts["held"] += 1
-        if not later or is_outside(later[0][_OBJ]):
+        if nxt is None or is_outside(nxt.obj):
             totals["kept"] += 1
             continue
-        nxt = later[0]
-        unseen = nxt[fields["read"]] != version
         totals["replaced"] += 1
-        totals["replaced_unseen"] += unseen
+        totals["replaced_unseen"] += nxt.read != w.written
         counts["replaced"] += 1
         if holder is not None:
             totals["held_replaced"] += 1
             if len(examples) < EXAMPLES:
-                examples.append({"store": store, "scope": scope, "key": key, "version": version, "t_ms": done,
-                                 "held_by": holder, "replaced_by": str(nxt[_OBJ]).split("#", 1)[0],
-                                 "replaced_at_ms": nxt[fields["complete"]], "replacing_version": nxt[fields["written"]],
-                                 "seen": not unseen})
+                examples.append({"store": w.store, "scope": w.scope, "key": w.key, "version": w.written,
+                                 "t_ms": w.complete, "held_by": holder, "replaced_by": _job(nxt.obj),
+                                 "replaced_at_ms": nxt.complete, "replacing_version": nxt.written,
+                                 "seen": nxt.read == w.written})
     return {**totals, "by_store": dict(sorted(by_store.items())), "examples": examples}

@@ -534,8 +534,8 @@ def _html_timelines(checks: list[dict[str, Any]]) -> list[str]:
 
 
 def _html_open_cloud(served: Mapping[str, Any]) -> list[str]:
-    """A served run's Open Cloud requests by endpoint and status, and what became of the writes (`sim._outside`):
-    the edits that a session's save replaced while it held the key first, each linked to the key's timeline."""
+    """A served run's Open Cloud requests by endpoint and status, and what became of the writes (`sim._outside`),
+    with the first edits that the session holding the key wrote over, each linked to the key's timeline."""
     from lodestore.sim._timeline import timeline_href
     if not served:
         return []

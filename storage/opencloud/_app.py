@@ -7,7 +7,6 @@ Adding an endpoint family: a module with its `ENDPOINTS` (see `_routes.Endpoints
 from __future__ import annotations
 
 from typing import Iterable
-
 from urllib.parse import unquote
 
 from starlette.applications import Starlette

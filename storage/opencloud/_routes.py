@@ -25,16 +25,16 @@ from lodestore.storage import MAX_VALUE_CHARS, OPEN_CLOUD_JOB_ID, Server, World
 from lodestore.storage.opencloud._access import ApiKey, RequestStatistics, V1Limits
 from lodestore.storage.opencloud._errors import ApiError, Shape, error_response, from_exception
 
-__all__ = ["ENCODED_SLASH", "segment", "OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "v1_server", "flag", "page_size",
-           "starts_with_filter", "query_int", "required", "read_body", "parse_json", "json_body", "json_object",
-           "rfc3339", "parse_time", "user_ids_from_names", "MAX_BODY_BYTES"]
+__all__ = ["ENCODED_SLASH", "segment", "OpenCloud", "Endpoints", "Endpoint", "open_cloud_server", "v1_server",
+           "flag", "page_size", "starts_with_filter", "query_int", "required", "read_body", "parse_json", "json_body",
+           "json_object", "rfc3339", "parse_time", "user_ids_from_names", "MAX_BODY_BYTES"]
 
 log = logging.getLogger("lodestore.opencloud")
 
 MAX_BODY_BYTES = 4 * MAX_VALUE_CHARS + 64 * 1024
-
 """The largest request body read (a 4 MB value written as JSON with escapes, and the wrapping around it); a larger
 one gets 400 before anything is sent to the world."""
+
 ENCODED_SLASH = "\ue000"
 """Stands in, while routing, for an encoded "/" (`%2F`) inside one path segment (a private-use character)."""
 
