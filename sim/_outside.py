@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from lodestore.sim._checkers import LockEvent, _holds
 from lodestore.sim._consistency import RawRequest
-from lodestore.storage import OPEN_CLOUD_JOB_ID
+from lodestore.storage import OUTSIDE_PREFIX
 
 __all__ = ["outside_writes", "is_outside"]
 
@@ -39,10 +39,9 @@ def _job(obj: Any) -> str:
 
 
 def is_outside(obj: Any) -> bool:
-    """Whether a raw request's client object is Open Cloud's, not a game server's: `World.open_cloud()`'s (v2) or
-    another whose job id starts so (`open-cloud-v1`, Data Stores v1's)."""
-    job = _job(obj)
-    return job == OPEN_CLOUD_JOB_ID or job.startswith(OPEN_CLOUD_JOB_ID + "-")
+    """Whether a raw request came in from outside the run (through its ingress: Open Cloud, `World.connect`), not
+    from a game server."""
+    return str(obj).startswith(OUTSIDE_PREFIX)
 
 
 def outside_writes(requests: Iterable[tuple], lock_events: Iterable[LockEvent] = ()) -> dict[str, Any]:

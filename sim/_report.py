@@ -192,11 +192,20 @@ def _headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
                                                   "loads_cancelled"))))
     served = _section(report, "open_cloud")
     if served:
-        rows.append(("open cloud", f"requests {_fmt(served.get('total'))}"))
+        rows.append(("open cloud", _served_line(served)))
         writes = _section(served, "writes")
         if writes:
             rows.append(("open cloud writes", _outside_line(writes)))
     return rows
+
+
+def _served_line(served: Mapping[str, Any]) -> str:
+    """What came in from outside: the run's own server's requests (`[serve]`), and the storage calls that came in
+    through the run's ingress from any outside caller (that server, `lodestore serve --world`, `World.connect`)."""
+    parts = [] if served.get("total") is None else [f"requests {_fmt(served.get('total'))}"]
+    if served.get("outside_calls") is not None:
+        parts.append(f"storage calls from outside {_fmt(served.get('outside_calls'))}")
+    return ", ".join(parts) or "-"
 
 
 def _outside_line(writes: Mapping[str, Any]) -> str:
@@ -541,8 +550,8 @@ def _html_open_cloud(served: Mapping[str, Any]) -> list[str]:
         return []
     requests = _section(served, "requests")
     statuses = sorted({status for by in requests.values() for status in by})
-    parts = ["<h2>Open Cloud</h2>", f"<p>Served at {_esc(served.get('url'))}: {_esc(_fmt(served.get('total')))} "
-             f"requests.</p>"]
+    where = f"Served at {_esc(served.get('url'))}" if served.get("url") else "Joined from outside the run"
+    parts = ["<h2>Open Cloud</h2>", f"<p>{where}: {_esc(_served_line(served))}.</p>"]
     if requests:
         parts.append(_html_table(("endpoint",) + tuple(statuses),
                                  [[_esc(e)] + [_esc(_fmt(by.get(s, 0))) for s in statuses]

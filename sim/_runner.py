@@ -398,10 +398,11 @@ def simulate(scenario: Scenario, options: RunOptions = RunOptions()) -> RunResul
     report["totals"]["players"]["teleports"] = engine.router.teleports
     report.update(engine.storage_figures)
     report["design"] = design_summary(scenario)
-    if engine.open_cloud is not None:   # with what became of its writes, from the whole history's requests
+    if engine.open_cloud is not None or engine.outside_calls:   # what came in, and what became of its writes
         history = collector.history
-        report["open_cloud"] = {**engine.open_cloud, "writes": outside_writes(history.requests,
-                                                                              history.lock_events())}
+        served = engine.open_cloud or {"url": None, "total": None, "requests": {}}
+        report["open_cloud"] = {**served, "outside_calls": engine.outside_calls,
+                                "writes": outside_writes(history.requests, history.lock_events())}
     report["metrics"] = metrics(checks, report)
     report["thresholds"] = check_thresholds(scenario.thresholds, report["metrics"])
     history_json = collector.history.to_json()
@@ -743,7 +744,7 @@ class _Virtual(_Engine):
         self._doors: list[_Door] = []   # calls from outside the run into its world (`storage._ingress`)
         self.server: Any = None         # the run's Open Cloud server (`[serve]`), while it plays
         self.open_cloud: dict | None = None   # what it answered, by endpoint and status (for the report)
-        self._outside: list[tuple] = []       # its raw requests (`storage.REQUEST_FIELDS`), for the history
+        self.outside_calls = 0                # storage calls from outside (every ingress), for the report
         self.busy: list = []    # wall seconds each node spent stepping (cloud first)
         self.node_errors: list[str] = []   # what failed in tasks nobody awaited (a message sent without an answer)
 
@@ -964,17 +965,7 @@ class _Virtual(_Engine):
         from lodestore.storage.opencloud import DEFAULT_API_KEY, LOOPBACK_HOSTS, ServerThread, create_app
         serve = self.scenario.serve
         ingress = Ingress(*pace)
-        world = ingress_world(ingress)
-        t0 = self.t0
-
-        def record(r: tuple) -> None:
-            """As the hosts record theirs, in ms since the run began; the completion no earlier than the exchange
-            that answered the call (the served world's clock, `RunClock`, may be behind it)."""
-            answered = ingress.run_ms
-            done = r[8] if answered is None else max(r[8], answered)
-            self._outside.append(r[:7] + (r[7] - t0, done - t0) + r[9:])
-
-        world.recorder = record   # the server thread's clients, on the served world (list.append: thread-safe)
+        world = ingress_world(ingress)   # its clients record their requests into the ingress
         self._doors.append(_Door(ingress))
         self.server = ServerThread(lambda: create_app(world, api_keys=list(serve.api_keys) or None,
                                                       universe_id=serve.universe_id), serve.host, serve.port).start()
@@ -1008,20 +999,25 @@ class _Virtual(_Engine):
                                   f"Open Cloud while the run plays\n")
 
     def _close_doors(self) -> None:
-        """The play ended: outside calls hear so, the run's Open Cloud server stops and its figures are kept."""
+        """The play ended: outside calls hear so, the run's Open Cloud server stops, and what came in stays: the
+        outside clients' raw requests join the game servers' in the history (checked by consistency, shown in the
+        keys' timelines), and the server's figures are kept."""
         doors, self._doors = self._doors, []
-        for door in doors:
-            door.close(self)
+        closed = [(door, *door.close(self)) for door in doors]
         if self.server is not None:
             self.server.stop()
-            if self.server.app is not None:
-                stats = self.server.app.state.opencloud.statistics()
-                # its raw requests join the game servers': checked by consistency, shown in the keys' timelines
-                self.collector.history.requests.extend(self._outside)
-                self._outside = []
-                self.open_cloud = {"url": self.server.url, "total": stats.total,
-                                   "requests": {endpoint: {str(status): n for status, n in by_status.items()}
-                                                for endpoint, by_status in stats.requests.items()}}
+        for door, calls, records in closed:
+            if door.local:   # and what the server's last requests recorded as they heard the end
+                records += door.ingress.take_records()
+            self.outside_calls += calls
+            # in ms since the run began, as the hosts' records
+            self.collector.history.requests.extend(r[:7] + (r[7] - self.t0, r[8] - self.t0) + r[9:]
+                                                   for r in records)
+        if self.server is not None and self.server.app is not None:
+            stats = self.server.app.state.opencloud.statistics()
+            self.open_cloud = {"url": self.server.url, "total": stats.total,
+                               "requests": {endpoint: {str(status): n for status, n in by_status.items()}
+                                            for endpoint, by_status in stats.requests.items()}}
 
     def _start(self, node: int, name: str, method: str, args: tuple, at: int | None = None) -> int:
         """Start `name.method(*args)` on `node` at simulated time `at` (None, or a time before the node's next
@@ -1259,21 +1255,23 @@ class _Door:
             self.tasks[engine._start(virtual.CLOUD, name, method, tuple(args))] = call
         return True
 
-    def close(self, engine: "_Virtual") -> None:
-        """Answer what ended; every other outside call hears SimulationEnded, and the ingress takes no more."""
+    def close(self, engine: "_Virtual") -> tuple[int, list[tuple]]:
+        """Answer what ended; every other outside call hears SimulationEnded, and the ingress takes no more. The
+        number of calls it took, and the raw request records its callers' clients sent (simulated ms)."""
         why = "the simulation's play ended"
         answers = self._answers(engine)
         self.tasks = {}
         if self.local:
             self.ingress.answer(answers)
             self.ingress.close(why)
-            return
+            return self.ingress.calls, self.ingress.take_records()
         import ray
         try:
             ray.get(self.ingress.exchange.remote(answers))
             ray.get(self.ingress.close.remote(why))
+            return ray.get(self.ingress.calls.remote()), ray.get(self.ingress.take_records.remote())
         except ACTOR_FAILURES:
-            pass   # gone already: its callers heard that from Ray
+            return 0, []   # gone already: its callers heard that from Ray, and what they sent is gone with it
         finally:
             ray.kill(self.ingress, no_restart=True)
 

@@ -26,7 +26,8 @@ from lodestore.storage._errors import (DATASTORE_DELETED, DATASTORE_THROTTLED, I
                                        DataStoreError, LodestoreError, MemoryStoreError, ServerClosedError,
                                        TransformError, throttled_name)
 from lodestore.storage._faults import MEMORYSTORE_FAULT_KEYS, FaultConfig, Outage
-from lodestore.storage._ingress import INGRESS_NAME, Ingress, IngressActor, SimulationEnded, ingress_world
+from lodestore.storage._ingress import (INGRESS_NAME, OUTSIDE_PREFIX, Ingress, IngressActor, SimulationEnded,
+                                       ingress_world)
 from lodestore.storage._latency import Latency
 from lodestore.storage._ids import new_id, new_rng, seeded
 from lodestore.storage._limits import (DEFAULT_SCOPE, HOUR_MS, MAX_KEY_NAME, MAX_LIST_PAGE, MAX_VALUE_CHARS,
@@ -65,7 +66,7 @@ __all__ = [
     # virtual time: a simulated world as nodes exchanging timestamped messages (`virtual.Node`, `virtual.Address`)
     "virtual",
     # calls from outside a running simulation into its world (an Open Cloud server's door: `storage._ingress`)
-    "Ingress", "IngressActor", "SimulationEnded", "INGRESS_NAME", "ingress_world",
+    "Ingress", "IngressActor", "SimulationEnded", "INGRESS_NAME", "OUTSIDE_PREFIX", "ingress_world",
     # a world's actors by name, and which DataStore shard owns a key, for tools that reach the actors directly
     "namespace_of", "datastore_name", "MEMORYSTORE_NAME", "BUDGET_NAME", "MESSAGING_NAME", "shard_of",
     "ACTOR_FAILURES", "LodestoreError", "ConfigError", "DataStoreError", "MemoryStoreError", "TransformError",

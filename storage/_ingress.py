@@ -10,8 +10,10 @@ at least one round (two hops of simulated time) and runs among the game servers'
 The world such a client sees (`ingress_world`) is a `World` like any other: its runtime (`IngressRuntime`) sends
 every call to a storage object through the ingress, so the clients' logic (UpdateAsync's loop, the read cache, the
 budget gate) runs in the caller's process, exactly as it does for a game server. Its clock is the run's pace
-(the run is paced: `time_scale`), anchored where the engine says its play started; in process it never runs ahead
-of the engine (`RunClock`), so that the times a caller records bound what the engine did.
+(the run is paced: `time_scale`), anchored where the engine says its play started, and never ahead of where the
+engine has been seen (`RunClock`). Its clients record their raw requests (`storage.REQUEST_FIELDS`) into the
+ingress, the completion stamped no earlier than the exchange that answered it, so that the times bound what the
+engine did; the engine takes them into the run's history when the play ends (`take_records`).
 
 In process (the in-process engine, or a server thread of the driver) the ingress is the plain object; across
 processes it is a Ray actor named `INGRESS_NAME` in the world's namespace (`IngressActor`), which the engine polls.
@@ -35,10 +37,14 @@ from lodestore.storage._errors import LodestoreError
 from lodestore.storage._shards import WorldInfo
 
 __all__ = ["Ingress", "IngressActor", "IngressRuntime", "RunClock", "SimulationEnded", "INGRESS_NAME",
-           "ingress_world", "reachable"]
+           "OUTSIDE_PREFIX", "ingress_world", "reachable"]
 
 INGRESS_NAME = "lodestore-ingress"
 """The ingress actor's name in a running simulation's Ray namespace (`namespace_of(world)`)."""
+
+OUTSIDE_PREFIX = "outside:"
+"""Marks the client object (`obj`) of a raw request record that came in through an ingress: "outside:open-cloud#2"
+is Open Cloud's client, never a game server's, whatever job id the outside caller chose."""
 
 
 class SimulationEnded(LodestoreError):
@@ -70,6 +76,7 @@ class Ingress:
         # the run's simulated ms at the engine's last exchange (None before the first): every call taken later
         # starts at or after it, every answer handed over by then ended at or before it
         self.run_ms: int | None = None
+        self._records: list[tuple] = []   # the outside clients' raw requests, for the run's history
 
     def submit(self, name: str, method: str, args: tuple) -> concurrent.futures.Future:
         """Queue `name.method(*args)` for the cloud node; the future gets its result or its exception."""
@@ -126,6 +133,17 @@ class Ingress:
     def describe(self) -> tuple[WorldInfo, tuple[int, float, float]]:
         return self.info, self.pace
 
+    def record(self, records: list[tuple]) -> None:
+        """Keep the raw request records of an outside caller's clients (simulated ms, as `storage.REQUEST_FIELDS`)."""
+        with self._guard:
+            self._records.extend(tuple(r) for r in records)
+
+    def take_records(self) -> list[tuple]:
+        """The records kept since the last take (the engine's, when the play ends)."""
+        with self._guard:
+            taken, self._records = self._records, []
+        return taken
+
 
 class IngressActor:
     """An `Ingress` as an async Ray actor: outside processes `submit` (and wait for the answer), the engine
@@ -134,8 +152,23 @@ class IngressActor:
     def __init__(self, info: WorldInfo, epoch_ms: int, wall_start_s: float, time_scale: float) -> None:
         self.ingress = Ingress(info, epoch_ms, wall_start_s, time_scale)
 
-    async def submit(self, name: str, method: str, args: tuple) -> Any:
-        return await asyncio.wrap_future(self.ingress.submit(name, method, args))
+    async def submit(self, name: str, method: str, args: tuple) -> tuple[bool, Any, int | None]:
+        """(ok, the result or the exception, the run's ms as of the answer): the caller's clock learns how far the
+        engine has come (`RunClock`)."""
+        try:
+            value = await asyncio.wrap_future(self.ingress.submit(name, method, args))
+        except Exception as exc:
+            return False, exc, self.ingress.run_ms
+        return True, value, self.ingress.run_ms
+
+    def record(self, records: list) -> None:
+        self.ingress.record(records)
+
+    def take_records(self) -> list:
+        return self.ingress.take_records()
+
+    def calls(self) -> int:
+        return self.ingress.calls
 
     def exchange(self, answers: list, run_ms: int | None = None) -> list:
         return self.ingress.exchange(answers, run_ms)
@@ -149,14 +182,15 @@ class IngressActor:
 
 @dataclasses.dataclass(frozen=True)
 class RunClock:
-    """The clock of a world behind an in-process ingress: the run's pace, but never ahead of where the engine has
-    been seen (`Ingress.run_ms`), so a time read before a call is at or before the moment the engine starts it."""
+    """The clock of a world behind an ingress: the run's pace, but never ahead of where the engine has been seen
+    (`seen.run_ms`: the ingress's, or what its answers said across processes), so a time read before a call is at
+    or before the moment the engine starts it."""
 
     pace: SimClock
-    ingress: Ingress
+    seen: Any
 
     def now(self) -> int:
-        paced, seen = self.pace.now(), self.ingress.run_ms
+        paced, seen = self.pace.now(), self.seen.run_ms
         return paced if seen is None else min(paced, seen)
 
     def real_seconds(self, simulated_seconds: float) -> float:
@@ -169,6 +203,7 @@ class IngressRuntime:
     def __init__(self, ingress: Any) -> None:
         self.ingress = ingress                      # an Ingress (this process) or an IngressActor's handle
         self.local = isinstance(ingress, Ingress)
+        self._seen: int | None = None               # across processes: the run's ms in the latest answer
         if self.local:
             self.failures: tuple[type[BaseException], ...] = (SimulationEnded,)
         else:
@@ -187,22 +222,45 @@ class IngressRuntime:
             raise TypeError(f"{ref!r} is not an object of the simulation's cloud")
         return name
 
+    @property
+    def run_ms(self) -> int | None:
+        """How far the engine is known to have come (simulated ms), or None before it said."""
+        return self.ingress.run_ms if self.local else self._seen
+
+    def _answered(self, stamped: tuple[bool, Any, int | None]) -> Any:
+        ok, value, run_ms = stamped
+        if run_ms is not None and (self._seen is None or run_ms > self._seen):
+            self._seen = run_ms
+        if not ok:
+            raise value
+        return value
+
+    def record(self, r: tuple) -> None:
+        """A client's raw request record (the world's `recorder`), into the ingress: its completion no earlier
+        than the exchange that answered it, which the clock may be behind."""
+        seen = self.run_ms
+        r = r[:4] + (OUTSIDE_PREFIX + str(r[4]),) + r[5:8] + (r[8] if seen is None else max(r[8], seen),) + r[9:]
+        if self.local:
+            self.ingress.record([r])
+        else:
+            self.ingress.record.remote([r])
+
     async def acall(self, ref: Any, method: str, *args: Any) -> Any:
         if self.local:
             return await asyncio.wrap_future(self.ingress.submit(self._name(ref), method, args))
-        return await self.ingress.submit.remote(self._name(ref), method, args)
+        return self._answered(await self.ingress.submit.remote(self._name(ref), method, args))
 
     def call(self, ref: Any, method: str, *args: Any) -> Any:
         if self.local:
             return self.ingress.submit(self._name(ref), method, args).result()
         import ray
-        return ray.get(self.ingress.submit.remote(self._name(ref), method, args))
+        return self._answered(ray.get(self.ingress.submit.remote(self._name(ref), method, args)))
 
     def send(self, ref: Any, method: str, *args: Any) -> None:
         if self.local:
             self.ingress.submit(self._name(ref), method, args)
         else:
-            self.ingress.submit.remote(self._name(ref), method, args)
+            self.ingress.submit.remote(self._name(ref), method, args)   # its answer, and its failure, unheard
 
     def block(self, coro: Any) -> Any:
         return asyncio.run(coro)
@@ -221,15 +279,16 @@ class IngressRuntime:
 
 def ingress_world(ingress: Any) -> Any:
     """The `World` of the simulation behind `ingress` (an `Ingress`, or an `IngressActor` handle), as an outside
-    caller sees it: storage calls go through the ingress; the clock follows the run's pace (`RunClock` in
-    process)."""
+    caller sees it: storage calls go through the ingress; the clock follows the run's pace (`RunClock`); its
+    clients' raw requests are recorded into the ingress for the run's history."""
     import ray
 
     from lodestore.storage._virtual import cloud_world
 
     described = ingress.describe() if isinstance(ingress, Ingress) else ray.get(ingress.describe.remote())
     info, (epoch_ms, wall_start_s, time_scale) = described
-    clock: Any = SimClock(epoch_ms=epoch_ms, real_start_ms=wall_start_s * 1000.0, time_scale=time_scale)
-    if isinstance(ingress, Ingress):
-        clock = RunClock(clock, ingress)
-    return cloud_world(dataclasses.replace(info, clock=clock), IngressRuntime(ingress))
+    runtime = IngressRuntime(ingress)
+    clock = RunClock(SimClock(epoch_ms=epoch_ms, real_start_ms=wall_start_s * 1000.0, time_scale=time_scale), runtime)
+    world = cloud_world(dataclasses.replace(info, clock=clock), runtime)
+    world.recorder = runtime.record   # every server made on it records (`storage._clients`)
+    return world

@@ -79,10 +79,18 @@ def test_a_paced_run_on_ray_takes_writes_from_outside_into_its_world(ray_session
         value, info = store.get("ticket_1", use_cache=False)
         assert value == {"refund": 5} and info.version == version
         assert world.now() > 1_700_000_000_000   # the run's simulated clock, not this machine's
-    assert done["result"].ok and done["result"].report["run"]["stopped_early"]
+    result = done["result"]
+    assert result.ok and result.report["run"]["stopped_early"]
     with pytest.raises(Exception):   # the run is over: its door is gone
         ray.get_actor(INGRESS_NAME, namespace=namespace_of("doortest"))
     assert stored(out, "support", "ticket_1") == {"refund": 5}
+    # what the outside client did is in the run's history and report, checked with the game servers' requests
+    outside = [r for r in result.history.requests if r[4].startswith("outside:support-tool")]
+    assert [(r[3], r[5], r[9]) for r in outside] == [("ticket_1", "set", "ok"), ("ticket_1", "get", "ok")]
+    (_, set_done), (get_start, get_done) = (r[7:9] for r in outside)
+    assert outside[0][7] <= set_done <= get_start <= get_done <= result.report["run"]["simulated_s"] * 1000
+    writes = result.report["open_cloud"]["writes"]
+    assert (writes["writes"], writes["kept"]) == (1, 1) and result.report["open_cloud"]["outside_calls"] >= 2
 
 
 @pytest.mark.ray
@@ -132,6 +140,7 @@ def test_lodestore_serve_joins_a_paced_run_on_ray_and_serves_its_world(ray_sessi
             printed, _ = server.communicate(timeout=60)
     assert "(joined)" in printed and done["result"].ok
     assert stored(out, "support", "ticket_9") == [1, 2]
+    assert done["result"].report["open_cloud"]["writes"]["by_store"]["support"]["writes"] == 1   # from that process
 
 
 @pytest.mark.ray

@@ -190,6 +190,27 @@ def test_minimal_report_writes_json_and_html_only(tmp_path):
     assert "PASS " not in table.replace("VERDICT: PASS", "")   # no checker lines invented
 
 
+def test_a_served_runs_report_says_what_came_in_and_which_edits_were_written_over(tmp_path):
+    example = {"store": "lodestore/records/players", "scope": "global", "key": "player_00004", "version": 4,
+               "t_ms": 46_750, "held_by": "server_0001", "replaced_by": "server_0001", "replaced_at_ms": 61_070,
+               "replacing_version": 5, "seen": True}
+    writes = {"writes": 3, "kept": 1, "replaced": 2, "replaced_unseen": 1, "held": 1, "held_replaced": 1,
+              "by_store": {}, "examples": [example]}
+    served = {"url": "http://127.0.0.1:8787/", "total": 7, "outside_calls": 9, "writes": writes,
+              "requests": {"GET /cloud/v2/universes/{universe}/data-stores": {"200": 2, "403": 1}}}
+    page = write_report({"format": 1, "verdict": "pass", "open_cloud": served}, tmp_path / "served")["html"]
+    html = page.read_text()
+    assert '<a href="timelines/player_00004.html">player_00004</a>' in html
+    assert "Served at http://127.0.0.1:8787/: requests 7, storage calls from outside 9." in html
+    table = summary_table({"format": 1, "verdict": "pass", "open_cloud": served})
+    assert ("open cloud writes         3: kept 1, replaced by a game server 2 (1 unread); to keys a session held 1, "
+            "1 of them replaced") in table.splitlines()
+    joined = {"url": None, "total": None, "requests": {}, "outside_calls": 4, "writes": {**writes, "examples": []}}
+    assert "open cloud                storage calls from outside 4" in summary_table({"open_cloud": joined})
+    html = write_report({"format": 1, "verdict": "pass", "open_cloud": joined}, tmp_path / "joined")["html"]
+    assert "Joined from outside the run: storage calls from outside 4." in html.read_text()
+
+
 def test_partial_series_plots_only_what_exists(tmp_path):
     report = {"format": 1, "series": {"bucket_s": 10.0, "t": [0.0, 10.0], "players_online": [5, 7]},
               "totals": {"ops_by_kind": {}}, "verdict": "pass"}

@@ -139,7 +139,7 @@ def test_a_served_run_says_which_edits_the_sessions_holding_the_keys_wrote_over(
     assert example["held_by"] == example["replaced_by"] and example["replaced_at_ms"] > example["t_ms"]
     assert writes["by_store"]["support"] == {"writes": 1, "replaced": 0, "held": 0}
     assert "banned" not in stored(out, "lodestore/records/players", edited)["file"]["data"]["committed_data"]
-    assert any(r[4].startswith("open-cloud") for r in result.history.requests)
+    assert any(r[4].startswith("outside:open-cloud") for r in result.history.requests)
     timeline = build_timeline(out, edited)
-    assert [w for w in timeline["writes"] if w["server"] == "open-cloud"] != []
+    assert [w for w in timeline["writes"] if w["server"] == "outside:open-cloud"] != []
     assert (out / "report.html").read_text().count(f">{edited}</a>") == 1 and (out / timeline_href(edited)).exists()
