@@ -4,8 +4,8 @@ Open Cloud server, `lodestore serve --world`, `World.connect`).
 The question a user asks of a bulk edit or a migration tried against a simulated live game is whether each edit
 stayed. A session-locked game holds a player's data in memory and saves it over whatever is stored, so an edit to a
 key whose lock a session holds is, in most designs, replaced by that session's next save. From the run's raw
-requests (`storage.REQUEST_FIELDS`, the outside ones marked `storage.OUTSIDE_PREFIX`) each acknowledged outside write of a DataStore entry
-is one of:
+requests (`storage.REQUEST_FIELDS`, the outside ones marked `storage.OUTSIDE_PREFIX`) each acknowledged outside
+write of a DataStore entry is one of:
 
 - "kept": no game server wrote the entry after it (it is the entry's version at the end, or only outside writes
   followed);
