@@ -170,6 +170,9 @@ class IngressActor:
     def calls(self) -> int:
         return self.ingress.calls
 
+    def run_ms(self) -> int | None:
+        return self.ingress.run_ms
+
     def exchange(self, answers: list, run_ms: int | None = None) -> list:
         return self.ingress.exchange(answers, run_ms)
 
@@ -200,10 +203,10 @@ class RunClock:
 class IngressRuntime:
     """The runtime of a world reached through an ingress: every call to a storage object goes through it."""
 
-    def __init__(self, ingress: Any) -> None:
+    def __init__(self, ingress: Any, seen: int | None = None) -> None:
         self.ingress = ingress                      # an Ingress (this process) or an IngressActor's handle
         self.local = isinstance(ingress, Ingress)
-        self._seen: int | None = None               # across processes: the run's ms in the latest answer
+        self._seen = seen                           # across processes: the run's ms in the latest answer
         if self.local:
             self.failures: tuple[type[BaseException], ...] = (SimulationEnded,)
         else:
@@ -213,7 +216,7 @@ class IngressRuntime:
     def __reduce__(self):
         if self.local:
             raise TypeError("a world reached through an in-process ingress cannot leave its process")
-        return (IngressRuntime, (self.ingress,))
+        return (IngressRuntime, (self.ingress, self._seen))
 
     @staticmethod
     def _name(ref: Any) -> str:
@@ -287,7 +290,9 @@ def ingress_world(ingress: Any) -> Any:
 
     described = ingress.describe() if isinstance(ingress, Ingress) else ray.get(ingress.describe.remote())
     info, (epoch_ms, wall_start_s, time_scale) = described
-    runtime = IngressRuntime(ingress)
+    # across processes, how far the engine has come already: the clock is never ahead of it from the start
+    runtime = IngressRuntime(ingress) if isinstance(ingress, Ingress) else \
+        IngressRuntime(ingress, ray.get(ingress.run_ms.remote()))
     clock = RunClock(SimClock(epoch_ms=epoch_ms, real_start_ms=wall_start_s * 1000.0, time_scale=time_scale), runtime)
     world = cloud_world(dataclasses.replace(info, clock=clock), runtime)
     world.recorder = runtime.record   # every server made on it records (`storage._clients`)
