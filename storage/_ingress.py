@@ -32,6 +32,7 @@ import itertools
 import threading
 from typing import Any
 
+from lodestore.storage._clients import REQUEST_FIELDS
 from lodestore.storage._clock import SimClock
 from lodestore.storage._errors import LodestoreError
 from lodestore.storage._shards import WorldInfo
@@ -41,6 +42,8 @@ __all__ = ["Ingress", "IngressActor", "IngressRuntime", "RunClock", "SimulationE
 
 INGRESS_NAME = "lodestore-ingress"
 """The ingress actor's name in a running simulation's Ray namespace (`namespace_of(world)`)."""
+
+_OBJ, _COMPLETE = REQUEST_FIELDS.index("obj"), REQUEST_FIELDS.index("complete")
 
 OUTSIDE_PREFIX = "outside:"
 """Marks the client object (`obj`) of a raw request record that came in through an ingress: "outside:open-cloud#2"
@@ -241,8 +244,11 @@ class IngressRuntime:
     def record(self, r: tuple) -> None:
         """A client's raw request record (the world's `recorder`), into the ingress: its completion no earlier
         than the exchange that answered it, which the clock may be behind."""
-        seen = self.run_ms
-        r = r[:4] + (OUTSIDE_PREFIX + str(r[4]),) + r[5:8] + (r[8] if seen is None else max(r[8], seen),) + r[9:]
+        seen, r = self.run_ms, list(r)
+        r[_OBJ] = OUTSIDE_PREFIX + str(r[_OBJ])
+        if seen is not None:
+            r[_COMPLETE] = max(r[_COMPLETE], seen)
+        r = tuple(r)
         if self.local:
             self.ingress.record([r])
         else:
