@@ -3,10 +3,10 @@
 Run in a subprocess by `test_cluster.py` (a test session's own Ray cannot also be a cluster). It starts a head and
 two workers (`ray.cluster_utils.Cluster`, one machine), plays `SCENARIO` with three simulator host nodes spread over
 the nodes (the cloud node, the world's storage and coordinator, stays in the driver on the head), paced at 15x so
-that the loss lands mid-run, and meanwhile removes the worker node that runs host 0 (once the play has begun, which
-the run's ingress opening tells, however long a loaded machine took to start the nodes): its game servers crash with it
-(their sessions end unsaved, their locks expire, their players reconnect to servers on other nodes). A lost node is a
-wall-clock event, so this run is not a function of its seed; every checker must pass all the same.
+that the loss lands mid-run, and meanwhile removes the worker node that runs host 0 (seconds after the play began,
+which the run's ingress opening tells, however long a loaded machine took to start the nodes): its game servers
+crash with it (their sessions end unsaved, their locks expire, their players reconnect to servers on other nodes).
+A lost node is a wall-clock event, so this run is not a function of its seed; every checker must pass all the same.
 It prints one JSON line: the run's report figures, the checkers' verdicts and what it observed.
 """
 
