@@ -100,6 +100,7 @@ def test_a_served_run_says_which_edits_the_sessions_holding_the_keys_wrote_over(
     port = _free_port()
     out = tmp_path / "run"
     text = paced_scenario("edited", seed=5, extra=f"\n[serve]\nport = {port}\n\n[store]\nautosave_interval = 20\n")
+    text = text.replace("join_rate = 0.5", "join_rate = 0.5\nleave_rate = 0")   # the holder keeps the key
     http = requests.Session()
     http.trust_env = False
     records = f"http://127.0.0.1:{port}/cloud/v2/universes/1/data-stores/{quote('lodestore/records/players', '')}"
