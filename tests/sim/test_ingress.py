@@ -153,8 +153,9 @@ def test_a_paced_run_whose_ingress_dies_plays_on_closed_to_outside_callers(ray_s
     stream = io.StringIO()
     with playing(paced_scenario("doorlost", seed=5), tmp_path / "run", stream=stream) as done:
         wait_until_open("doorlost", done)
+        deadline = time.monotonic() + 60
         while "is open" not in stream.getvalue():   # the run has the door, not only its name
-            assert "error" not in done, done.get("error")
+            assert "error" not in done and time.monotonic() < deadline, done.get("error")
             time.sleep(0.05)
         ray.kill(ray.get_actor(INGRESS_NAME, namespace=namespace_of("doorlost")), no_restart=True)
         deadline = time.monotonic() + 60
