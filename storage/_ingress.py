@@ -189,15 +189,16 @@ class IngressActor:
 @dataclasses.dataclass(frozen=True)
 class RunClock:
     """The clock of a world behind an ingress: the run's pace, but never ahead of where the engine has been seen
-    (`seen.run_ms`: the ingress's, or what its answers said across processes), so a time read before a call is at
-    or before the moment the engine starts it."""
+    (`seen.run_ms`: the ingress's, or what its answers said across processes; the play's start before it said),
+    so a time read before a call is at or before the moment the engine starts it, however far a loaded machine
+    lets the engine fall behind its pace."""
 
     pace: SimClock
     seen: Any
 
     def now(self) -> int:
-        paced, seen = self.pace.now(), self.seen.run_ms
-        return paced if seen is None else min(paced, seen)
+        seen = self.seen.run_ms   # None: the engine has not exchanged yet, so it is still at the play's start
+        return min(self.pace.now(), self.pace.epoch_ms if seen is None else seen)
 
     def real_seconds(self, simulated_seconds: float) -> float:
         return self.pace.real_seconds(simulated_seconds)

@@ -48,7 +48,10 @@ def test_an_ingress_reaches_storage_only_and_ends_with_the_run():
 
 def test_the_world_behind_an_ingress_keeps_the_runs_pace():
     wall_start = time.time() - 10.0     # the run's play began 10 wall seconds ago, at simulated ms 5,000,000
-    world = ingress_world(Ingress(_info(), 5_000_000, wall_start, 6.0))
+    ingress = Ingress(_info(), 5_000_000, wall_start, 6.0)
+    world = ingress_world(ingress)
+    assert world.now() == 5_000_000     # the engine has not said how far it came: the play's start
+    ingress.exchange([], run_ms=9_000_000)   # it has come further than the pace
     assert abs(world.now() - (5_000_000 + 60_000)) < 5_000    # 10 wall s at 6x: a simulated minute on
     assert world.info.shards == 1 and world.name == "w"
 
@@ -138,7 +141,8 @@ def test_lodestore_serve_joins_a_paced_run_on_ray_and_serves_its_world(ray_sessi
         finally:
             server.send_signal(signal.SIGINT)   # Ctrl-C: it stops serving; the world is the run's, left alone
             printed, _ = server.communicate(timeout=60)
-    assert "(joined)" in printed and done["result"].ok
+    assert "(joined)" in printed
+    assert done["result"].ok, [(c.name, c.counterexample) for c in done["result"].checks if not c.ok]
     assert stored(out, "support", "ticket_9") == [1, 2]
     assert done["result"].report["open_cloud"]["writes"]["by_store"]["support"]["writes"] == 1   # from that process
 
