@@ -38,7 +38,7 @@ from lodestore.sim.designs import DataLayer, DesignError, design
 from lodestore.storage import (DataStoreError, LocalRuntime, LodestoreError, MemoryStoreError, Scheduler, Server,
                                emergency, virtual)
 
-__all__ = ["SimHost", "HostRole", "Relay", "RELAY", "Trade", "HOT_STORE", "error_code"]
+__all__ = ["SimHost", "HostRole", "Relay", "RELAY", "Trade", "HOT_STORE", "error_code", "since_start"]
 
 _IDS = re.compile(r"\b[0-9a-f]{32}\b|'[^']*'|\bplayer_\d+\b")   # ids, quoted values, player keys
 _LOG_TEXT = 300   # how much of a store's warning about a key is kept for its timeline
@@ -48,6 +48,12 @@ RELAY = "relay"
 
 HOT_STORE = "lodestore-sim/hot"
 """The DataStore the hot keys (guilds, global counters) live in, written with plain UpdateAsync."""
+
+
+def since_start(requests: list[tuple], t0: int) -> list[tuple]:
+    """Raw request records (`storage.REQUEST_FIELDS`) with their invoke and complete in ms since the run began
+    (simulated ms `t0`), as every other event of the history."""
+    return [r[:7] + (r[7] - t0, r[8] - t0) + r[9:] for r in requests]
 
 
 def error_code(exc: BaseException) -> str:
@@ -733,8 +739,7 @@ class SimHost:
         """Everything recorded since the last drain, plus current figures. Plain data (tuples, dicts, numbers)."""
         out = {"ops": self._ops, "locks": self._locks, "samples": self._samples, "events": self._events,
                "store_log": self._store_log,
-               # the requests' invoke and complete in ms since the run began, as every other event of the history
-               "requests": [r[:7] + (r[7] - self.t0, r[8] - self.t0) + r[9:] for r in self._requests]}
+               "requests": since_start(self._requests, self.t0)}
         self._ops, self._locks, self._samples, self._events, self._store_log = [], [], [], [], []
         self._requests.clear()   # in place: every server's clients append to this list
         live = list(self.servers.values())

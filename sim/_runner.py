@@ -41,7 +41,7 @@ from typing import Any, Callable, TextIO
 from lodestore.coordinator import COORDINATOR_NAME, CoordinatorActor
 from lodestore.sim._checkers import CheckResult
 from lodestore.sim._collect import Collector
-from lodestore.sim._host import RELAY, HostRole, Relay
+from lodestore.sim._host import RELAY, HostRole, Relay, since_start
 from lodestore.sim._metrics import check_thresholds, metrics
 from lodestore.sim._outside import outside_writes
 from lodestore.sim._report import summary_table, write_report
@@ -1010,9 +1010,7 @@ class _Virtual(_Engine):
             if door.local:   # and what the server's last requests recorded as they heard the end
                 records += door.ingress.take_records()
             self.outside_calls += calls
-            # in ms since the run began, as the hosts' records
-            self.collector.history.requests.extend(r[:7] + (r[7] - self.t0, r[8] - self.t0) + r[9:]
-                                                   for r in records)
+            self.collector.history.requests.extend(since_start(records, self.t0))
         if self.server is not None and self.server.app is not None:
             stats = self.server.app.state.opencloud.statistics()
             self.open_cloud = {"url": self.server.url, "total": stats.total,
